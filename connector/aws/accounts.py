@@ -1,0 +1,107 @@
+"""accounts: which AWS accounts this run targets.
+
+From Organizations (every ACTIVE account, optionally under some OUs), or from
+the explicit list in the config; minus the excluded ones. A non-ACTIVE
+account is reported as skipped, not failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..errors import ConnectorError
+from ..models import OK, SKIPPED, Account
+
+log = logging.getLogger(__name__)
+
+ORG_NOT_USABLE = {
+    "AccessDeniedException",
+    "AccessDenied",
+    "AWSOrganizationsNotInUseException",
+}
+
+
+class OrganizationsError(ConnectorError):
+    """Organizations could not list the accounts: the run cannot know its scope."""
+
+
+def account_state(raw: dict[str, Any]) -> str:
+    """``State`` (the current field), falling back to the older ``Status``."""
+    return str(raw.get("State") or raw.get("Status") or "UNKNOWN")
+
+
+def _paginate(client, operation: str, key: str, **params) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    for page in client.get_paginator(operation).paginate(**params):
+        items.extend(page.get(key, []))
+    return items
+
+
+def _accounts_under(client, parent_id: str) -> list[dict[str, Any]]:
+    found = _paginate(client, "list_accounts_for_parent", "Accounts", ParentId=parent_id)
+    for ou in _paginate(client, "list_organizational_units_for_parent", "OrganizationalUnits", ParentId=parent_id):
+        found.extend(_accounts_under(client, ou["Id"]))
+    return found
+
+
+def list_organization_accounts(client, organizational_units: list[str], where: str) -> list[dict[str, Any]]:
+    """Raw Organizations account items, each with the organization attached."""
+    try:
+        organization = client.describe_organization().get("Organization", {})
+        if organizational_units:
+            raw: list[dict[str, Any]] = []
+            for ou in organizational_units:
+                raw.extend(_accounts_under(client, ou))
+        else:
+            raw = _paginate(client, "list_accounts", "Accounts")
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ORG_NOT_USABLE:
+            raise OrganizationsError(
+                f"Organizations refused to list accounts through {where} ({code}). "
+                "ListAccounts works only in the management account or a delegated-admin "
+                "account: set aws.organization_account_id to that account (its CMDBReadRole "
+                "needs organizations:List*), or list the accounts in aws.accounts."
+            ) from None
+        raise OrganizationsError(f"Organizations failed through {where}: {exc}") from None
+    except BotoCoreError as exc:
+        raise OrganizationsError(f"Organizations unreachable through {where}: {exc}") from None
+    if not raw:
+        raise OrganizationsError(
+            f"Organizations listed no accounts through {where}: this is not the management "
+            "or a delegated-admin account. Set aws.organization_account_id, or aws.accounts."
+        )
+    org = {k: organization.get(k) for k in ("Id", "Arn", "MasterAccountId") if organization.get(k)}
+    unique = {item["Id"]: {**item, "Organization": org} for item in raw}
+    return [unique[k] for k in sorted(unique)]
+
+
+def discover_accounts(
+    explicit: list[str],
+    excluded: list[str],
+    organizational_units: list[str],
+    org_client_factory: Callable[[], tuple[Any, str]],
+) -> list[Account]:
+    """The target accounts, each ``ok`` or ``skipped`` with the reason."""
+    if explicit:
+        raws = [{"Id": a, "Name": a} for a in dict.fromkeys(explicit)]
+    else:
+        client, where = org_client_factory()
+        raws = list_organization_accounts(client, organizational_units, where)
+    accounts = []
+    for raw in raws:
+        account_id = raw["Id"]
+        name = raw.get("Name") or account_id
+        state = account_state(raw) if not explicit else "ACTIVE"
+        if account_id in excluded:
+            accounts.append(Account(account_id, name, SKIPPED, "excluded by aws.exclude_accounts", raw))
+        elif state != "ACTIVE":
+            accounts.append(Account(account_id, name, SKIPPED, f"account state is {state}", raw))
+        else:
+            accounts.append(Account(account_id, name, OK, None, raw))
+    log.info("accounts: %d targeted, %d skipped", sum(a.status == OK for a in accounts),
+             sum(a.status == SKIPPED for a in accounts))
+    return accounts

@@ -1,0 +1,157 @@
+"""collect: run every (account, region, source) unit and keep what it saw.
+
+Each unit ends with a status. Only an ``ok`` unit's records are complete; any
+other status means "unknown", and nothing in that scope may be retired.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from itertools import zip_longest
+from typing import Any, Iterable
+
+from ..mapping.load import CompiledSource
+from ..models import ERROR, GLOBAL_REGION, OK, SKIPPED, Account, Inventory, Record, Scope
+from .sessions import SessionPool, classify_error
+
+log = logging.getLogger(__name__)
+
+# Codes that mean "this region is not enabled for the account".
+REGION_OFF_CODES = {"OptInRequired", "AuthFailure", "UnrecognizedClientException"}
+
+
+@dataclass(frozen=True)
+class Unit:
+    account_id: str
+    region: str
+    source: CompiledSource
+
+
+def jsonable(item: Any) -> Any:
+    """The raw item as JSON would carry it, so that a saved inventory maps the same."""
+    return json.loads(json.dumps(item, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def enabled_regions(pool: SessionPool, account_id: str, probe_region: str) -> list[str]:
+    client = pool.client(account_id, "ec2", probe_region)
+    regions = client.describe_regions(AllRegions=True)["Regions"]
+    return sorted(r["RegionName"] for r in regions if r.get("OptInStatus") != "not-opted-in")
+
+
+def fetch_items(client, source: CompiledSource) -> list[dict[str, Any]]:
+    """Every item of one source, every page."""
+    if client.can_paginate(source.operation):
+        pages: Iterable[Any] = client.get_paginator(source.operation).paginate(**source.params)
+    else:
+        pages = [getattr(client, source.operation)(**source.params)]
+    items: list[dict[str, Any]] = []
+    for page in pages:
+        found = source.items(page) if source.items else page
+        items.extend(jsonable(found or []))
+    return items
+
+
+def _interleave(per_account: list[list[Unit]]) -> list[Unit]:
+    """Round-robin across accounts, so the per-account limit rarely blocks a worker."""
+    return [u for group in zip_longest(*per_account) for u in group if u is not None]
+
+
+class Collector:
+    def __init__(self, pool: SessionPool, max_workers: int, max_per_account: int):
+        self.pool = pool
+        self.max_workers = max_workers
+        self.max_per_account = max_per_account
+        self._account_slots: dict[str, threading.Semaphore] = defaultdict(
+            lambda: threading.Semaphore(max_per_account)
+        )
+        self._slots_lock = threading.Lock()
+
+    def _slot(self, account_id: str) -> threading.Semaphore:
+        with self._slots_lock:
+            return self._account_slots[account_id]
+
+    def run_unit(self, unit: Unit) -> tuple[Scope, list[Record]]:
+        source = unit.source
+        region = unit.region if unit.region != GLOBAL_REGION else self.pool.default_region
+        with self._slot(unit.account_id):
+            try:
+                client = self.pool.client(unit.account_id, source.service, region)
+                items = fetch_items(client, source)
+            except Exception as exc:  # noqa: BLE001 - every failure is kept in its unit
+                status, reason = classify_error(exc)
+                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+                if code in REGION_OFF_CODES or type(exc).__name__ == "EndpointConnectionError":
+                    status, reason = SKIPPED, f"region not enabled or unreachable: {reason}"
+                log.warning("account %s region %s source %s: %s: %s",
+                            unit.account_id, unit.region, source.name, status, reason)
+                return Scope(unit.account_id, unit.region, source.name, status, reason), []
+        records = [Record(unit.account_id, unit.region, source.name, item) for item in items]
+        return Scope(unit.account_id, unit.region, source.name, OK, None), records
+
+
+def collect_inventory(
+    pool: SessionPool,
+    accounts: list[Account],
+    sources: dict[str, CompiledSource],
+    regions: list[str],
+    max_workers: int,
+    max_per_account: int,
+) -> Inventory:
+    """accounts (already opened in ``pool``) -> the inventory of every unit."""
+    inventory = Inventory(accounts=list(accounts))
+    collector = Collector(pool, max_workers, max_per_account)
+    per_account: list[list[Unit]] = []
+    for account in accounts:
+        if account.status != OK:
+            continue
+        account_regions = _regions_for(pool, account, regions, sources, inventory)
+        if account_regions is None:
+            continue
+        units = []
+        for source in sources.values():
+            if source.kind == "account":
+                inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name))
+                inventory.records.append(Record(account.account_id, GLOBAL_REGION, source.name, jsonable(account.raw)))
+            elif source.kind == "region":
+                for region in account_regions:
+                    inventory.scopes.append(Scope(account.account_id, region, source.name))
+                    inventory.records.append(Record(account.account_id, region, source.name, {"RegionName": region}))
+            elif source.scope == "global":
+                units.append(Unit(account.account_id, GLOBAL_REGION, source))
+            else:
+                units.extend(Unit(account.account_id, region, source) for region in account_regions)
+        per_account.append(units)
+
+    ordered = _interleave(per_account)
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collect") as executor:
+        for scope, records in executor.map(collector.run_unit, ordered):
+            inventory.scopes.append(scope)
+            inventory.records.extend(records)
+    return inventory
+
+
+def _regions_for(pool, account, regions, sources, inventory) -> list[str] | None:
+    if regions != ["all"]:
+        return list(regions)
+    try:
+        return enabled_regions(pool, account.account_id, pool.default_region)
+    except Exception as exc:  # noqa: BLE001 - the account's scopes become unknown
+        status, reason = classify_error(exc)
+        reason = f"cannot list enabled regions: {reason}"
+        log.warning("account %s: %s", account.account_id, reason)
+        for source in sources.values():
+            inventory.scopes.append(Scope(account.account_id, "*", source.name, status if status != OK else ERROR, reason))
+        return None

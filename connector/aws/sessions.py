@@ -1,0 +1,165 @@
+"""sessions: one refreshable assumed-role session per account.
+
+AssumeRole is called once when an account's session is opened, and again only
+when botocore's refresh window (15 minutes before expiry) is reached. Clients
+are cached per (account, region, service) and shared by the worker threads:
+botocore clients are thread-safe once created, sessions are not.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from dataclasses import dataclass, field
+
+import boto3
+import botocore.session
+from botocore.config import Config
+from botocore.credentials import AssumeRoleCredentialFetcher, DeferredRefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..arn import partition_for
+from ..models import DENIED, ERROR, OK, THROTTLED
+
+log = logging.getLogger(__name__)
+
+DENIED_CODES = {
+    "AccessDenied",
+    "AccessDeniedException",
+    "UnauthorizedOperation",
+    "UnauthorizedAccess",
+    "InvalidClientTokenId",
+    "ExpiredToken",
+    "RegionDisabledException",
+}
+THROTTLED_CODES = {
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "SlowDown",
+    "ProvisionedThroughputExceededException",
+}
+
+
+def classify_error(exc: Exception) -> tuple[str, str]:
+    """(status, reason) for an AWS failure. The reason never holds a secret."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = err.get("Code", "Unknown")
+        message = err.get("Message", "")
+        op = getattr(exc, "operation_name", "")
+        reason = f"{code} on {op}: {message}".strip().rstrip(":")
+        if code in DENIED_CODES:
+            return DENIED, reason
+        if code in THROTTLED_CODES:
+            return THROTTLED, reason
+        return ERROR, reason
+    if isinstance(exc, BotoCoreError):
+        return ERROR, f"{type(exc).__name__}: {exc}"
+    return ERROR, f"{type(exc).__name__}: {exc}"
+
+
+@dataclass
+class RoleSettings:
+    role_name: str
+    external_id: str
+    session_name: str
+    duration_seconds: int
+    max_attempts: int = 5
+    max_pool_connections: int = 10
+
+
+def client_config(max_attempts: int, pool: int) -> Config:
+    return Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        max_pool_connections=pool,
+        user_agent_extra="cmdb-connector",
+    )
+
+
+def assumed_session(
+    base: boto3.Session,
+    account_id: str,
+    role: RoleSettings,
+    sts_region: str,
+) -> boto3.Session:
+    """A session whose credentials come from AssumeRole and refresh themselves."""
+    source = base._session  # the botocore session behind boto3's
+    role_arn = f"arn:{partition_for(sts_region)}:iam::{account_id}:role/{role.role_name}"
+    fetcher = AssumeRoleCredentialFetcher(
+        client_creator=functools.partial(
+            source.create_client,
+            region_name=sts_region,
+            config=client_config(role.max_attempts, 2),
+        ),
+        source_credentials=source.get_credentials(),
+        role_arn=role_arn,
+        extra_args={
+            "RoleSessionName": role.session_name,
+            "ExternalId": role.external_id,
+            "DurationSeconds": role.duration_seconds,
+        },
+    )
+    credentials = DeferredRefreshableCredentials(
+        method="assume-role", refresh_using=fetcher.fetch_credentials
+    )
+    member = botocore.session.Session()
+    member._credentials = credentials
+    return boto3.Session(botocore_session=member, region_name=sts_region)
+
+
+@dataclass
+class AccountSession:
+    account_id: str
+    session: boto3.Session
+    _clients: dict = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def client(self, service: str, region: str, config: Config):
+        key = (service, region)
+        with self._lock:
+            found = self._clients.get(key)
+            if found is None:
+                found = self.session.client(service, region_name=region, config=config)
+                self._clients[key] = found
+            return found
+
+
+class SessionPool:
+    """Opens and keeps the assumed-role session of every target account."""
+
+    def __init__(self, base: boto3.Session, role: RoleSettings, sts_region: str):
+        self._base = base
+        self._role = role
+        self._sts_region = sts_region
+        self.default_region = sts_region
+        self._sessions: dict[str, AccountSession] = {}
+        self._lock = threading.Lock()
+        self.config = client_config(role.max_attempts, role.max_pool_connections)
+
+    def open(self, account_id: str) -> tuple[str, str | None]:
+        """Assume the role now, so that a refusal is known before collection.
+
+        Returns (status, reason): ("ok", None), or ("denied"|"error", why).
+        """
+        session = assumed_session(self._base, account_id, self._role, self._sts_region)
+        try:
+            session.get_credentials().get_frozen_credentials()
+        except Exception as exc:  # noqa: BLE001 - every failure is recorded per account
+            status, reason = classify_error(exc)
+            log.warning("account %s: cannot assume %s: %s", account_id, self._role.role_name, reason)
+            return status, reason
+        with self._lock:
+            self._sessions[account_id] = AccountSession(account_id, session)
+        return OK, None
+
+    def get(self, account_id: str) -> AccountSession:
+        return self._sessions[account_id]
+
+    def client(self, account_id: str, service: str, region: str):
+        return self._sessions[account_id].client(service, region, self.config)

@@ -1,0 +1,164 @@
+"""cmdb-connector [--config PATH] COMMAND
+
+Exit codes: 0 ok; 3 partial (some scope not collected, its CIs untouched);
+1 failed; 2 bad usage, config or mapping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from .errors import ConnectorError, UsageError
+from .mapping.load import load_mappings
+from .settings import Settings, find_config, load_settings
+
+log = logging.getLogger("connector")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cmdb-connector",
+        description="Keep a ServiceNow CMDB true to what runs in AWS, across an AWS Organization.",
+    )
+    parser.add_argument("--config", metavar="PATH", help="config file (default ./config.toml, then $CMDB_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"cmdb-connector {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="collect, map, plan, apply, report")
+    run.add_argument("--force", action="store_true", help="retire even past reconcile.max_retire_fraction")
+    run.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
+
+    plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
+    plan.add_argument("--force", action="store_true", help="plan retires past the guard, as run --force would")
+    plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
+
+    collect = sub.add_parser("collect", help="collect the inventory into a JSON Lines file")
+    collect.add_argument("--output", metavar="FILE", type=Path, required=True)
+
+    sub.add_parser("validate", help="check the config and every mapping file")
+
+    demo = sub.add_parser("demo", help="simulated AWS Organization + local ServiceNow stand-in, one full run")
+    demo.add_argument("--output-dir", type=Path, default=Path("reports"), help="where the report goes (default ./reports)")
+
+    sub.add_parser("sandbox", help="start the ServiceNow stand-in and the simulated AWS Organization, and wait")
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("botocore", "boto3", "urllib3", "pysnow", "werkzeug"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _settings(args) -> Settings:
+    return load_settings(find_config(args.config))
+
+
+def cmd_validate(args) -> int:
+    settings = _settings(args)
+    folder = settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None
+    mappings = load_mappings(folder)
+    print(f"config OK: {args.config or 'config.toml'}")
+    print(f"mappings OK: {len(mappings.mappings)} classes: {', '.join(sorted(mappings.mappings))}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .run import run_pipeline
+
+    outcome = run_pipeline(
+        _settings(args), mode=args.command, force=args.force, inventory_file=args.inventory,
+    )
+    print(f"report: {outcome.report_path}")
+    return outcome.exit_code
+
+
+def cmd_collect(args) -> int:
+    from .inventory import write_inventory
+    from .run import EXIT_OK, EXIT_PARTIAL, NOT_COLLECTED, collect_from_aws
+
+    settings = _settings(args)
+    folder = settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None
+    inventory = collect_from_aws(settings, load_mappings(folder))
+    write_inventory(inventory, args.output)
+    print(f"inventory: {args.output} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes)")
+    failed = any(s.status in NOT_COLLECTED for s in inventory.scopes) or any(
+        a.status in NOT_COLLECTED for a in inventory.accounts)
+    return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .report.json_report import summary_line
+    from .run import run_pipeline
+    from .sandbox.demo import sandboxes
+
+    print("Starting a simulated AWS Organization and a local ServiceNow stand-in on 127.0.0.1 ...")
+    with sandboxes() as boxes:
+        print(f"  AWS Organization: {len(boxes.org.accounts)} accounts, regions us-east-1 and eu-west-1")
+        print(f"  ServiceNow stand-in: {boxes.servicenow.url}")
+        settings = load_settings(None, boxes.settings_data(args.output_dir.resolve()))
+        outcome = run_pipeline(settings, mode="run")
+    print(summary_line(outcome.report))
+    print(f"report: {outcome.report_path}")
+    return outcome.exit_code
+
+
+def cmd_sandbox(args) -> int:
+    from .sandbox.demo import DEMO_USER, sandboxes
+
+    with sandboxes() as boxes:
+        print("Sandbox running (Ctrl-C to stop). Point the connector at it with:")
+        print(f"  export AWS_ENDPOINT_URL={boxes.aws.url}")
+        print("  export AWS_ACCESS_KEY_ID=AKIDSANDBOXCENTRAL AWS_SECRET_ACCESS_KEY=sandbox-secret")
+        print(f"  export CMDB_SERVICENOW__INSTANCE_URL={boxes.servicenow.url}")
+        print(f"  export CMDB_SERVICENOW__USERNAME={DEMO_USER}")
+        print(f"  export CMDB_SERVICENOW__PASSWORD='{boxes.password}'")
+        print(f"  export CMDB_AWS__EXTERNAL_ID='{boxes.external_id}'")
+        print(f"Accounts: {', '.join(f'{n}={a}' for n, a in boxes.org.accounts.items())}")
+        sys.stdout.flush()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopped")
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "plan": cmd_run,
+    "collect": cmd_collect,
+    "validate": cmd_validate,
+    "demo": cmd_demo,
+    "sandbox": cmd_sandbox,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except ConnectorError as exc:
+        print(f"failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

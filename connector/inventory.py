@@ -1,0 +1,59 @@
+"""The inventory file: JSON Lines of scopes, resources and accounts.
+
+An inventory collected in one network zone can be reconciled from another.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .errors import InventoryError
+from .models import SCOPE_STATUSES, Account, Inventory, Record, Scope
+
+
+def write_inventory(inventory: Inventory, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for a in inventory.accounts:
+            out.write(json.dumps({"kind": "account", "account_id": a.account_id, "name": a.name,
+                                  "status": a.status, "error": a.error, "raw": a.raw}, default=str) + "\n")
+        for s in inventory.scopes:
+            out.write(json.dumps({"kind": "scope", "account_id": s.account_id, "region": s.region,
+                                  "source": s.source, "status": s.status, "error": s.error}) + "\n")
+        for r in inventory.records:
+            out.write(json.dumps({"kind": "resource", "account_id": r.account_id, "region": r.region,
+                                  "source": r.source, "resource": r.resource}, default=str) + "\n")
+
+
+def read_inventory(path: Path) -> Inventory:
+    inventory = Inventory()
+    try:
+        handle = path.open(encoding="utf-8")
+    except OSError as exc:
+        raise InventoryError(f"{path}: cannot read the inventory: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                kind = row["kind"]
+                if kind == "scope":
+                    if row["status"] not in SCOPE_STATUSES:
+                        raise ValueError(f"unknown status {row['status']!r}")
+                    inventory.scopes.append(Scope(row["account_id"], row["region"], row["source"], row["status"], row.get("error")))
+                elif kind == "resource":
+                    inventory.records.append(Record(row["account_id"], row["region"], row["source"], row["resource"]))
+                elif kind == "account":
+                    inventory.accounts.append(Account(row["account_id"], row.get("name") or row["account_id"],
+                                                      row.get("status", "ok"), row.get("error"), row.get("raw") or {}))
+                else:
+                    raise ValueError(f"unknown kind {kind!r}")
+            except (ValueError, KeyError, TypeError) as exc:
+                raise InventoryError(f"{path}: line {number}: {exc}") from None
+    if not inventory.accounts:
+        # An inventory written by another tool may list only scopes.
+        seen = dict.fromkeys(s.account_id for s in inventory.scopes)
+        inventory.accounts = [Account(a, a) for a in seen]
+    return inventory

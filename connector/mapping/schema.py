@@ -1,0 +1,105 @@
+"""The shape of a mapping file, validated with ``extra="forbid"``.
+
+One TOML file per CMDB class; the file name is the class (table). See
+``mappings/README.md`` for the format with a worked example.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DEFAULT_RETIRE = {"install_status": "7", "operational_status": "6"}
+DEFAULT_REVIVE = {"install_status": "1", "operational_status": "1"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    """One CMDB field. Exactly one of path, template, tag or value."""
+
+    path: str | None = None
+    template: str | None = None
+    tag: str | None = None
+    value: str | int | bool | None = None
+    map: dict[str, str] | None = None
+    default: str | int | bool | None = None
+    transform: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "FieldSpec":
+        given = [k for k in ("path", "template", "tag", "value") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one of path, template, tag or value"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
+        return self
+
+
+FieldValue = str | FieldSpec
+
+
+class SourceSpec(_Strict):
+    """Where the items come from.
+
+    kind = "api": one AWS call (paginated when botocore can), per account and
+    region (scope = "regional") or per account (scope = "global").
+    kind = "account": the account itself, from Organizations or the config.
+    kind = "region": each collected region of each account.
+    """
+
+    name: str = Field(pattern=r"^[a-z0-9-]+:[a-z0-9_-]+$")
+    kind: Literal["api", "account", "region"] = "api"
+    service: str | None = None
+    operation: str | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    items: str | None = None
+    id: str
+    scope: Literal["regional", "global"] = "regional"
+
+    @model_validator(mode="after")
+    def _api_needs_call(self) -> "SourceSpec":
+        if self.kind == "api":
+            missing = [k for k in ("service", "operation", "items") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"kind = 'api' needs {', '.join(missing)}")
+        return self
+
+
+class TargetSpec(_Strict):
+    table: str | None = None
+    identity: str = "correlation_id"
+
+
+class RelationSpec(_Strict):
+    type: str = Field(pattern=r"^[^:]+::[^:]+$")
+    to: str
+    identity: FieldValue
+    # Whether the CI of this file is the parent ("Hosted on") or the child.
+    role: Literal["parent", "child"] = "parent"
+
+
+class LifecycleSpec(_Strict):
+    retire: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RETIRE))
+    revive: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_REVIVE))
+
+
+class MappingFile(_Strict):
+    source: SourceSpec
+    target: TargetSpec = TargetSpec()
+    fields: dict[str, FieldValue]
+    relations: list[RelationSpec] = Field(default_factory=list)
+    lifecycle: LifecycleSpec = LifecycleSpec()
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _identity_is_mapped(self) -> "MappingFile":
+        if self.target.identity not in self.fields:
+            raise ValueError(
+                f"the identity field {self.target.identity!r} (target.identity) has no entry in [fields]"
+            )
+        return self

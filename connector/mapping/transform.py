@@ -1,0 +1,61 @@
+"""map (pure): inventory records -> desired CIs, through the mapping files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..arn import partition_for
+from ..models import DesiredCI, Inventory, MappingProblem, Record, RelationRef
+from .load import Mapping, MappingSet
+
+
+@dataclass
+class MapResult:
+    cis: list[DesiredCI] = field(default_factory=list)
+    problems: list[MappingProblem] = field(default_factory=list)
+
+
+def map_record(mapping: Mapping, record: Record) -> DesiredCI:
+    """One raw item -> one desired CI. ``ValueError`` when the identity is absent."""
+    item = record.resource
+    ctx = {
+        "account_id": record.account_id,
+        "region": record.region,
+        "partition": partition_for(record.region),
+        "source": record.source,
+    }
+    values = {name: evaluate(item, ctx) for name, evaluate in mapping.fields.items()}
+    identity = values.get(mapping.identity_field)
+    if not identity:
+        raise ValueError(f"{mapping.identity_field} is empty for item {mapping.source.id(item)!r}")
+    relations = []
+    for rel in mapping.relations:
+        target = rel.identity(item, ctx)
+        if target:
+            relations.append(RelationRef(type=rel.type, table=rel.to, identity=target, role=rel.role))
+    return DesiredCI(
+        table=mapping.table,
+        identity=identity,
+        fields=values,
+        relations=tuple(relations),
+        scope=(record.account_id, record.region, record.source),
+    )
+
+
+def map_inventory(inventory: Inventory, mappings: MappingSet) -> MapResult:
+    result = MapResult()
+    seen: set[tuple[str, str]] = set()
+    by_source = {name: mappings.for_source(name) for name in mappings.sources}
+    for record in inventory.records:
+        for mapping in by_source.get(record.source, ()):
+            try:
+                ci = map_record(mapping, record)
+            except ValueError as exc:
+                scope = (record.account_id, record.region, record.source)
+                result.problems.append(MappingProblem(scope, mapping.table, f"{mapping.file.name}: {exc}"))
+                continue
+            key = (ci.table, ci.identity)
+            if key not in seen:
+                seen.add(key)
+                result.cis.append(ci)
+    return result

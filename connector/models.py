@@ -1,0 +1,109 @@
+"""Plain data passed from one pipeline stage to the next. No behaviour here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+# Status of an account or of one collection unit.
+OK = "ok"
+DENIED = "denied"
+THROTTLED = "throttled"
+ERROR = "error"
+SKIPPED = "skipped"
+SCOPE_STATUSES = (OK, DENIED, THROTTLED, ERROR, SKIPPED)
+
+GLOBAL_REGION = "global"
+
+
+@dataclass(frozen=True)
+class Account:
+    account_id: str
+    name: str
+    status: str = OK
+    error: str | None = None
+    # The raw Organizations item (or a minimal one for an explicit list).
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """One unit of collection: (account, region, source), and how it ended."""
+
+    account_id: str
+    region: str
+    source: str
+    status: str = OK
+    error: str | None = None
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.account_id, self.region, self.source)
+
+
+@dataclass(frozen=True)
+class Record:
+    """One raw API item, tagged with where it came from."""
+
+    account_id: str
+    region: str
+    source: str
+    resource: dict[str, Any]
+
+
+@dataclass
+class Inventory:
+    accounts: list[Account] = field(default_factory=list)
+    scopes: list[Scope] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RelationRef:
+    """A relation from the CI that declares it to another CI.
+
+    ``role`` says which end the declaring CI is: "parent" (the dependent CI,
+    as a VM is "Hosted on" its datacenter) or "child".
+    """
+
+    type: str
+    table: str
+    identity: str
+    role: str = "parent"
+
+
+@dataclass(frozen=True)
+class DesiredCI:
+    """What the CMDB should hold for one AWS resource."""
+
+    table: str
+    identity: str
+    fields: dict[str, str | None]
+    relations: tuple[RelationRef, ...]
+    scope: tuple[str, str, str]
+
+
+@dataclass(frozen=True)
+class ExistingCI:
+    """A CI as read from the CMDB: every value in ServiceNow's string form."""
+
+    table: str
+    sys_id: str
+    fields: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ExistingRelation:
+    sys_id: str
+    parent: str
+    child: str
+    type: str  # the cmdb_rel_type sys_id
+
+
+@dataclass(frozen=True)
+class MappingProblem:
+    """An item that could not be mapped. Its scope then counts as incomplete."""
+
+    scope: tuple[str, str, str]
+    table: str
+    message: str

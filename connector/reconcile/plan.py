@@ -1,0 +1,285 @@
+"""plan (pure): desired CIs + what the CMDB holds + scope statuses -> a plan.
+
+No clients here. The safety rules live in this module:
+
+- unknown is not empty: only a scope collected ``ok`` in this run can lose CIs;
+- every retire is re-checked in code on the fetched record (ownership, class,
+  scope), because ServiceNow silently drops query conditions it cannot use;
+- the blast-radius guard;
+- comparison on ServiceNow's string form, normalised in ``snow_value`` only,
+  so that an unchanged estate plans zero writes.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from ..arn import account_and_region
+from ..models import OK, DesiredCI, ExistingCI, ExistingRelation, MappingProblem, Scope
+
+CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
+CIKey = tuple[str, str]  # (table, identity)
+
+
+def snow_value(value: object) -> str:
+    """The one normalisation: absent and ``None`` compare equal to ``""``."""
+    return "" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class TablePolicy:
+    """What plan needs to know of one class, taken from its mapping."""
+
+    table: str
+    identity_field: str
+    source: str
+    retire: dict[str, str]
+    revive: dict[str, str]
+    # (relation type, other table, role of this table's CI)
+    relations: tuple[tuple[str, str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    discovery_source: str
+    retire: bool = True
+    max_retire_fraction: float = 0.25
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class CIChange:
+    action: str
+    table: str
+    identity: str
+    sys_id: str | None
+    diff: dict[str, tuple[str, str]]  # field -> (old, new)
+    note: str = ""
+
+    @property
+    def payload(self) -> dict[str, str]:
+        return {name: new for name, (_old, new) in self.diff.items()}
+
+
+@dataclass(frozen=True)
+class RelationChange:
+    action: str  # create | delete
+    type: str
+    parent: CIKey
+    child: CIKey
+    sys_id: str | None = None  # of the relation, for a delete
+
+
+@dataclass
+class Plan:
+    changes: list[CIChange] = field(default_factory=list)
+    relation_changes: list[RelationChange] = field(default_factory=list)
+    unchanged: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    relations_unchanged: int = 0
+    # identity -> sys_id of every CI that exists now and that plan matched or owns
+    sys_ids: dict[CIKey, str] = field(default_factory=dict)
+    duplicates: list[dict] = field(default_factory=list)
+    guards: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def write_count(self) -> int:
+        return len(self.changes) + len(self.relation_changes)
+
+
+def _ok_scopes(scopes: Iterable[Scope], problems: Iterable[MappingProblem]) -> set[tuple[str, str, str]]:
+    ok = {s.key for s in scopes if s.status == OK}
+    return ok - {p.scope for p in problems}
+
+
+def _index(existing: Iterable[ExistingCI]) -> tuple[dict[str, list[ExistingCI]], dict[str, list[ExistingCI]]]:
+    by_identity: dict[str, list[ExistingCI]] = defaultdict(list)
+    unkeyed_by_object: dict[str, list[ExistingCI]] = defaultdict(list)
+    for ci in {ci.sys_id: ci for ci in existing}.values():
+        key = ci.fields.get("correlation_id", "")
+        if key:
+            by_identity[key].append(ci)
+        elif ci.fields.get("object_id"):
+            unkeyed_by_object[ci.fields["object_id"]].append(ci)
+    return by_identity, unkeyed_by_object
+
+
+def _desired_payload(ci: DesiredCI, options: PlanOptions) -> dict[str, str]:
+    payload = {name: snow_value(value) for name, value in ci.fields.items()}
+    payload["discovery_source"] = options.discovery_source
+    return payload
+
+
+def _diff(current: dict[str, str], wanted: dict[str, str]) -> dict[str, tuple[str, str]]:
+    return {
+        name: (snow_value(current.get(name)), value)
+        for name, value in wanted.items()
+        if snow_value(current.get(name)) != value
+    }
+
+
+def _is_retired(ci: ExistingCI, policy: TablePolicy) -> bool:
+    return bool(policy.retire) and all(ci.fields.get(k) == v for k, v in policy.retire.items())
+
+
+def _plan_table(
+    table: str,
+    desired: list[DesiredCI],
+    existing: list[ExistingCI],
+    policy: TablePolicy,
+    ok_scopes: set[tuple[str, str, str]],
+    options: PlanOptions,
+    plan: Plan,
+) -> None:
+    by_identity, unkeyed = _index(existing)
+    claimed: set[str] = set()
+    for ci in desired:
+        matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
+        wanted = _desired_payload(ci, options)
+        if len(matches) > 1:
+            claimed.update(m.sys_id for m in matches)
+            plan.duplicates.append({"table": table, "identity": ci.identity, "sys_ids": sorted(m.sys_id for m in matches)})
+            continue
+        if not matches:
+            full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}
+            full = {k: v for k, v in full.items() if v != ""}
+            plan.changes.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
+            continue
+        current = matches[0]
+        claimed.add(current.sys_id)
+        plan.sys_ids[(table, ci.identity)] = current.sys_id
+        adopted = current.fields.get("correlation_id", "") != ci.identity or (
+            current.fields.get("discovery_source") != options.discovery_source
+        )
+        if _is_retired(current, policy):
+            wanted = {**wanted, **{k: v for k, v in policy.revive.items() if k not in ci.fields}}
+            plan.changes.append(CIChange(REVIVE, table, ci.identity, current.sys_id, _diff(current.fields, wanted)))
+            continue
+        diff = _diff(current.fields, wanted)
+        if diff:
+            note = "adopted: CI of another source, now owned" if adopted else ""
+            plan.changes.append(CIChange(UPDATE, table, ci.identity, current.sys_id, diff, note))
+        else:
+            plan.unchanged[table] += 1
+
+    _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan)
+
+
+def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: PlanOptions) -> bool:
+    """The client-side re-check of a fetched record, whatever the query said."""
+    if ci.fields.get("discovery_source") != options.discovery_source:
+        return False
+    if ci.fields.get("sys_class_name") != policy.table:
+        return False
+    scope = account_and_region(ci.fields.get("correlation_id", ""))
+    if scope is None:
+        return False
+    return (scope[0], scope[1], policy.source) in ok_scopes
+
+
+def _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan) -> None:
+    owned = [ci for ci in {c.sys_id: c for c in existing}.values()
+             if ci.fields.get("discovery_source") == options.discovery_source
+             and ci.fields.get("sys_class_name") == table]
+    for ci in owned:
+        key = ci.fields.get("correlation_id", "")
+        if key:
+            plan.sys_ids.setdefault((table, key), ci.sys_id)
+    active = [ci for ci in owned if not _is_retired(ci, policy)]
+    retires = [
+        CIChange(RETIRE, table, ci.fields.get("correlation_id", ""), ci.sys_id, _diff(ci.fields, policy.retire))
+        for ci in active
+        if ci.sys_id not in claimed and _retirable(ci, policy, ok_scopes, options)
+    ]
+    # A CI already retired that is still gone is unchanged.
+    plan.unchanged[table] += sum(1 for ci in owned if ci.sys_id not in claimed and _is_retired(ci, policy))
+    if not retires:
+        return
+    if not options.retire:
+        plan.guards.append(f"{table}: {len(retires)} CI(s) gone from AWS not retired: reconcile.retire = false")
+        return
+    limit = options.max_retire_fraction * len(active)
+    if len(retires) > limit and not options.force:
+        plan.guards.append(
+            f"{table}: would retire {len(retires)} of {len(active)} owned CIs "
+            f"({len(retires) / len(active):.0%}), over reconcile.max_retire_fraction = "
+            f"{options.max_retire_fraction:.0%}; nothing retired in this table. "
+            "Check the collection, then rerun with --force if this is right."
+        )
+        return
+    plan.changes.extend(retires)
+
+
+def _declarer(parent: CIKey, child: CIKey, rel_type: str, policies: dict[str, TablePolicy]) -> CIKey | None:
+    """Which end's mapping declares this relation (and so knows all of them)."""
+    parent_policy = policies.get(parent[0])
+    if parent_policy and (rel_type, child[0], "parent") in parent_policy.relations:
+        return parent
+    child_policy = policies.get(child[0])
+    if child_policy and (rel_type, parent[0], "child") in child_policy.relations:
+        return child
+    return None
+
+
+def _plan_relations(
+    desired: list[DesiredCI],
+    relations: list[ExistingRelation],
+    rel_types: dict[str, str],
+    policies: dict[str, TablePolicy],
+    plan: Plan,
+) -> None:
+    desired_keys = {(ci.table, ci.identity) for ci in desired}
+    wanted: dict[tuple[str, CIKey, CIKey], None] = {}
+    for ci in desired:
+        for ref in ci.relations:
+            me, other = (ci.table, ci.identity), (ref.table, ref.identity)
+            if other not in desired_keys and other not in plan.sys_ids:
+                plan.warnings.append(f"{ci.table} {ci.identity}: {ref.type} target {ref.table} {ref.identity} not found")
+                continue
+            if ref.type not in rel_types:
+                plan.warnings.append(f"relation type {ref.type!r} is not in cmdb_rel_type")
+                continue
+            parent, child = (me, other) if ref.role == "parent" else (other, me)
+            wanted[(ref.type, parent, child)] = None
+
+    key_of = {sys_id: key for key, sys_id in plan.sys_ids.items()}
+    type_name = {sys_id: name for name, sys_id in rel_types.items()}
+    existing: set[tuple[str, CIKey, CIKey]] = set()
+    for rel in relations:
+        parent, child, name = key_of.get(rel.parent), key_of.get(rel.child), type_name.get(rel.type)
+        if parent is None or child is None or name is None:
+            continue  # not between CIs we manage: never touched
+        key = (name, parent, child)
+        if key in existing:
+            continue
+        existing.add(key)
+        if key in wanted:
+            plan.relations_unchanged += 1
+        elif _declarer(parent, child, name, policies) in desired_keys:
+            plan.relation_changes.append(RelationChange("delete", name, parent, child, rel.sys_id))
+    for key in wanted:
+        if key not in existing:
+            plan.relation_changes.append(RelationChange("create", key[0], key[1], key[2]))
+
+
+def plan_changes(
+    desired: list[DesiredCI],
+    existing: dict[str, list[ExistingCI]],
+    scopes: list[Scope],
+    problems: list[MappingProblem],
+    relations: list[ExistingRelation],
+    rel_types: dict[str, str],
+    policies: dict[str, TablePolicy],
+    options: PlanOptions,
+) -> Plan:
+    plan = Plan()
+    ok_scopes = _ok_scopes(scopes, problems)
+    by_table: dict[str, list[DesiredCI]] = defaultdict(list)
+    for ci in desired:
+        by_table[ci.table].append(ci)
+    for table, policy in policies.items():
+        _plan_table(table, by_table.get(table, []), existing.get(table, []), policy, ok_scopes, options, plan)
+    _plan_relations(desired, relations, rel_types, policies, plan)
+    return plan

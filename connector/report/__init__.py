@@ -1,0 +1,1 @@
+"""report: JSON for machines and a one-line summary for the log."""

@@ -1,0 +1,168 @@
+"""report: the run's JSON report (DESIGN.md's contract) and the summary line."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from ..models import OK, SKIPPED, Inventory, MappingProblem
+from ..reconcile.apply import ApplyResult
+from ..reconcile.plan import CIChange, Plan, RelationChange
+
+ACTIONS_COUNTED = {"create": "created", "update": "updated", "retire": "retired", "revive": "revived"}
+REL_TABLE = "cmdb_rel_ci"
+
+
+def _ci_change(change: CIChange) -> dict[str, Any]:
+    return {
+        "action": change.action,
+        "table": change.table,
+        "identity": change.identity,
+        "sys_id": change.sys_id,
+        "fields": {name: {"old": old, "new": new} for name, (old, new) in sorted(change.diff.items())},
+        "note": change.note,
+    }
+
+
+def _relation_change(change: RelationChange) -> dict[str, Any]:
+    ends = {"parent": f"{change.parent[0]}:{change.parent[1]}", "child": f"{change.child[0]}:{change.child[1]}",
+            "type": change.type}
+    if change.action == "delete":
+        fields = {k: {"old": v, "new": ""} for k, v in ends.items()}
+    else:
+        fields = {k: {"old": "", "new": v} for k, v in ends.items()}
+    return {
+        "action": change.action,
+        "table": REL_TABLE,
+        "identity": f"{change.parent[1]} [{change.type}] {change.child[1]}",
+        "sys_id": change.sys_id,
+        "fields": fields,
+        "note": "",
+    }
+
+
+def account_statuses(inventory: Inventory) -> list[dict[str, Any]]:
+    """Each account, with the worst status of its scopes and the first reason."""
+    scopes_by_account = defaultdict(list)
+    for scope in inventory.scopes:
+        scopes_by_account[scope.account_id].append(scope)
+    out = []
+    for account in inventory.accounts:
+        status, error = account.status, account.error
+        if status == OK:
+            failed = [s for s in scopes_by_account[account.account_id] if s.status not in (OK, SKIPPED)]
+            if failed:
+                status = failed[0].status
+                error = f"{len(failed)} scope(s) not collected; first: {failed[0].region} {failed[0].source}: {failed[0].error}"
+        out.append({"account_id": account.account_id, "name": account.name, "status": status, "error": error})
+    return out
+
+
+def build_report(
+    *,
+    run_id: str,
+    mode: str,
+    started_at: str,
+    finished_at: str,
+    exit_code: int,
+    inventory: Inventory | None,
+    plan: Plan | None,
+    applied: ApplyResult | None,
+    problems: list[MappingProblem],
+    errors: list[str],
+    tables: list[str],
+) -> dict[str, Any]:
+    counts: dict[str, dict[str, int]] = {
+        t: {"created": 0, "updated": 0, "retired": 0, "revived": 0, "unchanged": 0} for t in tables
+    }
+    relations = {"created": 0, "deleted": 0, "unchanged": 0}
+    changes: list[dict[str, Any]] = []
+    errors = list(errors)
+    if plan is not None:
+        for table, n in plan.unchanged.items():
+            counts.setdefault(table, dict.fromkeys(("created", "updated", "retired", "revived", "unchanged"), 0))
+            counts[table]["unchanged"] += n
+        relations["unchanged"] = plan.relations_unchanged
+        outcomes = applied.outcomes if applied is not None else None
+        pairs = (
+            [(o.change, o.sys_id, o.error) for o in outcomes]
+            if outcomes is not None
+            else [(c, getattr(c, "sys_id", None), None) for c in [*plan.changes, *plan.relation_changes]]
+        )
+        for change, sys_id, error in pairs:
+            entry = _ci_change(change) if isinstance(change, CIChange) else _relation_change(change)
+            entry["sys_id"] = sys_id or entry["sys_id"]
+            entry["status"] = "failed" if error else ("applied" if outcomes is not None else "planned")
+            if error:
+                entry["error"] = error
+                errors.append(f"{change.action} {entry['table']} {entry['identity']}: {error}")
+            else:
+                if isinstance(change, CIChange):
+                    counts[change.table][ACTIONS_COUNTED[change.action]] += 1
+                else:
+                    relations["created" if change.action == "create" else "deleted"] += 1
+            changes.append(entry)
+    scopes = [
+        {"account_id": s.account_id, "region": s.region, "source": s.source, "status": s.status, "error": s.error}
+        for s in (inventory.scopes if inventory else [])
+    ]
+    return {
+        "run_id": run_id,
+        "mode": mode,
+        "started_at": started_at,
+        "finished_at": finished_at,
+        "exit_code": exit_code,
+        "accounts": account_statuses(inventory) if inventory else [],
+        "scopes": scopes,
+        "tables": counts,
+        "relations": relations,
+        "changes": changes,
+        "duplicates": plan.duplicates if plan else [],
+        "guards": plan.guards if plan else [],
+        "warnings": plan.warnings if plan else [],
+        "mapping_problems": [{"scope": list(p.scope), "table": p.table, "message": p.message} for p in problems],
+        "errors": errors,
+    }
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(report: dict[str, Any], output_dir: Path) -> Path:
+    """``<output_dir>/report-<run_id>.json``, and ``latest.json`` beside it."""
+    path = output_dir / f"report-{report['run_id']}.json"
+    write_json_atomic(path, report)
+    write_json_atomic(output_dir / "latest.json", report)
+    return path
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    totals = defaultdict(int)
+    for counts in report["tables"].values():
+        for key, value in counts.items():
+            totals[key] += value
+    accounts = report["accounts"]
+    failed = sum(1 for a in accounts if a["status"] not in (OK, SKIPPED))
+    rel = report["relations"]
+    verb = "would be" if report["mode"] == "plan" else ""
+    parts = ", ".join(f"{totals[k]} {k}" for k in ("created", "updated", "retired", "revived", "unchanged"))
+    return (
+        f"run {report['run_id']} {report['mode']}: exit {report['exit_code']}; "
+        f"accounts {len(accounts) - failed}/{len(accounts)} ok; CIs {verb + ' ' if verb else ''}{parts}; "
+        f"relations {rel['created']} created, {rel['deleted']} deleted, {rel['unchanged']} unchanged; "
+        f"{len(report['errors'])} error(s)"
+    )

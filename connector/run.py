@@ -1,0 +1,208 @@
+"""The one orchestrator: accounts -> sessions -> collect -> map -> plan -> apply -> report.
+
+Each stage hands plain data to the next. This module only wires them.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import boto3
+
+from .aws.accounts import discover_accounts
+from .aws.collect import collect_inventory
+from .aws.sessions import RoleSettings, SessionPool
+from .errors import ConnectorError, UsageError
+from .inventory import read_inventory
+from .mapping.load import MappingSet, load_mappings
+from .mapping.transform import MapResult, map_inventory
+from .models import DENIED, ERROR, GLOBAL_REGION, OK, THROTTLED, Account, Inventory
+from .reconcile.apply import ApplyResult, apply_plan
+from .reconcile.plan import Plan, PlanOptions, TablePolicy, plan_changes
+from .report.json_report import build_report, summary_line, write_report
+from .servicenow.client import TableClient
+from .servicenow.cmdb import CmdbReader, TableApiWriter
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
+NOT_COLLECTED = {DENIED, THROTTLED, ERROR}
+
+
+@dataclass
+class RunOutcome:
+    exit_code: int
+    report: dict
+    report_path: Path | None
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+
+
+# -- accounts -> sessions -> collect ---------------------------------------
+
+def open_session_pool(settings: Settings) -> SessionPool:
+    aws = settings.aws
+    regions = [r for r in aws.regions if r != "all"]
+    role = RoleSettings(
+        role_name=aws.role_name,
+        external_id=aws.external_id.get_secret_value(),
+        session_name=aws.session_name,
+        duration_seconds=aws.session_duration_seconds,
+        max_attempts=aws.max_attempts,
+        max_pool_connections=max(10, aws.max_workers_per_account * 2),
+    )
+    return SessionPool(boto3.Session(), role, regions[0] if regions else "us-east-1")
+
+
+def target_accounts(settings: Settings, pool: SessionPool) -> list[Account]:
+    aws = settings.aws
+
+    def org_client():
+        if aws.organization_account_id:
+            status, reason = pool.open(aws.organization_account_id)
+            if status != OK:
+                raise ConnectorError(
+                    f"cannot assume {aws.role_name} in the organization account "
+                    f"{aws.organization_account_id} (aws.organization_account_id): {reason}"
+                )
+            client = pool.client(aws.organization_account_id, "organizations", pool.default_region)
+            return client, f"{aws.role_name} in account {aws.organization_account_id}"
+        client = boto3.Session().client("organizations", region_name=pool.default_region, config=pool.config)
+        return client, "the base credentials"
+
+    return discover_accounts(aws.accounts, aws.exclude_accounts, aws.organizational_units, org_client)
+
+
+def open_account_sessions(pool: SessionPool, accounts: list[Account]) -> list[Account]:
+    """Assume the role in every ok account; a refusal marks that account, the run goes on."""
+    opened = []
+    for account in accounts:
+        if account.status == OK:
+            status, reason = pool.open(account.account_id)
+            if status != OK:
+                account = Account(account.account_id, account.name, status, reason, account.raw)
+        opened.append(account)
+    return opened
+
+
+def collect_from_aws(settings: Settings, mappings: MappingSet) -> Inventory:
+    pool = open_session_pool(settings)
+    accounts = open_account_sessions(pool, target_accounts(settings, pool))
+    return collect_inventory(
+        pool, accounts, mappings.sources, list(settings.aws.regions),
+        settings.aws.max_workers, settings.aws.max_workers_per_account,
+    )
+
+
+# -- plan inputs -------------------------------------------------------------
+
+def table_policies(mappings: MappingSet) -> dict[str, TablePolicy]:
+    return {
+        table: TablePolicy(
+            table=table,
+            identity_field=m.identity_field,
+            source=m.source.name,
+            retire=m.retire,
+            revive=m.revive,
+            relations=tuple((r.type, r.to, r.role) for r in m.relations),
+        )
+        for table, m in mappings.mappings.items()
+    }
+
+
+def read_existing(reader: CmdbReader, mappings: MappingSet, mapped: MapResult) -> dict:
+    """Owned CIs (one paged query per table), plus the CIs to adopt."""
+    existing = {}
+    for table, mapping in mappings.mappings.items():
+        fields = list(mapping.fields) + list(mapping.retire) + list(mapping.revive)
+        found = reader.owned_cis(table, fields)
+        known = {ci.fields.get(mapping.identity_field) for ci in found}
+        missing = [ci for ci in mapped.cis if ci.table == table and ci.identity not in known]
+        if missing:
+            found += reader.cis_where_in(table, mapping.identity_field, [ci.identity for ci in missing], fields)
+            known |= {ci.fields.get(mapping.identity_field) for ci in found}
+            object_ids = [str(ci.fields.get("object_id")) for ci in missing
+                          if ci.identity not in known and ci.fields.get("object_id")]
+            if object_ids:
+                found += reader.cis_where_in(table, "object_id", object_ids, fields, f"^{mapping.identity_field}ISEMPTY")
+        existing[table] = found
+    return existing
+
+
+def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None) -> int:
+    if applied is not None and applied.failed:
+        return EXIT_FAILED
+    partial = (
+        any(a.status in NOT_COLLECTED for a in inventory.accounts)
+        or any(s.status in NOT_COLLECTED for s in inventory.scopes)
+        or bool(mapped.problems)
+    )
+    return EXIT_PARTIAL if partial else EXIT_OK
+
+
+# -- the flow ----------------------------------------------------------------
+
+def run_pipeline(
+    settings: Settings,
+    *,
+    mode: str = "run",
+    force: bool = False,
+    inventory_file: Path | None = None,
+    mappings: MappingSet | None = None,
+) -> RunOutcome:
+    """accounts -> sessions -> collect -> map -> plan -> apply -> report."""
+    run_id, started = new_run_id(), _now()
+    mappings = mappings or load_mappings(settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None)
+    inventory, mapped, plan, applied = None, MapResult(), None, None
+    errors: list[str] = []
+    tables = sorted(mappings.mappings)
+    sn = settings.servicenow
+    tables_client = TableClient(sn)
+    try:
+        inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings)
+        mapped = map_inventory(inventory, mappings)
+        reader = CmdbReader(tables_client, sn.discovery_source)
+        policies = table_policies(mappings)
+        rel_types = reader.relation_types({r.type for m in mappings.mappings.values() for r in m.relations})
+        plan = plan_changes(
+            mapped.cis,
+            read_existing(reader, mappings, mapped),
+            inventory.scopes,
+            mapped.problems,
+            reader.relations(rel_types.values()),
+            rel_types,
+            policies,
+            PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
+        )
+        if mode == "run":
+            applied = apply_plan(plan, TableApiWriter(tables_client), policies, rel_types, sn.workers)
+        exit_code = exit_code_for(inventory, mapped, applied)
+    except UsageError:
+        raise
+    except ConnectorError as exc:
+        log.error("run %s failed: %s", run_id, exc)
+        errors.append(str(exc))
+        exit_code = EXIT_FAILED
+    finally:
+        tables_client.close()
+    report = build_report(
+        run_id=run_id, mode=mode, started_at=started, finished_at=_now(), exit_code=exit_code,
+        inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
+    )
+    path = write_report(report, settings.path(settings.report.output_dir))
+    log.info("%s", summary_line(report))
+    return RunOutcome(exit_code, report, path)
+
+
+__all__ = ["run_pipeline", "RunOutcome", "GLOBAL_REGION", "Plan"]

@@ -1,0 +1,108 @@
+"""The stand-in's class model: tables, their parents and their fields.
+
+Following the CMDB classes that ServiceNow's Service Graph Connector for AWS
+uses. A write to a field the table does not have is ignored, and a query
+condition on it is dropped, as on a real instance.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+SYS_FIELDS = (
+    "sys_id", "sys_class_name", "sys_created_on", "sys_created_by",
+    "sys_updated_on", "sys_updated_by", "sys_mod_count",
+)
+
+CI_FIELDS = (
+    "name", "short_description", "install_status", "operational_status", "discovery_source",
+    "correlation_id", "object_id", "first_discovered", "last_discovered", "company", "location",
+    "asset_tag", "serial_number", "comments", "environment", "category", "subcategory",
+)
+
+# table -> (parent table, own fields)
+TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
+    "cmdb_ci": (None, CI_FIELDS),
+    "cmdb_ci_cloud_org": ("cmdb_ci", ("org_id",)),
+    "cmdb_ci_aws_org_unit": ("cmdb_ci", ("ou_id",)),
+    "cmdb_ci_cloud_service_account": ("cmdb_ci", ("account_id", "is_master_account", "organization_id", "datacenter_type")),
+    "cmdb_ci_logical_datacenter": ("cmdb_ci", ("region",)),
+    "cmdb_ci_aws_datacenter": ("cmdb_ci_logical_datacenter", ()),
+    "cmdb_ci_availability_zone": ("cmdb_ci", ("zone_id",)),
+    "cmdb_ci_network": ("cmdb_ci", ("cidr",)),
+    "cmdb_ci_cloud_subnet": ("cmdb_ci", ("cidr", "available_ip_count")),
+    "cmdb_ci_nic": ("cmdb_ci", ("ip_address", "mac_address")),
+    "cmdb_ci_compute_security_group": ("cmdb_ci", ("description",)),
+    "cmdb_ci_vm": ("cmdb_ci", ()),
+    "cmdb_ci_vm_object": ("cmdb_ci", ()),
+    "cmdb_ci_vm_instance": ("cmdb_ci_vm_object", ("vm_inst_id", "state", "cpus", "memory", "ip_address", "disks_size")),
+    "cmdb_ci_storage_volume": ("cmdb_ci", ("size", "storage_type", "size_bytes")),
+    "cmdb_ci_cloud_load_balancer": ("cmdb_ci", ("dns_name", "type")),
+    "cmdb_ci_cloud_database": ("cmdb_ci", ("type", "version", "tcp_port", "category")),
+    "cmdb_ci_cloud_object_storage": ("cmdb_ci", ("location_constraint",)),
+    "cmdb_ci_cloud_function": ("cmdb_ci", ("language", "code_size", "handler")),
+    "cmdb_ci_dynamodb_table": ("cmdb_ci", ("table_size", "item_count")),
+    "cmdb_ci_kubernetes_cluster": ("cmdb_ci", ("version", "ip_address")),
+    "cmdb_key_value": (None, ("key", "value", "configuration_item")),
+    "cmdb_rel_ci": (None, ("parent", "child", "type", "port", "percent_outage")),
+    "cmdb_rel_type": (None, ("name", "parent_descriptor", "child_descriptor", "sys_name")),
+    "sys_user": (None, ("user_name", "name", "email", "active")),
+}
+
+# table -> {field: referenced table}
+REFERENCES: dict[str, dict[str, str]] = {
+    "cmdb_rel_ci": {"parent": "cmdb_ci", "child": "cmdb_ci", "type": "cmdb_rel_type"},
+    "cmdb_key_value": {"configuration_item": "cmdb_ci"},
+}
+
+REL_TYPES = (
+    "Hosted on::Hosts",
+    "Contains::Contained by",
+    "Located in::Houses",
+    "Depends on::Used by",
+    "Runs on::Runs",
+    "Members::Member of",
+    "Connected by::Connects",
+    "Uses::Used by",
+    "Provides::Provided by",
+    "Owns::Owned by",
+    "Virtualized by::Virtualizes",
+    "Cluster of::Cluster",
+    "IP Connection::IP Connection",
+    "Instantiates::Instantiated by",
+    "Managed by::Manages",
+    "Stored on::Stores",
+    "Allocated to::Allocated from",
+    "Exposes::Exposed by",
+)
+
+
+@lru_cache(maxsize=None)
+def ancestors(table: str) -> tuple[str, ...]:
+    chain = []
+    current: str | None = table
+    while current is not None:
+        chain.append(current)
+        current = TABLES[current][0]
+    return tuple(chain)
+
+
+@lru_cache(maxsize=None)
+def fields_of(table: str) -> frozenset[str]:
+    names = set(SYS_FIELDS)
+    for t in ancestors(table):
+        names.update(TABLES[t][1])
+    return frozenset(names)
+
+
+@lru_cache(maxsize=None)
+def descendants(table: str) -> frozenset[str]:
+    return frozenset(t for t in TABLES if table in ancestors(t))
+
+
+@lru_cache(maxsize=None)
+def references_of(table: str) -> dict[str, str]:
+    refs: dict[str, str] = {}
+    for t in ancestors(table):
+        refs.update(REFERENCES.get(t, {}))
+    return refs

@@ -1,0 +1,173 @@
+"""The HTTP layer under pysnow: one place that validates answers and retries.
+
+``validate_response`` maps every status to an error class, once. The session
+retries what is retriable (429, 502, 503, 504, HTML outage pages, connection
+errors), honouring ``Retry-After``, bounded in attempts and in total time.
+A POST is never re-sent when it may have been applied: that raises
+``AmbiguousWriteError`` and the caller looks the record up first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from email.utils import parsedate_to_datetime
+from typing import Any, Callable
+
+import requests
+
+from ..errors import (
+    AmbiguousWriteError,
+    ServiceNowAuthError,
+    ServiceNowBadRequest,
+    ServiceNowBadResponse,
+    ServiceNowError,
+    ServiceNowNotFound,
+    ServiceNowPermissionError,
+    ServiceNowUnavailable,
+)
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = {429, 502, 503, 504}
+USER_AGENT = "cmdb-connector"
+
+
+def _error_body(response: requests.Response) -> tuple[str, str]:
+    try:
+        body = response.json()
+    except ValueError:
+        return "", ""
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        return str(error.get("message") or ""), str(error.get("detail") or "")
+    return "", ""
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def _short_url(response: requests.Response) -> str:
+    # The path only: no query string, which may be long, and never credentials.
+    return requests.utils.urlparse(response.request.url).path if response.request else ""
+
+
+def validate_response(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    """Raise the typed error for anything that is not a usable Table API answer."""
+    status = response.status_code
+    method = response.request.method if response.request else ""
+    where = {"status": status, "method": method, "url": _short_url(response)}
+    if 200 <= status < 300:
+        if status == 204:
+            return response
+        if not response.content:
+            raise ServiceNowBadResponse(
+                "ServiceNow answered with no body (an empty 202 means the instance dropped a "
+                "queued request)", **where
+            )
+        try:
+            response.json()
+        except ValueError:
+            kind = "an HTML page" if b"<html" in response.content[:2048].lower() else "something that is not JSON"
+            raise ServiceNowBadResponse(
+                f"ServiceNow answered with {kind}: the instance may be hibernating, upgrading "
+                "or behind a proxy error page", **where
+            ) from None
+        return response
+    message, detail = _error_body(response)
+    if not message and "json" not in response.headers.get("Content-Type", ""):
+        message = "answer is not JSON (an HTML error page?)"
+    if status == 401:
+        raise ServiceNowAuthError(
+            f"ServiceNow refused the credentials: {message or 'User Not Authenticated'}", detail=detail, **where
+        )
+    if status == 403:
+        raise ServiceNowPermissionError(f"ServiceNow refused the request: {message}", detail=detail, **where)
+    if status == 404:
+        raise ServiceNowNotFound(f"ServiceNow: {message or 'No Record found'}", detail=detail, **where)
+    if status in RETRY_STATUSES or status >= 500:
+        raise ServiceNowUnavailable(
+            f"ServiceNow unavailable: {message or response.reason}",
+            retry_after=_retry_after(response), detail=detail, **where,
+        )
+    raise ServiceNowBadRequest(f"ServiceNow rejected the request: {message or response.reason}", detail=detail, **where)
+
+
+def _connection_failure(exc: requests.RequestException, method: str, url: str) -> ServiceNowError:
+    not_sent = isinstance(exc, requests.ConnectTimeout) or (
+        isinstance(exc, requests.ConnectionError) and "NewConnectionError" in repr(exc)
+    )
+    path = requests.utils.urlparse(url).path
+    if method == "POST" and not not_sent:
+        return AmbiguousWriteError(f"connection lost during a create: {type(exc).__name__}", method=method, url=path)
+    return ServiceNowUnavailable(f"cannot reach ServiceNow: {type(exc).__name__}", method=method, url=path)
+
+
+class ServiceNowSession(requests.Session):
+    """A ``requests.Session`` that validates every answer and retries with care."""
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 60,
+        max_attempts: int = 6,
+        max_retry_seconds: float = 300,
+        verify: bool | str = True,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        super().__init__()
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.max_retry_seconds = max_retry_seconds
+        self.verify = verify
+        self._sleep = sleep
+        self.retries = 0
+        self.headers.update(
+            {"Accept": "application/json", "Content-Type": "application/json", "User-Agent": USER_AGENT}
+        )
+        self.hooks["response"].append(validate_response)
+
+    def _backoff(self, attempt: int) -> float:
+        return min(30.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
+        method = method.upper()
+        kwargs.setdefault("timeout", self.timeout)
+        deadline = time.monotonic() + self.max_retry_seconds
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return super().request(method, url, **kwargs)
+            except ServiceNowError as exc:
+                error: ServiceNowError = exc
+                if method == "POST" and exc.retriable and exc.status != 429:
+                    # 502/503/504, an HTML page or an empty 202 on a create: it
+                    # may have been applied. The caller checks before re-sending.
+                    raise AmbiguousWriteError(str(exc.args[0]), status=exc.status, detail=exc.detail,
+                                              method=exc.method, url=exc.url) from None
+            except requests.RequestException as exc:
+                error = _connection_failure(exc, method, url)
+                if isinstance(error, AmbiguousWriteError):
+                    raise error from None
+            if not error.retriable or attempt >= self.max_attempts:
+                raise error
+            wait = getattr(error, "retry_after", None)
+            wait = self._backoff(attempt) if wait is None else wait
+            if time.monotonic() + wait > deadline:
+                raise error
+            self.retries += 1
+            log.info("ServiceNow %s %s: %s; retry %d in %.1fs", method, error.url, error.args[0], attempt, wait)
+            self._sleep(wait)

@@ -1,0 +1,266 @@
+"""Settings: one TOML file, overridden by ``CMDB_<SECTION>__<KEY>`` variables.
+
+Validated once, here, at the border. Every problem becomes a ``ConfigError``
+that names the file, the key and the fix, and never shows a secret's value.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from .errors import ConfigError
+
+ENV_PREFIX = "CMDB_"
+DEFAULT_CONFIG_NAME = "config.toml"
+CONFIG_ENV = "CMDB_CONFIG"
+SECRET_KEYS = {("aws", "external_id"), ("servicenow", "password")}
+
+_ACCOUNT_ID = re.compile(r"^\d{12}$")
+_EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AwsSettings(_Section):
+    role_name: str = "CMDBReadRole"
+    external_id: SecretStr
+    session_name: str = Field("CMDBInventorySession", min_length=2, max_length=64)
+    session_duration_seconds: int = Field(3600, ge=1800, le=43200)
+    regions: list[str] = Field(default_factory=lambda: ["us-east-1"], min_length=1)
+    accounts: list[str] = Field(default_factory=list)
+    exclude_accounts: list[str] = Field(default_factory=list)
+    organizational_units: list[str] = Field(default_factory=list)
+    organization_account_id: str = ""
+    max_workers: int = Field(16, ge=1, le=256)
+    max_workers_per_account: int = Field(4, ge=1, le=64)
+    max_attempts: int = Field(5, ge=1, le=20)
+
+    @field_validator("external_id")
+    @classmethod
+    def _external_id_shape(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError(f"is empty. Set it with {ENV_PREFIX}AWS__EXTERNAL_ID")
+        if not _EXTERNAL_ID.match(value.get_secret_value()):
+            # Say what is wrong without repeating the value.
+            raise ValueError(
+                "must be 2 to 1224 characters of letters, digits and +=,.@:/-"
+            )
+        return value
+
+    @field_validator("accounts", "exclude_accounts")
+    @classmethod
+    def _account_ids(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not _ACCOUNT_ID.match(v)]
+        if bad:
+            raise ValueError(f"account ids are 12 digits, as strings; not {bad}")
+        return value
+
+    @field_validator("organization_account_id")
+    @classmethod
+    def _org_account(cls, value: str) -> str:
+        if value and not _ACCOUNT_ID.match(value):
+            raise ValueError(f"an account id is 12 digits, as a string; not {value!r}")
+        return value
+
+    @field_validator("session_duration_seconds", mode="before")
+    @classmethod
+    def _duration_reason(cls, value: Any) -> Any:
+        if isinstance(value, int) and 0 < value < 1800:
+            raise ValueError(
+                "must be at least 1800: botocore refreshes 15 minutes before expiry, "
+                "so a shorter session would re-assume the role on almost every call"
+            )
+        return value
+
+
+class ServiceNowSettings(_Section):
+    instance_url: str
+    username: str = Field(min_length=1)
+    password: SecretStr
+    discovery_source: str = Field("AWS CMDB Connector", min_length=1)
+    page_size: int = Field(1000, ge=1, le=10000)
+    workers: int = Field(8, ge=1, le=64)
+    timeout_seconds: float = Field(60, gt=0)
+    max_attempts: int = Field(6, ge=1, le=30)
+    max_retry_seconds: float = Field(300, gt=0)
+    verify_tls: bool = True
+    ca_bundle: Path | None = None
+
+    @field_validator("instance_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("must start with https:// (or http:// for a local stand-in)")
+        return value.rstrip("/")
+
+    @field_validator("password")
+    @classmethod
+    def _password_set(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("is empty")
+        return value
+
+
+class ReconcileSettings(_Section):
+    mappings_dir: Path | None = None
+    retire: bool = True
+    max_retire_fraction: float = Field(0.25, ge=0, le=1)
+
+
+class ReportSettings(_Section):
+    output_dir: Path = Path("reports")
+
+
+_TOML_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_TOML_DATA")
+
+
+class _TomlData(PydanticBaseSettingsSource):
+    """The already-parsed TOML file, the lowest-priority source."""
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused API
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _TOML_DATA.get({})
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    aws: AwsSettings
+    servicenow: ServiceNowSettings
+    reconcile: ReconcileSettings = ReconcileSettings()
+    report: ReportSettings = ReportSettings()
+    # Where relative paths are resolved from: the config file's folder.
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls,
+        init_settings,
+        env_settings,
+        dotenv_settings,
+        file_secret_settings,
+    ):
+        return (init_settings, env_settings, _TomlData(settings_cls))
+
+    def path(self, value: Path) -> Path:
+        """A configured path, resolved against the config file's folder."""
+        return value if value.is_absolute() else (self.base_dir / value)
+
+
+def find_config(explicit: str | None) -> Path:
+    """--config, else ./config.toml, else $CMDB_CONFIG."""
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found")
+        return path
+    local = Path(DEFAULT_CONFIG_NAME)
+    if local.is_file():
+        return local
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        if not Path(env).is_file():
+            raise ConfigError(f"{env}: config file not found (from ${CONFIG_ENV})")
+        return Path(env)
+    raise ConfigError(
+        f"no config: pass --config PATH, or put {DEFAULT_CONFIG_NAME} in the current "
+        f"folder, or set ${CONFIG_ENV}. config.example.toml lists every key."
+    )
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+
+
+def load_settings(path: Path | None, data: dict[str, Any] | None = None) -> Settings:
+    """Read and validate settings from ``path`` (or ``data``) plus the environment."""
+    if data is None:
+        assert path is not None
+        data = read_toml(path)
+    source = str(path) if path else "built-in settings"
+    base_dir = path.resolve().parent if path else Path.cwd()
+    token = _TOML_DATA.set(data)
+    try:
+        return Settings(base_dir=base_dir)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from None
+    finally:
+        _TOML_DATA.reset(token)
+
+
+def _key_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) >= 2:
+        rest = ".".join(parts[1:])
+        return f"[{parts[0]}] {rest}"
+    return parts[0] if parts else "(top level)"
+
+
+def _env_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    return ENV_PREFIX + "__".join(p.upper() for p in parts[:2])
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    models: dict[str, type[BaseModel]] = {
+        "aws": AwsSettings,
+        "servicenow": ServiceNowSettings,
+        "reconcile": ReconcileSettings,
+        "report": ReportSettings,
+    }
+    if len(loc) == 1:
+        return sorted(models)
+    model = models.get(str(loc[0]))
+    return sorted(model.model_fields) if model else []
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        key = _key_name(loc)
+        env = _env_name(loc)
+        secret = tuple(str(p) for p in loc[:2]) in SECRET_KEYS
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = ", ".join(_known_keys(loc))
+            lines.append(f"  {key}: unknown key. Fix: remove it or correct the spelling; known keys here: {known}")
+        elif kind == "missing":
+            lines.append(f"  {key}: required key is missing. Fix: set it in the file or with {env}")
+        else:
+            message = err["msg"].removeprefix("Value error, ")
+            shown = "" if secret else f" (got {err.get('input')!r})"
+            where = f" from {env}" if env in os.environ else ""
+            lines.append(f"  {key}{where}: {message}{shown}. Fix: correct the value")
+    return "\n".join(lines)
