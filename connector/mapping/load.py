@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from ..errors import MappingError
 from .functions import make_transform, snow_string
-from .schema import FieldSpec, FieldValue, MappingFile
+from .schema import FieldSpec, MappingFile
 
 Evaluator = Callable[[dict[str, Any], dict[str, str]], Any]
 
@@ -38,9 +38,12 @@ class CompiledSource:
     items: Callable[[Any], Any] | None
     id: Callable[[Any], Any]
     scope: str
+    items_text: str | None = None
 
     def call_signature(self) -> tuple:
-        return (self.kind, self.service, self.operation, repr(sorted(self.params.items())), self.scope)
+        """Two files may share a source only if they describe the same call."""
+        return (self.kind, self.service, self.operation, repr(sorted(self.params.items())),
+                self.items_text, self.scope)
 
 
 @dataclass(frozen=True)
@@ -142,10 +145,8 @@ def _tag_getter(key: str) -> Callable[[Any], Any]:
     return get
 
 
-def compile_field(spec: FieldValue) -> Evaluator:
+def compile_field(spec: FieldSpec) -> Evaluator:
     """A field spec -> ``f(item, context) -> str | None``."""
-    if isinstance(spec, str):
-        spec = FieldSpec(path=spec)
     if spec.template is not None:
         base: Evaluator = _template(spec.template)
     elif spec.path is not None:
@@ -185,6 +186,7 @@ def _compile_source(spec) -> CompiledSource:
         items=jmespath.compile(spec.items).search if spec.items else None,
         id=_path_getter(spec.id),
         scope=spec.scope,
+        items_text=spec.items,
     )
 
 
@@ -199,7 +201,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         spec = MappingFile.model_validate(raw)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"] if p not in ("str", "FieldSpec"))
+            loc = ".".join(str(p) for p in err["loc"])
             if err["type"] == "extra_forbidden":
                 problems.append(f"{path}: {loc}: unknown key")
             elif err["type"] == "missing":

@@ -6,9 +6,9 @@ One TOML file per CMDB class; the file name is the class (table). See
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 DEFAULT_RETIRE = {"install_status": "7", "operational_status": "6"}
 DEFAULT_REVIVE = {"install_status": "1", "operational_status": "1"}
@@ -40,7 +40,12 @@ class FieldSpec(_Strict):
         return self
 
 
-FieldValue = str | FieldSpec
+def _as_field_spec(value: Any) -> Any:
+    """A plain string is shorthand for ``{ path = "..." }``."""
+    return {"path": value} if isinstance(value, str) else value
+
+
+FieldValue = Annotated[FieldSpec, BeforeValidator(_as_field_spec)]
 
 
 class SourceSpec(_Strict):

@@ -361,7 +361,7 @@ class _Handler(BaseHTTPRequestHandler):
             if name not in record:
                 continue  # unknown fields in sysparm_fields are ignored
             value = record[name]
-            if name in refs and value and exclude_links != "true":
+            if name in refs and value and exclude_links.lower() != "true":
                 out[name] = {"link": f"{self.app.url}/api/now/table/{refs[name]}/{value}", "value": value}
             else:
                 out[name] = value
@@ -392,9 +392,9 @@ class _Handler(BaseHTTPRequestHandler):
         if version == "v1" and not page and one("sysparm_query"):
             return self._error(404, "No Record found", "Records matching query not found. Check query parameter or offset parameter", cookie)
         headers = dict(cookie)
-        if one("sysparm_no_count") != "true":
+        if one("sysparm_no_count").lower() != "true":
             headers["X-Total-Count"] = str(total)
-        if one("sysparm_suppress_pagination_header") != "true" and limit > 0:
+        if one("sysparm_suppress_pagination_header").lower() != "true" and limit > 0:
             headers["Link"] = self._links(table, params, offset, limit, total)
         fields, exclude = one("sysparm_fields"), one("sysparm_exclude_reference_link")
         self._send(200, {"result": [self._render(r, fields, exclude) for r in page]}, headers)

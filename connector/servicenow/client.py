@@ -59,9 +59,15 @@ class TableClient:
         return client
 
     def _resource(self, table: str):
-        return self._pysnow().resource(
+        resource = self._pysnow().resource(
             api_path=f"/table/{table}", base_path=self._base_path, timeout=self._settings.timeout_seconds
         )
+        # Raw values for comparisons, and references as plain sys_ids, spelled
+        # as ServiceNow documents them (pysnow would send Python's "True").
+        resource.parameters.add_custom(
+            {"sysparm_display_value": "false", "sysparm_exclude_reference_link": "true"}
+        )
+        return resource
 
     @property
     def retries(self) -> int:
@@ -84,7 +90,6 @@ class TableClient:
         while True:
             response = self._resource(table).get(
                 query=ordered, limit=limit, offset=offset, fields=list(fields),
-                exclude_reference_link=True,
             )
             rows = response.all()
             yield from rows

@@ -117,36 +117,5 @@ class TableApiWriter:
         payload = {"parent": parent, "child": child, "type": type_id}
         return self._create(REL_TABLE, payload, payload)
 
-    def delete_relation(self, sys_id: str) -> None: ...
-
-
-class TableApiWriter:
-    """Writes through the Table API. A lost create is looked up, never re-sent blindly."""
-
-    def __init__(self, tables: TableClient):
-        self.tables = tables
-
-    def _create(self, table: str, payload: dict[str, str], lookup: str) -> str:
-        try:
-            return self.tables.create(table, payload)["sys_id"]
-        except AmbiguousWriteError as exc:
-            log.warning("table %s: create answer lost (%s); checking before re-sending", table, exc.args[0])
-            for row in self.tables.query(table, lookup, ["sys_id"]):
-                return row["sys_id"]
-            return self.tables.create(table, payload)["sys_id"]
-
-    def create_ci(self, table: str, fields: dict[str, str], identity_field: str) -> str:
-        identity = fields.get(identity_field)
-        if not identity:
-            raise ServiceNowError(f"table {table}: refusing to create a CI without {identity_field}")
-        return self._create(table, fields, f"{identity_field}={identity}")
-
-    def update_ci(self, table: str, sys_id: str, fields: dict[str, str]) -> None:
-        self.tables.update(table, sys_id, fields)
-
-    def create_relation(self, parent: str, child: str, type_id: str) -> str:
-        payload = {"parent": parent, "child": child, "type": type_id}
-        return self._create(REL_TABLE, payload, f"parent={parent}^child={child}^type={type_id}")
-
     def delete_relation(self, sys_id: str) -> None:
         self.tables.delete(REL_TABLE, sys_id)

@@ -1,0 +1,202 @@
+"""plan is pure: plain data in, plain data out."""
+
+from __future__ import annotations
+
+from connector.models import OK, DENIED, DesiredCI, ExistingCI, ExistingRelation, MappingProblem, RelationRef, Scope
+from connector.reconcile.plan import PlanOptions, TablePolicy, plan_changes
+
+DS = "AWS CMDB Connector"
+A, R = "111122223333", "us-east-1"
+VM = "cmdb_ci_vm_instance"
+DC = "cmdb_ci_aws_datacenter"
+DC_ID = f"arn:aws:ec2:{R}:{A}:region/{R}"
+RETIRE = {"install_status": "7", "operational_status": "6"}
+REVIVE = {"install_status": "1", "operational_status": "1"}
+POLICIES = {
+    VM: TablePolicy(VM, "correlation_id", "ec2:instance", RETIRE, REVIVE, (("Hosted on::Hosts", DC, "parent"),)),
+    DC: TablePolicy(DC, "correlation_id", "ec2:region", RETIRE, REVIVE),
+}
+OPTIONS = PlanOptions(DS)
+SCOPES = [Scope(A, R, "ec2:instance", OK), Scope(A, R, "ec2:region", OK)]
+REL_TYPES = {"Hosted on::Hosts": "type-hosted"}
+
+
+def vm_id(n: int, account: str = A) -> str:
+    return f"arn:aws:ec2:{R}:{account}:instance/i-{n}"
+
+
+def desired_vm(n: int, name: str | None = None, account: str = A, **fields) -> DesiredCI:
+    values = {"name": name or f"vm{n}", "object_id": f"i-{n}", "correlation_id": vm_id(n, account), **fields}
+    return DesiredCI(VM, vm_id(n, account), values, (RelationRef("Hosted on::Hosts", DC, f"arn:aws:ec2:{R}:{account}:region/{R}"),),
+                     (account, R, "ec2:instance"))
+
+
+def existing_vm(n: int, name: str | None = None, account: str = A, sys_id: str | None = None, **fields) -> ExistingCI:
+    values = {"sys_id": sys_id or f"s{n}", "sys_class_name": VM, "discovery_source": DS, "name": name or f"vm{n}",
+              "object_id": f"i-{n}", "correlation_id": vm_id(n, account), "install_status": "1",
+              "operational_status": "1", **fields}
+    return ExistingCI(VM, values["sys_id"], values)
+
+
+def plan(desired, existing, scopes=SCOPES, relations=(), options=OPTIONS, problems=()):
+    by_table: dict[str, list] = {}
+    for ci in existing:
+        by_table.setdefault(ci.table, []).append(ci)
+    return plan_changes(list(desired), by_table, list(scopes), list(problems), list(relations), REL_TYPES, POLICIES, options)
+
+
+def actions(p) -> list[tuple[str, str]]:
+    return sorted((c.action, c.identity) for c in p.changes)
+
+
+def test_create_carries_all_fields_stamp_and_live_status():
+    p = plan([desired_vm(1)], [])
+    (change,) = p.changes
+    assert change.action == "create"
+    assert change.payload == {"name": "vm1", "object_id": "i-1", "correlation_id": vm_id(1),
+                              "discovery_source": DS, "install_status": "1", "operational_status": "1"}
+
+
+def test_unchanged_plans_zero_writes():
+    p = plan([desired_vm(1)], [existing_vm(1)])
+    assert p.changes == [] and p.unchanged[VM] == 1
+
+
+def test_update_has_only_changed_fields_with_old_and_new():
+    p = plan([desired_vm(1, name="renamed")], [existing_vm(1)])
+    (change,) = p.changes
+    assert (change.action, change.sys_id, change.diff) == ("update", "s1", {"name": ("vm1", "renamed")})
+
+
+def test_string_form_normalisation_none_equals_empty():
+    p = plan([desired_vm(1, ip_address=None)], [existing_vm(1, ip_address="")])
+    assert p.changes == []
+    p = plan([desired_vm(1, ip_address=None)], [existing_vm(1, ip_address="10.0.0.1")])
+    assert p.changes[0].diff == {"ip_address": ("10.0.0.1", "")}
+
+
+def test_gone_from_an_ok_scope_is_retired():
+    existing = [existing_vm(1), existing_vm(2), existing_vm(3), existing_vm(4)]
+    p = plan([desired_vm(1)], existing, options=PlanOptions(DS, max_retire_fraction=0.75))
+    assert actions(p) == [("retire", vm_id(2)), ("retire", vm_id(3)), ("retire", vm_id(4))]
+    assert p.guards == []
+    # 3 of 4 is over 50%: the guard holds them all
+    held = plan([desired_vm(1)], existing, options=PlanOptions(DS, max_retire_fraction=0.5))
+    assert "would retire 3 of 4 owned CIs (75%)" in held.guards[0]
+    assert held.changes == []
+
+
+def test_retire_sets_lifecycle_values():
+    p = plan([desired_vm(1), desired_vm(2), desired_vm(3)], [existing_vm(n) for n in (1, 2, 3, 4)])
+    (change,) = p.changes
+    assert change.action == "retire" and change.sys_id == "s4"
+    assert change.diff == {"install_status": ("1", "7"), "operational_status": ("1", "6")}
+
+
+def test_guard_yields_to_force():
+    desired, existing = [desired_vm(1)], [existing_vm(n) for n in (1, 2, 3)]
+    assert plan(desired, existing).guards
+    forced = plan(desired, existing, options=PlanOptions(DS, force=True))
+    assert forced.guards == [] and len([c for c in forced.changes if c.action == "retire"]) == 2
+
+
+def test_retire_switched_off():
+    p = plan([desired_vm(n) for n in (1, 2, 3)], [existing_vm(n) for n in (1, 2, 3, 4)],
+             options=PlanOptions(DS, retire=False))
+    assert p.changes == [] and "reconcile.retire = false" in p.guards[0]
+
+
+def test_unknown_is_not_empty_denied_scope_retires_nothing():
+    other = "444455556666"
+    existing = [existing_vm(n, account=other, sys_id=f"o{n}") for n in (1, 2)] + [existing_vm(n) for n in (1, 2, 3, 4)]
+    scopes = SCOPES + [Scope(other, R, "ec2:instance", DENIED, "AccessDenied")]
+    p = plan([desired_vm(n) for n in (1, 2, 3)], existing, scopes=scopes)
+    assert actions(p) == [("retire", vm_id(4))]
+
+
+def test_scope_absent_from_run_retires_nothing():
+    other = "444455556666"
+    p = plan([], [existing_vm(1, account=other)], scopes=SCOPES)
+    assert p.changes == []
+
+
+def test_mapping_problem_makes_its_scope_unknown():
+    p = plan([desired_vm(n) for n in (1, 2, 3)], [existing_vm(n) for n in (1, 2, 3, 4)],
+             problems=[MappingProblem((A, R, "ec2:instance"), VM, "bad item")])
+    assert p.changes == []
+
+
+def test_client_side_recheck_of_every_retire():
+    """A query that dropped its conditions returns CIs we do not own: none is retired."""
+    foreign = [
+        existing_vm(5, sys_id="x5", discovery_source="ServiceNow Discovery"),
+        existing_vm(6, sys_id="x6", sys_class_name="cmdb_ci_ec2_instance"),
+        existing_vm(7, sys_id="x7", correlation_id="vm-7-not-an-arn"),
+    ]
+    p = plan([desired_vm(n) for n in (1, 2, 3)], [existing_vm(n) for n in (1, 2, 3)] + foreign,
+             options=PlanOptions(DS, force=True))
+    assert p.changes == []
+
+
+def test_revive_a_retired_ci_that_came_back():
+    p = plan([desired_vm(1)], [existing_vm(1, install_status="7", operational_status="6")])
+    (change,) = p.changes
+    assert change.action == "revive"
+    assert change.diff == {"install_status": ("7", "1"), "operational_status": ("6", "1")}
+
+
+def test_already_retired_and_still_gone_is_unchanged():
+    p = plan([], [existing_vm(1, install_status="7", operational_status="6")])
+    assert p.changes == [] and p.unchanged[VM] == 1
+
+
+def test_adopt_a_ci_made_by_another_source():
+    discovered = ExistingCI(VM, "d1", {"sys_id": "d1", "sys_class_name": VM, "discovery_source": "ServiceNow",
+                                       "object_id": "i-1", "correlation_id": "", "name": "vm1",
+                                       "install_status": "1", "operational_status": "1"})
+    p = plan([desired_vm(1)], [discovered])
+    (change,) = p.changes
+    assert change.action == "update" and change.sys_id == "d1" and change.note.startswith("adopted")
+    assert change.diff == {"correlation_id": ("", vm_id(1)), "discovery_source": ("ServiceNow", DS)}
+
+
+def test_duplicates_are_reported_and_nothing_created():
+    p = plan([desired_vm(1)], [existing_vm(1, sys_id="a"), existing_vm(1, sys_id="b")])
+    assert p.changes == []
+    assert p.duplicates == [{"table": VM, "identity": vm_id(1), "sys_ids": ["a", "b"]}]
+
+
+def dc(sys_id="dc1") -> ExistingCI:
+    return ExistingCI(DC, sys_id, {"sys_id": sys_id, "sys_class_name": DC, "discovery_source": DS,
+                                   "correlation_id": DC_ID, "object_id": R, "name": R, "region": R,
+                                   "install_status": "1", "operational_status": "1"})
+
+
+def desired_dc() -> DesiredCI:
+    return DesiredCI(DC, DC_ID, {"name": R, "object_id": R, "region": R, "correlation_id": DC_ID}, (), (A, R, "ec2:region"))
+
+
+def test_relations_created_for_new_and_existing_ends():
+    p = plan([desired_vm(1), desired_dc()], [dc()])
+    (rel,) = p.relation_changes
+    assert (rel.action, rel.type, rel.parent, rel.child) == ("create", "Hosted on::Hosts", (VM, vm_id(1)), (DC, DC_ID))
+
+
+def test_existing_relation_is_unchanged():
+    p = plan([desired_vm(1), desired_dc()], [dc(), existing_vm(1)],
+             relations=[ExistingRelation("r1", "s1", "dc1", "type-hosted")])
+    assert p.relation_changes == [] and p.relations_unchanged == 1
+
+
+def test_stale_relation_of_a_present_ci_is_deleted():
+    other_dc = ExistingCI(DC, "dc2", {**dc("dc2").fields, "correlation_id": f"arn:aws:ec2:{R}:{A}:region/old"})
+    p = plan([desired_vm(1), desired_dc()], [dc(), other_dc, existing_vm(1)],
+             relations=[ExistingRelation("r1", "s1", "dc1", "type-hosted"), ExistingRelation("r2", "s1", "dc2", "type-hosted")])
+    assert [(r.action, r.sys_id) for r in p.relation_changes] == [("delete", "r2")]
+
+
+def test_relations_of_unmanaged_cis_or_absent_declarers_are_kept():
+    p = plan([desired_dc()], [dc()],
+             relations=[ExistingRelation("r1", "s1", "dc1", "type-hosted"),          # s1 absent from this run
+                        ExistingRelation("r2", "foreign", "dc1", "type-hosted")])   # parent not ours
+    assert p.relation_changes == []

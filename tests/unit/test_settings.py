@@ -1,0 +1,169 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.cli import main
+from connector.errors import ConfigError
+from connector.settings import find_config, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+GOOD = """
+[aws]
+external_id = "ext-id-123"
+regions = ["us-east-1", "eu-west-1"]
+
+[servicenow]
+instance_url = "https://acme.service-now.com/"
+username = "svc"
+password = "hunter2-secret"
+
+[reconcile]
+mappings_dir = "my-mappings"
+
+[report]
+output_dir = "out/reports"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_good_config_loads_with_types_and_defaults(tmp_path):
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.aws.regions == ["us-east-1", "eu-west-1"]
+    assert settings.aws.role_name == "CMDBReadRole"
+    assert settings.aws.session_duration_seconds == 3600
+    assert settings.servicenow.instance_url == "https://acme.service-now.com"
+    assert settings.servicenow.discovery_source == "AWS CMDB Connector"
+    assert settings.reconcile.max_retire_fraction == 0.25
+
+
+def test_relative_paths_resolve_against_the_config_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir("/")
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.path(settings.reconcile.mappings_dir) == tmp_path.resolve() / "my-mappings"
+    assert settings.path(settings.report.output_dir) == tmp_path.resolve() / "out/reports"
+
+
+def test_env_overrides_file_including_nested_lists(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD", "from-env")
+    monkeypatch.setenv("CMDB_AWS__REGIONS", '["ap-south-1"]')
+    monkeypatch.setenv("CMDB_RECONCILE__RETIRE", "false")
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.servicenow.password.get_secret_value() == "from-env"
+    assert settings.aws.regions == ["ap-south-1"]
+    assert settings.reconcile.retire is False
+
+
+def test_secrets_are_masked_in_repr(tmp_path):
+    settings = load_settings(write(tmp_path, GOOD))
+    text = repr(settings) + str(settings) + settings.model_dump_json()
+    assert "hunter2-secret" not in text
+    assert "ext-id-123" not in text
+
+
+BAD_CASES = [
+    (
+        GOOD.replace('username = "svc"', 'usernme = "svc"'),
+        ["[servicenow] usernme: unknown key", "known keys here:", "username",
+         "[servicenow] username: required key is missing. Fix: set it in the file or with CMDB_SERVICENOW__USERNAME"],
+    ),
+    (
+        GOOD.replace("[report]", "[reprot]"),
+        ["reprot: unknown key"],
+    ),
+    (
+        GOOD.replace('regions = ["us-east-1", "eu-west-1"]', 'regions = "us-east-1"'),
+        ["[aws] regions: Input should be a valid list"],
+    ),
+    (
+        GOOD.replace('external_id = "ext-id-123"', 'session_duration_seconds = 900'),
+        ["[aws] external_id: required key is missing", "CMDB_AWS__EXTERNAL_ID",
+         "[aws] session_duration_seconds: must be at least 1800"],
+    ),
+    (
+        GOOD.replace('external_id = "ext-id-123"', 'external_id = "has spaces!"'),
+        ["[aws] external_id: must be 2 to 1224 characters"],
+    ),
+    (
+        GOOD.replace('instance_url = "https://acme.service-now.com/"', 'instance_url = "acme"'),
+        ["[servicenow] instance_url: must start with https://"],
+    ),
+    (
+        GOOD.replace('username = "svc"', 'username = "svc'),
+        ["invalid TOML", "(at line 8, column 16)"],
+    ),
+    (
+        GOOD.replace("[aws]", "[aws]\naccounts = [123]"),
+        ["[aws] accounts.0: Input should be a valid string"],
+    ),
+]
+
+
+@pytest.mark.parametrize("text, expected", BAD_CASES)
+def test_bad_config_names_file_key_and_fix(tmp_path, text, expected):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    message = str(info.value)
+    assert message.startswith(str(path))
+    for part in expected:
+        assert part in message
+    # secrets are never echoed, even in an error
+    assert "hunter2-secret" not in message
+    assert "has spaces!" not in message
+
+
+def test_bad_value_from_env_names_the_variable(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMDB_SERVICENOW__PAGE_SIZE", "lots")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD))
+    assert "[servicenow] page_size from CMDB_SERVICENOW__PAGE_SIZE" in str(info.value)
+
+
+def test_config_lookup_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no config: pass --config PATH"):
+        find_config(None)
+    other = tmp_path / "elsewhere.toml"
+    other.write_text(GOOD)
+    monkeypatch.setenv("CMDB_CONFIG", str(other))
+    assert find_config(None) == other
+    write(tmp_path, GOOD)
+    assert find_config(None) == Path("config.toml")
+    with pytest.raises(ConfigError, match="missing.toml: config file not found"):
+        find_config("missing.toml")
+
+
+def test_cli_reports_bad_config_with_exit_2_and_no_traceback(tmp_path):
+    path = write(tmp_path, GOOD.replace("[report]", "[reprot]"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "connector.cli", "--config", str(path), "validate"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert proc.returncode == 2
+    assert "reprot: unknown key" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_example_config_is_valid_with_secrets_from_env(monkeypatch, capsys):
+    monkeypatch.setenv("CMDB_AWS__EXTERNAL_ID", "example-external-id")
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD", "example-password")
+    assert main(["--config", str(REPO / "config.example.toml"), "validate"]) == 0
+    assert "mappings OK: 5 classes" in capsys.readouterr().out
+
+
+def test_example_config_lists_every_key():
+    from connector.settings import AwsSettings, ReconcileSettings, ReportSettings, ServiceNowSettings
+
+    text = (REPO / "config.example.toml").read_text()
+    for model in (AwsSettings, ServiceNowSettings, ReconcileSettings, ReportSettings):
+        for name in model.model_fields:
+            assert name in text, f"config.example.toml does not mention {name}"
