@@ -58,6 +58,9 @@ def _setup_logging(verbose: bool) -> None:
     )
     for noisy in ("botocore", "boto3", "urllib3", "pysnow", "werkzeug"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # botocore logs a refused AssumeRole with a traceback; the connector
+    # reports it once, per account, with the reason.
+    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
 
 
 def _settings(args) -> Settings:

@@ -16,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 MANAGEMENT_ACCOUNT = "123456789012"
 FAKE_KEYS = {"aws_access_key_id": "AKIDSANDBOXCENTRAL", "aws_secret_access_key": "sandbox-secret"}
@@ -47,10 +47,16 @@ class AwsSandbox:
         self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
         self._moto.start()
         self._moto_address = self._moto.get_host_and_port()
+        # moto's state is per process: start from an empty AWS every time.
+        reset = http.client.HTTPConnection(*self._moto_address, timeout=30)
+        reset.request("POST", "/moto-api/reset")
+        reset.getresponse().read()
+        reset.close()
         handler = type("Front", (_Front,), {"sandbox": self})
         self._proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._proxy.daemon_threads = True
-        threading.Thread(target=self._proxy.serve_forever, name="aws-sandbox", daemon=True).start()
+        threading.Thread(target=self._proxy.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="aws-sandbox", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -220,8 +226,3 @@ def _seed_region(endpoint: str, creds: dict[str, str], region: str, label: str, 
 def terminate_instance(endpoint: str, account_id: str, region: str, instance_id: str) -> None:
     ec2 = _client("ec2", endpoint, region, account_credentials(endpoint, account_id))
     ec2.terminate_instances(InstanceIds=[instance_id])
-
-
-def parse_endpoint(url: str) -> tuple[str, int]:
-    parsed = urlparse(url)
-    return parsed.hostname or "127.0.0.1", parsed.port or 80

@@ -167,7 +167,8 @@ class ServiceNowStandIn:
         handler = type("Handler", (_Handler,), {"app": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="servicenow-standin", daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="servicenow-standin", daemon=True)
         self._thread.start()
         return self
 

@@ -1,0 +1,204 @@
+"""End to end, across real HTTP: the CLI as a subprocess, a moto server behind the
+STS front for AWS, and the ServiceNow stand-in.
+
+The Organization has three accounts: the management account, "alpha", and
+"bravo" whose CMDBReadRole refuses AssumeRole (as a missing role would).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.sandbox.aws import AwsSandbox, RegionPlan, seed_organization, terminate_instance
+from connector.sandbox.servicenow import ServiceNowStandIn
+
+pytestmark = pytest.mark.e2e
+
+EXTERNAL_ID = "e2e-external-id-7f3a"
+PASSWORD = "e2e-Passw0rd-9c1d"
+REGIONS = ["us-east-1", "eu-west-1"]
+DS = "AWS CMDB Connector"
+CLI = [sys.executable, "-m", "connector.cli"]
+
+
+@pytest.fixture
+def world(tmp_path):
+    with AwsSandbox(external_id=EXTERNAL_ID) as aws, ServiceNowStandIn(users={"svc_cmdb": PASSWORD}) as sn:
+        org = seed_organization(aws.moto_url, ["alpha", "bravo"], REGIONS, RegionPlan(vpcs=1, subnets_per_vpc=2, instances_per_subnet=2))
+        aws.deny(org.accounts["bravo"])
+        config = tmp_path / "config.toml"
+        config.write_text(
+            f'[aws]\nregions = {json.dumps(REGIONS)}\n\n'
+            f'[servicenow]\ninstance_url = "{sn.url}"\nusername = "svc_cmdb"\n\n'
+            '[report]\noutput_dir = "reports"\n'
+        )
+        yield aws, sn, org, config
+
+
+def run_cli(aws: AwsSandbox, config: Path, *args: str) -> tuple[int, dict, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMDB_"))}
+    env.update(
+        AWS_ENDPOINT_URL=aws.url,
+        AWS_ACCESS_KEY_ID="AKIDE2ECENTRAL",
+        AWS_SECRET_ACCESS_KEY="e2e-central-secret",
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        CMDB_AWS__EXTERNAL_ID=EXTERNAL_ID,
+        CMDB_SERVICENOW__PASSWORD=PASSWORD,
+    )
+    proc = subprocess.run([*CLI, "--config", str(config), *args], capture_output=True, text=True, env=env, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert "Traceback" not in output, output
+    for secret in (EXTERNAL_ID, PASSWORD, "e2e-central-secret"):
+        assert secret not in output
+    report_path = next(line.split("report: ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("report: "))
+    text = Path(report_path).read_text()
+    for secret in (EXTERNAL_ID, PASSWORD, "e2e-central-secret"):
+        assert secret not in text
+    return proc.returncode, json.loads(text), output
+
+
+def cis(sn: ServiceNowStandIn, table: str = "cmdb_ci") -> list[dict]:
+    return [dict(r) for r in sn.store.rows(table)]
+
+
+def of_account(rows: list[dict], account: str) -> list[dict]:
+    return [r for r in rows if f":{account}:" in r["correlation_id"]]
+
+
+def by_key(rows: list[dict]) -> dict[str, dict]:
+    return {r["correlation_id"]: r for r in rows}
+
+
+def relation_keys(sn: ServiceNowStandIn) -> set[tuple[str, str, str]]:
+    types = {r["sys_id"]: r["name"] for r in sn.store.rows("cmdb_rel_type")}
+    keys = {r["sys_id"]: r["correlation_id"] for r in sn.store.rows("cmdb_ci")}
+    return {(keys[r["parent"]], types[r["type"]], keys[r["child"]]) for r in sn.store.rows("cmdb_rel_ci")}
+
+
+def assert_account_in_cmdb(sn, org, account: str, name: str) -> None:
+    rows = of_account(cis(sn), account)
+    tables = sorted({r["sys_class_name"] for r in rows})
+    assert tables == ["cmdb_ci_aws_datacenter", "cmdb_ci_cloud_service_account", "cmdb_ci_cloud_subnet",
+                      "cmdb_ci_network", "cmdb_ci_vm_instance"]
+    assert all(r["discovery_source"] == DS and r["install_status"] == "1" and r["operational_status"] == "1" for r in rows)
+    keyed = by_key(rows)
+    acct = keyed[f"arn:aws:iam::{account}:root"]
+    assert (acct["sys_class_name"], acct["account_id"], acct["object_id"], acct["name"]) == (
+        "cmdb_ci_cloud_service_account", account, account, name)
+    assert acct["is_master_account"] == ("true" if account == org.management_account else "false")
+    rels = relation_keys(sn)
+    for region in REGIONS:
+        dc_key = f"arn:aws:ec2:{region}:{account}:region/{region}"
+        assert (keyed[dc_key]["region"], keyed[dc_key]["object_id"]) == (region, region)
+        assert (dc_key, "Hosted on::Hosts", f"arn:aws:iam::{account}:root") in rels
+        vms = [r for r in rows if r["sys_class_name"] == "cmdb_ci_vm_instance" and f":{region}:" in r["correlation_id"]]
+        assert sorted(r["object_id"] for r in vms) == sorted(org.instances[(account, region)])
+        for vm in vms:
+            assert vm["state"] == "on" and vm["ip_address"] and vm["vm_inst_id"] == vm["object_id"]
+            assert vm["correlation_id"] == f"arn:aws:ec2:{region}:{account}:instance/{vm['object_id']}"
+            assert (vm["correlation_id"], "Hosted on::Hosts", dc_key) in rels
+        label = "management" if account == org.management_account else name
+        vpc = next(r for r in rows if r["sys_class_name"] == "cmdb_ci_network" and r["name"] == f"{label}-vpc-0"
+                   and f":{region}:" in r["correlation_id"])
+        assert vpc["cidr"] == "10.0.0.0/16"
+        assert (vpc["correlation_id"], "Hosted on::Hosts", dc_key) in rels
+        subnets = [r for r in rows if r["sys_class_name"] == "cmdb_ci_cloud_subnet" and r["name"].startswith(f"{label}-subnet-0-")
+                   and f":{region}:" in r["correlation_id"]]
+        assert sorted(s["cidr"] for s in subnets) == ["10.0.0.0/24", "10.0.1.0/24"]
+        for subnet in subnets:
+            assert (vpc["correlation_id"], "Contains::Contained by", subnet["correlation_id"]) in rels
+
+
+def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(world):
+    aws, sn, org, config = world
+    alpha, bravo, mgmt = org.accounts["alpha"], org.accounts["bravo"], org.management_account
+
+    # 1. First run: two good accounts land in the CMDB; the denied one is reported, nothing written for it.
+    code, report, output = run_cli(aws, config, "run")
+    assert code == 3, output
+    status = {a["account_id"]: a for a in report["accounts"]}
+    assert status[bravo]["status"] == "denied" and "AccessDenied" in status[bravo]["error"]
+    assert status[alpha]["status"] == "ok" and status[mgmt]["status"] == "ok"
+    assert report["exit_code"] == 3 and report["mode"] == "run"
+    assert_account_in_cmdb(sn, org, mgmt, "master")
+    assert_account_in_cmdb(sn, org, alpha, "alpha")
+    assert of_account(cis(sn), bravo) == []
+    assert aws.assume_role_calls[bravo] == 1 and aws.assume_role_calls[alpha] == 1
+    created = sum(t["created"] for t in report["tables"].values())
+    assert created == len(cis(sn)) and report["relations"]["created"] == len(sn.store.rows("cmdb_rel_ci"))
+    assert f"run {report['run_id']} run: exit 3" in output  # the one-line summary
+
+    # 2. Second run, nothing changed in AWS: zero writes.
+    writes = sn.writes()
+    code, report, output = run_cli(aws, config, "run")
+    assert code == 3, output
+    assert sn.writes() == writes
+    assert report["changes"] == []
+    assert sum(t["unchanged"] for t in report["tables"].values()) == created
+
+    # 3. bravo's role comes back: its CIs are created.
+    aws.allow(bravo)
+    code, report, output = run_cli(aws, config, "run")
+    assert code == 0, output
+    assert_account_in_cmdb(sn, org, bravo, "bravo")
+
+    # 4. bravo is denied again; one instance is terminated in alpha and one in bravo.
+    aws.deny(bravo)
+    gone_alpha = org.instances[(alpha, "us-east-1")][0]
+    gone_bravo = org.instances[(bravo, "eu-west-1")][0]
+    terminate_instance(aws.moto_url, alpha, "us-east-1", gone_alpha)
+    terminate_instance(aws.moto_url, bravo, "eu-west-1", gone_bravo)
+    bravo_before = sorted(of_account(cis(sn), bravo), key=lambda r: r["sys_id"])
+
+    code, report, output = run_cli(aws, config, "run")
+    assert code == 3, output
+    retired = by_key(cis(sn))[f"arn:aws:ec2:us-east-1:{alpha}:instance/{gone_alpha}"]
+    assert (retired["install_status"], retired["operational_status"]) == ("7", "6")
+    assert [(c["action"], c["identity"]) for c in report["changes"]] == [
+        ("retire", f"arn:aws:ec2:us-east-1:{alpha}:instance/{gone_alpha}")]
+    assert report["tables"]["cmdb_ci_vm_instance"]["retired"] == 1
+    # unknown is not empty: bravo's records are exactly as they were, its terminated instance included
+    assert sorted(of_account(cis(sn), bravo), key=lambda r: r["sys_id"]) == bravo_before
+    assert by_key(cis(sn))[f"arn:aws:ec2:eu-west-1:{bravo}:instance/{gone_bravo}"]["install_status"] == "1"
+
+
+def test_plan_writes_nothing_and_predicts_the_run(world):
+    aws, sn, org, config = world
+    code, planned, output = run_cli(aws, config, "plan")
+    assert code == 3, output
+    assert sn.writes() == 0 and cis(sn) == []
+    assert planned["mode"] == "plan" and all(c["status"] == "planned" for c in planned["changes"])
+    code, ran, output = run_cli(aws, config, "run")
+    assert code == 3
+    assert planned["tables"] == ran["tables"] and planned["relations"] == ran["relations"]
+    assert sorted((c["action"], c["table"], c["identity"]) for c in planned["changes"]) == sorted(
+        (c["action"], c["table"], c["identity"]) for c in ran["changes"])
+
+
+def test_wrong_external_id_is_denied_everywhere(world):
+    aws, sn, org, config = world
+    aws.external_id = "some-other-id"
+    code, report, output = run_cli(aws, config, "run")
+    assert code == 3
+    assert {a["status"] for a in report["accounts"]} == {"denied"}
+    assert cis(sn) == []
+
+
+def test_demo_command_works_from_any_folder(tmp_path):
+    script = Path(sys.executable).parent / "cmdb-connector"
+    command = [str(script)] if script.exists() else CLI
+    proc = subprocess.run([*command, "demo"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report_line = [line for line in proc.stdout.splitlines() if line.startswith("report: ")]
+    report = json.loads(Path(report_line[0].split(": ", 1)[1]).read_text())
+    assert Path(report_line[0].split(": ", 1)[1]).parent == tmp_path / "reports"
+    assert report["exit_code"] == 0 and len(report["accounts"]) == 4
+    assert report["tables"]["cmdb_ci_vm_instance"]["created"] > 0
+    assert "created" in proc.stdout and "Traceback" not in proc.stderr

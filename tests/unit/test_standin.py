@@ -1,0 +1,157 @@
+"""The ServiceNow stand-in, checked over HTTP against the behaviours in SERVICENOW.md."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+AUTH = ("admin", "s3cret-pw")
+
+
+@pytest.fixture
+def api(standin):
+    session = requests.Session()
+    session.auth = AUTH
+    session.headers.update({"Accept": "application/json", "Content-Type": "application/json"})
+    base = f"{standin.url}/api/now/table"
+
+    def call(method, path, **kw):
+        return session.request(method, f"{base}/{path}", **kw)
+
+    return call
+
+
+def make(api, table, **values):
+    response = api("POST", table, json=values)
+    assert response.status_code == 201
+    return response.json()["result"]
+
+
+def test_values_are_strings_and_create_answers_201_with_location(api):
+    response = api("POST", "cmdb_ci_vm_instance", json={"name": "vm", "cpus": 4, "state": None})
+    body = response.json()["result"]
+    assert response.status_code == 201
+    assert response.headers["Location"].endswith(f"/api/now/table/cmdb_ci_vm_instance/{body['sys_id']}")
+    assert body["cpus"] == "4" and body["state"] == "" and body["sys_class_name"] == "cmdb_ci_vm_instance"
+    assert all(isinstance(v, str) for v in body.values())
+
+
+def test_unknown_fields_are_ignored_on_write(api):
+    body = make(api, "cmdb_ci_vm_instance", name="vm", no_such_field="x")
+    assert "no_such_field" not in body
+
+
+def test_reference_fields_are_links_unless_excluded(api, standin):
+    parent = make(api, "cmdb_ci_vm_instance", name="vm")["sys_id"]
+    child = make(api, "cmdb_ci_aws_datacenter", name="dc")["sys_id"]
+    rel_type = api("GET", "cmdb_rel_type", params={"sysparm_query": "name=Hosted on::Hosts"}).json()["result"][0]["sys_id"]
+    rel = make(api, "cmdb_rel_ci", parent=parent, child=child, type=rel_type)
+    assert rel["parent"] == {"link": f"{standin.url}/api/now/table/cmdb_ci/{parent}", "value": parent}
+    plain = api("GET", f"cmdb_rel_ci/{rel['sys_id']}", params={"sysparm_exclude_reference_link": "true"}).json()["result"]
+    assert plain["parent"] == parent and plain["type"] == rel_type
+
+
+def test_relation_types_are_seeded_with_standard_names(api):
+    names = {r["name"] for r in api("GET", "cmdb_rel_type").json()["result"]}
+    assert {"Hosted on::Hosts", "Contains::Contained by", "Located in::Houses"} <= names
+
+
+def test_condition_on_unknown_field_is_silently_dropped(api):
+    make(api, "cmdb_ci_vm_instance", name="a", discovery_source="X")
+    make(api, "cmdb_ci_vm_instance", name="b", discovery_source="Y")
+    typo = api("GET", "cmdb_ci_vm_instance", params={"sysparm_query": "discovery_sorce=X"}).json()["result"]
+    assert len(typo) == 2  # every row, as a real instance does
+    right = api("GET", "cmdb_ci_vm_instance", params={"sysparm_query": "discovery_source=X"}).json()["result"]
+    assert [r["name"] for r in right] == ["a"]
+
+
+@pytest.mark.parametrize("query, names", [
+    ("name=a", ["a"]),
+    ("name!=a", ["b", "c"]),
+    ("nameINa,c", ["a", "c"]),
+    ("nameNOT INa,c", ["b"]),
+    ("nameSTARTSWITHa", ["a"]),
+    ("short_descriptionENDSWITHend", ["b"]),
+    ("short_descriptionLIKEmid", ["a", "b"]),
+    ("short_descriptionNOT LIKEmid", ["c"]),
+    ("short_descriptionISEMPTY", ["c"]),
+    ("short_descriptionISNOTEMPTY", ["a", "b"]),
+    ("name=a^ORname=b^short_descriptionLIKEend", ["b"]),
+    ("name=a^NQname=c", ["a", "c"]),
+    ("nameINa,b,c^ORDERBYDESCname", ["c", "b", "a"]),
+])
+def test_encoded_query_operators(api, query, names):
+    make(api, "cmdb_ci_vm_instance", name="b", short_description="the mid end")
+    make(api, "cmdb_ci_vm_instance", name="a", short_description="mid")
+    make(api, "cmdb_ci_vm_instance", name="c")
+    rows = api("GET", "cmdb_ci_vm_instance", params={"sysparm_query": query + ("" if "ORDERBY" in query else "^ORDERBYname")}).json()["result"]
+    assert [r["name"] for r in rows] == names
+
+
+def test_paging_headers_link_and_total_count(api):
+    for i in range(5):
+        make(api, "cmdb_ci_network", name=f"n{i}")
+    response = api("GET", "cmdb_ci_network", params={"sysparm_limit": "2", "sysparm_offset": "2", "sysparm_query": "ORDERBYname"})
+    assert [r["name"] for r in response.json()["result"]] == ["n2", "n3"]
+    assert response.headers["X-Total-Count"] == "5"
+    links = requests.utils.parse_header_links(response.headers["Link"])
+    rels = {link["rel"]: link["url"] for link in links}
+    assert set(rels) == {"first", "prev", "next", "last"}
+    assert "sysparm_offset=4" in rels["next"] and "sysparm_offset=0" in rels["prev"]
+    nxt = requests.get(rels["next"], auth=AUTH).json()["result"]
+    assert [r["name"] for r in nxt] == ["n4"]
+
+
+def test_table_inheritance_cmdb_ci_returns_child_classes(api):
+    make(api, "cmdb_ci_vm_instance", name="vm")
+    make(api, "cmdb_ci_aws_datacenter", name="dc")
+    classes = {r["sys_class_name"] for r in api("GET", "cmdb_ci").json()["result"]}
+    assert classes == {"cmdb_ci_vm_instance", "cmdb_ci_aws_datacenter"}
+    logical = api("GET", "cmdb_ci_logical_datacenter").json()["result"]
+    assert [r["name"] for r in logical] == ["dc"]
+
+
+def test_update_delete_and_404_in_servicenow_shape(api):
+    sys_id = make(api, "cmdb_ci_network", name="n")["sys_id"]
+    assert api("PATCH", f"cmdb_ci_network/{sys_id}", json={"cidr": "10.0.0.0/8"}).json()["result"]["cidr"] == "10.0.0.0/8"
+    deleted = api("DELETE", f"cmdb_ci_network/{sys_id}")
+    assert deleted.status_code == 204 and deleted.content == b""
+    missing = api("GET", f"cmdb_ci_network/{sys_id}")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"message": "No Record found",
+                                        "detail": "Record doesn't exist or ACL restricts the record retrieval"},
+                              "status": "failure"}
+
+
+def test_v1_no_match_is_404_and_v2_is_empty(standin):
+    for version, status in (("v1", 404), ("v2", 200)):
+        response = requests.get(f"{standin.url}/api/now/{version}/table/cmdb_ci", params={"sysparm_query": "name=none"}, auth=AUTH)
+        assert response.status_code == status
+
+
+def test_basic_auth_required(standin):
+    response = requests.get(f"{standin.url}/api/now/table/cmdb_ci", auth=("admin", "wrong"))
+    assert response.status_code == 401
+    assert response.json()["error"]["message"] == "User Not Authenticated"
+
+
+def test_dot_walked_query_through_a_reference(api):
+    mine = make(api, "cmdb_ci_vm_instance", name="mine", discovery_source="X")["sys_id"]
+    theirs = make(api, "cmdb_ci_vm_instance", name="theirs", discovery_source="Y")["sys_id"]
+    dc = make(api, "cmdb_ci_aws_datacenter", name="dc")["sys_id"]
+    make(api, "cmdb_rel_ci", parent=mine, child=dc)
+    make(api, "cmdb_rel_ci", parent=theirs, child=dc)
+    rows = api("GET", "cmdb_rel_ci", params={"sysparm_query": "parent.discovery_source=X", "sysparm_exclude_reference_link": "true"}).json()["result"]
+    assert [r["parent"] for r in rows] == [mine]
+
+
+def test_faults_html_outage_429_and_session_cookie(standin, api):
+    first = api("GET", "cmdb_ci")
+    assert first.cookies.get("JSESSIONID")
+    requests.post(f"{standin.url}/sandbox/faults", json={"html_outage": True})
+    outage = api("GET", "cmdb_ci")
+    assert outage.status_code == 200 and outage.headers["Content-Type"] == "text/html" and b"<html>" in outage.content
+    requests.post(f"{standin.url}/sandbox/faults", json={"html_outage": False, "rate_429": 1.0, "retry_after": 3})
+    limited = api("GET", "cmdb_ci")
+    assert limited.status_code == 429 and limited.headers["Retry-After"] == "3"
+    assert "X-RateLimit-Limit" in limited.headers
