@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from .expressions import compile_field, compile_path
+
 DEFAULT_RETIRE = {"install_status": "7", "operational_status": "6"}
 DEFAULT_REVIVE = {"install_status": "1", "operational_status": "1"}
 
@@ -37,6 +39,7 @@ class FieldSpec(_Strict):
                 "give exactly one of path, template, tag or value"
                 + (f" (got {', '.join(given)})" if given else "")
             )
+        compile_field(self)  # JMESPath, template variables and transforms, checked now
         return self
 
 
@@ -72,6 +75,9 @@ class SourceSpec(_Strict):
             missing = [k for k in ("service", "operation", "items") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"kind = 'api' needs {', '.join(missing)}")
+        for expression in (self.items, self.id):
+            if expression is not None:
+                compile_path(expression)
         return self
 
 

@@ -45,13 +45,21 @@ def _run_all(items: Iterable[T], work: Callable[[T], Outcome], workers: int) -> 
         return list(executor.map(work, items))
 
 
+def describe(change: CIChange | RelationChange) -> str:
+    if isinstance(change, CIChange):
+        return f"{change.action} {change.table} {change.identity}"
+    return f"{change.action} cmdb_rel_ci {change.parent[1]} [{change.type}] {change.child[1]}"
+
+
 def _guarded(change, action: Callable[[], str | None]) -> Outcome:
     try:
         return Outcome(change, sys_id=action())
     except ConnectorError as exc:
-        log.error("%s %s %s: %s", change.action, getattr(change, "table", "cmdb_rel_ci"),
-                  getattr(change, "identity", change.type), exc)
+        log.error("%s: %s", describe(change), exc)
         return Outcome(change, error=str(exc))
+    except Exception as exc:  # noqa: BLE001 - one write's bug must not lose the others
+        log.error("%s: unexpected %s: %s", describe(change), type(exc).__name__, exc)
+        return Outcome(change, error=f"unexpected {type(exc).__name__}: {exc}")
 
 
 def apply_plan(

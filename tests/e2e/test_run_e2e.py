@@ -41,10 +41,10 @@ def world(tmp_path):
         yield aws, sn, org, config
 
 
-def run_cli(aws: AwsSandbox, config: Path, *args: str) -> tuple[int, dict, str]:
+def run_cli(endpoint: str, config: Path, *args: str) -> tuple[int, dict, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMDB_"))}
     env.update(
-        AWS_ENDPOINT_URL=aws.url,
+        AWS_ENDPOINT_URL=endpoint,
         AWS_ACCESS_KEY_ID="AKIDE2ECENTRAL",
         AWS_SECRET_ACCESS_KEY="e2e-central-secret",
         AWS_CONFIG_FILE=os.devnull,
@@ -121,7 +121,7 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
     alpha, bravo, mgmt = org.accounts["alpha"], org.accounts["bravo"], org.management_account
 
     # 1. First run: two good accounts land in the CMDB; the denied one is reported, nothing written for it.
-    code, report, output = run_cli(aws, config, "run")
+    code, report, output = run_cli(aws.url, config, "run")
     assert code == 3, output
     status = {a["account_id"]: a for a in report["accounts"]}
     assert status[bravo]["status"] == "denied" and "AccessDenied" in status[bravo]["error"]
@@ -137,7 +137,7 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
 
     # 2. Second run, nothing changed in AWS: zero writes.
     writes = sn.writes()
-    code, report, output = run_cli(aws, config, "run")
+    code, report, output = run_cli(aws.url, config, "run")
     assert code == 3, output
     assert sn.writes() == writes
     assert report["changes"] == []
@@ -145,7 +145,7 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
 
     # 3. bravo's role comes back: its CIs are created.
     aws.allow(bravo)
-    code, report, output = run_cli(aws, config, "run")
+    code, report, output = run_cli(aws.url, config, "run")
     assert code == 0, output
     assert_account_in_cmdb(sn, org, bravo, "bravo")
 
@@ -157,7 +157,7 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
     terminate_instance(aws.moto_url, bravo, "eu-west-1", gone_bravo)
     bravo_before = sorted(of_account(cis(sn), bravo), key=lambda r: r["sys_id"])
 
-    code, report, output = run_cli(aws, config, "run")
+    code, report, output = run_cli(aws.url, config, "run")
     assert code == 3, output
     retired = by_key(cis(sn))[f"arn:aws:ec2:us-east-1:{alpha}:instance/{gone_alpha}"]
     assert (retired["install_status"], retired["operational_status"]) == ("7", "6")
@@ -171,11 +171,11 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
 
 def test_plan_writes_nothing_and_predicts_the_run(world):
     aws, sn, org, config = world
-    code, planned, output = run_cli(aws, config, "plan")
+    code, planned, output = run_cli(aws.url, config, "plan")
     assert code == 3, output
     assert sn.writes() == 0 and cis(sn) == []
     assert planned["mode"] == "plan" and all(c["status"] == "planned" for c in planned["changes"])
-    code, ran, output = run_cli(aws, config, "run")
+    code, ran, output = run_cli(aws.url, config, "run")
     assert code == 3
     assert planned["tables"] == ran["tables"] and planned["relations"] == ran["relations"]
     assert sorted((c["action"], c["table"], c["identity"]) for c in planned["changes"]) == sorted(
@@ -185,7 +185,7 @@ def test_plan_writes_nothing_and_predicts_the_run(world):
 def test_wrong_external_id_is_denied_everywhere(world):
     aws, sn, org, config = world
     aws.external_id = "some-other-id"
-    code, report, output = run_cli(aws, config, "run")
+    code, report, output = run_cli(aws.url, config, "run")
     assert code == 3
     assert {a["status"] for a in report["accounts"]} == {"denied"}
     assert cis(sn) == []
@@ -202,3 +202,52 @@ def test_demo_command_works_from_any_folder(tmp_path):
     assert report["exit_code"] == 0 and len(report["accounts"]) == 4
     assert report["tables"]["cmdb_ci_vm_instance"]["created"] > 0
     assert "created" in proc.stdout and "Traceback" not in proc.stderr
+
+
+def test_collected_inventory_reconciles_like_live_aws(world, tmp_path):
+    aws, sn, org, config = world
+    inventory = tmp_path / "inventory.jsonl"
+    proc = subprocess.run([*CLI, "--config", str(config), "collect", "--output", str(inventory)],
+                          capture_output=True, text=True, env={**os.environ, "AWS_ENDPOINT_URL": aws.url,
+                          "CMDB_AWS__EXTERNAL_ID": EXTERNAL_ID, "CMDB_SERVICENOW__PASSWORD": PASSWORD})
+    assert proc.returncode == 3, proc.stderr
+    lines = [json.loads(line) for line in inventory.read_text().splitlines()]
+    scopes = [line for line in lines if line["kind"] == "scope"]
+    assert {s["status"] for s in scopes} == {"ok"}
+    assert any(line["kind"] == "resource" and line["source"] == "ec2:instance" for line in lines)
+    assert EXTERNAL_ID not in inventory.read_text()
+    # reconcile from the file, with AWS out of reach
+    endpoint = aws.url
+    aws.stop()
+    code, report, output = run_cli(endpoint, config, "run", "--inventory", str(inventory))
+    assert code == 3, output  # the denied account is in the inventory as denied
+    denied = [a for a in report["accounts"] if a["status"] == "denied"]
+    assert [a["account_id"] for a in denied] == [org.accounts["bravo"]]
+    assert_account_in_cmdb(sn, org, org.accounts["alpha"], "alpha")
+    assert of_account(cis(sn), org.accounts["bravo"]) == []
+
+
+def test_servicenow_unreachable_fails_with_exit_1_and_a_report(world):
+    aws, sn, org, config = world
+    sn.stop()
+    config.write_text(config.read_text().replace('username = "svc_cmdb"', 'username = "svc_cmdb"\nmax_attempts = 2'))
+    code, report, output = run_cli(aws.url, config, "run")
+    assert code == 1
+    assert report["exit_code"] == 1 and any("cannot reach ServiceNow" in e for e in report["errors"])
+    assert "cannot reach ServiceNow" in output and "Traceback" not in output
+
+
+def test_bad_mapping_folder_exits_2_naming_file_and_key(world, tmp_path):
+    aws, sn, org, config = world
+    folder = tmp_path / "maps"
+    folder.mkdir()
+    (folder / "cmdb_ci_network.toml").write_text('[source]\nname = "ec2:vpc"\nid = "VpcId"\n[fields]\ncorrelation_id = "VpcId"\nnme = "Tags[?"\n')
+    config.write_text(config.read_text() + f'\n[reconcile]\nmappings_dir = "{folder}"\n')
+    for command in ("validate", "run"):
+        proc = subprocess.run([*CLI, "--config", str(config), command], capture_output=True, text=True,
+                              env={**os.environ, "CMDB_AWS__EXTERNAL_ID": EXTERNAL_ID, "CMDB_SERVICENOW__PASSWORD": PASSWORD})
+        assert proc.returncode == 2
+        assert f"{folder}/cmdb_ci_network.toml: source: kind = 'api' needs service, operation, items" in proc.stderr
+        assert f"{folder}/cmdb_ci_network.toml: fields.nme: JMESPath does not compile" in proc.stderr
+        assert "Traceback" not in proc.stderr
+    assert sn.writes() == 0

@@ -1,0 +1,100 @@
+"""apply through a recording writer: order, failures kept, the rest goes on."""
+
+from __future__ import annotations
+
+import threading
+
+from connector.errors import ServiceNowPermissionError
+from connector.models import OK, Account, Inventory, Scope
+from connector.reconcile.apply import apply_plan, describe
+from connector.reconcile.plan import CIChange, Plan, RelationChange, TablePolicy
+from connector.report.json_report import build_report
+from connector.mapping.transform import MapResult
+from connector.run import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, exit_code_for
+
+VM, DC = "cmdb_ci_vm_instance", "cmdb_ci_aws_datacenter"
+POLICIES = {t: TablePolicy(t, "correlation_id", "s", {}, {}) for t in (VM, DC)}
+
+
+class RecordingWriter:
+    def __init__(self, refuse: set[str] = frozenset()):
+        self.calls: list[tuple] = []
+        self.refuse = refuse
+        self.lock = threading.Lock()
+
+    def _log(self, *call):
+        with self.lock:
+            self.calls.append(call)
+
+    def create_ci(self, table, fields, identity_field):
+        self._log("create_ci", table, fields[identity_field])
+        if fields[identity_field] in self.refuse:
+            raise ServiceNowPermissionError("ServiceNow refused the request: Operation Failed", status=403)
+        return "sys-" + fields[identity_field]
+
+    def update_ci(self, table, sys_id, fields):
+        self._log("update_ci", table, sys_id, fields)
+
+    def create_relation(self, parent, child, type_id):
+        self._log("create_relation", parent, child, type_id)
+        return f"rel-{parent}-{child}"
+
+    def delete_relation(self, sys_id):
+        self._log("delete_relation", sys_id)
+
+
+def sample_plan() -> Plan:
+    plan = Plan()
+    plan.sys_ids[(DC, "dc")] = "sys-dc"
+    plan.changes = [
+        CIChange("create", VM, "vm1", None, {"correlation_id": ("", "vm1"), "name": ("", "a")}),
+        CIChange("create", VM, "vm2", None, {"correlation_id": ("", "vm2")}),
+        CIChange("update", VM, "vm3", "sys-vm3", {"name": ("old", "new")}),
+    ]
+    plan.relation_changes = [
+        RelationChange("create", "Hosted on::Hosts", (VM, "vm1"), (DC, "dc")),
+        RelationChange("create", "Hosted on::Hosts", (VM, "vm2"), (DC, "dc")),
+        RelationChange("delete", "Hosted on::Hosts", (VM, "vm3"), (DC, "old"), "rel-old"),
+    ]
+    return plan
+
+
+def test_relations_follow_their_ends_and_a_failure_does_not_stop_the_rest():
+    writer = RecordingWriter(refuse={"vm2"})
+    result = apply_plan(sample_plan(), writer, POLICIES, {"Hosted on::Hosts": "t-hosted"}, workers=4)
+    kinds = [c[0] for c in writer.calls]
+    assert max(i for i, k in enumerate(kinds) if k.endswith("_ci")) < min(i for i, k in enumerate(kinds) if "relation" in k)
+    assert ("update_ci", VM, "sys-vm3", {"name": "new"}) in writer.calls
+    assert ("create_relation", "sys-vm1", "sys-dc", "t-hosted") in writer.calls
+    assert ("delete_relation", "rel-old") in writer.calls
+    failed = {describe(o.change): o.error for o in result.failed}
+    assert failed == {
+        f"create {VM} vm2": "ServiceNow refused the request: Operation Failed | HTTP 403",
+        "create cmdb_rel_ci vm2 [Hosted on::Hosts] dc": f"end {VM} vm2 was not created",
+    }
+
+
+def test_report_counts_applied_and_lists_failures():
+    writer = RecordingWriter(refuse={"vm2"})
+    plan = sample_plan()
+    result = apply_plan(plan, writer, POLICIES, {"Hosted on::Hosts": "t-hosted"}, workers=2)
+    inventory = Inventory(accounts=[Account("111122223333", "a")], scopes=[Scope("111122223333", "r", "s", OK)])
+    report = build_report(run_id="r", mode="run", started_at="t0", finished_at="t1", exit_code=1, inventory=inventory,
+                          plan=plan, applied=result, problems=[], errors=[], tables=[VM, DC])
+    assert report["tables"][VM] == {"created": 1, "updated": 1, "retired": 0, "revived": 0, "unchanged": 0}
+    assert report["relations"] == {"created": 1, "deleted": 1, "unchanged": 0}
+    assert len(report["errors"]) == 2
+    statuses = sorted(c["status"] for c in report["changes"])
+    assert statuses == ["applied"] * 4 + ["failed"] * 2
+    assert exit_code_for(inventory, MapResult(), result) == EXIT_FAILED
+
+
+def test_exit_codes():
+    ok = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", OK)])
+    assert exit_code_for(ok, MapResult(), None) == EXIT_OK
+    denied = Inventory(accounts=[Account("1", "a", "denied", "AccessDenied")])
+    assert exit_code_for(denied, MapResult(), None) == EXIT_PARTIAL
+    skipped = Inventory(accounts=[Account("1", "a", "skipped", "SUSPENDED")], scopes=[Scope("2", "r", "s", "skipped")])
+    assert exit_code_for(skipped, MapResult(), None) == EXIT_OK
+    throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled")])
+    assert exit_code_for(throttled, MapResult(), None) == EXIT_PARTIAL
