@@ -1,12 +1,11 @@
-"""A local ServiceNow stand-in: the Table API over HTTP on 127.0.0.1.
+"""A local ServiceNow stand-in: the Table API, Batch API and OAuth on 127.0.0.1.
 
 It behaves the way SERVICENOW.md describes a real instance: every value is a
 string, reference fields come as link objects, unknown fields are ignored on
 write and their query conditions dropped, paging carries ``Link`` and
 ``X-Total-Count``, errors have ServiceNow's shape, and the requests of one
-``JSESSIONID`` are served one at a time. Faults (latency, 429 with
-``Retry-After``, HTML outage pages, 5xx) can be set at start or at run time
-through ``/sandbox/faults``.
+``JSESSIONID`` are served one at a time (a deep queue gets an empty 202).
+Faults are set at start or at run time through ``POST /sandbox/faults``.
 """
 
 from __future__ import annotations
@@ -14,162 +13,231 @@ from __future__ import annotations
 import base64
 import json
 import random
+import secrets
 import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 from . import encoded_query
-from .schema import REL_TYPES, TABLES, descendants, fields_of, references_of
+from .schema import TABLES, fields_of, references_of
+from .store import Store
 
 DEFAULT_USERS = {"admin": "admin"}
+JSON_TYPE = "application/json;charset=UTF-8"
 HTML_OUTAGE = (
     b"<html><head><title>Instance Hibernating</title></head><body>"
     b"<h1>Your instance is hibernating</h1><p>Log in to wake it up.</p></body></html>"
 )
+NOT_FOUND_DETAIL = "Record doesn't exist or ACL restricts the record retrieval"
+STATUS_TEXT = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
+               403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+@dataclass
+class Reply:
+    status: int
+    body: Any = None
+    headers: dict[str, str] = field(default_factory=dict)
+    raw: bytes | None = None
+    content_type: str = JSON_TYPE
+
+    def payload(self) -> bytes:
+        if self.raw is not None:
+            return self.raw
+        return b"" if self.body is None else json.dumps(self.body).encode()
 
 
-def _string(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, dict) and "value" in value:
-        return str(value["value"])
-    return str(value)
+def error(status: int, message: str, detail: str = "", headers: dict[str, str] | None = None) -> Reply:
+    return Reply(status, {"error": {"message": message, "detail": detail}, "status": "failure"}, dict(headers or {}))
 
 
 class Faults:
-    """What the stand-in does wrong, on purpose. Changed at run time too."""
+    """What the stand-in does wrong, on purpose."""
 
     def __init__(self, **settings: Any):
-        self.latency = 0.0          # seconds added to every API request
-        self.rate_429 = 0.0         # share of API requests answered 429
-        self.retry_after = 1.0      # the Retry-After those 429s carry
-        self.rate_5xx = 0.0         # share answered 503
-        self.html_outage = False    # every API request gets an HTML page with 200
+        self.latency = 0.0               # seconds added to every API request
+        self.rate_429 = 0.0              # share of API requests answered 429
+        self.retry_after = 1.0           # the Retry-After of those 429s
+        self.rate_5xx = 0.0              # share answered 503
+        self.html_outage = False         # every API request gets an HTML page with status 200
+        self.outage_after = -1           # from this API request number on ...
+        self.outage_requests = 0         # ... this many get the HTML page
+        self.expire_tokens_at = -1       # at this API request number every access token expires
+        self.batch_serviced_limit = 0    # at most this many items of a batch are run (0 = all)
+        self.session_queue_limit = 0     # more waiting on one JSESSIONID than this: empty 202 (0 = off)
         self.update(settings)
 
     def update(self, settings: dict[str, Any]) -> None:
         for key, value in settings.items():
-            if not hasattr(self, key):
+            if key.startswith("_") or not hasattr(self, key):
                 raise ValueError(f"unknown fault {key!r}")
             setattr(self, key, type(getattr(self, key))(value))
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(vars(self))
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
 
 
-class Store:
-    """Every record, by class; queries on a table see its child classes too."""
+class TableApi:
+    """The Table API as a function: request parts in, a ``Reply`` out."""
 
-    def __init__(self) -> None:
-        self.lock = threading.RLock()
-        self.by_class: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TABLES}
-        self.class_of: dict[str, str] = {}
-        for name in REL_TYPES:
-            parent, child = name.split("::")
-            self.insert("cmdb_rel_type", {"name": name, "parent_descriptor": parent, "child_descriptor": child}, "system")
+    def __init__(self, store: Store, base_url: str):
+        self.store = store
+        self.base_url = base_url
 
-    def insert(self, table: str, values: dict[str, Any], user: str) -> dict[str, str]:
+    def handle(self, method: str, table: str, sys_id: str | None, version: str,
+               params: dict[str, list[str]], body: bytes, user: str) -> Reply:
+        if table not in TABLES:
+            return error(400, f"Invalid table {table}")
+        one = lambda key: (params.get(key) or [""])[0]  # noqa: E731
+        fields, links = one("sysparm_fields"), one("sysparm_exclude_reference_link").lower() != "true"
+        if method == "GET" and sys_id is None:
+            return self._list(table, version, params)
+        if method == "GET":
+            record = self.store.get(table, sys_id)
+            if record is None:
+                return error(404, "No Record found", NOT_FOUND_DETAIL)
+            return Reply(200, {"result": self.render(record, fields, links)})
+        values: dict[str, Any] = {}
+        if method in ("POST", "PUT", "PATCH"):
+            try:
+                values = json.loads(body or b"{}")
+                if not isinstance(values, dict):
+                    raise ValueError("not an object")
+            except ValueError:
+                return error(400, "Exception while reading request", "The payload is not valid JSON.")
+        if method == "POST":
+            if sys_id is not None:
+                return error(405, "Method not Supported", "POST takes no sys_id")
+            record = self.store.insert(table, values, user)
+            location = f"{self.base_url}/api/now/table/{table}/{record['sys_id']}"
+            return Reply(201, {"result": self.render(record, fields, links)}, {"Location": location})
+        if sys_id is None:
+            return error(405, "Method not Supported", f"{method} needs a sys_id")
+        if method in ("PUT", "PATCH"):
+            record = self.store.update(table, sys_id, values, user)
+            if record is None:
+                return error(404, "No Record found", NOT_FOUND_DETAIL)
+            return Reply(200, {"result": self.render(record, fields, links)})
+        if method == "DELETE":
+            if not self.store.delete(table, sys_id):
+                return error(404, "No Record found", NOT_FOUND_DETAIL)
+            return Reply(204)
+        return error(405, "Method not Supported", method)
+
+    def render(self, record: dict[str, str], fields: str, links: bool) -> dict[str, Any]:
+        wanted = [f for f in fields.split(",") if f] if fields else None
+        refs = references_of(record["sys_class_name"])
+        out: dict[str, Any] = {}
+        for name in wanted if wanted is not None else sorted(record):
+            if name not in record:
+                continue  # unknown fields in sysparm_fields are ignored
+            value = record[name]
+            if name in refs and value and links:
+                out[name] = {"link": f"{self.base_url}/api/now/table/{refs[name]}/{value}", "value": value}
+            else:
+                out[name] = value
+        return out
+
+    def _list(self, table: str, version: str, params: dict[str, list[str]]) -> Reply:
+        one = lambda key, default="": (params.get(key) or [default])[0]  # noqa: E731
+        try:
+            query = encoded_query.parse(one("sysparm_query"))
+            limit = int(one("sysparm_limit", "10000") or 10000)
+            offset = int(one("sysparm_offset", "0") or 0)
+        except ValueError as exc:
+            return error(400, "Invalid query parameter", str(exc))
         known = fields_of(table)
-        now = _now()
-        sys_id = uuid.uuid4().hex
-        record = {f: "" for f in known}
-        record.update({k: _string(v) for k, v in values.items() if k in known and not k.startswith("sys_")})
-        record.update(sys_id=sys_id, sys_class_name=table, sys_created_on=now, sys_updated_on=now,
-                      sys_created_by=user, sys_updated_by=user, sys_mod_count="0")
-        with self.lock:
-            self.by_class[table][sys_id] = record
-            self.class_of[sys_id] = table
-        return record
 
-    def get(self, table: str, sys_id: str) -> dict[str, str] | None:
-        with self.lock:
-            cls = self.class_of.get(sys_id)
-            if cls is None or cls not in descendants(table):
-                return None
-            return self.by_class[cls][sys_id]
+        def resolve(row: dict[str, str], name: str) -> str | None:
+            if "." not in name and name not in known:
+                return None  # a condition on an unknown field is dropped
+            return self.store.resolve(row, name)
 
-    def update(self, table: str, sys_id: str, values: dict[str, Any], user: str) -> dict[str, str] | None:
-        with self.lock:
-            record = self.get(table, sys_id)
-            if record is None:
-                return None
-            known = fields_of(record["sys_class_name"])
-            changes = {k: _string(v) for k, v in values.items() if k in known and not k.startswith("sys_")}
-            if any(record.get(k) != v for k, v in changes.items()):
-                record.update(changes)
-                record["sys_updated_on"] = _now()
-                record["sys_updated_by"] = user
-                record["sys_mod_count"] = str(int(record["sys_mod_count"]) + 1)
-            return record
+        rows = [row for row in self.store.rows(table) if encoded_query.matches(query, row, resolve)]
+        for name, descending in reversed(query.order):
+            if name in known:
+                rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
+        total = len(rows)
+        page = rows[offset : offset + limit] if limit > 0 else []
+        if version == "v1" and not page and one("sysparm_query"):
+            return error(404, "No Record found", "Records matching query not found. Check query parameter or offset parameter")
+        headers: dict[str, str] = {}
+        if one("sysparm_no_count").lower() != "true":
+            headers["X-Total-Count"] = str(total)
+        if one("sysparm_suppress_pagination_header").lower() != "true" and limit > 0:
+            headers["Link"] = self._links(table, params, offset, limit, total)
+        links = one("sysparm_exclude_reference_link").lower() != "true"
+        return Reply(200, {"result": [self.render(r, one("sysparm_fields"), links) for r in page]}, headers)
 
-    def delete(self, table: str, sys_id: str) -> bool:
-        with self.lock:
-            record = self.get(table, sys_id)
-            if record is None:
-                return False
-            del self.by_class[record["sys_class_name"]][sys_id]
-            del self.class_of[sys_id]
-            return True
+    def _links(self, table: str, params: dict[str, list[str]], offset: int, limit: int, total: int) -> str:
+        def link(rel: str, at: int) -> str:
+            query = {k: v[0] for k, v in params.items()}
+            query.update(sysparm_offset=str(at), sysparm_limit=str(limit))
+            return f'<{self.base_url}/api/now/table/{table}?{urlencode(query, quote_via=quote)}>;rel="{rel}"'
 
-    def rows(self, table: str) -> list[dict[str, str]]:
-        with self.lock:
-            out: list[dict[str, str]] = []
-            for cls in sorted(descendants(table)):
-                out.extend(self.by_class[cls].values())
-            return out
+        last = ((total - 1) // limit) * limit if total else 0
+        links = [link("first", 0)]
+        if offset > 0:
+            links.append(link("prev", max(0, offset - limit)))
+        if offset + limit < total:
+            links.append(link("next", offset + limit))
+        links.append(link("last", last))
+        return ",".join(links)
 
-    def resolve(self, row: dict[str, str], field: str) -> str | None:
-        """A field's value, following dot-walks through reference fields."""
-        head, _, rest = field.partition(".")
-        if not rest:
-            return row.get(head)
-        target_table = references_of(row["sys_class_name"]).get(head)
-        if target_table is None:
-            return None
-        target = self.get(target_table, row.get(head, ""))
-        if target is None:
-            return "" if field.split(".")[-1] in fields_of(target_table) else None
-        return self.resolve(target, rest)
 
-    def dump(self) -> dict[str, dict[str, dict[str, str]]]:
-        with self.lock:
-            return json.loads(json.dumps(self.by_class))
+def table_route(path: str) -> tuple[str, str, str | None] | None:
+    """``/api/now[/v1|/v2]/table/<table>[/<sys_id>]`` -> (version, table, sys_id)."""
+    parts = path.strip("/").split("/")
+    version = ""
+    if parts[:2] == ["api", "now"] and len(parts) > 2 and parts[2] in ("v1", "v2"):
+        version = parts.pop(2)
+    if parts[:3] != ["api", "now", "table"] or len(parts) not in (4, 5):
+        return None
+    return version, parts[3], (parts[4] if len(parts) == 5 else None)
 
 
 class ServiceNowStandIn:
     """Start with ``start()``; the base URL is ``url``. Bound to 127.0.0.1 only."""
 
-    def __init__(self, users: dict[str, str] | None = None, port: int = 0, **faults: Any):
+    def __init__(
+        self,
+        users: dict[str, str] | None = None,
+        *,
+        oauth_clients: dict[str, str] | None = None,
+        token_lifetime: float = 1800,
+        db_path: str | Path | None = None,
+        port: int = 0,
+        **faults: Any,
+    ):
         self.users = dict(users or DEFAULT_USERS)
-        self.store = Store()
+        self.oauth_clients = dict(oauth_clients or {})
+        self.token_lifetime = token_lifetime
+        self.store = Store(db_path)
         self.faults = Faults(**faults)
         self.stats: Counter[str] = Counter()
-        self._stats_lock = threading.Lock()
-        self._session_locks: dict[str, threading.Lock] = {}
-        self._sessions_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._tokens: dict[str, tuple[str, float]] = {}      # access token -> (user, expires at)
+        self._refresh: dict[str, tuple[str, str]] = {}       # refresh token -> (user, client id)
+        self._sessions: dict[str, list] = {}                 # JSESSIONID -> [lock, waiting]
+        self._api_requests = 0
         self._port = port
         self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self.table_api: TableApi | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> "ServiceNowStandIn":
         handler = type("Handler", (_Handler,), {"app": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name="servicenow-standin", daemon=True)
-        self._thread.start()
+        self.table_api = TableApi(self.store, self.url)
+        threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                         name="servicenow-standin", daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -177,6 +245,7 @@ class ServiceNowStandIn:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        self.store.close()
 
     def __enter__(self) -> "ServiceNowStandIn":
         return self.start()
@@ -192,15 +261,59 @@ class ServiceNowStandIn:
 
     # -- bookkeeping -------------------------------------------------------------
     def count(self, key: str) -> None:
-        with self._stats_lock:
+        with self._lock:
             self.stats[key] += 1
 
     def writes(self) -> int:
         return sum(v for k, v in self.stats.items() if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE"))
 
-    def session_lock(self, session_id: str) -> threading.Lock:
-        with self._sessions_lock:
-            return self._session_locks.setdefault(session_id, threading.Lock())
+    def next_api_request(self) -> int:
+        with self._lock:
+            self._api_requests += 1
+            return self._api_requests
+
+    # -- sessions: one at a time per JSESSIONID ---------------------------------------
+    def enter_session(self, session_id: str) -> threading.Lock | None:
+        """The session's lock, held; ``None`` when its queue is too deep (the request is dropped)."""
+        with self._lock:
+            state = self._sessions.setdefault(session_id, [threading.Lock(), 0])
+            limit = self.faults.session_queue_limit
+            if limit and state[1] > limit:
+                return None
+            state[1] += 1
+        state[0].acquire()
+        return state[0]
+
+    def leave_session(self, session_id: str) -> None:
+        with self._lock:
+            state = self._sessions[session_id]
+            state[1] -= 1
+        state[0].release()
+
+    # -- auth ------------------------------------------------------------------------
+    def issue_token(self, user: str, client_id: str) -> dict[str, Any]:
+        access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+        with self._lock:
+            self._tokens[access] = (user, time.time() + self.token_lifetime)
+            self._refresh[refresh] = (user, client_id)
+        return {"access_token": access, "refresh_token": refresh, "scope": "useraccount",
+                "token_type": "Bearer", "expires_in": int(self.token_lifetime)}
+
+    def token_user(self, token: str) -> str | None:
+        with self._lock:
+            found = self._tokens.get(token)
+        if found is None or found[1] < time.time():
+            return None
+        return found[0]
+
+    def refresh_user(self, refresh_token: str, client_id: str) -> str | None:
+        with self._lock:
+            found = self._refresh.get(refresh_token)
+        return found[0] if found and found[1] == client_id else None
+
+    def expire_tokens(self) -> None:
+        with self._lock:
+            self._tokens = {t: (u, 0.0) for t, (u, _) in self._tokens.items()}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -209,29 +322,24 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "ServiceNow"
     sys_version = ""
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet by default
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         return
 
-    # -- plumbing ------------------------------------------------------------------
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
-              raw: bytes | None = None, content_type: str = "application/json;charset=UTF-8") -> None:
-        payload = raw if raw is not None else (b"" if body is None else json.dumps(body).encode())
-        self.send_response(status)
-        for key, value in (headers or {}).items():
+    def _write(self, reply: Reply) -> None:
+        payload = reply.payload()
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
             self.send_header(key, value)
-        if payload or status not in (204,):
-            self.send_header("Content-Type", content_type)
+        if payload:
+            self.send_header("Content-Type", reply.content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         if payload:
             self.wfile.write(payload)
-
-    def _error(self, status: int, message: str, detail: str = "", headers: dict[str, str] | None = None) -> None:
-        self._send(status, {"error": {"message": message, "detail": detail}, "status": "failure"}, headers)
 
     def _user(self) -> str | None:
         auth = self.headers.get("Authorization", "")
@@ -240,20 +348,19 @@ class _Handler(BaseHTTPRequestHandler):
                 user, _, password = base64.b64decode(auth[6:]).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
                 return None
-            if self.app.users.get(user) == password and user:
-                return user
+            return user if user and self.app.users.get(user) == password else None
+        if auth.startswith("Bearer "):
+            return self.app.token_user(auth[7:].strip())
         return None
 
-    def _session(self) -> tuple[str, dict[str, str]]:
-        cookie = self.headers.get("Cookie", "")
-        for part in cookie.split(";"):
+    def _session_id(self) -> tuple[str, dict[str, str]]:
+        for part in self.headers.get("Cookie", "").split(";"):
             name, _, value = part.strip().partition("=")
             if name == "JSESSIONID" and value:
                 return value, {}
         session_id = uuid.uuid4().hex.upper()
         return session_id, {"Set-Cookie": f"JSESSIONID={session_id}; Path=/; HttpOnly"}
 
-    # -- dispatch ---------------------------------------------------------------------
     def do_GET(self) -> None:
         self._dispatch("GET")
 
@@ -273,159 +380,129 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         body = self._body()
         if url.path.startswith("/sandbox/"):
-            return self._admin(method, url.path, body)
-        parts = url.path.strip("/").split("/")
-        # /api/now[/v1|/v2]/table/<table>[/<sys_id>]
-        version = ""
-        if parts[:2] == ["api", "now"] and len(parts) > 2 and parts[2] in ("v1", "v2"):
-            version = parts.pop(2)
-        if parts[:3] != ["api", "now", "table"] or len(parts) not in (4, 5):
-            return self._error(400, "Requested URI does not represent any resource", url.path)
-        table = parts[3]
-        sys_id = parts[4] if len(parts) == 5 else None
-        self.app.count(f"{method} {table}")
-        session_id, cookie = self._session()
-        with self.app.session_lock(session_id):
-            self._api(method, table, sys_id, version, parse_qs(url.query), body, cookie)
+            return self._write(self._admin(method, url.path, body))
+        if url.path == "/oauth_token.do" and method == "POST":
+            return self._write(self._oauth(body))
+        route = table_route(url.path)
+        is_batch = url.path.rstrip("/") in ("/api/now/v1/batch", "/api/now/batch")
+        if route is None and not is_batch:
+            return self._write(error(400, "Requested URI does not represent any resource", url.path))
+        self.app.count(f"{method} {'batch' if is_batch else route[1]}")
+        session_id, cookie = self._session_id()
+        held = self.app.enter_session(session_id)
+        if held is None:
+            self.app.count("fault 202")
+            return self._write(Reply(202, headers=cookie))
+        try:
+            reply = self._api(method, url, body, route, is_batch)
+        finally:
+            self.app.leave_session(session_id)
+        reply.headers.update(cookie)
+        self._write(reply)
 
-    def _fault(self, cookie: dict[str, str]) -> bool:
-        faults = self.app.faults
+    def _fault(self) -> Reply | None:
+        faults, number = self.app.faults, self.app.next_api_request()
         if faults.latency:
             time.sleep(faults.latency)
-        if faults.html_outage:
-            self._send(200, raw=HTML_OUTAGE, headers=cookie, content_type="text/html")
-            return True
+        if number == faults.expire_tokens_at:
+            self.app.expire_tokens()
+        in_window = faults.outage_after >= 0 and faults.outage_after <= number < faults.outage_after + faults.outage_requests
+        if faults.html_outage or in_window:
+            self.app.count("fault html")
+            return Reply(200, raw=HTML_OUTAGE, content_type="text/html")
         if faults.rate_429 and random.random() < faults.rate_429:
             self.app.count("fault 429")
-            self._error(429, "Too Many Requests", "Rate limit exceeded", {
-                **cookie, "Retry-After": f"{faults.retry_after:g}",
-                "X-RateLimit-Limit": "100", "X-RateLimit-Rule": "sandbox",
-                "X-RateLimit-Reset": str(int(time.time() + faults.retry_after)),
+            return error(429, "Too Many Requests", "Rate limit exceeded", {
+                "Retry-After": f"{faults.retry_after:g}", "X-RateLimit-Limit": "100",
+                "X-RateLimit-Rule": "sandbox", "X-RateLimit-Reset": str(int(time.time() + faults.retry_after)),
             })
-            return True
         if faults.rate_5xx and random.random() < faults.rate_5xx:
             self.app.count("fault 503")
-            self._error(503, "Service Unavailable", "sandbox fault", cookie)
-            return True
-        return False
+            return error(503, "Service Unavailable", "sandbox fault")
+        return None
 
-    def _api(self, method, table, sys_id, version, params, body, cookie) -> None:
+    def _api(self, method: str, url, body: bytes, route, is_batch: bool) -> Reply:
         user = self._user()
         if user is None:
-            return self._error(401, "User Not Authenticated", "Required to provide Auth information",
-                               {**cookie, "WWW-Authenticate": 'Basic realm="Service-now"'})
-        if self._fault(cookie):
-            return
-        if table not in TABLES:
-            return self._error(400, f"Invalid table {table}", "", cookie)
-        store = self.app.store
-        one = lambda key: (params.get(key) or [""])[0]  # noqa: E731
-        if method == "GET" and sys_id is None:
-            return self._list(table, version, params, cookie)
-        if method == "GET":
-            record = store.get(table, sys_id)
-            if record is None:
-                return self._error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval", cookie)
-            return self._send(200, {"result": self._render(record, one("sysparm_fields"), one("sysparm_exclude_reference_link"))}, cookie)
-        if method in ("POST", "PUT", "PATCH"):
-            try:
-                values = json.loads(body or b"{}")
-                if not isinstance(values, dict):
-                    raise ValueError("not an object")
-            except ValueError:
-                return self._error(400, "Exception while reading request", "The payload is not valid JSON.", cookie)
-        if method == "POST":
-            if sys_id is not None:
-                return self._error(405, "Method not Supported", "POST takes no sys_id", cookie)
-            record = store.insert(table, values, user)
-            location = f"{self.app.url}/api/now/table/{table}/{record['sys_id']}"
-            return self._send(201, {"result": self._render(record, "", one("sysparm_exclude_reference_link"))},
-                              {**cookie, "Location": location})
-        if sys_id is None:
-            return self._error(400, "Method not Supported", f"{method} needs a sys_id", cookie)
-        if method in ("PUT", "PATCH"):
-            record = store.update(table, sys_id, values, user)
-            if record is None:
-                return self._error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval", cookie)
-            return self._send(200, {"result": self._render(record, "", one("sysparm_exclude_reference_link"))}, cookie)
-        if method == "DELETE":
-            if not store.delete(table, sys_id):
-                return self._error(404, "No Record found", "Record doesn't exist or ACL restricts the record retrieval", cookie)
-            return self._send(204, None, cookie)
-        return self._error(405, "Method not Supported", method, cookie)
+            return error(401, "User Not Authenticated", "Required to provide Auth information",
+                         {"WWW-Authenticate": 'Basic realm="Service-now"'})
+        fault = self._fault()
+        if fault is not None:
+            return fault
+        if is_batch:
+            return self._batch(method, body, user) if method == "POST" else error(405, "Method not Supported", method)
+        version, table, sys_id = route
+        return self.app.table_api.handle(method, table, sys_id, version, parse_qs(url.query), body, user)
 
-    def _render(self, record: dict[str, str], fields: str, exclude_links: str) -> dict[str, Any]:
-        wanted = [f for f in fields.split(",") if f] if fields else None
-        out: dict[str, Any] = {}
-        refs = references_of(record["sys_class_name"])
-        for name in wanted if wanted is not None else sorted(record):
-            if name not in record:
-                continue  # unknown fields in sysparm_fields are ignored
-            value = record[name]
-            if name in refs and value and exclude_links.lower() != "true":
-                out[name] = {"link": f"{self.app.url}/api/now/table/{refs[name]}/{value}", "value": value}
-            else:
-                out[name] = value
-        return out
-
-    def _list(self, table, version, params, cookie) -> None:
-        one = lambda key, default="": (params.get(key) or [default])[0]  # noqa: E731
+    def _batch(self, method: str, body: bytes, user: str) -> Reply:
         try:
-            query = encoded_query.parse(one("sysparm_query"))
-            limit = int(one("sysparm_limit", "10000"))
-            offset = int(one("sysparm_offset", "0") or 0)
-        except ValueError as exc:
-            return self._error(400, "Invalid query parameter", str(exc), cookie)
-        store = self.app.store
-        known = fields_of(table)
+            request = json.loads(body or b"{}")
+            items = request["rest_requests"]
+        except (ValueError, KeyError, TypeError):
+            return error(400, "Exception while reading request", "A batch needs batch_request_id and rest_requests.")
+        limit = self.app.faults.batch_serviced_limit or len(items)
+        serviced, unserviced = [], []
+        for index, item in enumerate(items):
+            if index >= limit:
+                unserviced.append(item.get("id"))
+                continue
+            started = time.monotonic()
+            target = urlparse(item.get("url", ""))
+            route = table_route(target.path)
+            if route is None:
+                reply = error(400, "Requested URI does not represent any resource", target.path)
+            else:
+                version, table, sys_id = route
+                item_body = base64.b64decode(item.get("body") or b"")
+                self.app.count(f"batch {item.get('method', 'GET').upper()} {table}")
+                reply = self.app.table_api.handle(item.get("method", "GET").upper(), table, sys_id, version,
+                                                  parse_qs(target.query), item_body, user)
+            headers = [{"name": k, "value": v} for k, v in reply.headers.items()]
+            serviced.append({
+                "id": item.get("id"), "status_code": reply.status, "status_text": STATUS_TEXT.get(reply.status, ""),
+                "headers": [] if item.get("exclude_response_headers") else headers,
+                "body": base64.b64encode(reply.payload()).decode(),
+                "execution_time": int((time.monotonic() - started) * 1000),
+            })
+        return Reply(200, {"batch_request_id": request.get("batch_request_id"), "serviced_requests": serviced,
+                           "unserviced_requests": unserviced})
 
-        def resolve(row: dict[str, str], name: str) -> str | None:
-            if "." not in name and name not in known:
-                return None  # a condition on an unknown field is dropped
-            return store.resolve(row, name)
-
-        rows = [row for row in store.rows(table) if encoded_query.matches(query, row, resolve)]
-        for name, descending in reversed(query.order):
-            if name in known:
-                rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
-        total = len(rows)
-        page = rows[offset : offset + limit] if limit > 0 else []
-        if version == "v1" and not page and one("sysparm_query"):
-            return self._error(404, "No Record found", "Records matching query not found. Check query parameter or offset parameter", cookie)
-        headers = dict(cookie)
-        if one("sysparm_no_count").lower() != "true":
-            headers["X-Total-Count"] = str(total)
-        if one("sysparm_suppress_pagination_header").lower() != "true" and limit > 0:
-            headers["Link"] = self._links(table, params, offset, limit, total)
-        fields, exclude = one("sysparm_fields"), one("sysparm_exclude_reference_link")
-        self._send(200, {"result": [self._render(r, fields, exclude) for r in page]}, headers)
-
-    def _links(self, table: str, params: dict[str, list[str]], offset: int, limit: int, total: int) -> str:
-        def link(rel: str, at: int) -> str:
-            query = {k: v[0] for k, v in params.items()}
-            query.update(sysparm_offset=str(at), sysparm_limit=str(limit))
-            return f'<{self.app.url}/api/now/table/{table}?{urlencode(query, quote_via=quote)}>;rel="{rel}"'
-
-        last = max(0, ((total - 1) // limit) * limit) if total else 0
-        links = [link("first", 0)]
-        if offset > 0:
-            links.append(link("prev", max(0, offset - limit)))
-        if offset + limit < total:
-            links.append(link("next", offset + limit))
-        links.append(link("last", last))
-        return ",".join(links)
+    def _oauth(self, body: bytes) -> Reply:
+        form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        denied = Reply(401, {"error_description": "access_denied", "error": "server_error"})
+        client_id = form.get("client_id", "")
+        if client_id not in self.app.oauth_clients or self.app.oauth_clients[client_id] != form.get("client_secret"):
+            return denied
+        grant = form.get("grant_type")
+        if grant == "password":
+            user = form.get("username", "")
+            if not user or self.app.users.get(user) != form.get("password"):
+                return denied
+        elif grant == "client_credentials":
+            user = client_id
+        elif grant == "refresh_token":
+            user = self.app.refresh_user(form.get("refresh_token", ""), client_id)
+            if user is None:
+                return denied
+        else:
+            return Reply(400, {"error_description": f"unsupported grant_type {grant!r}", "error": "invalid_request"})
+        self.app.count(f"oauth {grant}")
+        return Reply(200, self.app.issue_token(user, client_id))
 
     # -- test and operator hooks, outside /api --------------------------------------------
-    def _admin(self, method: str, path: str, body: bytes) -> None:
+    def _admin(self, method: str, path: str, body: bytes) -> Reply:
         if path == "/sandbox/stats" and method == "GET":
-            return self._send(200, {"stats": dict(self.app.stats), "writes": self.app.writes()})
+            return Reply(200, {"stats": dict(self.app.stats), "writes": self.app.writes()})
         if path == "/sandbox/faults":
             if method == "POST":
                 try:
                     self.app.faults.update(json.loads(body or b"{}"))
                 except (ValueError, TypeError) as exc:
-                    return self._error(400, "bad fault settings", str(exc))
-            return self._send(200, self.app.faults.as_dict())
+                    return error(400, "bad fault settings", str(exc))
+            return Reply(200, self.app.faults.as_dict())
+        if path == "/sandbox/expire-tokens" and method == "POST":
+            self.app.expire_tokens()
+            return Reply(200, {"expired": True})
         if path == "/sandbox/dump" and method == "GET":
-            return self._send(200, self.app.store.dump())
-        return self._error(404, "No such sandbox endpoint", path)
+            return Reply(200, self.app.store.dump())
+        return error(404, "No such sandbox endpoint", path)
