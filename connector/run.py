@@ -186,7 +186,8 @@ def run_pipeline(
             PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
         )
         if mode == "run":
-            applied = apply_plan(plan, TableApiWriter(tables_client), policies, rel_types, sn.workers)
+            writer = TableApiWriter(tables_client, sn.batch_size)
+            applied = apply_plan(plan, writer, policies, rel_types, sn.workers, sn.batch_size)
         exit_code = exit_code_for(inventory, mapped, applied)
     except UsageError:
         raise

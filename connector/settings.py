@@ -11,7 +11,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,6 +20,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -28,7 +29,7 @@ from .errors import ConfigError
 ENV_PREFIX = "CMDB_"
 DEFAULT_CONFIG_NAME = "config.toml"
 CONFIG_ENV = "CMDB_CONFIG"
-SECRET_KEYS = {("aws", "external_id"), ("servicenow", "password")}
+SECRET_KEYS = {("aws", "external_id"), ("servicenow", "password"), ("servicenow", "client_secret")}
 
 _ACCOUNT_ID = re.compile(r"^\d{12}$")
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
@@ -90,10 +91,20 @@ class AwsSettings(_Section):
         return value
 
 
+AUTH_NEEDS = {
+    "basic": ("username", "password"),
+    "oauth_password": ("username", "password", "client_id", "client_secret"),
+    "oauth_client_credentials": ("client_id", "client_secret"),
+}
+
+
 class ServiceNowSettings(_Section):
     instance_url: str
-    username: str = Field(min_length=1)
-    password: SecretStr
+    auth: Literal["basic", "oauth_password", "oauth_client_credentials"] = "basic"
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
     discovery_source: str = Field("AWS CMDB Connector", min_length=1)
     page_size: int = Field(1000, ge=1, le=10000)
     workers: int = Field(8, ge=1, le=64)
@@ -102,6 +113,8 @@ class ServiceNowSettings(_Section):
     max_retry_seconds: float = Field(300, gt=0)
     verify_tls: bool = True
     ca_bundle: Path | None = None
+    # 0 or 1: one request per write; N > 1: up to N writes per Batch API request.
+    batch_size: int = Field(0, ge=0, le=1000)
 
     @field_validator("instance_url")
     @classmethod
@@ -110,12 +123,17 @@ class ServiceNowSettings(_Section):
             raise ValueError("must start with https:// (or http:// for a local stand-in)")
         return value.rstrip("/")
 
-    @field_validator("password")
-    @classmethod
-    def _password_set(cls, value: SecretStr) -> SecretStr:
-        if not value.get_secret_value():
-            raise ValueError("is empty")
-        return value
+    @model_validator(mode="after")
+    def _auth_complete(self) -> "ServiceNowSettings":
+        missing = []
+        for key in AUTH_NEEDS[self.auth]:
+            value = getattr(self, key)
+            if not (value.get_secret_value() if isinstance(value, SecretStr) else value):
+                missing.append(key)
+        if missing:
+            how = ", ".join(f"{k} ({ENV_PREFIX}SERVICENOW__{k.upper()})" for k in missing)
+            raise ValueError(f"auth = {self.auth!r} needs {how}")
+        return self
 
 
 class ReconcileSettings(_Section):
@@ -260,7 +278,9 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
             lines.append(f"  {key}: required key is missing. Fix: set it in the file or with {env}")
         else:
             message = err["msg"].removeprefix("Value error, ")
-            shown = "" if secret else f" (got {err.get('input')!r})"
+            value = err.get("input")
+            # Only a leaf's own value is shown: a section's value holds its secrets.
+            shown = "" if secret or isinstance(value, (dict, list)) else f" (got {value!r})"
             where = f" from {env}" if env in os.environ else ""
             lines.append(f"  {key}{where}: {message}{shown}. Fix: correct the value")
     return "\n".join(lines)

@@ -1,9 +1,10 @@
 """apply: carry out a plan through a ``CmdbWriter``, with bounded concurrency.
 
 CIs first, then relations, so that a relation is written after both of its
-ends exist. A failed write is recorded with its reason and the rest go on; a
-run killed half-way is finished by the next one, because plan starts again
-from what the CMDB holds.
+ends exist. Writes go in chunks (one write each, or a Batch API request's
+worth) spread over the workers. A failed write is recorded with its reason
+and the rest go on; a run killed half-way is finished by the next one,
+because plan starts again from what the CMDB holds.
 """
 
 from __future__ import annotations
@@ -11,14 +12,12 @@ from __future__ import annotations
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, TypeVar
 
-from ..errors import ConnectorError
-from ..servicenow.cmdb import CmdbWriter
+from ..servicenow.cmdb import CmdbWriter, WriteOp, WriteResult, create_ci_op, create_relation_op
 from .plan import CREATE, CIChange, CIKey, Plan, RelationChange, TablePolicy
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+REL_TABLE = "cmdb_rel_ci"
 
 
 @dataclass
@@ -37,29 +36,40 @@ class ApplyResult:
         return [o for o in self.outcomes if o.error]
 
 
-def _run_all(items: Iterable[T], work: Callable[[T], Outcome], workers: int) -> list[Outcome]:
-    items = list(items)
-    if not items:
-        return []
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apply") as executor:
-        return list(executor.map(work, items))
-
-
 def describe(change: CIChange | RelationChange) -> str:
     if isinstance(change, CIChange):
         return f"{change.action} {change.table} {change.identity}"
-    return f"{change.action} cmdb_rel_ci {change.parent[1]} [{change.type}] {change.child[1]}"
+    return f"{change.action} {REL_TABLE} {change.parent[1]} [{change.type}] {change.child[1]}"
 
 
-def _guarded(change, action: Callable[[], str | None]) -> Outcome:
-    try:
-        return Outcome(change, sys_id=action())
-    except ConnectorError as exc:
-        log.error("%s: %s", describe(change), exc)
-        return Outcome(change, error=str(exc))
-    except Exception as exc:  # noqa: BLE001 - one write's bug must not lose the others
-        log.error("%s: unexpected %s: %s", describe(change), type(exc).__name__, exc)
-        return Outcome(change, error=f"unexpected {type(exc).__name__}: {exc}")
+def _write_all(writer: CmdbWriter, ops: list[WriteOp], chunk: int, workers: int) -> list[WriteResult]:
+    """Every op, in chunks over the workers; results in the order of ``ops``."""
+    if not ops:
+        return []
+    chunks = [ops[i : i + chunk] for i in range(0, len(ops), chunk)]
+
+    def run(part: list[WriteOp]) -> list[WriteResult]:
+        try:
+            return writer.write_many(part)
+        except Exception as exc:  # noqa: BLE001 - one chunk's bug must not lose the others
+            log.error("writes failed: unexpected %s: %s", type(exc).__name__, exc)
+            return [WriteResult(error=f"unexpected {type(exc).__name__}: {exc}")] * len(part)
+
+    with ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="apply") as executor:
+        return [result for part in executor.map(run, chunks) for result in part]
+
+
+def _ci_op(change: CIChange, policies: dict[str, TablePolicy]) -> WriteOp:
+    if change.action == CREATE:
+        return create_ci_op(change.table, change.payload, policies[change.table].identity_field)
+    return WriteOp("PATCH", change.table, change.sys_id, change.payload)
+
+
+def _record(result: ApplyResult, changes, ops_results) -> None:
+    for change, outcome in zip(changes, ops_results):
+        if outcome.error:
+            log.error("%s: %s", describe(change), outcome.error)
+        result.outcomes.append(Outcome(change, outcome.sys_id, outcome.error))
 
 
 def apply_plan(
@@ -68,35 +78,31 @@ def apply_plan(
     policies: dict[str, TablePolicy],
     rel_types: dict[str, str],
     workers: int,
+    batch_size: int = 0,
 ) -> ApplyResult:
     result = ApplyResult()
+    chunk = max(1, batch_size)
     sys_ids: dict[CIKey, str] = dict(plan.sys_ids)
 
-    def write_ci(change: CIChange) -> Outcome:
-        if change.action == CREATE:
-            policy = policies[change.table]
-            return _guarded(change, lambda: writer.create_ci(change.table, change.payload, policy.identity_field))
+    ci_results = _write_all(writer, [_ci_op(c, policies) for c in plan.changes], chunk, workers)
+    _record(result, plan.changes, ci_results)
+    for change, outcome in zip(plan.changes, ci_results):
+        if outcome.sys_id:
+            sys_ids[(change.table, change.identity)] = outcome.sys_id
 
-        def update() -> str | None:
-            writer.update_ci(change.table, change.sys_id, change.payload)
-            return change.sys_id
-
-        return _guarded(change, update)
-
-    ci_outcomes = _run_all(plan.changes, write_ci, workers)
-    for outcome in ci_outcomes:
-        if outcome.sys_id and isinstance(outcome.change, CIChange):
-            sys_ids[(outcome.change.table, outcome.change.identity)] = outcome.sys_id
-    result.outcomes.extend(ci_outcomes)
-
-    def write_relation(change: RelationChange) -> Outcome:
+    ready: list[RelationChange] = []
+    ops: list[WriteOp] = []
+    for change in plan.relation_changes:
         if change.action == "delete":
-            return _guarded(change, lambda: writer.delete_relation(change.sys_id) or change.sys_id)
+            ready.append(change)
+            ops.append(WriteOp("DELETE", REL_TABLE, change.sys_id))
+            continue
         parent, child = sys_ids.get(change.parent), sys_ids.get(change.child)
         if not parent or not child:
             missing = change.parent if not parent else change.child
-            return Outcome(change, error=f"end {missing[0]} {missing[1]} was not created")
-        return _guarded(change, lambda: writer.create_relation(parent, child, rel_types[change.type]))
-
-    result.outcomes.extend(_run_all(plan.relation_changes, write_relation, workers))
+            result.outcomes.append(Outcome(change, error=f"end {missing[0]} {missing[1]} was not created"))
+            continue
+        ready.append(change)
+        ops.append(create_relation_op(parent, child, rel_types[change.type]))
+    _record(result, ready, _write_all(writer, ops, chunk, workers))
     return result

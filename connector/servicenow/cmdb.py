@@ -8,9 +8,12 @@ Table API one.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Protocol
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Protocol
 
-from ..errors import AmbiguousWriteError, ServiceNowError
+from ..errors import AmbiguousWriteError, ServiceNowError, ServiceNowNotFound
 from ..models import ExistingCI, ExistingRelation
 from .client import TableClient
 
@@ -79,43 +82,153 @@ class CmdbReader:
         ]
 
 
+@dataclass(frozen=True)
+class WriteOp:
+    """One write. ``match`` identifies the record a POST makes, should its answer be lost."""
+
+    method: str  # POST | PATCH | DELETE
+    table: str
+    sys_id: str | None = None
+    payload: dict[str, str] = field(default_factory=dict)
+    match: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    sys_id: str | None = None
+    error: str | None = None
+
+
 class CmdbWriter(Protocol):
-    def create_ci(self, table: str, fields: dict[str, str], identity_field: str) -> str: ...
-    def update_ci(self, table: str, sys_id: str, fields: dict[str, str]) -> None: ...
-    def create_relation(self, parent: str, child: str, type_id: str) -> str: ...
-    def delete_relation(self, sys_id: str) -> None: ...
+    def write_many(self, ops: list[WriteOp]) -> list[WriteResult]: ...
+
+
+def create_ci_op(table: str, fields: dict[str, str], identity_field: str) -> WriteOp:
+    identity = fields.get(identity_field)
+    if not identity:
+        raise ValueError(f"table {table}: refusing to create a CI without {identity_field}")
+    return WriteOp("POST", table, None, fields, {identity_field: identity})
+
+
+def create_relation_op(parent: str, child: str, type_id: str) -> WriteOp:
+    payload = {"parent": parent, "child": child, "type": type_id}
+    return WriteOp("POST", REL_TABLE, None, payload, payload)
 
 
 class TableApiWriter:
-    """Writes through the Table API. A lost create is looked up, never re-sent blindly."""
+    """Writes through the Table API, one request per write or through the Batch API.
 
-    def __init__(self, tables: TableClient):
+    A create whose answer was lost is looked up, never re-sent blindly. With
+    the Batch API, every item's status is checked and unserviced items are
+    sent again; the results are the same as without it.
+    """
+
+    MAX_BATCH_ROUNDS = 5
+
+    def __init__(self, tables: TableClient, batch_size: int = 0):
         self.tables = tables
+        self.batch_size = batch_size
 
-    def _create(self, table: str, payload: dict[str, str], match: dict[str, str]) -> str:
+    def write_many(self, ops: list[WriteOp]) -> list[WriteResult]:
+        if self.batch_size > 1 and len(ops) > 1:
+            return self._batch(ops)
+        return [self._guarded(op) for op in ops]
+
+    # -- one request per write -------------------------------------------------
+    def _guarded(self, op: WriteOp, check_first: bool = False) -> WriteResult:
         try:
-            return self.tables.create(table, payload)["sys_id"]
+            return WriteResult(sys_id=self._one(op, check_first))
+        except ServiceNowError as exc:
+            return WriteResult(error=str(exc))
+
+    def _one(self, op: WriteOp, check_first: bool = False) -> str | None:
+        if op.method == "PATCH":
+            self.tables.update(op.table, op.sys_id, op.payload)
+            return op.sys_id
+        if op.method == "DELETE":
+            try:
+                self.tables.delete(op.table, op.sys_id)
+            except ServiceNowNotFound:
+                pass  # already gone: the goal is met
+            return op.sys_id
+        if check_first:
+            found = self._lookup(op)
+            if found:
+                return found
+        try:
+            return self.tables.create(op.table, op.payload)["sys_id"]
         except AmbiguousWriteError as exc:
-            log.warning("table %s: create answer lost (%s); checking before re-sending", table, exc.args[0])
-            query = "^".join(f"{k}={v}" for k, v in match.items())
-            for row in self.tables.query(table, query, ["sys_id", *match]):
-                # Re-check in code: ServiceNow drops conditions it does not understand.
-                if all(_ref(row.get(k)) == v for k, v in match.items()):
-                    return row["sys_id"]
-            return self.tables.create(table, payload)["sys_id"]
+            log.warning("table %s: create answer lost (%s); checking before re-sending", op.table, exc.args[0])
+            return self._lookup(op) or self.tables.create(op.table, op.payload)["sys_id"]
 
-    def create_ci(self, table: str, fields: dict[str, str], identity_field: str) -> str:
-        identity = fields.get(identity_field)
-        if not identity:
-            raise ServiceNowError(f"table {table}: refusing to create a CI without {identity_field}")
-        return self._create(table, fields, {identity_field: identity})
+    def _lookup(self, op: WriteOp) -> str | None:
+        query = "^".join(f"{k}={v}" for k, v in op.match.items())
+        for row in self.tables.query(op.table, query, ["sys_id", *op.match]):
+            # Re-check in code: ServiceNow drops conditions it does not understand.
+            if all(_ref(row.get(k)) == v for k, v in op.match.items()):
+                return row["sys_id"]
+        return None
 
-    def update_ci(self, table: str, sys_id: str, fields: dict[str, str]) -> None:
-        self.tables.update(table, sys_id, fields)
+    # -- the Batch API ------------------------------------------------------------
+    def _batch(self, ops: list[WriteOp]) -> list[WriteResult]:
+        results: dict[int, WriteResult] = {}
+        for start in range(0, len(ops), self.batch_size):
+            chunk = dict(enumerate(ops[start : start + self.batch_size], start))
+            results.update(self._batch_chunk(chunk))
+        return [results[i] for i in range(len(ops))]
 
-    def create_relation(self, parent: str, child: str, type_id: str) -> str:
-        payload = {"parent": parent, "child": child, "type": type_id}
-        return self._create(REL_TABLE, payload, payload)
+    def _batch_chunk(self, pending: dict[int, WriteOp]) -> dict[int, WriteResult]:
+        results: dict[int, WriteResult] = {}
+        for _round in range(self.MAX_BATCH_ROUNDS):
+            try:
+                answer = self.tables.batch([_rest_request(i, op) for i, op in pending.items()])
+            except AmbiguousWriteError as exc:
+                # Some items may have run: one by one now, creates looked up first.
+                log.warning("batch answer lost (%s); finishing %d writes one by one", exc.args[0], len(pending))
+                results.update({i: self._guarded(op, check_first=True) for i, op in pending.items()})
+                return results
+            except ServiceNowError as exc:
+                results.update({i: WriteResult(error=str(exc)) for i in pending})
+                return results
+            for item in answer.get("serviced_requests", []):
+                index = int(str(item.get("id")))
+                op = pending.pop(index, None)
+                if op is not None:
+                    results[index] = _item_result(op, item)
+            if not pending:
+                return results
+            log.info("batch: %d item(s) unserviced; sending them again", len(pending))
+        results.update({i: WriteResult(error=f"not serviced after {self.MAX_BATCH_ROUNDS} batch requests")
+                        for i in pending})
+        return results
 
-    def delete_relation(self, sys_id: str) -> None:
-        self.tables.delete(REL_TABLE, sys_id)
+
+def _rest_request(index: int, op: WriteOp) -> dict[str, Any]:
+    url = f"/api/now/table/{op.table}" + (f"/{op.sys_id}" if op.sys_id else "")
+    request: dict[str, Any] = {
+        "id": str(index),
+        "method": op.method,
+        "url": url,
+        "headers": [{"name": "Content-Type", "value": "application/json"},
+                    {"name": "Accept", "value": "application/json"}],
+        "exclude_response_headers": True,
+    }
+    if op.method != "DELETE":
+        request["body"] = base64.b64encode(json.dumps(op.payload).encode()).decode()
+    return request
+
+
+def _item_result(op: WriteOp, item: dict[str, Any]) -> WriteResult:
+    status = int(item.get("status_code", 0))
+    try:
+        body = json.loads(base64.b64decode(item.get("body") or b"") or b"{}")
+    except ValueError:
+        body = {}
+    if status in (200, 201) and isinstance(body.get("result"), dict):
+        return WriteResult(sys_id=body["result"].get("sys_id") or op.sys_id)
+    if status == 204 or (status == 404 and op.method == "DELETE"):
+        return WriteResult(sys_id=op.sys_id)
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    message = error.get("message") or item.get("error_message") or item.get("status_text") or "failed"
+    detail = f" | detail: {error['detail']}" if error.get("detail") else ""
+    return WriteResult(error=f"ServiceNow: {message}{detail} | HTTP {status} | batch {op.method} {op.table}")

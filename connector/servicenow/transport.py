@@ -147,10 +147,21 @@ class ServiceNowSession(requests.Session):
         kwargs.setdefault("timeout", self.timeout)
         deadline = time.monotonic() + self.max_retry_seconds
         attempt = 0
+        renewed = False
         while True:
             attempt += 1
             try:
                 return super().request(method, url, **kwargs)
+            except ServiceNowAuthError as exc:
+                renew = getattr(self.auth, "invalidate", None)
+                if renew is None or renewed:
+                    raise
+                # An OAuth token expired or was revoked: one new token, one retry.
+                renewed = True
+                renew(None)
+                log.info("ServiceNow %s %s: %s; renewing the OAuth token", method, exc.url, exc.args[0])
+                attempt -= 1
+                continue
             except ServiceNowError as exc:
                 error: ServiceNowError = exc
                 if method == "POST" and exc.retriable and exc.status != 429:

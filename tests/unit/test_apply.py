@@ -7,6 +7,7 @@ import threading
 from connector.errors import ServiceNowPermissionError
 from connector.models import OK, Account, Inventory, Scope
 from connector.reconcile.apply import apply_plan, describe
+from connector.servicenow.cmdb import WriteOp, WriteResult
 from connector.reconcile.plan import CIChange, Plan, RelationChange, TablePolicy
 from connector.report.json_report import build_report
 from connector.mapping.transform import MapResult
@@ -17,30 +18,31 @@ POLICIES = {t: TablePolicy(t, "correlation_id", "s", {}, {}) for t in (VM, DC)}
 
 
 class RecordingWriter:
+    """A CmdbWriter that records what it is asked, and refuses some creates."""
+
     def __init__(self, refuse: set[str] = frozenset()):
         self.calls: list[tuple] = []
         self.refuse = refuse
         self.lock = threading.Lock()
 
-    def _log(self, *call):
+    def write_many(self, ops: list[WriteOp]) -> list[WriteResult]:
+        return [self._one(op) for op in ops]
+
+    def _one(self, op: WriteOp) -> WriteResult:
         with self.lock:
+            if op.table == "cmdb_rel_ci":
+                call = ("delete_relation", op.sys_id) if op.method == "DELETE" else (
+                    "create_relation", op.payload["parent"], op.payload["child"], op.payload["type"])
+            elif op.method == "POST":
+                call = ("create_ci", op.table, op.match["correlation_id"])
+            else:
+                call = ("update_ci", op.table, op.sys_id, op.payload)
             self.calls.append(call)
-
-    def create_ci(self, table, fields, identity_field):
-        self._log("create_ci", table, fields[identity_field])
-        if fields[identity_field] in self.refuse:
-            raise ServiceNowPermissionError("ServiceNow refused the request: Operation Failed", status=403)
-        return "sys-" + fields[identity_field]
-
-    def update_ci(self, table, sys_id, fields):
-        self._log("update_ci", table, sys_id, fields)
-
-    def create_relation(self, parent, child, type_id):
-        self._log("create_relation", parent, child, type_id)
-        return f"rel-{parent}-{child}"
-
-    def delete_relation(self, sys_id):
-        self._log("delete_relation", sys_id)
+        if op.method == "POST" and op.match.get("correlation_id") in self.refuse:
+            return WriteResult(error=str(ServiceNowPermissionError("ServiceNow refused the request: Operation Failed", status=403)))
+        if op.method == "POST":
+            return WriteResult(sys_id="sys-" + (op.match.get("correlation_id") or "rel"))
+        return WriteResult(sys_id=op.sys_id)
 
 
 def sample_plan() -> Plan:

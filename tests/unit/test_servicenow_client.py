@@ -17,7 +17,7 @@ from connector.errors import (
     ServiceNowUnavailable,
 )
 from connector.servicenow.client import TableClient
-from connector.servicenow.cmdb import CmdbReader, TableApiWriter
+from connector.servicenow.cmdb import CmdbReader, TableApiWriter, WriteResult, create_ci_op
 from connector.settings import ServiceNowSettings
 
 URL = "https://acme.service-now.com"
@@ -140,8 +140,8 @@ def test_lost_create_is_looked_up_before_any_resend():
     responses.post(TABLE_URL, status=502, body="Bad Gateway")
     responses.get(TABLE_URL, json={"result": [{"sys_id": "made", "correlation_id": "arn:x"}]}, headers={"X-Total-Count": "1"})
     tables, _ = client()
-    sys_id = TableApiWriter(tables).create_ci("cmdb_ci_vm_instance", {"correlation_id": "arn:x", "name": "a"}, "correlation_id")
-    assert sys_id == "made"
+    (result,) = TableApiWriter(tables).write_many([create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:x", "name": "a"}, "correlation_id")])
+    assert result == WriteResult(sys_id="made")
     assert [c.request.method for c in responses.calls] == ["POST", "GET"]
     assert params(responses.calls[1])["sysparm_query"] == "correlation_id=arn:x^ORDERBYsys_id"
 
@@ -153,7 +153,8 @@ def test_lost_create_not_found_is_sent_again_once():
     responses.post(TABLE_URL, status=201, json={"result": {"sys_id": "new"}})
     tables, _ = client()
     # the lookup's condition was dropped and it returned another CI: re-checked in code, not trusted
-    assert TableApiWriter(tables).create_ci("cmdb_ci_vm_instance", {"correlation_id": "arn:x"}, "correlation_id") == "new"
+    (result,) = TableApiWriter(tables).write_many([create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:x"}, "correlation_id")])
+    assert result.sys_id == "new"
     assert [c.request.method for c in responses.calls] == ["POST", "GET", "POST"]
 
 

@@ -72,8 +72,20 @@ def test_secrets_are_masked_in_repr(tmp_path):
 BAD_CASES = [
     (
         GOOD.replace('username = "svc"', 'usernme = "svc"'),
-        ["[servicenow] usernme: unknown key", "known keys here:", "username",
-         "[servicenow] username: required key is missing. Fix: set it in the file or with CMDB_SERVICENOW__USERNAME"],
+        ["[servicenow] usernme: unknown key", "known keys here:", "username"],
+    ),
+    (
+        GOOD.replace('username = "svc"', ""),
+        ["servicenow: auth = 'basic' needs username (CMDB_SERVICENOW__USERNAME)"],
+    ),
+    (
+        GOOD.replace('username = "svc"', 'auth = "oauth_client_credentials"'),
+        ["servicenow: auth = 'oauth_client_credentials' needs client_id (CMDB_SERVICENOW__CLIENT_ID), "
+         "client_secret (CMDB_SERVICENOW__CLIENT_SECRET)"],
+    ),
+    (
+        GOOD.replace('username = "svc"', 'auth = "kerberos"'),
+        ["[servicenow] auth: Input should be 'basic', 'oauth_password' or 'oauth_client_credentials'"],
     ),
     (
         GOOD.replace("[report]", "[reprot]"),

@@ -1,0 +1,113 @@
+"""Authentication: basic, or OAuth bearer tokens from ``/oauth_token.do``.
+
+One token provider is shared by every worker session (each session still has
+its own cookie). A token is renewed a minute before it expires, with the
+refresh token when there is one, and at once when ServiceNow answers 401.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+import requests
+from requests.auth import AuthBase
+
+from ..errors import ServiceNowAuthError, ServiceNowUnavailable
+from ..settings import ServiceNowSettings
+
+log = logging.getLogger(__name__)
+EARLY_RENEWAL_SECONDS = 60
+
+
+class OAuthToken(AuthBase):
+    def __init__(
+        self,
+        token_url: str,
+        form: dict[str, str],
+        *,
+        verify: bool | str = True,
+        timeout: float = 60,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._url = token_url
+        self._form = form  # grant_type and credentials; never logged
+        self._verify = verify
+        self._timeout = timeout
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._access: str | None = None
+        self._refresh: str | None = None
+        self._expires_at = 0.0
+        self.fetches = 0
+
+    def __repr__(self) -> str:
+        return f"OAuthToken({self._url!r}, grant_type={self._form.get('grant_type')!r})"
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token()}"
+        return request
+
+    def token(self) -> str:
+        with self._lock:
+            if self._access is None or self._clock() >= self._expires_at - EARLY_RENEWAL_SECONDS:
+                self._renew()
+            assert self._access is not None
+            return self._access
+
+    def invalidate(self, refused: str | None) -> None:
+        """ServiceNow refused ``refused``: the next request gets a new token."""
+        with self._lock:
+            if refused is None or refused == self._access:
+                self._access = None
+
+    def _renew(self) -> None:
+        if self._refresh:
+            try:
+                self._fetch({"grant_type": "refresh_token", "refresh_token": self._refresh,
+                             "client_id": self._form["client_id"], "client_secret": self._form["client_secret"]})
+                return
+            except ServiceNowAuthError:
+                log.info("OAuth refresh token refused; asking for a new token")
+        self._fetch(self._form)
+
+    def _fetch(self, form: dict[str, str]) -> None:
+        try:
+            response = requests.post(self._url, data=form, headers={"Accept": "application/json"},
+                                     verify=self._verify, timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise ServiceNowUnavailable(f"cannot reach ServiceNow for an OAuth token: {type(exc).__name__}",
+                                        method="POST", url="/oauth_token.do") from None
+        if response.status_code != 200:
+            try:
+                reason = response.json().get("error_description", "")
+            except ValueError:
+                reason = ""
+            raise ServiceNowAuthError(
+                f"ServiceNow refused the OAuth {form.get('grant_type')} grant: {reason or response.reason}. "
+                "Check servicenow.client_id and the secrets", status=response.status_code,
+                method="POST", url="/oauth_token.do",
+            )
+        body = response.json()
+        self._access = body["access_token"]
+        self._refresh = body.get("refresh_token") or self._refresh
+        self._expires_at = self._clock() + float(body.get("expires_in", 1800))
+        self.fetches += 1
+
+
+def make_auth(settings: ServiceNowSettings, verify: bool | str) -> AuthBase | tuple[str, str]:
+    """What a session authenticates with, by ``servicenow.auth``."""
+    if settings.auth == "basic":
+        return (settings.username, settings.password.get_secret_value())
+    form = {
+        "client_id": settings.client_id,
+        "client_secret": settings.client_secret.get_secret_value(),
+    }
+    if settings.auth == "oauth_password":
+        form.update(grant_type="password", username=settings.username,
+                    password=settings.password.get_secret_value())
+    else:
+        form.update(grant_type="client_credentials")
+    return OAuthToken(f"{settings.instance_url}/oauth_token.do", form, verify=verify, timeout=settings.timeout_seconds)
