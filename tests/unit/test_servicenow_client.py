@@ -221,3 +221,127 @@ def test_connection_refused_is_unavailable_not_a_traceback():
     tables, _ = client(f"http://127.0.0.1:{port}", max_attempts=2)
     with pytest.raises(ServiceNowUnavailable, match="cannot reach ServiceNow"):
         list(tables.query("cmdb_ci", "", ["sys_id"]))
+
+
+# -- OAuth ---------------------------------------------------------------------------
+
+TOKEN_URL = f"{URL}/oauth_token.do"
+
+
+def oauth_settings(**kw) -> ServiceNowSettings:
+    base = dict(instance_url=URL, auth="oauth_password", username="svc", password=PASSWORD,
+                client_id="cid", client_secret="client-secret-xyz")
+    return ServiceNowSettings(**{**base, **kw})
+
+
+@responses.activate
+def test_oauth_password_grant_bearer_token_and_renewal_on_401():
+    responses.post(TOKEN_URL, json={"access_token": "tok1", "refresh_token": "ref1", "expires_in": 1800})
+    responses.post(TOKEN_URL, json={"access_token": "tok2", "refresh_token": "ref2", "expires_in": 1800})
+    responses.get(TABLE_URL, json={"result": []}, headers={"X-Total-Count": "0"})
+    responses.get(TABLE_URL, status=401, json={"error": {"message": "User Not Authenticated"}, "status": "failure"})
+    responses.get(TABLE_URL, json={"result": []}, headers={"X-Total-Count": "0"})
+    tables = TableClient(oauth_settings(), sleep=lambda s: None)
+    list(tables.query("cmdb_ci_vm_instance", "", ["sys_id"]))
+    list(tables.query("cmdb_ci_vm_instance", "", ["sys_id"]))  # 401: token renewed, request retried
+    token_calls = [c for c in responses.calls if c.request.url == TOKEN_URL]
+    table_calls = [c for c in responses.calls if c.request.url != TOKEN_URL]
+    assert parse_qs(token_calls[0].request.body) == {
+        "client_id": ["cid"], "client_secret": ["client-secret-xyz"], "grant_type": ["password"],
+        "username": ["svc"], "password": [PASSWORD]}
+    assert parse_qs(token_calls[1].request.body)["grant_type"] == ["refresh_token"]
+    assert parse_qs(token_calls[1].request.body)["refresh_token"] == ["ref1"]
+    assert [c.request.headers["Authorization"] for c in table_calls] == ["Bearer tok1", "Bearer tok1", "Bearer tok2"]
+
+
+def test_oauth_token_renewed_before_expiry():
+    from connector.servicenow.auth import OAuthToken
+
+    now = [1000.0]
+    with responses.RequestsMock() as mock:
+        mock.post(TOKEN_URL, json={"access_token": "a", "refresh_token": "r", "expires_in": 600})
+        mock.post(TOKEN_URL, json={"access_token": "b", "expires_in": 600})
+        token = OAuthToken(TOKEN_URL, {"grant_type": "client_credentials", "client_id": "c", "client_secret": "s"},
+                           clock=lambda: now[0])
+        assert token.token() == "a"
+        now[0] += 500
+        assert token.token() == "a"
+        now[0] += 50  # inside the last minute: renewed with the refresh token
+        assert token.token() == "b"
+        assert parse_qs(mock.calls[1].request.body)["grant_type"] == ["refresh_token"]
+
+
+@responses.activate
+def test_oauth_refused_is_a_clear_error_without_secrets():
+    responses.post(TOKEN_URL, status=401, json={"error_description": "access_denied", "error": "server_error"})
+    tables = TableClient(oauth_settings(auth="oauth_client_credentials", username="", password=""), sleep=lambda s: None)
+    with pytest.raises(ServiceNowAuthError) as info:
+        list(tables.query("cmdb_ci", "", ["sys_id"]))
+    text = str(info.value) + repr(tables._auth)
+    assert "refused the OAuth client_credentials grant: access_denied" in text
+    assert "client-secret-xyz" not in text and PASSWORD not in text
+
+
+# -- Batch API ---------------------------------------------------------------------------
+
+BATCH_URL = f"{URL}/api/now/v1/batch"
+
+
+def batch_item(request_id: str, status: int, body: dict | None) -> dict:
+    import base64
+
+    encoded = base64.b64encode(json.dumps(body).encode()).decode() if body is not None else ""
+    return {"id": request_id, "status_code": status, "status_text": "", "headers": [], "body": encoded}
+
+
+def sent_items(call) -> list[dict]:
+    import base64
+
+    items = json.loads(call.request.body)["rest_requests"]
+    for item in items:
+        if item.get("body"):
+            item["decoded"] = json.loads(base64.b64decode(item["body"]))
+    return items
+
+
+@responses.activate
+def test_batch_checks_every_item_and_resends_unserviced():
+    from connector.servicenow.cmdb import WriteOp
+
+    responses.post(BATCH_URL, json={"batch_request_id": "x", "serviced_requests": [
+        batch_item("0", 201, {"result": {"sys_id": "new0"}}),
+        batch_item("1", 403, {"error": {"message": "Operation Failed", "detail": "ACL"}, "status": "failure"}),
+    ], "unserviced_requests": ["2"]})
+    responses.post(BATCH_URL, json={"batch_request_id": "y", "serviced_requests": [
+        batch_item("2", 200, {"result": {"sys_id": "s2", "name": "b"}})], "unserviced_requests": []})
+    tables, _ = client()
+    ops = [
+        create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:a", "name": "a"}, "correlation_id"),
+        create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:b"}, "correlation_id"),
+        WriteOp("PATCH", "cmdb_ci_vm_instance", "s2", {"name": "b"}),
+    ]
+    results = TableApiWriter(tables, batch_size=10).write_many(ops)
+    assert results[0] == WriteResult(sys_id="new0")
+    assert results[1].sys_id is None and "Operation Failed | detail: ACL | HTTP 403" in results[1].error
+    assert results[2] == WriteResult(sys_id="s2")
+    first, second = (sent_items(c) for c in responses.calls)
+    assert [(i["id"], i["method"], i["url"]) for i in first] == [
+        ("0", "POST", "/api/now/table/cmdb_ci_vm_instance"), ("1", "POST", "/api/now/table/cmdb_ci_vm_instance"),
+        ("2", "PATCH", "/api/now/table/cmdb_ci_vm_instance/s2")]
+    assert first[0]["decoded"] == {"correlation_id": "arn:a", "name": "a"}
+    assert [(i["id"], i["decoded"]) for i in second] == [("2", {"name": "b"})]
+
+
+@responses.activate
+def test_lost_batch_answer_is_finished_one_by_one_creates_looked_up_first():
+    from connector.servicenow.cmdb import WriteOp
+
+    responses.post(BATCH_URL, status=504, body="Gateway Timeout")
+    responses.get(TABLE_URL, json={"result": [{"sys_id": "already", "correlation_id": "arn:a"}]}, headers={"X-Total-Count": "1"})
+    responses.patch(f"{TABLE_URL}/s2", json={"result": {"sys_id": "s2"}})
+    tables, _ = client()
+    ops = [create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:a"}, "correlation_id"),
+           WriteOp("PATCH", "cmdb_ci_vm_instance", "s2", {"name": "b"})]
+    results = TableApiWriter(tables, batch_size=10).write_many(ops)
+    assert results == [WriteResult(sys_id="already"), WriteResult(sys_id="s2")]
+    assert [c.request.method for c in responses.calls] == ["POST", "GET", "PATCH"]
