@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated AWS Organization + local ServiceNow stand-in, one full run")
     demo.add_argument("--output-dir", type=Path, default=Path("reports"), help="where the report goes (default ./reports)")
 
-    sub.add_parser("sandbox", help="start the ServiceNow stand-in and the simulated AWS Organization, and wait")
+    sandbox = sub.add_parser("sandbox", help="start the ServiceNow stand-in and the simulated AWS Organization, and wait")
+    sandbox.add_argument("--db", type=Path, help="keep the stand-in's CMDB in this SQLite file between sandbox runs")
     return parser
 
 
@@ -119,7 +120,7 @@ def cmd_demo(args) -> int:
 def cmd_sandbox(args) -> int:
     from .sandbox.demo import DEMO_USER, sandboxes
 
-    with sandboxes() as boxes:
+    with sandboxes(db_path=args.db) as boxes:
         print("Sandbox running (Ctrl-C to stop). Point the connector at it with:")
         print(f"  export AWS_ENDPOINT_URL={boxes.aws.url}")
         print("  export AWS_ACCESS_KEY_ID=AKIDSANDBOXCENTRAL AWS_SECRET_ACCESS_KEY=sandbox-secret")

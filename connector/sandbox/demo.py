@@ -58,10 +58,12 @@ def point_aws_at(endpoint: str) -> None:
 
 
 @contextmanager
-def sandboxes(members: list[str] | None = None, regions: list[str] | None = None) -> Iterator[Sandboxes]:
+def sandboxes(members: list[str] | None = None, regions: list[str] | None = None,
+              db_path: Path | None = None) -> Iterator[Sandboxes]:
     external_id = "demo-" + secrets.token_hex(8)
     password = secrets.token_urlsafe(12)
-    with AwsSandbox(external_id=external_id) as aws, ServiceNowStandIn(users={DEMO_USER: password}) as sn:
+    with AwsSandbox(external_id=external_id) as aws, \
+            ServiceNowStandIn(users={DEMO_USER: password}, db_path=db_path) as sn:
         org = seed_organization(aws.moto_url, members or DEMO_MEMBERS, regions or DEMO_REGIONS)
         point_aws_at(aws.url)
         yield Sandboxes(aws, sn, org, external_id, password)

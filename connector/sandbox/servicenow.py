@@ -14,6 +14,7 @@ import base64
 import json
 import random
 import secrets
+import ssl
 import threading
 import time
 import uuid
@@ -65,12 +66,15 @@ class Faults:
         self.rate_429 = 0.0              # share of API requests answered 429
         self.retry_after = 1.0           # the Retry-After of those 429s
         self.rate_5xx = 0.0              # share answered 503
+        self.rate_cancelled = 0.0        # share cancelled at the transaction time limit (500), after running
         self.html_outage = False         # every API request gets an HTML page with status 200
         self.outage_after = -1           # from this API request number on ...
         self.outage_requests = 0         # ... this many get the HTML page
         self.expire_tokens_at = -1       # at this API request number every access token expires
         self.batch_serviced_limit = 0    # at most this many items of a batch are run (0 = all)
         self.session_queue_limit = 0     # more waiting on one JSESSIONID than this: empty 202 (0 = off)
+        self.acl_denied_tables: list = []  # writes to these tables: 403 from an ACL
+        self.acl_hidden_prefix = ""      # rows whose name starts with this are hidden by ACL, after paging
         self.update(settings)
 
     def update(self, settings: dict[str, Any]) -> None:
@@ -86,9 +90,10 @@ class Faults:
 class TableApi:
     """The Table API as a function: request parts in, a ``Reply`` out."""
 
-    def __init__(self, store: Store, base_url: str):
+    def __init__(self, store: Store, base_url: str, faults: Faults):
         self.store = store
         self.base_url = base_url
+        self.faults = faults
 
     def handle(self, method: str, table: str, sys_id: str | None, version: str,
                params: dict[str, list[str]], body: bytes, user: str) -> Reply:
@@ -103,6 +108,8 @@ class TableApi:
             if record is None:
                 return error(404, "No Record found", NOT_FOUND_DETAIL)
             return Reply(200, {"result": self.render(record, fields, links)})
+        if table in self.faults.acl_denied_tables:
+            return error(403, "Operation Failed", "ACL Exception Insert Failed due to security constraints")
         values: dict[str, Any] = {}
         if method in ("POST", "PUT", "PATCH"):
             try:
@@ -165,6 +172,10 @@ class TableApi:
                 rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
         total = len(rows)
         page = rows[offset : offset + limit] if limit > 0 else []
+        hidden = self.faults.acl_hidden_prefix
+        if hidden:
+            # sysparm_limit is applied before ACLs: a page comes back short, even empty.
+            page = [r for r in page if not r.get("name", "").startswith(hidden)]
         if version == "v1" and not page and one("sysparm_query"):
             return error(404, "No Record found", "Records matching query not found. Check query parameter or offset parameter")
         headers: dict[str, str] = {}
@@ -212,6 +223,7 @@ class ServiceNowStandIn:
         oauth_clients: dict[str, str] | None = None,
         token_lifetime: float = 1800,
         db_path: str | Path | None = None,
+        tls: tuple[Path, Path] | None = None,
         port: int = 0,
         **faults: Any,
     ):
@@ -226,7 +238,10 @@ class ServiceNowStandIn:
         self._refresh: dict[str, tuple[str, str]] = {}       # refresh token -> (user, client id)
         self._sessions: dict[str, list] = {}                 # JSESSIONID -> [lock, waiting]
         self._api_requests = 0
+        self._active = 0
+        self.max_active = 0                 # most API requests served at once, over all sessions
         self._port = port
+        self._tls = tls  # (certificate, key) PEM files: serve HTTPS
         self._server: ThreadingHTTPServer | None = None
         self.table_api: TableApi | None = None
 
@@ -235,7 +250,11 @@ class ServiceNowStandIn:
         handler = type("Handler", (_Handler,), {"app": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
         self._server.daemon_threads = True
-        self.table_api = TableApi(self.store, self.url)
+        if self._tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
+            self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
+        self.table_api = TableApi(self.store, self.url, self.faults)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          name="servicenow-standin", daemon=True).start()
         return self
@@ -257,7 +276,7 @@ class ServiceNowStandIn:
     def url(self) -> str:
         assert self._server is not None, "not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host}:{port}"
 
     # -- bookkeeping -------------------------------------------------------------
     def count(self, key: str) -> None:
@@ -282,12 +301,16 @@ class ServiceNowStandIn:
                 return None
             state[1] += 1
         state[0].acquire()
+        with self._lock:
+            self._active += 1
+            self.max_active = max(self.max_active, self._active)
         return state[0]
 
     def leave_session(self, session_id: str) -> None:
         with self._lock:
             state = self._sessions[session_id]
             state[1] -= 1
+            self._active -= 1
         state[0].release()
 
     # -- auth ------------------------------------------------------------------------
@@ -430,9 +453,17 @@ class _Handler(BaseHTTPRequestHandler):
         if fault is not None:
             return fault
         if is_batch:
-            return self._batch(method, body, user) if method == "POST" else error(405, "Method not Supported", method)
-        version, table, sys_id = route
-        return self.app.table_api.handle(method, table, sys_id, version, parse_qs(url.query), body, user)
+            reply = self._batch(method, body, user) if method == "POST" else error(405, "Method not Supported", method)
+        else:
+            version, table, sys_id = route
+            reply = self.app.table_api.handle(method, table, sys_id, version, parse_qs(url.query), body, user)
+        faults = self.app.faults
+        if faults.rate_cancelled and random.random() < faults.rate_cancelled:
+            # The work was done; the answer is lost, as when a transaction hits its time limit.
+            self.app.count("fault cancelled")
+            return error(500, "Transaction cancelled: maximum execution time exceeded",
+                         "Check the logs for details")
+        return reply
 
     def _batch(self, method: str, body: bytes, user: str) -> Reply:
         try:
@@ -444,7 +475,7 @@ class _Handler(BaseHTTPRequestHandler):
         serviced, unserviced = [], []
         for index, item in enumerate(items):
             if index >= limit:
-                unserviced.append(item.get("id"))
+                unserviced.append(str(item.get("id")))
                 continue
             started = time.monotonic()
             target = urlparse(item.get("url", ""))
@@ -459,16 +490,24 @@ class _Handler(BaseHTTPRequestHandler):
                                                   parse_qs(target.query), item_body, user)
             headers = [{"name": k, "value": v} for k, v in reply.headers.items()]
             serviced.append({
-                "id": item.get("id"), "status_code": reply.status, "status_text": STATUS_TEXT.get(reply.status, ""),
+                "id": str(item.get("id")), "status_code": reply.status, "status_text": STATUS_TEXT.get(reply.status, ""),
                 "headers": [] if item.get("exclude_response_headers") else headers,
                 "body": base64.b64encode(reply.payload()).decode(),
                 "execution_time": int((time.monotonic() - started) * 1000),
             })
-        return Reply(200, {"batch_request_id": request.get("batch_request_id"), "serviced_requests": serviced,
+        return Reply(200, {"batch_request_id": str(request.get("batch_request_id", "")), "serviced_requests": serviced,
                            "unserviced_requests": unserviced})
 
     def _oauth(self, body: bytes) -> Reply:
         form = {k: v[0] for k, v in parse_qs(body.decode()).items()}
+        auth = self.headers.get("Authorization", "")
+        if "client_secret" not in form and auth.startswith("Basic "):
+            # RFC 6749 client authentication: the client's id and secret in a Basic header.
+            try:
+                client_id, _, client_secret = base64.b64decode(auth[6:]).decode().partition(":")
+                form.update(client_id=client_id, client_secret=client_secret)
+            except (ValueError, UnicodeDecodeError):
+                pass
         denied = Reply(401, {"error_description": "access_denied", "error": "server_error"})
         client_id = form.get("client_id", "")
         if client_id not in self.app.oauth_clients or self.app.oauth_clients[client_id] != form.get("client_secret"):

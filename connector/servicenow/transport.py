@@ -145,6 +145,9 @@ class ServiceNowSession(requests.Session):
     def request(self, method: str, url: str, **kwargs: Any) -> requests.Response:  # type: ignore[override]
         method = method.upper()
         kwargs.setdefault("timeout", self.timeout)
+        # Per request, so that REQUESTS_CA_BUNDLE in the environment cannot
+        # override the configured servicenow.ca_bundle / verify_tls.
+        kwargs.setdefault("verify", self.verify)
         deadline = time.monotonic() + self.max_retry_seconds
         attempt = 0
         renewed = False

@@ -251,3 +251,33 @@ def test_bad_mapping_folder_exits_2_naming_file_and_key(world, tmp_path):
         assert f"{folder}/cmdb_ci_network.toml: fields.nme: JMESPath does not compile" in proc.stderr
         assert "Traceback" not in proc.stderr
     assert sn.writes() == 0
+
+
+def test_sandbox_command_serves_until_interrupted(tmp_path):
+    import signal
+
+    import requests
+
+    script = Path(sys.executable).parent / "cmdb-connector"
+    command = [str(script)] if script.exists() else CLI
+    proc = subprocess.Popen([*command, "sandbox", "--db", str(tmp_path / "cmdb.sqlite")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        exports = {}
+        for line in proc.stdout:
+            if line.strip().startswith("export "):
+                for part in line.strip()[len("export "):].split():
+                    name, _, value = part.partition("=")
+                    exports[name] = value.strip("'")
+            if line.startswith("Accounts:"):
+                break
+        url = exports["CMDB_SERVICENOW__INSTANCE_URL"]
+        assert url.startswith("http://127.0.0.1:")
+        auth = (exports["CMDB_SERVICENOW__USERNAME"], exports["CMDB_SERVICENOW__PASSWORD"])
+        assert requests.get(f"{url}/api/now/table/cmdb_rel_type", auth=auth).status_code == 200
+        assert exports["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err
+    assert (tmp_path / "cmdb.sqlite").exists()

@@ -149,3 +149,23 @@ def test_deep_session_queue_drops_requests_with_an_empty_202(tmp_path):
         for t in threads:
             t.join()
         assert (202, b"") in statuses and any(s == 200 for s, _ in statuses)
+
+
+def test_concurrent_writers_do_not_share_a_session_cookie(tmp_path, inventory_file):
+    # Requests sharing a JSESSIONID are served one at a time; overlap proves separate sessions.
+    with ServiceNowStandIn(users={"svc": PASSWORD}, latency=0.02) as server:
+        outcome = run_pipeline(settings_for(server, tmp_path, workers=4), inventory_file=inventory_file)
+        assert outcome.exit_code == 0
+        assert server.max_active > 1
+        assert_cmdb_right(server)
+
+
+@pytest.mark.parametrize("batch_size", [0, 10])
+def test_answers_lost_after_the_work_was_done_never_duplicate(tmp_path, inventory_file, batch_size):
+    """A cancelled transaction (500) may have written: creates are looked up before any resend."""
+    with ServiceNowStandIn(users={"svc": PASSWORD}, rate_cancelled=0.15) as server:
+        settings = settings_for(server, tmp_path, batch_size=batch_size, max_attempts=12)
+        outcome = run_pipeline(settings, inventory_file=inventory_file)
+        assert server.stats["fault cancelled"] > 0
+        assert outcome.exit_code == 0, outcome.report["errors"]
+        assert_cmdb_right(server)

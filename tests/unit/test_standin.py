@@ -155,3 +155,120 @@ def test_faults_html_outage_429_and_session_cookie(standin, api):
     limited = api("GET", "cmdb_ci")
     assert limited.status_code == 429 and limited.headers["Retry-After"] == "3"
     assert "X-RateLimit-Limit" in limited.headers
+
+
+def test_count_and_pagination_headers_can_be_suppressed(api):
+    make(api, "cmdb_ci_network", name="n")
+    response = api("GET", "cmdb_ci_network", params={"sysparm_no_count": "true", "sysparm_suppress_pagination_header": "true"})
+    assert "X-Total-Count" not in response.headers and "Link" not in response.headers
+    assert len(response.json()["result"]) == 1
+
+
+def test_sysparm_fields_limits_fields_and_ignores_unknown_ones(api):
+    make(api, "cmdb_ci_network", name="n", cidr="10.0.0.0/8")
+    row = api("GET", "cmdb_ci_network", params={"sysparm_fields": "name,cidr,nonsense"}).json()["result"][0]
+    assert row == {"name": "n", "cidr": "10.0.0.0/8"}
+
+
+def test_acl_limit_before_acl_gives_short_and_empty_pages(standin, api):
+    for name in ("a1", "a2", "hidden1", "hidden2", "hidden3", "b1"):
+        make(api, "cmdb_ci_network", name=name)
+    standin.faults.update({"acl_hidden_prefix": "hidden"})
+    pages = [api("GET", "cmdb_ci_network", params={"sysparm_query": "ORDERBYname", "sysparm_limit": "2", "sysparm_offset": str(o)})
+             for o in (0, 2, 4)]
+    assert [[r["name"] for r in p.json()["result"]] for p in pages] == [["a1", "a2"], ["b1"], []]
+    assert {p.headers["X-Total-Count"] for p in pages} == {"6"}
+
+
+def test_client_reads_past_short_and_empty_pages(standin):
+    from connector.servicenow.client import TableClient
+    from connector.settings import ServiceNowSettings
+
+    for i in range(9):
+        standin.store.insert("cmdb_ci_network", {"name": ("hidden" if 2 <= i <= 5 else "net") + str(i)}, "admin")
+    standin.faults.update({"acl_hidden_prefix": "hidden"})
+    tables = TableClient(ServiceNowSettings(instance_url=standin.url, username="admin", password="s3cret-pw", page_size=2))
+    names = sorted(r["name"] for r in tables.query("cmdb_ci_network", "", ["name"]))
+    assert names == ["net0", "net1", "net6", "net7", "net8"]
+
+
+def test_acl_refusal_is_403_in_servicenow_shape(standin, api):
+    standin.faults.update({"acl_denied_tables": ["cmdb_ci_network"]})
+    response = api("POST", "cmdb_ci_network", json={"name": "n"})
+    assert response.status_code == 403
+    assert response.json()["error"]["detail"] == "ACL Exception Insert Failed due to security constraints"
+
+
+def test_batch_api_runs_each_item_and_reports_unserviced(standin):
+    import base64
+    import json as _json
+
+    standin.faults.update({"batch_serviced_limit": 2})
+    body = {"batch_request_id": "7", "rest_requests": [
+        {"id": str(i), "method": "POST", "url": "/api/now/table/cmdb_ci_network",
+         "headers": [{"name": "Content-Type", "value": "application/json"}],
+         "body": base64.b64encode(_json.dumps({"name": f"n{i}"}).encode()).decode()} for i in range(3)]}
+    answer = requests.post(f"{standin.url}/api/now/v1/batch", json=body, auth=AUTH).json()
+    assert answer["batch_request_id"] == "7" and answer["unserviced_requests"] == ["2"]
+    assert [(r["id"], r["status_code"]) for r in answer["serviced_requests"]] == [("0", 201), ("1", 201)]
+    made = _json.loads(base64.b64decode(answer["serviced_requests"][0]["body"]))["result"]
+    assert made["name"] == "n0"
+    assert sorted(r["name"] for r in standin.store.rows("cmdb_ci_network")) == ["n0", "n1"]
+
+
+def test_oauth_token_endpoint_and_expiry(standin):
+    standin.oauth_clients["cid"] = "csecret"
+    token = requests.post(f"{standin.url}/oauth_token.do", data={
+        "grant_type": "password", "client_id": "cid", "client_secret": "csecret",
+        "username": "admin", "password": "s3cret-pw"}).json()
+    assert token["token_type"] == "Bearer" and token["expires_in"] > 0
+    bearer = {"Authorization": f"Bearer {token['access_token']}"}
+    assert requests.get(f"{standin.url}/api/now/table/cmdb_ci", headers=bearer).status_code == 200
+    requests.post(f"{standin.url}/sandbox/expire-tokens")
+    assert requests.get(f"{standin.url}/api/now/table/cmdb_ci", headers=bearer).status_code == 401
+    refused = requests.post(f"{standin.url}/oauth_token.do", data={
+        "grant_type": "password", "client_id": "cid", "client_secret": "wrong", "username": "admin", "password": "s3cret-pw"})
+    assert refused.status_code == 401 and refused.json()["error_description"] == "access_denied"
+
+
+def test_sqlite_persistence_keeps_the_cmdb_between_runs(tmp_path):
+    from connector.sandbox.servicenow import ServiceNowStandIn
+
+    db = tmp_path / "cmdb.sqlite"
+    with ServiceNowStandIn(users={"admin": "pw"}, db_path=db) as first:
+        sys_id = requests.post(f"{first.url}/api/now/table/cmdb_ci_network", json={"name": "kept"}, auth=("admin", "pw")).json()["result"]["sys_id"]
+        requests.patch(f"{first.url}/api/now/table/cmdb_ci_network/{sys_id}", json={"cidr": "10.1.0.0/16"}, auth=("admin", "pw"))
+    with ServiceNowStandIn(users={"admin": "pw"}, db_path=db) as second:
+        row = requests.get(f"{second.url}/api/now/table/cmdb_ci_network/{sys_id}", auth=("admin", "pw")).json()["result"]
+        assert (row["name"], row["cidr"]) == ("kept", "10.1.0.0/16")
+        assert len([r for r in second.store.rows("cmdb_rel_type") if r["name"] == "Hosted on::Hosts"]) == 1
+
+
+def test_requests_of_one_session_are_served_one_at_a_time(standin):
+    import threading
+
+    standin.faults.update({"latency": 0.2})
+    first = requests.get(f"{standin.url}/api/now/table/cmdb_ci", auth=AUTH)
+    shared = {"JSESSIONID": first.cookies["JSESSIONID"]}
+
+    def burst(cookies):
+        threads = [threading.Thread(target=lambda: requests.get(f"{standin.url}/api/now/table/cmdb_ci", auth=AUTH,
+                                                                 cookies=cookies)) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    standin.max_active = 0
+    burst(shared)
+    assert standin.max_active == 1
+    burst(None)  # six sessions of their own
+    assert standin.max_active > 1
+
+
+def test_empty_string_clears_and_bad_json_is_400(api):
+    sys_id = make(api, "cmdb_ci_network", name="n", cidr="10.0.0.0/8")["sys_id"]
+    assert api("PATCH", f"cmdb_ci_network/{sys_id}", json={"cidr": ""}).json()["result"]["cidr"] == ""
+    bad = api("PATCH", f"cmdb_ci_network/{sys_id}", data="{not json")
+    assert bad.status_code == 400 and bad.json()["status"] == "failure"
+    assert api("GET", "no_such_table").status_code == 400
