@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConnectorError, UsageError
+from .aws.targets import parse_shard
 from .mapping.load import load_mappings
 from .settings import Settings, find_config, load_settings
 
@@ -30,16 +31,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cmdb-connector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+    shard_help = "only the accounts of shard K of N (a stable hash of the account id)"
     run = sub.add_parser("run", help="collect, map, plan, apply, report")
+    run.add_argument("--shard", metavar="K/N", help=shard_help)
     run.add_argument("--force", action="store_true", help="retire even past reconcile.max_retire_fraction")
     run.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
 
     plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
+    plan.add_argument("--shard", metavar="K/N", help=shard_help)
     plan.add_argument("--force", action="store_true", help="plan retires past the guard, as run --force would")
     plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
 
     collect = sub.add_parser("collect", help="collect the inventory into a JSON Lines file")
     collect.add_argument("--output", metavar="FILE", type=Path, required=True)
+    collect.add_argument("--shard", metavar="K/N", help=shard_help)
+
+    access = sub.add_parser("check-access", help="assume the role in every target account and print the result")
+    access.add_argument("--shard", metavar="K/N", help=shard_help)
 
     sub.add_parser("validate", help="check the config and every mapping file")
 
@@ -82,6 +90,7 @@ def cmd_run(args) -> int:
 
     outcome = run_pipeline(
         _settings(args), mode=args.command, force=args.force, inventory_file=args.inventory,
+        shard=parse_shard(args.shard),
     )
     print(f"report: {outcome.report_path}")
     return outcome.exit_code
@@ -93,12 +102,25 @@ def cmd_collect(args) -> int:
 
     settings = _settings(args)
     folder = settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None
-    inventory = collect_from_aws(settings, load_mappings(folder))
+    inventory = collect_from_aws(settings, load_mappings(folder), parse_shard(args.shard))
     write_inventory(inventory, args.output)
     print(f"inventory: {args.output} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes)")
     failed = any(s.status in NOT_COLLECTED for s in inventory.scopes) or any(
         a.status in NOT_COLLECTED for a in inventory.accounts)
     return EXIT_PARTIAL if failed else EXIT_OK
+
+
+def cmd_check_access(args) -> int:
+    from .aws.access import check_access, render_table
+    from .aws.targets import open_session_pool, target_accounts
+
+    settings = _settings(args)
+    pool = open_session_pool(settings)
+    accounts = target_accounts(settings, pool, parse_shard(args.shard))
+    management = next((a.raw.get("Organization", {}).get("MasterAccountId") for a in accounts if a.raw), None)
+    rows = check_access(pool, accounts, settings.aws.role_name, management)
+    print(render_table(rows))
+    return 3 if any(r.status not in ("ok", "skipped") for r in rows) else 0
 
 
 def cmd_demo(args) -> int:
@@ -142,6 +164,7 @@ COMMANDS = {
     "run": cmd_run,
     "plan": cmd_run,
     "collect": cmd_collect,
+    "check-access": cmd_check_access,
     "validate": cmd_validate,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,

@@ -11,18 +11,15 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import boto3
-
-from .aws.accounts import discover_accounts
 from .aws.collect import collect_inventory
-from .aws.sessions import RoleSettings, SessionPool
+from .aws.targets import open_account_sessions, open_session_pool, target_accounts
 from .errors import ConnectorError, UsageError
 from .inventory import read_inventory
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
-from .models import DENIED, ERROR, GLOBAL_REGION, OK, THROTTLED, Account, Inventory
+from .models import DENIED, ERROR, THROTTLED, Inventory
 from .reconcile.apply import ApplyResult, apply_plan
-from .reconcile.plan import Plan, PlanOptions, TablePolicy, plan_changes
+from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.json_report import build_report, summary_line, write_report
 from .servicenow.client import TableClient
 from .servicenow.cmdb import CmdbReader, TableApiWriter
@@ -49,56 +46,10 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-# -- accounts -> sessions -> collect ---------------------------------------
-
-def open_session_pool(settings: Settings) -> SessionPool:
-    aws = settings.aws
-    regions = [r for r in aws.regions if r != "all"]
-    role = RoleSettings(
-        role_name=aws.role_name,
-        external_id=aws.external_id.get_secret_value(),
-        session_name=aws.session_name,
-        duration_seconds=aws.session_duration_seconds,
-        max_attempts=aws.max_attempts,
-        max_pool_connections=max(10, aws.max_workers_per_account * 2),
-    )
-    return SessionPool(boto3.Session(), role, regions[0] if regions else "us-east-1")
-
-
-def target_accounts(settings: Settings, pool: SessionPool) -> list[Account]:
-    aws = settings.aws
-
-    def org_client():
-        if aws.organization_account_id:
-            status, reason = pool.open(aws.organization_account_id)
-            if status != OK:
-                raise ConnectorError(
-                    f"cannot assume {aws.role_name} in the organization account "
-                    f"{aws.organization_account_id} (aws.organization_account_id): {reason}"
-                )
-            client = pool.client(aws.organization_account_id, "organizations", pool.default_region)
-            return client, f"{aws.role_name} in account {aws.organization_account_id}"
-        client = boto3.Session().client("organizations", region_name=pool.default_region, config=pool.config)
-        return client, "the base credentials"
-
-    return discover_accounts(aws.accounts, aws.exclude_accounts, aws.organizational_units, org_client)
-
-
-def open_account_sessions(pool: SessionPool, accounts: list[Account]) -> list[Account]:
-    """Assume the role in every ok account; a refusal marks that account, the run goes on."""
-    opened = []
-    for account in accounts:
-        if account.status == OK:
-            status, reason = pool.open(account.account_id)
-            if status != OK:
-                account = Account(account.account_id, account.name, status, reason, account.raw)
-        opened.append(account)
-    return opened
-
-
-def collect_from_aws(settings: Settings, mappings: MappingSet) -> Inventory:
+def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int, int] | None = None) -> Inventory:
+    """accounts -> sessions -> collect."""
     pool = open_session_pool(settings)
-    accounts = open_account_sessions(pool, target_accounts(settings, pool))
+    accounts = open_account_sessions(pool, target_accounts(settings, pool, shard))
     return collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
         settings.aws.max_workers, settings.aws.max_workers_per_account,
@@ -160,6 +111,7 @@ def run_pipeline(
     force: bool = False,
     inventory_file: Path | None = None,
     mappings: MappingSet | None = None,
+    shard: tuple[int, int] | None = None,
 ) -> RunOutcome:
     """accounts -> sessions -> collect -> map -> plan -> apply -> report."""
     run_id, started = new_run_id(), _now()
@@ -170,7 +122,7 @@ def run_pipeline(
     sn = settings.servicenow
     tables_client = TableClient(sn)
     try:
-        inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings)
+        inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
         mapped = map_inventory(inventory, mappings)
         reader = CmdbReader(tables_client, sn.discovery_source)
         policies = table_policies(mappings)
@@ -205,5 +157,3 @@ def run_pipeline(
     log.info("%s", summary_line(report))
     return RunOutcome(exit_code, report, path)
 
-
-__all__ = ["run_pipeline", "RunOutcome", "GLOBAL_REGION", "Plan"]

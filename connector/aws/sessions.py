@@ -146,7 +146,10 @@ class SessionPool:
         """Assume the role now, so that a refusal is known before collection.
 
         Returns (status, reason): ("ok", None), or ("denied"|"error", why).
+        An account already open is not assumed again.
         """
+        if account_id in self._sessions:
+            return OK, None
         session = assumed_session(self._base, account_id, self._role, self._sts_region)
         try:
             session.get_credentials().get_frozen_credentials()

@@ -281,3 +281,38 @@ def test_sandbox_command_serves_until_interrupted(tmp_path):
         out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0 and "stopped" in out and "Traceback" not in err
     assert (tmp_path / "cmdb.sqlite").exists()
+
+
+def test_check_access_prints_the_table_and_exits_3_for_a_denied_account(world):
+    aws, sn, org, config = world
+    env = {**os.environ, "AWS_ENDPOINT_URL": aws.url, "AWS_ACCESS_KEY_ID": "AKIDE2ECENTRAL",
+           "AWS_SECRET_ACCESS_KEY": "e2e-central-secret", "CMDB_AWS__EXTERNAL_ID": EXTERNAL_ID,
+           "CMDB_SERVICENOW__PASSWORD": PASSWORD}
+    proc = subprocess.run([*CLI, "--config", str(config), "check-access"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 3, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["ACCOUNT", "NAME", "STATUS", "EXTERNAL_ID", "REASON"]
+    bravo = next(line for line in lines if line.startswith(org.accounts["bravo"]))
+    assert " denied " in bravo and "AccessDenied" in bravo
+    assert any(line.startswith(org.accounts["alpha"]) and " ok " in line for line in lines)
+    assert "hint: the role is missing" in proc.stdout
+    assert lines[-1] == "3 account(s): 2 ok, 0 skipped, 1 failed"
+    assert EXTERNAL_ID not in proc.stdout + proc.stderr
+    assert sn.writes() == 0
+
+
+def test_shards_split_the_organization_without_overlap(world):
+    aws, sn, org, config = world
+    aws.allow(org.accounts["bravo"])
+    seen = []
+    for shard in ("1/2", "2/2"):
+        code, report, output = run_cli(aws.url, config, "run", "--shard", shard)
+        assert code == 0, output
+        seen.extend(a["account_id"] for a in report["accounts"])
+    assert sorted(seen) == sorted(org.accounts.values())
+    for account, name in ((org.management_account, "master"), (org.accounts["alpha"], "alpha"), (org.accounts["bravo"], "bravo")):
+        assert_account_in_cmdb(sn, org, account, name)
+    # a rerun of one shard changes nothing, and retires nothing of the other shard's accounts
+    writes = sn.writes()
+    code, report, _ = run_cli(aws.url, config, "run", "--shard", "1/2")
+    assert code == 0 and report["changes"] == [] and sn.writes() == writes

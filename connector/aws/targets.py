@@ -1,0 +1,84 @@
+"""Which accounts a run targets, and their sessions: the start of the pipeline.
+
+accounts (Organizations or the config, minus exclusions, in this shard) ->
+sessions (one assumed role per account, opened now so a refusal is known).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import boto3
+
+from ..errors import ConnectorError, UsageError
+from ..models import OK, Account
+from ..settings import Settings
+from .accounts import discover_accounts
+from .sessions import RoleSettings, SessionPool
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"K/N"`` -> (K, N) with 1 <= K <= N."""
+    if not text:
+        return None
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard {text!r}: expected K/N, for example 2/4") from None
+    if not 1 <= k <= n:
+        raise UsageError(f"--shard {text!r}: K must be between 1 and N")
+    return k, n
+
+
+def in_shard(account_id: str, shard: tuple[int, int] | None) -> bool:
+    """A stable partition by a hash of the account id: the N shards cover every account once."""
+    if shard is None:
+        return True
+    k, n = shard
+    return int(hashlib.sha256(account_id.encode()).hexdigest(), 16) % n == k - 1
+
+
+def open_session_pool(settings: Settings) -> SessionPool:
+    aws = settings.aws
+    regions = [r for r in aws.regions if r != "all"]
+    role = RoleSettings(
+        role_name=aws.role_name,
+        external_id=aws.external_id.get_secret_value(),
+        session_name=aws.session_name,
+        duration_seconds=aws.session_duration_seconds,
+        max_attempts=aws.max_attempts,
+        max_pool_connections=max(10, aws.max_workers_per_account * 2),
+    )
+    return SessionPool(boto3.Session(), role, regions[0] if regions else "us-east-1")
+
+
+def target_accounts(settings: Settings, pool: SessionPool, shard: tuple[int, int] | None = None) -> list[Account]:
+    aws = settings.aws
+
+    def org_client():
+        if aws.organization_account_id:
+            status, reason = pool.open(aws.organization_account_id)
+            if status != OK:
+                raise ConnectorError(
+                    f"cannot assume {aws.role_name} in the organization account "
+                    f"{aws.organization_account_id} (aws.organization_account_id): {reason}"
+                )
+            client = pool.client(aws.organization_account_id, "organizations", pool.default_region)
+            return client, f"{aws.role_name} in account {aws.organization_account_id}"
+        client = boto3.Session().client("organizations", region_name=pool.default_region, config=pool.config)
+        return client, "the base credentials"
+
+    accounts = discover_accounts(aws.accounts, aws.exclude_accounts, aws.organizational_units, org_client)
+    return [a for a in accounts if in_shard(a.account_id, shard)]
+
+
+def open_account_sessions(pool: SessionPool, accounts: list[Account]) -> list[Account]:
+    """Assume the role in every ok account; a refusal marks that account, the run goes on."""
+    opened = []
+    for account in accounts:
+        if account.status == OK:
+            status, reason = pool.open(account.account_id)
+            if status != OK:
+                account = Account(account.account_id, account.name, status, reason, account.raw)
+        opened.append(account)
+    return opened

@@ -1,0 +1,293 @@
+"""Collection at Organization scale, against in-process moto (Stubber where moto does not page)."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections import Counter
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from connector.aws import targets
+from connector.aws.access import check_access, render_table
+from connector.aws.collect import collect_inventory, enabled_regions, fetch_items
+from connector.aws.sessions import RoleSettings, SessionPool
+from connector.aws.accounts import list_organization_accounts
+from connector.errors import UsageError
+from connector.mapping.load import load_mappings
+from connector.models import DENIED, OK, SKIPPED, Account
+from connector.run import collect_from_aws
+from connector.settings import load_settings
+
+REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+MANAGEMENT = "123456789012"
+REAL_SESSION = boto3.Session  # the tests patch boto3.Session to watch every session made
+
+
+class AssumeRoleLog:
+    """Counts AssumeRole per account, refuses it for some, records the access key that signed it."""
+
+    def __init__(self, denied: set[str] = frozenset()):
+        self.calls: Counter[str] = Counter()
+        self.denied = set(denied)
+        self.signers: list[str] = []
+
+    def params(self, params, **_):
+        account = params["RoleArn"].split(":")[4]
+        self.calls[account] += 1
+        if account in self.denied:
+            raise ClientError({"Error": {"Code": "AccessDenied", "Message": "not authorized to perform: sts:AssumeRole"}},
+                              "AssumeRole")
+
+    def sent(self, request, **_):
+        auth = request.headers.get("Authorization", b"")
+        auth = auth.decode() if isinstance(auth, bytes) else auth
+        self.signers.append(auth.split("Credential=")[1].split("/")[0])
+
+    def session_factory(self):
+        def make(*args, **kwargs):
+            session = REAL_SESSION(*args, **kwargs)
+            session._session.register("provide-client-params.sts.AssumeRole", self.params)
+            session._session.register("before-send.sts.AssumeRole", self.sent)
+            return session
+
+        return make
+
+
+@pytest.fixture
+def organization():
+    """Management + 24 members in two OUs; one member suspended."""
+    with mock_aws():
+        org = boto3.client("organizations", region_name="us-east-1")
+        org.create_organization(FeatureSet="ALL")
+        root = org.list_roots()["Roots"][0]["Id"]
+        ous = [org.create_organizational_unit(ParentId=root, Name=n)["OrganizationalUnit"]["Id"] for n in ("prod", "dev")]
+        members = []
+        for i in range(24):
+            account = org.create_account(Email=f"m{i}@x.com", AccountName=f"member-{i:02d}")["CreateAccountStatus"]["AccountId"]
+            org.move_account(AccountId=account, SourceParentId=root, DestinationParentId=ous[i % 2])
+            members.append(account)
+        org.close_account(AccountId=members[0])
+        yield {"members": members, "ous": ous}
+
+
+def settings_for(tmp_path, **aws):
+    return load_settings(None, {"aws": {"external_id": "scale-ext-id", "regions": REGIONS, **aws},
+                                "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"},
+                                "report": {"output_dir": str(tmp_path)}})
+
+
+def test_25_accounts_2_ous_suspended_excluded_denied_3_regions(organization, monkeypatch, tmp_path):
+    members = organization["members"]
+    suspended, excluded, denied = members[0], members[1], members[2]
+    log = AssumeRoleLog(denied={denied})
+    monkeypatch.setattr(targets.boto3, "Session", log.session_factory())
+    settings = settings_for(tmp_path, exclude_accounts=[excluded], max_workers=16, max_workers_per_account=4)
+    inventory = collect_from_aws(settings, load_mappings())
+
+    status = {a.account_id: a.status for a in inventory.accounts}
+    assert len(status) == 25
+    assert status[suspended] == SKIPPED and status[excluded] == SKIPPED and status[denied] == DENIED
+    reachable = [a for a, s in status.items() if s == OK]
+    assert len(reachable) == 22
+    # AssumeRole exactly once per reachable account (and once for the refused one), never for skipped ones
+    assert log.calls == Counter({a: 1 for a in [*reachable, denied]})
+
+    scopes = Counter((s.account_id, s.status) for s in inventory.scopes)
+    for account in reachable:
+        assert scopes[(account, OK)] == 1 + len(REGIONS) * 4  # account + (region, vpc, subnet, instance) per region
+    for account in (suspended, excluded, denied):
+        assert not [s for s in inventory.scopes if s.account_id == account]
+        assert not [r for r in inventory.records if r.account_id == account]
+    # every account's default VPC in every region, seen through its own role
+    vpcs = Counter(r.account_id for r in inventory.records if r.source == "ec2:vpc")
+    assert set(vpcs) == set(reachable) and set(vpcs.values()) == {len(REGIONS)}
+
+
+def test_organizational_units_limit_the_targets(organization, tmp_path):
+    settings = settings_for(tmp_path, organizational_units=[organization["ous"][1]], accounts=[])
+    pool = targets.open_session_pool(settings)
+    accounts = targets.target_accounts(settings, pool)
+    assert sorted(a.account_id for a in accounts) == sorted(organization["members"][1::2])
+
+
+def test_list_accounts_goes_through_the_role_in_the_organization_account(organization, monkeypatch, tmp_path):
+    log = AssumeRoleLog()
+    monkeypatch.setattr(targets.boto3, "Session", log.session_factory())
+    settings = settings_for(tmp_path, organization_account_id=MANAGEMENT)
+    pool = targets.open_session_pool(settings)
+    accounts = targets.target_accounts(settings, pool)
+    assert len(accounts) == 25
+    assert log.calls == Counter({MANAGEMENT: 1})
+    targets.open_account_sessions(pool, accounts)
+    assert log.calls[MANAGEMENT] == 1  # the open session is reused, not assumed again
+
+
+def test_refused_organization_account_role_is_a_clear_error(organization, monkeypatch, tmp_path):
+    from connector.errors import ConnectorError
+
+    log = AssumeRoleLog(denied={MANAGEMENT})
+    monkeypatch.setattr(targets.boto3, "Session", log.session_factory())
+    settings = settings_for(tmp_path, organization_account_id=MANAGEMENT)
+    with pytest.raises(ConnectorError, match=r"cannot assume CMDBReadRole in the organization account 123456789012 \(aws.organization_account_id\)"):
+        targets.target_accounts(settings, targets.open_session_pool(settings))
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 8])
+def test_shards_cover_every_account_exactly_once(n):
+    accounts = [f"{i:012d}" for i in range(100000000000, 100000000000 + 500, 7)]
+    owners = Counter()
+    for k in range(1, n + 1):
+        owners.update(a for a in accounts if targets.in_shard(a, (k, n)))
+    assert owners == Counter({a: 1 for a in accounts})
+    # stable: the same answer every time
+    assert [targets.in_shard(a, (1, n)) for a in accounts] == [targets.in_shard(a, (1, n)) for a in accounts]
+
+
+@pytest.mark.parametrize("text", ["3", "0/2", "3/2", "a/b"])
+def test_bad_shard_is_a_usage_error(text):
+    with pytest.raises(UsageError, match="--shard"):
+        targets.parse_shard(text)
+
+
+def test_enabled_regions_skip_not_opted_in():
+    pool = SessionPool(boto3.Session(), RoleSettings("R", "ext-id", "s" * 2, 3600), "us-east-1")
+    client = boto3.client("ec2", region_name="us-east-1")
+    pool._sessions["111122223333"] = type("S", (), {"client": lambda self, *a: client})()
+    with Stubber(client) as stub:
+        stub.add_response("describe_regions", {"Regions": [
+            {"RegionName": "us-east-1", "OptInStatus": "opt-in-not-required"},
+            {"RegionName": "af-south-1", "OptInStatus": "not-opted-in"},
+            {"RegionName": "ap-east-1", "OptInStatus": "opted-in"}]}, {"AllRegions": True})
+        assert enabled_regions(pool, "111122223333", "us-east-1") == ["ap-east-1", "us-east-1"]
+
+
+@mock_aws
+def test_disabled_region_is_a_skipped_scope():
+    pool = SessionPool(boto3.Session(), RoleSettings("CMDBReadRole", "ext-id", "sess", 3600), "us-east-1")
+    assert pool.open("111122223333")[0] == OK
+
+    def opt_in_required(model, context, **_):
+        if context.get("client_region") == "ap-east-1" or "ap-east-1" in str(context):
+            raise ClientError({"Error": {"Code": "OptInRequired", "Message": "not subscribed"}}, model.name)
+
+    session = pool.get("111122223333").session._session
+    for op in ("DescribeVpcs", "DescribeSubnets", "DescribeInstances"):
+        session.register(f"before-call.ec2.{op}", lambda model, params, request_signer=None, **kw:
+                         _region_off(request_signer, model))
+    inventory = collect_inventory(pool, [Account("111122223333", "a", raw={"Id": "111122223333"})],
+                                  load_mappings().sources, ["us-east-1", "ap-east-1"], 4, 2)
+    by_region = Counter((s.region, s.status) for s in inventory.scopes if s.source.startswith("ec2:") and s.source != "ec2:region")
+    assert by_region == Counter({("us-east-1", OK): 3, ("ap-east-1", SKIPPED): 3})
+    reason = next(s.error for s in inventory.scopes if s.status == SKIPPED)
+    assert reason.startswith("region not enabled or unreachable: OptInRequired")
+
+
+def _region_off(signer, model):
+    if signer is not None and signer.region_name == "ap-east-1":
+        raise ClientError({"Error": {"Code": "OptInRequired", "Message": "You are not subscribed to this service."}},
+                          model.name)
+
+
+@pytest.mark.parametrize("table, operation, key, id_key", [
+    ("cmdb_ci_network", "describe_vpcs", "Vpcs", "VpcId"),
+    ("cmdb_ci_cloud_subnet", "describe_subnets", "Subnets", "SubnetId"),
+])
+def test_every_ec2_source_follows_next_token(table, operation, key, id_key):
+    client = boto3.client("ec2", region_name="us-east-1")
+    source = load_mappings().mappings[table].source
+    with Stubber(client) as stub:
+        stub.add_response(operation, {key: [{id_key: "a"}], "NextToken": "t1"})
+        stub.add_response(operation, {key: [], "NextToken": "t2"}, {"NextToken": "t1"})
+        stub.add_response(operation, {key: [{id_key: "b"}]}, {"NextToken": "t2"})
+        assert [i[id_key] for i in fetch_items(client, source)] == ["a", "b"]
+
+
+def test_ou_walk_follows_next_token_at_every_level():
+    client = boto3.client("organizations", region_name="us-east-1")
+    with Stubber(client) as stub:
+        stub.add_response("describe_organization", {"Organization": {"Id": "o-1"}})
+        stub.add_response("list_accounts_for_parent", {"Accounts": [{"Id": "111111111111", "State": "ACTIVE"}], "NextToken": "a"},
+                          {"ParentId": "ou-1"})
+        stub.add_response("list_accounts_for_parent", {"Accounts": [{"Id": "222222222222", "State": "ACTIVE"}]},
+                          {"ParentId": "ou-1", "NextToken": "a"})
+        stub.add_response("list_organizational_units_for_parent", {"OrganizationalUnits": [], "NextToken": "o"},
+                          {"ParentId": "ou-1"})
+        stub.add_response("list_organizational_units_for_parent", {"OrganizationalUnits": [{"Id": "ou-2"}]},
+                          {"ParentId": "ou-1", "NextToken": "o"})
+        stub.add_response("list_accounts_for_parent", {"Accounts": [{"Id": "333333333333", "State": "ACTIVE"}]},
+                          {"ParentId": "ou-2"})
+        stub.add_response("list_organizational_units_for_parent", {"OrganizationalUnits": []}, {"ParentId": "ou-2"})
+        raws = list_organization_accounts(client, ["ou-1"], "x")
+    assert [r["Id"] for r in raws] == ["111111111111", "222222222222", "333333333333"]
+
+
+@mock_aws
+@pytest.mark.parametrize("duration, assumed", [(3600, 1), (900, 3)])
+def test_session_is_assumed_again_only_near_expiry(duration, assumed):
+    """botocore renews 15 minutes before expiry: a 3600 s session is assumed once for a
+    burst of calls, a 900 s one (which config refuses) again on every call."""
+    log = AssumeRoleLog()
+    pool = SessionPool(log.session_factory()(), RoleSettings("CMDBReadRole", "ext-id", "sess", duration), "us-east-1")
+    pool.open("111122223333")
+    for _ in range(2):
+        pool.client("111122223333", "ec2", "us-east-1").describe_vpcs()
+    assert log.calls["111122223333"] == assumed
+
+
+def test_central_credentials_from_credential_process(tmp_path, monkeypatch):
+    """The central user's keys may come from credential_process (IAM Roles Anywhere's signing helper)."""
+    helper = tmp_path / "signing-helper"
+    helper.write_text('#!/bin/sh\necho \'{"Version": 1, "AccessKeyId": "AKIDFROMPROCESS", '
+                      '"SecretAccessKey": "process-secret", "SessionToken": "process-token"}\'\n')
+    helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
+    config = tmp_path / "aws-config"
+    config.write_text(f"[profile cmdb-central]\ncredential_process = {helper}\nregion = us-east-1\n")
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
+    monkeypatch.setenv("AWS_PROFILE", "cmdb-central")
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    log = AssumeRoleLog()
+    monkeypatch.setattr(targets.boto3, "Session", log.session_factory())
+    from connector.sandbox.aws import AwsSandbox
+
+    with AwsSandbox() as aws:  # a moto server: it leaves the environment's credentials alone
+        monkeypatch.setenv("AWS_ENDPOINT_URL", aws.url)
+        pool = targets.open_session_pool(settings_for(tmp_path))
+        assert pool.open("111122223333") == (OK, None)
+    assert log.signers == ["AKIDFROMPROCESS"]
+
+
+@mock_aws
+def test_check_access_table_with_external_id_requirement():
+    iam_trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:user/cmdb"},
+                                                       "Action": "sts:AssumeRole",
+                                                       "Condition": {"StringEquals": {"sts:ExternalId": "ext-id"}}}]}
+    loose = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Principal": {"AWS": "arn:aws:iam::123456789012:user/cmdb"},
+                                                    "Action": "sts:AssumeRole"}]}
+    import json
+
+    for account, trust in (("111111111111", iam_trust), ("222222222222", loose)):
+        creds = boto3.client("sts", region_name="us-east-1").assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/seed", RoleSessionName="seed")["Credentials"]
+        boto3.client("iam", aws_access_key_id=creds["AccessKeyId"], aws_secret_access_key=creds["SecretAccessKey"],
+                     aws_session_token=creds["SessionToken"]).create_role(
+            RoleName="CMDBReadRole", AssumeRolePolicyDocument=json.dumps(trust))
+    log = AssumeRoleLog(denied={"333333333333", MANAGEMENT})
+    pool = SessionPool(log.session_factory()(), RoleSettings("CMDBReadRole", "ext-id", "sess", 3600), "us-east-1")
+    accounts = [Account("111111111111", "good"), Account("222222222222", "loose"), Account("333333333333", "missing"),
+                Account(MANAGEMENT, "management"), Account("444444444444", "gone", SKIPPED, "account state is SUSPENDED")]
+    rows = check_access(pool, accounts, "CMDBReadRole", MANAGEMENT)
+    assert [(r.account_id, r.status, r.external_id_required) for r in rows] == [
+        ("111111111111", OK, "yes"), ("222222222222", OK, "NO"), ("333333333333", DENIED, "-"),
+        (MANAGEMENT, DENIED, "-"), ("444444444444", SKIPPED, "-")]
+    table = render_table(rows)
+    assert "StackSet instance deployed" in table and "ExternalId does not match" in table
+    assert "deploy/cmdb-read-role.yaml there as a plain stack" in table
+    assert "does not require an ExternalId" in table
+    assert table.splitlines()[-1] == "5 account(s): 2 ok, 1 skipped, 2 failed"
+    assert "ext-id" not in table
