@@ -49,7 +49,7 @@ def new_run_id() -> str:
 def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int, int] | None = None) -> Inventory:
     """accounts -> sessions -> collect."""
     pool = open_session_pool(settings)
-    accounts = open_account_sessions(pool, target_accounts(settings, pool, shard))
+    accounts = open_account_sessions(pool, target_accounts(settings, pool, shard), settings.aws.max_workers)
     return collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
         settings.aws.max_workers, settings.aws.max_workers_per_account,

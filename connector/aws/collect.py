@@ -113,29 +113,22 @@ def collect_inventory(
     """accounts (already opened in ``pool``) -> the inventory of every unit."""
     inventory = Inventory(accounts=list(accounts))
     collector = Collector(pool, max_workers, max_per_account)
+    reachable = [a for a in accounts if a.status == OK]
+    if "all" in regions:
+        pool.warm({"ec2"})
+    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="regions") as executor:
+        found = list(executor.map(lambda a: _regions_for(pool, a, regions), reachable))
     per_account: list[list[Unit]] = []
-    for account in accounts:
-        if account.status != OK:
+    for account, (account_regions, failure) in zip(reachable, found):
+        if failure is not None:
+            status, reason = failure
+            log.warning("account %s: %s", account.account_id, reason)
+            inventory.scopes.extend(Scope(account.account_id, "*", s.name, status, reason) for s in sources.values())
             continue
-        account_regions = _regions_for(pool, account, regions, sources, inventory)
-        if account_regions is None:
-            continue
-        units = []
-        for source in sources.values():
-            if source.kind == "account":
-                inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name))
-                inventory.records.append(Record(account.account_id, GLOBAL_REGION, source.name, jsonable(account.raw)))
-            elif source.kind == "region":
-                for region in account_regions:
-                    inventory.scopes.append(Scope(account.account_id, region, source.name))
-                    inventory.records.append(Record(account.account_id, region, source.name, {"RegionName": region}))
-            elif source.scope == "global":
-                units.append(Unit(account.account_id, GLOBAL_REGION, source))
-            else:
-                units.extend(Unit(account.account_id, region, source) for region in account_regions)
-        per_account.append(units)
+        per_account.append(_account_units(account, account_regions, sources, inventory))
 
     ordered = _interleave(per_account)
+    pool.warm({unit.source.service for unit in ordered})
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collect") as executor:
         for scope, records in executor.map(collector.run_unit, ordered):
             inventory.scopes.append(scope)
@@ -143,15 +136,31 @@ def collect_inventory(
     return inventory
 
 
-def _regions_for(pool, account, regions, sources, inventory) -> list[str] | None:
+def _account_units(account: Account, regions: list[str], sources: dict[str, CompiledSource],
+                   inventory: Inventory) -> list[Unit]:
+    """The API units of one account; the account and its regions are recorded at once."""
+    units = []
+    for source in sources.values():
+        if source.kind == "account":
+            inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name))
+            inventory.records.append(Record(account.account_id, GLOBAL_REGION, source.name, jsonable(account.raw)))
+        elif source.kind == "region":
+            for region in regions:
+                inventory.scopes.append(Scope(account.account_id, region, source.name))
+                inventory.records.append(Record(account.account_id, region, source.name, {"RegionName": region}))
+        elif source.scope == "global":
+            units.append(Unit(account.account_id, GLOBAL_REGION, source))
+        else:
+            units.extend(Unit(account.account_id, region, source) for region in regions)
+    return units
+
+
+def _regions_for(pool: SessionPool, account: Account, regions: list[str]) -> tuple[list[str], tuple[str, str] | None]:
+    """The account's regions, or the (status, reason) that makes all its scopes unknown."""
     if regions != ["all"]:
-        return list(regions)
+        return list(regions), None
     try:
-        return enabled_regions(pool, account.account_id, pool.default_region)
+        return enabled_regions(pool, account.account_id, pool.default_region), None
     except Exception as exc:  # noqa: BLE001 - the account's scopes become unknown
         status, reason = classify_error(exc)
-        reason = f"cannot list enabled regions: {reason}"
-        log.warning("account %s: %s", account.account_id, reason)
-        for source in sources.values():
-            inventory.scopes.append(Scope(account.account_id, "*", source.name, status if status != OK else ERROR, reason))
-        return None
+        return [], (status if status != OK else ERROR, f"cannot list enabled regions: {reason}")

@@ -1,26 +1,36 @@
-"""A simulated AWS Organization: a moto server behind a small STS front.
+"""A simulated AWS Organization: moto, with an STS front, on 127.0.0.1.
 
 moto does not check trust policies: assuming a missing role succeeds. The
-front refuses ``AssumeRole`` the way a real account would, for accounts whose
-role is "missing" (``deny``) and for a wrong ExternalId, and counts the
-calls. Everything else is passed through to moto unchanged. Both listen on
-127.0.0.1 only.
+front, a WSGI middleware in the same server as moto, refuses ``AssumeRole`` of
+the connector's role the way a real account would, for accounts whose role is
+"missing" (``deny``) and for a wrong ExternalId. It counts the calls, and can
+add a fixed latency to every call, as the network to a real AWS endpoint
+would. The server runs in a thread, or in a process of its own
+(``separate_process``) so that moto's work does not share the connector's
+interpreter lock; the front is then configured over HTTP.
 """
 
 from __future__ import annotations
 
-import http.client
+import argparse
+import io
+import json
 import os
+import socket
+import subprocess
+import sys
 import threading
+import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs
 
 MANAGEMENT_ACCOUNT = "123456789012"
 FAKE_KEYS = {"aws_access_key_id": "AKIDSANDBOXCENTRAL", "aws_secret_access_key": "sandbox-secret"}
-HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "server", "date"}
+GUARDED_ROLE = "CMDBReadRole"
+ADMIN = "/__sandbox__/"
 
 DENIED_XML = (
     '<ErrorResponse xmlns="https://sts.amazonaws.com/doc/2011-06-15/"><Error><Type>Sender</Type>'
@@ -30,43 +40,159 @@ DENIED_XML = (
 )
 
 
+@dataclass
+class FrontState:
+    denied: set[str] = field(default_factory=set)
+    external_id: str | None = None
+    latency: float = 0.0
+    calls: Counter = field(default_factory=Counter)
+    assume_role_calls: Counter = field(default_factory=Counter)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def configure(self, settings: dict[str, Any]) -> None:
+        with self.lock:
+            if "denied" in settings:
+                self.denied = set(settings["denied"])
+            if "external_id" in settings:
+                self.external_id = settings["external_id"]
+            if "latency" in settings:
+                self.latency = float(settings["latency"])
+            if settings.get("clear_calls"):
+                self.calls.clear()
+                self.assume_role_calls.clear()
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return {"denied": sorted(self.denied), "latency": self.latency,
+                    "calls": dict(self.calls), "assume_role_calls": dict(self.assume_role_calls)}
+
+    def refusal(self, form: dict[str, list[str]]) -> str | None:
+        """The role ARN refused, or None. Only the connector's role is guarded."""
+        role = (form.get("RoleArn") or [""])[0]
+        if not role.endswith(f":role/{GUARDED_ROLE}"):
+            return None
+        account = role.split(":")[4] if role.count(":") >= 5 else ""
+        with self.lock:
+            self.assume_role_calls[account] += 1
+            if account in self.denied:
+                return role
+            if self.external_id is not None and (form.get("ExternalId") or [""])[0] != self.external_id:
+                return role
+        return None
+
+
+def _action(body: bytes) -> str:
+    """The Action of a query-protocol call (EC2, STS), or "other"."""
+    for part in body.split(b"&"):
+        if part.startswith(b"Action="):
+            return part[len(b"Action="):].decode(errors="replace")
+    return "other"
+
+
+class StsFront:
+    """WSGI middleware in front of moto's app."""
+
+    def __init__(self, app: Callable, state: FrontState):
+        self.app = app
+        self.state = state
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith(ADMIN):
+            return self._admin(environ, start_response)
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = environ["wsgi.input"].read(length) if length else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        call = environ.get("HTTP_X_AMZ_TARGET") or _action(body)
+        with self.state.lock:
+            self.state.calls[call] += 1
+            latency = self.state.latency
+        if latency:
+            time.sleep(latency)
+        if environ.get("REQUEST_METHOD") == "POST" and b"Action=AssumeRole" in body:
+            refused = self.state.refusal(parse_qs(body.decode()))
+            if refused is not None:
+                payload = DENIED_XML.format(caller=MANAGEMENT_ACCOUNT, role=refused).encode()
+                start_response("403 Forbidden", [("Content-Type", "text/xml"), ("Content-Length", str(len(payload)))])
+                return [payload]
+        return self.app(environ, start_response)
+
+    def _admin(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        if environ.get("REQUEST_METHOD") == "POST":
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            self.state.configure(json.loads(environ["wsgi.input"].read(length) or b"{}"))
+        payload = json.dumps(self.state.snapshot()).encode()
+        start_response("200 OK", [("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+        return [payload]
+
+
+def make_aws_server(host: str, port: int, state: FrontState):
+    os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+    from werkzeug.serving import make_server
+
+    app = StsFront(DomainDispatcherApplication(create_backend_app), state)
+    return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 class AwsSandbox:
-    def __init__(self, denied_accounts: tuple[str, ...] = (), external_id: str | None = None):
-        self.denied: set[str] = set(denied_accounts)
-        self.external_id = external_id
-        self.assume_role_calls: Counter[str] = Counter()
-        self._lock = threading.Lock()
-        self._moto = None
-        self._proxy: ThreadingHTTPServer | None = None
-        self._moto_address: tuple[str, int] | None = None
+    """``with AwsSandbox(...) as aws:`` -> ``aws.url`` is the AWS endpoint to use."""
 
+    def __init__(self, denied_accounts: tuple[str, ...] = (), external_id: str | None = None,
+                 latency: float = 0.0, separate_process: bool = False):
+        self.separate_process = separate_process
+        self._initial = {"denied": sorted(denied_accounts), "external_id": external_id, "latency": latency}
+        self._state: FrontState | None = None
+        self._server = None
+        self._process: subprocess.Popen | None = None
+        self._port: int | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "AwsSandbox":
-        os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        from moto.server import ThreadedMotoServer  # moto is only needed for the sandbox
-
-        self._moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self._moto.start()
-        self._moto_address = self._moto.get_host_and_port()
+        if self.separate_process:
+            self._port = _free_port()
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "connector.sandbox.aws", "--port", str(self._port)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            self._wait_until_up()
+        else:
+            self._state = FrontState()
+            self._server = make_aws_server("127.0.0.1", 0, self._state)
+            self._port = self._server.server_address[1]
+            threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                             name="aws-sandbox", daemon=True).start()
         # moto's state is per process: start from an empty AWS every time.
-        reset = http.client.HTTPConnection(*self._moto_address, timeout=30)
-        reset.request("POST", "/moto-api/reset")
-        reset.getresponse().read()
-        reset.close()
-        handler = type("Front", (_Front,), {"sandbox": self})
-        self._proxy = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self._proxy.daemon_threads = True
-        threading.Thread(target=self._proxy.serve_forever, kwargs={"poll_interval": 0.05},
-                         name="aws-sandbox", daemon=True).start()
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST"), timeout=30).read()
+        self._configure(self._initial)
         return self
 
+    def _wait_until_up(self) -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                self._admin()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("the AWS sandbox did not start")
+
     def stop(self) -> None:
-        if self._proxy is not None:
-            self._proxy.shutdown()
-            self._proxy.server_close()
-            self._proxy = None
-        if self._moto is not None:
-            self._moto.stop()
-            self._moto = None
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=10)
+            self._process = None
 
     def __enter__(self) -> "AwsSandbox":
         return self.start()
@@ -76,73 +202,58 @@ class AwsSandbox:
 
     @property
     def url(self) -> str:
-        """The endpoint the connector uses (through the STS front)."""
-        assert self._proxy is not None, "not started"
-        host, port = self._proxy.server_address[:2]
-        return f"http://{host}:{port}"
+        assert self._port is not None, "not started"
+        return f"http://127.0.0.1:{self._port}"
 
-    @property
-    def moto_url(self) -> str:
-        """moto itself, for seeding and inspecting without the front's rules."""
-        assert self._moto_address is not None, "not started"
-        return f"http://{self._moto_address[0]}:{self._moto_address[1]}"
+    # Seeding goes through the same server: the front only guards CMDBReadRole.
+    moto_url = url
+
+    # -- the front's settings and counters ----------------------------------------------
+    def _admin(self, settings: dict[str, Any] | None = None) -> dict[str, Any]:
+        data = None if settings is None else json.dumps(settings).encode()
+        request = urllib.request.Request(f"{self.url}{ADMIN}state", data=data, method="POST" if data else "GET")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    def _configure(self, settings: dict[str, Any]) -> None:
+        if self._state is not None:
+            self._state.configure(settings)
+        else:
+            self._admin(settings)
+
+    def _snapshot(self) -> dict[str, Any]:
+        return self._state.snapshot() if self._state is not None else self._admin()
 
     def deny(self, account_id: str) -> None:
-        with self._lock:
-            self.denied.add(account_id)
+        self._configure({"denied": sorted(set(self._snapshot()["denied"]) | {account_id})})
 
     def allow(self, account_id: str) -> None:
-        with self._lock:
-            self.denied.discard(account_id)
+        self._configure({"denied": sorted(set(self._snapshot()["denied"]) - {account_id})})
 
-    def refusal(self, form: dict[str, list[str]]) -> str | None:
-        role = (form.get("RoleArn") or [""])[0]
-        account = role.split(":")[4] if role.count(":") >= 5 else ""
-        with self._lock:
-            self.assume_role_calls[account] += 1
-            if account in self.denied:
-                return role
-        if self.external_id is not None and (form.get("ExternalId") or [""])[0] != self.external_id:
-            return role
-        return None
+    def set_external_id(self, external_id: str | None) -> None:
+        self._configure({"external_id": external_id})
+
+    def set_latency(self, seconds: float) -> None:
+        self._configure({"latency": seconds})
+
+    def clear_calls(self) -> None:
+        self._configure({"clear_calls": True})
+
+    @property
+    def calls(self) -> Counter:
+        return Counter(self._snapshot()["calls"])
+
+    @property
+    def assume_role_calls(self) -> Counter:
+        return Counter(self._snapshot()["assume_role_calls"])
 
 
-class _Front(BaseHTTPRequestHandler):
-    sandbox: AwsSandbox
-    protocol_version = "HTTP/1.0"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
-        return
-
-    def _relay(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        if self.command == "POST" and b"Action=AssumeRole" in body:
-            refused = self.sandbox.refusal(parse_qs(body.decode()))
-            if refused is not None:
-                payload = DENIED_XML.format(caller=MANAGEMENT_ACCOUNT, role=refused).encode()
-                self.send_response(403)
-                self.send_header("Content-Type", "text/xml")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-                return
-        host, port = self.sandbox._moto_address  # type: ignore[misc]
-        upstream = http.client.HTTPConnection(host, port, timeout=60)
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("connection", "keep-alive")}
-        upstream.request(self.command, self.path, body=body, headers=headers)
-        response = upstream.getresponse()
-        data = response.read()
-        self.send_response(response.status, response.reason)
-        for key, value in response.getheaders():
-            if key.lower() not in HOP_HEADERS:
-                self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-        upstream.close()
-
-    do_GET = do_POST = do_PUT = do_DELETE = do_HEAD = do_PATCH = _relay
+def main(argv: list[str] | None = None) -> None:
+    """``python -m connector.sandbox.aws --port N``: serve until killed."""
+    parser = argparse.ArgumentParser(description="moto with the STS front, on 127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    make_aws_server("127.0.0.1", args.port, FrontState()).serve_forever()
 
 
 # -- a simulated Organization ------------------------------------------------
@@ -226,3 +337,7 @@ def _seed_region(endpoint: str, creds: dict[str, str], region: str, label: str, 
 def terminate_instance(endpoint: str, account_id: str, region: str, instance_id: str) -> None:
     ec2 = _client("ec2", endpoint, region, account_credentials(endpoint, account_id))
     ec2.terminate_instances(InstanceIds=[instance_id])
+
+
+if __name__ == "__main__":
+    main()

@@ -184,7 +184,7 @@ def test_plan_writes_nothing_and_predicts_the_run(world):
 
 def test_wrong_external_id_is_denied_everywhere(world):
     aws, sn, org, config = world
-    aws.external_id = "some-other-id"
+    aws.set_external_id("some-other-id")
     code, report, output = run_cli(aws.url, config, "run")
     assert code == 3
     assert {a["status"] for a in report["accounts"]} == {"denied"}

@@ -159,7 +159,7 @@ def test_collect_units_are_complete_and_a_throttled_unit_is_kept_in_its_scope():
     def throttle(**_):
         raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}}, "DescribeSubnets")
 
-    pool.get(acct).session._session.register("before-call.ec2.DescribeSubnets", throttle)
+    pool.get(acct).session.register("before-call.ec2.DescribeSubnets", throttle)
     sources = load_mappings().sources
     inventory = collect_inventory(pool, [Account(acct, "prod", raw={"Id": acct, "Name": "prod"})], sources,
                                   ["us-east-1", "eu-west-1"], max_workers=4, max_per_account=2)

@@ -175,7 +175,7 @@ def test_disabled_region_is_a_skipped_scope():
         if context.get("client_region") == "ap-east-1" or "ap-east-1" in str(context):
             raise ClientError({"Error": {"Code": "OptInRequired", "Message": "not subscribed"}}, model.name)
 
-    session = pool.get("111122223333").session._session
+    session = pool.get("111122223333").session
     for op in ("DescribeVpcs", "DescribeSubnets", "DescribeInstances"):
         session.register(f"before-call.ec2.{op}", lambda model, params, request_signer=None, **kw:
                          _region_off(request_signer, model))
@@ -291,3 +291,29 @@ def test_check_access_table_with_external_id_requirement():
     assert "does not require an ExternalId" in table
     assert table.splitlines()[-1] == "5 account(s): 2 ok, 1 skipped, 2 failed"
     assert "ext-id" not in table
+
+
+@mock_aws
+def test_regions_all_uses_each_accounts_enabled_regions_and_a_failure_is_unknown(monkeypatch):
+    import connector.aws.collect as collect
+
+    enabled = {"111111111111": ["eu-west-1", "us-east-1"]}
+
+    def fake_enabled(pool, account_id, probe_region):
+        if account_id not in enabled:
+            raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "no"}}, "DescribeRegions")
+        return enabled[account_id]
+
+    monkeypatch.setattr(collect, "enabled_regions", fake_enabled)
+    pool = SessionPool(boto3.Session(), RoleSettings("CMDBReadRole", "ext-id", "sess", 3600), "us-east-1")
+    for account in ("111111111111", "222222222222"):
+        pool.open(account)
+    inventory = collect_inventory(pool, [Account("111111111111", "a", raw={"Id": "111111111111"}),
+                                         Account("222222222222", "b", raw={"Id": "222222222222"})],
+                                  load_mappings().sources, ["all"], 4, 2)
+    regions = {s.region for s in inventory.scopes if s.account_id == "111111111111" and s.source == "ec2:vpc"}
+    assert regions == {"eu-west-1", "us-east-1"}
+    failed = [s for s in inventory.scopes if s.account_id == "222222222222"]
+    assert {s.status for s in failed} == {DENIED} and {s.region for s in failed} == {"*"}
+    assert "cannot list enabled regions: UnauthorizedOperation" in failed[0].error
+    assert not [r for r in inventory.records if r.account_id == "222222222222"]

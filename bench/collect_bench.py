@@ -1,0 +1,85 @@
+"""Collection benchmark: a simulated Organization of 50 accounts x 3 regions.
+
+moto runs in a process of its own with the STS front, which adds a fixed
+latency to every AWS call (default 100 ms, the order of a real describe call seen from
+an on-premises host). The same Organization is collected one unit at a time
+and then with 16 workers (4 per account).
+
+    python bench/collect_bench.py [--accounts 50] [--latency 0.1] [--workers 16]
+
+Prints wall time, AWS calls per unit, and the speed-up (target: >= 8x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+
+from connector.aws.collect import collect_inventory
+from connector.aws.targets import open_account_sessions, open_session_pool, target_accounts
+from connector.mapping.load import load_mappings
+from connector.models import OK
+from connector.sandbox.aws import AwsSandbox, RegionPlan, seed_organization
+from connector.sandbox.demo import point_aws_at
+from connector.settings import load_settings
+
+REGIONS = ["us-east-1", "eu-west-1", "ap-southeast-2"]
+
+
+def collect_once(sandbox: AwsSandbox, workers: int, per_account: int) -> tuple[float, int, Counter]:
+    settings = load_settings(None, {
+        "aws": {"external_id": "bench-external-id", "regions": REGIONS,
+                "max_workers": workers, "max_workers_per_account": per_account},
+        "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"},
+    })
+    sandbox.clear_calls()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    pool = open_session_pool(settings)
+    accounts = open_account_sessions(pool, target_accounts(settings, pool), workers)
+    inventory = collect_inventory(pool, accounts, load_mappings().sources, REGIONS, workers, per_account)
+    elapsed = time.perf_counter() - started
+    print(f"  ({workers} workers: {elapsed:.2f} s wall, {time.process_time() - cpu:.2f} s CPU in the connector)", flush=True)
+    units = sum(1 for s in inventory.scopes if s.source not in ("organizations:account", "ec2:region"))
+    statuses = Counter(s.status for s in inventory.scopes)
+    assert statuses.keys() == {OK}, statuses
+    return elapsed, units, sandbox.calls
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--latency", type=float, default=0.1)
+    parser.add_argument("--workers", type=int, default=16)
+    args = parser.parse_args()
+
+    os.environ["MOTO_EC2_LOAD_DEFAULT_AMIS"] = "false"
+    with AwsSandbox(separate_process=True) as sandbox:
+        members = [f"member-{i:03d}" for i in range(args.accounts - 1)]  # + the management account
+        print(f"seeding {args.accounts} accounts x {len(REGIONS)} regions ...", flush=True)
+        seed_organization(sandbox.moto_url, members, REGIONS, RegionPlan(vpcs=1, subnets_per_vpc=1, instances_per_subnet=1))
+        point_aws_at(sandbox.url)
+        sandbox.set_latency(args.latency)
+
+        sequential, units, calls = collect_once(sandbox, workers=1, per_account=1)
+        parallel, units_p, calls_p = collect_once(sandbox, workers=args.workers, per_account=4)
+
+    assert units == units_p
+    collection_calls = sum(n for call, n in calls_p.items() if call.startswith("Describe"))
+    speedup = sequential / parallel
+    print(f"organization:     {args.accounts} accounts x {len(REGIONS)} regions = {units} collection units")
+    print(f"AWS latency:      {args.latency * 1000:.0f} ms per call (added by the STS front)")
+    print(f"AssumeRole calls: {calls_p['AssumeRole']} (one per account)")
+    print(f"AWS calls/unit:   {collection_calls / units:.2f} (describe calls; every call paginated)")
+    print(f"all AWS calls:    {sum(calls_p.values())} ({dict(calls_p.most_common(6))})")
+    print(f"sequential:       {sequential:7.2f} s  (1 worker)")
+    print(f"parallel:         {parallel:7.2f} s  ({args.workers} workers, 4 per account)")
+    print(f"speed-up:         {speedup:7.1f}x  (target >= 8x: {'met' if speedup >= 8 else 'NOT met'})")
+    return 0 if speedup >= 8 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
