@@ -81,7 +81,8 @@ def cmd_validate(args) -> int:
     folder = settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None
     mappings = load_mappings(folder)
     print(f"config OK: {args.config or 'config.toml'}")
-    print(f"mappings OK: {len(mappings.mappings)} classes: {', '.join(sorted(mappings.mappings))}")
+    tables = mappings.tables
+    print(f"mappings OK: {len(mappings.mappings)} files, {len(tables)} classes: {', '.join(tables)}")
     return 0
 
 

@@ -62,21 +62,22 @@ def table_policies(mappings: MappingSet) -> dict[str, TablePolicy]:
     return {
         table: TablePolicy(
             table=table,
-            identity_field=m.identity_field,
-            source=m.source.name,
-            retire=m.retire,
-            revive=m.revive,
-            relations=tuple((r.type, r.to, r.role) for r in m.relations),
+            identity_field=variants[0].identity_field,
+            sources=tuple(m.source.name for m in variants),
+            retire=variants[0].retire,
+            revive=variants[0].revive,
+            relations=tuple((r.type, r.to, r.role) for m in variants for r in m.relations),
         )
-        for table, m in mappings.mappings.items()
+        for table, variants in mappings.tables.items()
     }
 
 
 def read_existing(reader: CmdbReader, mappings: MappingSet, mapped: MapResult) -> dict:
     """Owned CIs (one paged query per table), plus the CIs to adopt."""
     existing = {}
-    for table, mapping in mappings.mappings.items():
-        fields = list(mapping.fields) + list(mapping.retire) + list(mapping.revive)
+    for table, variants in mappings.tables.items():
+        mapping = variants[0]
+        fields = sorted({f for m in variants for f in m.fields} | set(mapping.retire) | set(mapping.revive))
         found = reader.owned_cis(table, fields)
         known = {ci.fields.get(mapping.identity_field) for ci in found}
         missing = [ci for ci in mapped.cis if ci.table == table and ci.identity not in known]
@@ -118,7 +119,7 @@ def run_pipeline(
     mappings = mappings or load_mappings(settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None)
     inventory, mapped, plan, applied = None, MapResult(), None, None
     errors: list[str] = []
-    tables = sorted(mappings.mappings)
+    tables = list(mappings.tables)
     sn = settings.servicenow
     tables_client = TableClient(sn)
     try:

@@ -38,3 +38,16 @@ def standin():
 
     with ServiceNowStandIn(users={"admin": "s3cret-pw"}) as server:
         yield server
+
+
+FOUNDATION = ("cmdb_ci_cloud_service_account", "cmdb_ci_aws_datacenter", "cmdb_ci_network",
+              "cmdb_ci_cloud_subnet", "cmdb_ci_vm_instance")
+
+
+def foundation_mappings():
+    """The built-in mappings of the account, region, VPC, subnet and instance classes:
+    enough to exercise collection at scale without calling every AWS service."""
+    from connector.mapping.load import MappingSet, load_mappings
+
+    everything = load_mappings()
+    return MappingSet({name: m for name, m in everything.mappings.items() if name in FOUNDATION})

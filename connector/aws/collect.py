@@ -57,11 +57,15 @@ def fetch_items(client, source: CompiledSource) -> list[dict[str, Any]]:
         pages: Iterable[Any] = client.get_paginator(source.operation).paginate(**source.params)
     else:
         pages = [getattr(client, source.operation)(**source.params)]
-    items: list[dict[str, Any]] = []
+    items: list[Any] = []
     for page in pages:
         found = source.items(page) if source.items else page
-        items.extend(jsonable(found or []))
-    return items
+        items.extend(found or [])
+    if source.detail is not None:
+        detail = source.detail
+        call = getattr(client, detail.operation)
+        items = [detail.merge(item, call(**{k: get(item) for k, get in detail.params.items()})) for item in items]
+    return jsonable(items)
 
 
 def _interleave(per_account: list[list[Unit]]) -> list[Unit]:

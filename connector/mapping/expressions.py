@@ -75,7 +75,7 @@ def _template(text: str) -> Evaluator:
 
 def _tag_getter(key: str) -> Callable[[Any], Any]:
     def get(item: Any) -> Any:
-        tags = item.get("Tags") or item.get("TagList") or item.get("tags")
+        tags = item.get("Tags") or item.get("TagSet") or item.get("TagList") or item.get("tags")
         if isinstance(tags, dict):
             return tags.get(key)
         for tag in tags or ():

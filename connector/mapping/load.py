@@ -30,11 +30,28 @@ class CompiledSource:
     id: Callable[[Any], Any]
     scope: str
     items_text: str | None = None
+    detail: "CompiledDetail | None" = None
 
     def call_signature(self) -> tuple:
         """Two files may share a source only if they describe the same call."""
         return (self.kind, self.service, self.operation, repr(sorted(self.params.items())),
                 self.items_text, self.scope)
+
+
+@dataclass(frozen=True)
+class CompiledDetail:
+    operation: str
+    params: dict[str, Callable[[Any], Any]]
+    result: Callable[[Any], Any]
+    key: str | None
+
+    def merge(self, item: Any, answer: Any) -> Any:
+        found = self.result(answer)
+        if self.key is not None:
+            return {**item, self.key: found} if isinstance(item, dict) else {"Item": item, self.key: found}
+        if isinstance(item, dict) and isinstance(found, dict):
+            return {**item, **found}
+        return found
 
 
 @dataclass(frozen=True)
@@ -47,8 +64,13 @@ class CompiledRelation:
 
 @dataclass(frozen=True)
 class Mapping:
-    """One CMDB class, compiled from one file."""
+    """One source of one CMDB class, compiled from one file.
 
+    A class usually has one file, ``<class>.toml``; a class fed by several AWS
+    APIs has one more per API, ``<class>.<variant>.toml`` (classic ELB beside ELBv2).
+    """
+
+    name: str
     table: str
     file: Path
     source: CompiledSource
@@ -70,6 +92,14 @@ class MappingSet:
     def for_source(self, name: str) -> list[Mapping]:
         return [m for m in self.mappings.values() if m.source.name == name]
 
+    @property
+    def tables(self) -> dict[str, list[Mapping]]:
+        """table -> its mappings (one per source feeding it)."""
+        out: dict[str, list[Mapping]] = {}
+        for mapping in self.mappings.values():
+            out.setdefault(mapping.table, []).append(mapping)
+        return dict(sorted(out.items()))
+
 
 def builtin_mappings_dir() -> Path:
     return Path(str(resources.files("cmdb_mappings")))
@@ -86,6 +116,12 @@ def _compile_source(spec) -> CompiledSource:
         id=compile_path(spec.id),
         scope=spec.scope,
         items_text=spec.items,
+        detail=None if spec.detail is None else CompiledDetail(
+            operation=spec.detail.operation,
+            params={name: compile_path(expr) for name, expr in spec.detail.params.items()},
+            result=compile_path(spec.detail.result),
+            key=spec.detail.key,
+        ),
     )
 
 
@@ -109,8 +145,9 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
                 problems.append(f"{path}: {loc or '(top level)'}: {err['msg'].removeprefix('Value error, ')}")
         return None
 
-    table = spec.target.table or path.stem
-    if table != path.stem:
+    class_name = path.stem.split(".")[0]
+    table = spec.target.table or class_name
+    if table != class_name:
         problems.append(f"{path}: target.table: {table!r} differs from the file name; name the file {table}.toml")
         return None
 
@@ -130,6 +167,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
     if source is None or None in fields.values() or any(r.identity is None for r in relations):
         return None
     return Mapping(
+        name=path.stem,
         table=table,
         file=path,
         source=source,
@@ -154,7 +192,7 @@ def load_mappings(folder: Path | None = None) -> MappingSet:
     for path in files:
         mapping = _compile_one(path, problems)
         if mapping is not None:
-            result.mappings[mapping.table] = mapping
+            result.mappings[mapping.name] = mapping
     _check_across_files(result, problems)
     if problems:
         raise MappingError(f"{len(problems)} problem(s) in the mapping files:\n  " + "\n  ".join(problems), problems)
@@ -163,9 +201,17 @@ def load_mappings(folder: Path | None = None) -> MappingSet:
 
 def _check_across_files(result: MappingSet, problems: list[str]) -> None:
     by_source: dict[str, Mapping] = {}
+    tables = result.tables
+    for variants in tables.values():
+        first = variants[0]
+        for other in variants[1:]:
+            for attribute in ("identity_field", "retire", "revive"):
+                if getattr(other, attribute) != getattr(first, attribute):
+                    key = "target.identity" if attribute == "identity_field" else f"lifecycle.{attribute}"
+                    problems.append(f"{other.file}: {key}: differs from {first.file.name}; one class has one {key}")
     for mapping in result.mappings.values():
         for i, rel in enumerate(mapping.relations):
-            if rel.to not in result.mappings:
+            if rel.to not in tables:
                 problems.append(f"{mapping.file}: relations[{i}].to: no mapping file defines class {rel.to!r}")
         first = by_source.setdefault(mapping.source.name, mapping)
         if first is not mapping and first.source.call_signature() != mapping.source.call_signature():

@@ -51,6 +51,25 @@ def _as_field_spec(value: Any) -> Any:
 FieldValue = Annotated[FieldSpec, BeforeValidator(_as_field_spec)]
 
 
+class DetailSpec(_Strict):
+    """A call per item, for APIs that list first and describe after (EKS, S3)."""
+
+    operation: str
+    # parameter name -> JMESPath over the listed item ("@" for a plain string item)
+    params: dict[str, str]
+    # JMESPath into the answer; "@" keeps it whole
+    result: str = "@"
+    # where the result goes: under this key of the item; without it, merged into
+    # the item (or replacing it, when the listed item is not a table)
+    key: str | None = None
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "DetailSpec":
+        for expression in (*self.params.values(), self.result):
+            compile_path(expression)
+        return self
+
+
 class SourceSpec(_Strict):
     """Where the items come from.
 
@@ -68,6 +87,7 @@ class SourceSpec(_Strict):
     items: str | None = None
     id: str
     scope: Literal["regional", "global"] = "regional"
+    detail: DetailSpec | None = None
 
     @model_validator(mode="after")
     def _api_needs_call(self) -> "SourceSpec":

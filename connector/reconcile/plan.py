@@ -34,7 +34,9 @@ class TablePolicy:
 
     table: str
     identity_field: str
-    source: str
+    # every source that feeds the table; a CI may be retired only when all of
+    # them were collected ok in its account and region
+    sources: tuple[str, ...]
     retire: dict[str, str]
     revive: dict[str, str]
     # (relation type, other table, role of this table's CI)
@@ -176,7 +178,7 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
     scope = account_and_region(ci.fields.get("correlation_id", ""))
     if scope is None:
         return False
-    return (scope[0], scope[1], policy.source) in ok_scopes
+    return all((scope[0], scope[1], source) in ok_scopes for source in policy.sources)
 
 
 def _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan) -> None:

@@ -263,6 +263,8 @@ class RegionPlan:
     vpcs: int = 1
     subnets_per_vpc: int = 2
     instances_per_subnet: int = 1
+    # one of each managed service (S3, DynamoDB, RDS, ELBv2, classic ELB, Lambda, EKS)
+    services: bool = False
 
 
 @dataclass
@@ -312,7 +314,41 @@ def seed_organization(
         creds = account_credentials(endpoint, account_id)
         for region in regions:
             seeded.instances[(account_id, region)] = _seed_region(endpoint, creds, region, name, plan)
+        if plan.services:
+            _seed_services(endpoint, creds, regions[0], name)
     return seeded
+
+
+def _seed_services(endpoint: str, creds: dict[str, str], region: str, label: str) -> None:
+    """One of each managed service the catalogue maps, in the account's first region."""
+    import io
+    import zipfile
+
+    ec2 = _client("ec2", endpoint, region, creds)
+    subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]][:2]
+    _client("s3", endpoint, region, creds).create_bucket(
+        Bucket=f"{label}-artifacts-{region}",
+        **({} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}))
+    _client("dynamodb", endpoint, region, creds).create_table(
+        TableName=f"{label}-orders", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    _client("rds", endpoint, region, creds).create_db_instance(
+        DBInstanceIdentifier=f"{label}-db", DBInstanceClass="db.t3.micro", Engine="postgres",
+        MasterUsername="cmdb", MasterUserPassword="sandbox-only-pw", AllocatedStorage=20)
+    _client("elbv2", endpoint, region, creds).create_load_balancer(Name=f"{label}-alb", Subnets=subnets)
+    _client("elb", endpoint, region, creds).create_load_balancer(
+        LoadBalancerName=f"{label}-classic", AvailabilityZones=[f"{region}a"],
+        Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}])
+    role = _client("iam", endpoint, region, creds).create_role(
+        RoleName=f"{label}-lambda", AssumeRolePolicyDocument='{"Version": "2012-10-17", "Statement": []}')["Role"]["Arn"]
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as archive:
+        archive.writestr("handler.py", "def handle(event, context):\n    return event\n")
+    _client("lambda", endpoint, region, creds).create_function(
+        FunctionName=f"{label}-worker", Runtime="python3.12", Role=role, Handler="handler.handle",
+        Code={"ZipFile": package.getvalue()})
+    _client("eks", endpoint, region, creds).create_cluster(
+        name=f"{label}-k8s", roleArn=role, resourcesVpcConfig={"subnetIds": subnets})
 
 
 def _seed_region(endpoint: str, creds: dict[str, str], region: str, label: str, plan: RegionPlan) -> list[str]:

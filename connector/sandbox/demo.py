@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .aws import FAKE_KEYS, AwsSandbox, SeededOrg, seed_organization
+from .aws import FAKE_KEYS, AwsSandbox, RegionPlan, SeededOrg, seed_organization
 from .servicenow import ServiceNowStandIn
 
 DEMO_MEMBERS = ["prod", "dev", "shared-services"]
@@ -64,6 +64,6 @@ def sandboxes(members: list[str] | None = None, regions: list[str] | None = None
     password = secrets.token_urlsafe(12)
     with AwsSandbox(external_id=external_id) as aws, \
             ServiceNowStandIn(users={DEMO_USER: password}, db_path=db_path) as sn:
-        org = seed_organization(aws.moto_url, members or DEMO_MEMBERS, regions or DEMO_REGIONS)
+        org = seed_organization(aws.moto_url, members or DEMO_MEMBERS, regions or DEMO_REGIONS, RegionPlan(services=True))
         point_aws_at(aws.url)
         yield Sandboxes(aws, sn, org, external_id, password)

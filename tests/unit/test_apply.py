@@ -14,7 +14,7 @@ from connector.mapping.transform import MapResult
 from connector.run import EXIT_FAILED, EXIT_OK, EXIT_PARTIAL, exit_code_for
 
 VM, DC = "cmdb_ci_vm_instance", "cmdb_ci_aws_datacenter"
-POLICIES = {t: TablePolicy(t, "correlation_id", "s", {}, {}) for t in (VM, DC)}
+POLICIES = {t: TablePolicy(t, "correlation_id", ("s",), {}, {}) for t in (VM, DC)}
 
 
 class RecordingWriter:

@@ -12,6 +12,7 @@ from connector.aws.accounts import OrganizationsError, account_state, discover_a
 from connector.aws.collect import collect_inventory, fetch_items
 from connector.aws.sessions import RoleSettings, SessionPool
 from connector.mapping.load import load_mappings
+from tests.conftest import foundation_mappings
 from connector.models import DENIED, OK, SKIPPED, THROTTLED, Account
 
 ROLE = RoleSettings("CMDBReadRole", "ext-id-42", "CMDBInventorySession", 3600)
@@ -160,7 +161,7 @@ def test_collect_units_are_complete_and_a_throttled_unit_is_kept_in_its_scope():
         raise ClientError({"Error": {"Code": "RequestLimitExceeded", "Message": "Request limit exceeded."}}, "DescribeSubnets")
 
     pool.get(acct).session.register("before-call.ec2.DescribeSubnets", throttle)
-    sources = load_mappings().sources
+    sources = foundation_mappings().sources
     inventory = collect_inventory(pool, [Account(acct, "prod", raw={"Id": acct, "Name": "prod"})], sources,
                                   ["us-east-1", "eu-west-1"], max_workers=4, max_per_account=2)
     status = {(s.region, s.source): s.status for s in inventory.scopes}

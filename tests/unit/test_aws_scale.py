@@ -19,6 +19,7 @@ from connector.aws.sessions import RoleSettings, SessionPool
 from connector.aws.accounts import list_organization_accounts
 from connector.errors import UsageError
 from connector.mapping.load import load_mappings
+from tests.conftest import foundation_mappings
 from connector.models import DENIED, OK, SKIPPED, Account
 from connector.run import collect_from_aws
 from connector.settings import load_settings
@@ -87,7 +88,7 @@ def test_25_accounts_2_ous_suspended_excluded_denied_3_regions(organization, mon
     log = AssumeRoleLog(denied={denied})
     monkeypatch.setattr(targets.boto3, "Session", log.session_factory())
     settings = settings_for(tmp_path, exclude_accounts=[excluded], max_workers=16, max_workers_per_account=4)
-    inventory = collect_from_aws(settings, load_mappings())
+    inventory = collect_from_aws(settings, foundation_mappings())
 
     status = {a.account_id: a.status for a in inventory.accounts}
     assert len(status) == 25
@@ -180,7 +181,7 @@ def test_disabled_region_is_a_skipped_scope():
         session.register(f"before-call.ec2.{op}", lambda model, params, request_signer=None, **kw:
                          _region_off(request_signer, model))
     inventory = collect_inventory(pool, [Account("111122223333", "a", raw={"Id": "111122223333"})],
-                                  load_mappings().sources, ["us-east-1", "ap-east-1"], 4, 2)
+                                  foundation_mappings().sources, ["us-east-1", "ap-east-1"], 4, 2)
     by_region = Counter((s.region, s.status) for s in inventory.scopes if s.source.startswith("ec2:") and s.source != "ec2:region")
     assert by_region == Counter({("us-east-1", OK): 3, ("ap-east-1", SKIPPED): 3})
     reason = next(s.error for s in inventory.scopes if s.status == SKIPPED)
@@ -310,10 +311,34 @@ def test_regions_all_uses_each_accounts_enabled_regions_and_a_failure_is_unknown
         pool.open(account)
     inventory = collect_inventory(pool, [Account("111111111111", "a", raw={"Id": "111111111111"}),
                                          Account("222222222222", "b", raw={"Id": "222222222222"})],
-                                  load_mappings().sources, ["all"], 4, 2)
+                                  foundation_mappings().sources, ["all"], 4, 2)
     regions = {s.region for s in inventory.scopes if s.account_id == "111111111111" and s.source == "ec2:vpc"}
     assert regions == {"eu-west-1", "us-east-1"}
     failed = [s for s in inventory.scopes if s.account_id == "222222222222"]
     assert {s.status for s in failed} == {DENIED} and {s.region for s in failed} == {"*"}
     assert "cannot list enabled regions: UnauthorizedOperation" in failed[0].error
     assert not [r for r in inventory.records if r.account_id == "222222222222"]
+
+
+def test_list_then_describe_detail_call_for_each_item():
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    source = load_mappings().mappings["cmdb_ci_dynamodb_table"].source
+    with Stubber(client) as stub:
+        stub.add_response("list_tables", {"TableNames": ["aaa"], "LastEvaluatedTableName": "aaa"})
+        stub.add_response("list_tables", {"TableNames": ["bbb"]}, {"ExclusiveStartTableName": "aaa"})
+        for name in ("aaa", "bbb"):
+            stub.add_response("describe_table", {"Table": {"TableName": name, "TableArn": f"arn:aws:dynamodb:us-east-1:1:table/{name}",
+                                                          "ItemCount": 1}}, {"TableName": name})
+        items = fetch_items(client, source)
+    assert [(i["TableName"], i["ItemCount"]) for i in items] == [("aaa", 1), ("bbb", 1)]
+
+
+def test_detail_result_under_a_key():
+    client = boto3.client("s3", region_name="us-east-1")
+    source = load_mappings().mappings["cmdb_ci_cloud_object_storage"].source
+    with Stubber(client) as stub:
+        stub.add_response("list_buckets", {"Buckets": [{"Name": "logs"}, {"Name": "eu-data"}]})
+        stub.add_response("get_bucket_location", {}, {"Bucket": "logs"})
+        stub.add_response("get_bucket_location", {"LocationConstraint": "eu-west-1"}, {"Bucket": "eu-data"})
+        items = fetch_items(client, source)
+    assert items == [{"Name": "logs", "Location": None}, {"Name": "eu-data", "Location": "eu-west-1"}]

@@ -39,6 +39,7 @@ DESCRIBE_INSTANCES_ITEM = {
 }
 
 DC = f"arn:aws:ec2:{REGION}:{ACCOUNT}:region/{REGION}"
+AZ = f"arn:aws:ec2:{REGION}:{ACCOUNT}:availability-zone/eu-west-1a"
 GOLDEN = [
     (
         "cmdb_ci_cloud_service_account", "organizations:account", "global", LIST_ACCOUNTS_ITEM,
@@ -64,13 +65,119 @@ GOLDEN = [
          "available_ip_count": "251", "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:subnet/subnet-0d4e5f"},
         (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),
          RelationRef("Contains::Contained by", "cmdb_ci_network",
-                     f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/vpc-0a1b2c", role="child")),
+                     f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/vpc-0a1b2c", role="child"),
+         RelationRef("Contains::Contained by", "cmdb_ci_availability_zone", AZ, role="child")),
     ),
     (
         "cmdb_ci_vm_instance", "ec2:instance", REGION, DESCRIBE_INSTANCES_ITEM,
         {"name": "web-1", "object_id": "i-0123456789abcdef0", "vm_inst_id": "i-0123456789abcdef0",
          "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0",
          "state": "on", "ip_address": "10.0.1.15", "short_description": "m5.large"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),
+         RelationRef("Located in::Houses", "cmdb_ci_availability_zone", AZ)),
+    ),
+    (
+        "cmdb_ci_availability_zone", "ec2:availability_zone", REGION,
+        {"State": "available", "OptInStatus": "opt-in-not-required", "RegionName": REGION, "ZoneName": "eu-west-1a",
+         "ZoneId": "euw1-az1", "ZoneType": "availability-zone", "GroupName": "eu-west-1", "Messages": []},
+        {"name": "eu-west-1a", "object_id": "eu-west-1a", "zone_id": "euw1-az1", "correlation_id": AZ},
+        (RelationRef("Contains::Contained by", "cmdb_ci_aws_datacenter", DC, role="child"),),
+    ),
+    (
+        "cmdb_ci_compute_security_group", "ec2:security_group", REGION,
+        {"Description": "web tier", "GroupName": "web", "IpPermissions": [], "OwnerId": ACCOUNT,
+         "GroupId": "sg-0f00", "IpPermissionsEgress": [], "VpcId": "vpc-0a1b2c", "Tags": []},
+        {"name": "web", "object_id": "sg-0f00", "description": "web tier",
+         "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:security-group/sg-0f00"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),
+         RelationRef("Contains::Contained by", "cmdb_ci_network", f"arn:aws:ec2:{REGION}:{ACCOUNT}:vpc/vpc-0a1b2c", role="child")),
+    ),
+    (
+        "cmdb_ci_storage_volume", "ec2:volume", REGION,
+        {"Attachments": [{"AttachTime": "2024-05-06T07:08:09+00:00", "Device": "/dev/xvda", "InstanceId": "i-0123456789abcdef0",
+                          "State": "attached", "VolumeId": "vol-0aa", "DeleteOnTermination": True}],
+         "AvailabilityZone": "eu-west-1a", "CreateTime": "2024-05-06T07:08:09+00:00", "Encrypted": True, "Size": 100,
+         "SnapshotId": "", "State": "in-use", "VolumeId": "vol-0aa", "Iops": 3000, "VolumeType": "gp3",
+         "Tags": [{"Key": "Name", "Value": "web-1-root"}]},
+        {"name": "web-1-root", "object_id": "vol-0aa", "size": "100", "storage_type": "gp3",
+         "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-0aa"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),
+         RelationRef("Contains::Contained by", "cmdb_ci_vm_instance",
+                     f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0", role="child")),
+    ),
+    (
+        "cmdb_ci_nic", "ec2:network_interface", REGION,
+        {"Attachment": {"AttachmentId": "eni-attach-1", "DeviceIndex": 0, "InstanceId": "i-0123456789abcdef0", "Status": "attached"},
+         "AvailabilityZone": "eu-west-1a", "Description": "Primary network interface", "InterfaceType": "interface",
+         "MacAddress": "02:3c:1d:aa:bb:cc", "NetworkInterfaceId": "eni-0bb", "OwnerId": ACCOUNT,
+         "PrivateIpAddress": "10.0.1.15", "SubnetId": "subnet-0d4e5f", "VpcId": "vpc-0a1b2c", "TagSet": []},
+        {"name": "eni-0bb", "object_id": "eni-0bb", "ip_address": "10.0.1.15", "mac_address": "02:3c:1d:aa:bb:cc",
+         "short_description": "Primary network interface",
+         "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:network-interface/eni-0bb"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
+    ),
+    (
+        "cmdb_ci_cloud_load_balancer", "elbv2:load_balancer", REGION,
+        {"LoadBalancerArn": f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/app/web/50dc6c495c0c9188",
+         "DNSName": "web-1234567890.eu-west-1.elb.amazonaws.com", "CanonicalHostedZoneId": "Z32O12XQLNTSW2",
+         "CreatedTime": "2024-01-02T03:04:05+00:00", "LoadBalancerName": "web", "Scheme": "internet-facing",
+         "VpcId": "vpc-0a1b2c", "State": {"Code": "active"}, "Type": "application", "AvailabilityZones": []},
+        {"name": "web", "object_id": "web", "dns_name": "web-1234567890.eu-west-1.elb.amazonaws.com", "type": "application",
+         "correlation_id": f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/app/web/50dc6c495c0c9188"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
+    ),
+    (
+        "cmdb_ci_cloud_load_balancer.classic", "elb:load_balancer", REGION,
+        {"LoadBalancerName": "legacy", "DNSName": "legacy-1234.eu-west-1.elb.amazonaws.com", "ListenerDescriptions": [],
+         "AvailabilityZones": ["eu-west-1a"], "Subnets": [], "VPCId": "vpc-0a1b2c", "Instances": [{"InstanceId": "i-1"}],
+         "CreatedTime": "2020-01-02T03:04:05+00:00", "Scheme": "internet-facing"},
+        {"name": "legacy", "object_id": "legacy", "dns_name": "legacy-1234.eu-west-1.elb.amazonaws.com", "type": "classic",
+         "correlation_id": f"arn:aws:elasticloadbalancing:{REGION}:{ACCOUNT}:loadbalancer/legacy"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
+    ),
+    (
+        "cmdb_ci_cloud_database", "rds:db_instance", REGION,
+        {"DBInstanceIdentifier": "orders", "DBInstanceClass": "db.r6g.large", "Engine": "postgres", "DBInstanceStatus": "available",
+         "MasterUsername": "admin", "Endpoint": {"Address": "orders.abc.eu-west-1.rds.amazonaws.com", "Port": 5432},
+         "AllocatedStorage": 100, "AvailabilityZone": "eu-west-1a", "EngineVersion": "16.3",
+         "DBInstanceArn": f"arn:aws:rds:{REGION}:{ACCOUNT}:db:orders"},
+        {"name": "orders", "object_id": "orders", "type": "postgres", "version": "16.3", "tcp_port": "5432",
+         "short_description": "db.r6g.large", "correlation_id": f"arn:aws:rds:{REGION}:{ACCOUNT}:db:orders"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
+    ),
+    (
+        "cmdb_ci_cloud_object_storage", "s3:bucket", "global",
+        {"Name": "prod-artifacts", "CreationDate": "2023-03-04T05:06:07+00:00", "Location": REGION},
+        {"name": "prod-artifacts", "object_id": "prod-artifacts", "location_constraint": REGION,
+         "correlation_id": f"arn:aws:s3::{ACCOUNT}:prod-artifacts"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
+    ),
+    (
+        "cmdb_ci_cloud_function", "lambda:function", REGION,
+        {"FunctionName": "resize", "FunctionArn": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:resize", "Runtime": "python3.12",
+         "Role": f"arn:aws:iam::{ACCOUNT}:role/resize", "Handler": "app.handler", "CodeSize": 5120, "Timeout": 30,
+         "MemorySize": 256, "LastModified": "2024-05-06T07:08:09.000+0000", "Version": "$LATEST", "PackageType": "Zip"},
+        {"name": "resize", "object_id": "resize", "language": "python3.12", "code_size": "5120", "handler": "app.handler",
+         "correlation_id": f"arn:aws:lambda:{REGION}:{ACCOUNT}:function:resize"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
+    ),
+    (
+        "cmdb_ci_dynamodb_table", "dynamodb:table", REGION,
+        {"TableName": "orders", "TableStatus": "ACTIVE", "CreationDateTime": "2024-01-02T03:04:05+00:00",
+         "TableSizeBytes": 2048, "ItemCount": 12, "TableArn": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/orders",
+         "TableId": "7f1c", "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}]},
+        {"name": "orders", "object_id": "orders", "table_size": "2048", "item_count": "12",
+         "correlation_id": f"arn:aws:dynamodb:{REGION}:{ACCOUNT}:table/orders"},
+        (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
+    ),
+    (
+        "cmdb_ci_kubernetes_cluster", "eks:cluster", REGION,
+        {"name": "platform", "arn": f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/platform", "createdAt": "2024-01-02T03:04:05+00:00",
+         "version": "1.30", "endpoint": "https://ABC.gr7.eu-west-1.eks.amazonaws.com", "roleArn": f"arn:aws:iam::{ACCOUNT}:role/eks",
+         "resourcesVpcConfig": {"subnetIds": ["subnet-0d4e5f"], "vpcId": "vpc-0a1b2c"}, "status": "ACTIVE"},
+        {"name": "platform", "object_id": "platform", "version": "1.30",
+         "short_description": "https://ABC.gr7.eu-west-1.eks.amazonaws.com",
+         "correlation_id": f"arn:aws:eks:{REGION}:{ACCOUNT}:cluster/platform"},
         (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),),
     ),
 ]
@@ -81,21 +188,29 @@ def mappings():
     return load_mappings()
 
 
-@pytest.mark.parametrize("table, source, region, item, fields, relations", GOLDEN, ids=[g[0] for g in GOLDEN])
-def test_golden_mapping(mappings, table, source, region, item, fields, relations):
-    ci = map_record(mappings.mappings[table], Record(ACCOUNT, region, source, item))
-    assert ci.table == table
+@pytest.mark.parametrize("name, source, region, item, fields, relations", GOLDEN, ids=[g[0] for g in GOLDEN])
+def test_golden_mapping(mappings, name, source, region, item, fields, relations):
+    ci = map_record(mappings.mappings[name], Record(ACCOUNT, region, source, item))
+    assert ci.table == name.split(".")[0]
     assert ci.fields == fields
     assert ci.identity == fields["correlation_id"]
     assert ci.relations == relations
     assert ci.scope == (ACCOUNT, region, source)
 
 
-def test_builtin_mappings_cover_the_foundation_classes(mappings):
-    assert set(mappings.mappings) == {
-        "cmdb_ci_cloud_service_account", "cmdb_ci_aws_datacenter", "cmdb_ci_network",
-        "cmdb_ci_cloud_subnet", "cmdb_ci_vm_instance",
-    }
+def test_every_builtin_mapping_has_a_golden_test(mappings):
+    assert sorted(mappings.mappings) == sorted(g[0] for g in GOLDEN)
+
+
+def test_builtin_mappings_cover_the_catalogue(mappings):
+    assert list(mappings.tables) == sorted([
+        "cmdb_ci_cloud_service_account", "cmdb_ci_aws_datacenter", "cmdb_ci_availability_zone", "cmdb_ci_network",
+        "cmdb_ci_cloud_subnet", "cmdb_ci_vm_instance", "cmdb_ci_compute_security_group", "cmdb_ci_storage_volume",
+        "cmdb_ci_nic", "cmdb_ci_cloud_load_balancer", "cmdb_ci_cloud_database", "cmdb_ci_cloud_object_storage",
+        "cmdb_ci_cloud_function", "cmdb_ci_dynamodb_table", "cmdb_ci_kubernetes_cluster",
+    ])
+    assert sorted(m.source.name for m in mappings.tables["cmdb_ci_cloud_load_balancer"]) == [
+        "elb:load_balancer", "elbv2:load_balancer"]
 
 
 def test_management_account_is_flagged(mappings):
@@ -176,6 +291,10 @@ INVALID_CASES = [
     ("missing source id", VALID.replace('id = "VpcId"\n', ""), "cmdb_ci_network.toml: source.id: required key is missing"),
     ("api without operation", VALID.replace('operation = "describe_vpcs"\n', ""),
      "cmdb_ci_network.toml: source: kind = 'api' needs operation"),
+    ("bad detail expression", VALID.replace("[fields]", '[source.detail]\noperation = "x"\nparams = { A = "B[" }\n[fields]'),
+     "cmdb_ci_network.toml: source.detail: JMESPath does not compile"),
+    ("detail unknown key", VALID.replace("[fields]", '[source.detail]\noperation = "x"\nparams = {}\nmerge = 1\n[fields]'),
+     "cmdb_ci_network.toml: source.detail.merge: unknown key"),
 ]
 
 
@@ -191,6 +310,15 @@ def test_invalid_mapping_file_error(tmp_path, name, text, expected):
 def test_valid_custom_folder_loads(tmp_path):
     (tmp_path / "cmdb_ci_network.toml").write_text(VALID)
     assert list(load_mappings(tmp_path).mappings) == ["cmdb_ci_network"]
+
+
+def test_variants_of_one_class_must_share_identity(tmp_path):
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID)
+    other = VALID.replace('name = "ec2:vpc"', 'name = "ec2:other"').replace(
+        "[fields]", '[target]\nidentity = "object_id"\n[fields]').replace('name = "VpcId"', 'object_id = "VpcId"')
+    (tmp_path / "cmdb_ci_network.other.toml").write_text(other)
+    with pytest.raises(MappingError, match=r"cmdb_ci_network.toml: target.identity: differs from cmdb_ci_network.other.toml"):
+        load_mappings(tmp_path)
 
 
 def test_same_source_defined_twice_differently(tmp_path):
@@ -209,5 +337,5 @@ def test_empty_or_missing_folder(tmp_path):
 
 def test_builtin_mappings_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert len(load_mappings().mappings) == 5
+    assert len(load_mappings().mappings) == 16
     assert Path(load_mappings().mappings["cmdb_ci_network"].file).name == "cmdb_ci_network.toml"

@@ -13,8 +13,8 @@ DC_ID = f"arn:aws:ec2:{R}:{A}:region/{R}"
 RETIRE = {"install_status": "7", "operational_status": "6"}
 REVIVE = {"install_status": "1", "operational_status": "1"}
 POLICIES = {
-    VM: TablePolicy(VM, "correlation_id", "ec2:instance", RETIRE, REVIVE, (("Hosted on::Hosts", DC, "parent"),)),
-    DC: TablePolicy(DC, "correlation_id", "ec2:region", RETIRE, REVIVE),
+    VM: TablePolicy(VM, "correlation_id", ("ec2:instance",), RETIRE, REVIVE, (("Hosted on::Hosts", DC, "parent"),)),
+    DC: TablePolicy(DC, "correlation_id", ("ec2:region",), RETIRE, REVIVE),
 }
 OPTIONS = PlanOptions(DS)
 SCOPES = [Scope(A, R, "ec2:instance", OK), Scope(A, R, "ec2:region", OK)]
