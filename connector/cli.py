@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("validate", help="check the config and every mapping file")
 
+    init = sub.add_parser("init-mappings", help="copy the built-in mapping files into a folder, to edit them")
+    init.add_argument("folder", type=Path)
+
     demo = sub.add_parser("demo", help="simulated AWS Organization + local ServiceNow stand-in, one full run")
     demo.add_argument("--output-dir", type=Path, default=Path("reports"), help="where the report goes (default ./reports)")
 
@@ -83,6 +86,23 @@ def cmd_validate(args) -> int:
     print(f"config OK: {args.config or 'config.toml'}")
     tables = mappings.tables
     print(f"mappings OK: {len(mappings.mappings)} files, {len(tables)} classes: {', '.join(tables)}")
+    return 0
+
+
+def cmd_init_mappings(args) -> int:
+    import shutil
+
+    from .mapping.load import builtin_mappings_dir
+
+    folder: Path = args.folder
+    if folder.exists() and any(folder.iterdir()):
+        raise UsageError(f"{folder}: folder exists and is not empty; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    source = builtin_mappings_dir()
+    files = sorted(source.glob("*.toml")) + [source / "README.md"]
+    for path in files:
+        shutil.copyfile(path, folder / path.name)
+    print(f"{len(files) - 1} mapping files copied to {folder}. Set reconcile.mappings_dir = \"{folder}\" to use them.")
     return 0
 
 
@@ -167,6 +187,7 @@ COMMANDS = {
     "collect": cmd_collect,
     "check-access": cmd_check_access,
     "validate": cmd_validate,
+    "init-mappings": cmd_init_mappings,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
 }

@@ -23,22 +23,97 @@ CONTEXT_NAMES = ("account_id", "region", "partition", "source")
 
 
 def compile_path(path: str) -> Callable[[Any], Any]:
-    """A JMESPath; plain dotted paths take a fast path with the same result."""
+    """A JMESPath, compiled once. The shapes mappings use most (dotted paths,
+    ``a || b``, a tag lookup ``Tags[?Key=='Name'].Value | [0]``, ``a[0]``) run as
+    plain Python with the same result; anything else runs in jmespath."""
     if _DOTTED.match(path):
-        keys = path.split(".")
-
-        def get(item: Any) -> Any:
-            for key in keys:
-                if not isinstance(item, dict):
-                    return None
-                item = item.get(key)
-            return item
-
-        return get
+        return _dotted(path.split("."))
     try:
-        return jmespath.compile(path).search
+        compiled = jmespath.compile(path)
     except JMESPathError as exc:
         raise ValueError(f"JMESPath does not compile: {str(exc).splitlines()[0]}") from None
+    return _fast(compiled.parsed) or compiled.search
+
+
+def _dotted(keys: list[str]) -> Callable[[Any], Any]:
+    def get(item: Any) -> Any:
+        for key in keys:
+            if not isinstance(item, dict):
+                return None
+            item = item.get(key)
+        return item
+
+    return get
+
+
+def _truthy(value: Any) -> bool:
+    """JMESPath's truth: false, null and empty strings, lists and objects are false."""
+    return not (value is None or value is False or value == "" or value == [] or value == {})
+
+
+def _fast(node: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """A Python function for a few common AST shapes, or None (use jmespath)."""
+    kind, children = node["type"], node.get("children", [])
+    if kind == "field":
+        return _dotted([node["value"]])
+    if kind == "literal":
+        value = node["value"]
+        return lambda _item: value
+    if kind == "identity":
+        return lambda item: item
+    if kind == "subexpression":
+        left, right = (_fast(c) for c in children)
+        if left and right:
+            return lambda item: (lambda inner: None if inner is None else right(inner))(left(item))
+    if kind == "or_expression":
+        left, right = (_fast(c) for c in children)
+        if left and right:
+            return lambda item: (lambda first: first if _truthy(first) else right(item))(left(item))
+    if kind == "index_expression" and children[1]["type"] == "index":
+        base, index = _fast(children[0]), children[1]["value"]
+        if base:
+            def at(item: Any) -> Any:
+                found = base(item)
+                if not isinstance(found, list):
+                    return None
+                try:
+                    return found[index]
+                except IndexError:
+                    return None
+
+            return at
+    if kind == "pipe":
+        return _fast_tag(node)
+    return None
+
+
+def _fast_tag(node: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """``List[?Key=='x'].Value | [0]``: the first match's value."""
+    projection, index = node["children"]
+    if projection["type"] != "filter_projection" or index["type"] != "index_expression":
+        return None
+    if index["children"][0]["type"] != "identity" or index["children"][1] != {"type": "index", "value": 0, "children": []}:
+        return None
+    source, value, comparator = projection["children"]
+    if source["type"] != "field" or value["type"] != "field" or comparator.get("value") != "eq":
+        return None
+    key, literal = comparator["children"]
+    if key["type"] != "field" or literal["type"] != "literal":
+        return None
+    list_name, value_name, key_name, wanted = source["value"], value["value"], key["value"], literal["value"]
+
+    def first_match(item: Any) -> Any:
+        entries = item.get(list_name) if isinstance(item, dict) else None
+        if not isinstance(entries, list):
+            return None
+        for entry in entries:
+            if isinstance(entry, dict) and entry.get(key_name) == wanted:
+                found = entry.get(value_name)
+                if found is not None:  # a projection drops nulls
+                    return found
+        return None
+
+    return first_match
 
 
 def _template(text: str) -> Evaluator:
@@ -64,7 +139,9 @@ def _template(text: str) -> Evaluator:
             if isinstance(piece, str):
                 out.append(piece)
                 continue
-            value = snow_string(piece(item, ctx))
+            value = piece(item, ctx)
+            if type(value) is not str:
+                value = snow_string(value)
             if value is None or value == "":
                 return None
             out.append(value)

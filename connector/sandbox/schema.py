@@ -43,6 +43,7 @@ TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "cmdb_ci_cloud_function": ("cmdb_ci", ("language", "code_size", "handler")),
     "cmdb_ci_dynamodb_table": ("cmdb_ci", ("table_size", "item_count")),
     "cmdb_ci_kubernetes_cluster": ("cmdb_ci", ("version", "ip_address")),
+    "cmdb_ci_key_pair": ("cmdb_ci", ("fingerprint", "key_type")),
     "cmdb_key_value": (None, ("key", "value", "configuration_item")),
     "cmdb_rel_ci": (None, ("parent", "child", "type", "port", "percent_outage")),
     "cmdb_rel_type": (None, ("name", "parent_descriptor", "child_descriptor", "sys_name")),

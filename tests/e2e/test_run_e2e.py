@@ -85,8 +85,11 @@ def relation_keys(sn: ServiceNowStandIn) -> set[tuple[str, str, str]]:
 def assert_account_in_cmdb(sn, org, account: str, name: str) -> None:
     rows = of_account(cis(sn), account)
     tables = sorted({r["sys_class_name"] for r in rows})
-    assert tables == ["cmdb_ci_aws_datacenter", "cmdb_ci_cloud_service_account", "cmdb_ci_cloud_subnet",
-                      "cmdb_ci_network", "cmdb_ci_vm_instance"]
+    # what moto makes in every account and region (default VPC, security groups, zones,
+    # an ENI and a root volume per instance), as real AWS does
+    assert tables == ["cmdb_ci_availability_zone", "cmdb_ci_aws_datacenter", "cmdb_ci_cloud_service_account",
+                      "cmdb_ci_cloud_subnet", "cmdb_ci_compute_security_group", "cmdb_ci_network", "cmdb_ci_nic",
+                      "cmdb_ci_storage_volume", "cmdb_ci_vm_instance"]
     assert all(r["discovery_source"] == DS and r["install_status"] == "1" and r["operational_status"] == "1" for r in rows)
     keyed = by_key(rows)
     acct = keyed[f"arn:aws:iam::{account}:root"]
@@ -104,6 +107,8 @@ def assert_account_in_cmdb(sn, org, account: str, name: str) -> None:
             assert vm["state"] == "on" and vm["ip_address"] and vm["vm_inst_id"] == vm["object_id"]
             assert vm["correlation_id"] == f"arn:aws:ec2:{region}:{account}:instance/{vm['object_id']}"
             assert (vm["correlation_id"], "Hosted on::Hosts", dc_key) in rels
+            zone = f"arn:aws:ec2:{region}:{account}:availability-zone/"
+            assert any(p == vm["correlation_id"] and t == "Located in::Houses" and c.startswith(zone) for p, t, c in rels)
         label = "management" if account == org.management_account else name
         vpc = next(r for r in rows if r["sys_class_name"] == "cmdb_ci_network" and r["name"] == f"{label}-vpc-0"
                    and f":{region}:" in r["correlation_id"])
@@ -161,8 +166,12 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
     assert code == 3, output
     retired = by_key(cis(sn))[f"arn:aws:ec2:us-east-1:{alpha}:instance/{gone_alpha}"]
     assert (retired["install_status"], retired["operational_status"]) == ("7", "6")
-    assert [(c["action"], c["identity"]) for c in report["changes"]] == [
-        ("retire", f"arn:aws:ec2:us-east-1:{alpha}:instance/{gone_alpha}")]
+    changes = [(c["action"], c["table"], c["identity"]) for c in report["changes"]]
+    assert ("retire", "cmdb_ci_vm_instance", f"arn:aws:ec2:us-east-1:{alpha}:instance/{gone_alpha}") in changes
+    # retired: the instance, and with it whatever AWS removed along (its ENI, its root volume), nothing else
+    assert {a for a, _t, _i in changes} <= {"retire", "delete"}
+    assert {t for a, t, _i in changes if a == "retire"} <= {"cmdb_ci_vm_instance", "cmdb_ci_nic", "cmdb_ci_storage_volume"}
+    assert all(f":{alpha}:" in i for _a, t, i in changes if t != "cmdb_rel_ci")
     assert report["tables"]["cmdb_ci_vm_instance"]["retired"] == 1
     # unknown is not empty: bravo's records are exactly as they were, its terminated instance included
     assert sorted(of_account(cis(sn), bravo), key=lambda r: r["sys_id"]) == bravo_before

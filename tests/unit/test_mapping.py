@@ -339,3 +339,29 @@ def test_builtin_mappings_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert len(load_mappings().mappings) == 16
     assert Path(load_mappings().mappings["cmdb_ci_network"].file).name == "cmdb_ci_network.toml"
+
+
+FAST_CASES = [
+    "(Tags[?Key=='Name'].Value | [0]) || InstanceId", "Location || 'us-east-1'", "Attachments[0].InstanceId",
+    "Endpoint.Port", "Name || Id", "Tags[?Key=='env'].Value | [0]", "a.b.c", "a[0]", "a[-1]", "@",
+    "x || y || z", "Tags[?Key=='Name'].Value | [1]", "Id == Organization.MasterAccountId",
+]
+FAST_ITEMS = [
+    {}, {"Tags": []}, {"Tags": None}, {"Tags": "oops"}, {"Tags": [{"Key": "Name", "Value": None}, {"Key": "Name", "Value": "b"}]},
+    {"Tags": [{"Key": "Name", "Value": ""}], "InstanceId": "i-1"}, {"Tags": [{"Key": "env", "Value": "prod"}, "junk"]},
+    {"Location": None}, {"Location": "eu-west-1"}, {"Location": ""}, {"Attachments": []}, {"Attachments": [{"InstanceId": "i-2"}]},
+    {"Attachments": {"0": "x"}}, {"Endpoint": {"Port": 5432}}, {"Endpoint": None}, {"Name": "", "Id": "1"},
+    {"Name": [], "Id": {}}, {"a": {"b": {"c": 0}}}, {"a": [1, 2]}, {"a": "str"}, {"x": False, "y": {}, "z": 0},
+    {"Id": "1", "Organization": {"MasterAccountId": "1"}},
+]
+
+
+@pytest.mark.parametrize("expression", FAST_CASES)
+def test_fast_paths_agree_with_jmespath(expression):
+    import jmespath
+
+    from connector.mapping.expressions import compile_path
+
+    compiled = compile_path(expression)
+    for item in FAST_ITEMS:
+        assert compiled(item) == jmespath.search(expression, item), (expression, item)
