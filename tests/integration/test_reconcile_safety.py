@@ -1,0 +1,132 @@
+"""Reconciliation that never loses data, against the stand-in over HTTP."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import pytest
+
+from connector.inventory import write_inventory
+from connector.models import Record
+from connector.run import run_pipeline
+from connector.sandbox.servicenow import ServiceNowStandIn
+from connector.sandbox.synthetic import synthetic_inventory
+from connector.servicenow.cmdb import CmdbReader
+from connector.settings import load_settings
+
+PASSWORD = "safety-password"
+DS = "AWS CMDB Connector"
+
+
+def settings_for(server, tmp_path, **servicenow):
+    return load_settings(None, {"aws": {"external_id": "not-used-here"},
+                                "servicenow": {"instance_url": server.url, "username": "svc", "password": PASSWORD, **servicenow},
+                                "report": {"output_dir": str(tmp_path / "reports")}})
+
+
+def duplicates(server) -> list[str]:
+    keys = Counter(r["correlation_id"] for r in server.store.rows("cmdb_ci"))
+    return [k for k, n in keys.items() if n > 1]
+
+
+def test_kill_9_during_apply_then_the_next_run_converges(tmp_path):
+    inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=2, instances=20)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}, latency=0.02) as server:
+        config = tmp_path / "config.toml"
+        config.write_text(f'[aws]\nexternal_id = "not-used-here"\n\n[servicenow]\ninstance_url = "{server.url}"\n'
+                          f'username = "svc"\nworkers = 4\n\n[report]\noutput_dir = "reports"\n')
+        env = {**os.environ, "CMDB_SERVICENOW__PASSWORD": PASSWORD}
+        proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "--config", str(config), "run", "--inventory", str(path)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while server.writes() < 25 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        half = server.writes()
+        assert 25 <= half < 100  # killed part-way through the CIs
+
+        settings = settings_for(server, tmp_path, workers=4)
+        finished = run_pipeline(settings, inventory_file=path)
+        assert finished.exit_code == 0, finished.report["errors"]
+        assert duplicates(server) == []
+        assert len(server.store.rows("cmdb_ci")) == 2 + 2 + 2 + 4 + 80  # accounts, regions, VPCs, subnets, instances
+        relations = Counter((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci"))
+        assert max(relations.values()) == 1 and len(relations) == 2 + 2 + 4 * 2 + 80
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+
+def test_a_dropped_query_condition_never_retires_what_is_not_ours(tmp_path, monkeypatch):
+    """ServiceNow drops conditions on unknown fields: a typo returns every row. Nothing wrong is retired."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=4)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        account = inventory.accounts[0].account_id
+        theirs = server.store.insert("cmdb_ci_vm_instance", {
+            "name": "discovered", "discovery_source": "ServiceNow", "install_status": "1",
+            "correlation_id": f"arn:aws:ec2:us-east-1:{account}:instance/i-discovered", "object_id": "i-discovered"}, "disco")
+        unkeyed = server.store.insert("cmdb_ci_vm_instance", {"name": "by hand", "install_status": "1"}, "admin")
+
+        def typo_owned(self, table, fields):
+            # discovery_sorce: the instance drops the condition and returns every row of the table
+            return self._cis(table, f"discovery_sorce={self.discovery_source}^sys_class_name={table}", fields)
+
+        monkeypatch.setattr(CmdbReader, "owned_cis", typo_owned)
+        outcome = run_pipeline(load_settings(None, {**_data(server, tmp_path), "reconcile": {"max_retire_fraction": 1.0}}),
+                               inventory_file=path)
+        assert outcome.exit_code == 0
+        assert [c for c in outcome.report["changes"] if c["action"] == "retire"] == []
+        assert server.store.get("cmdb_ci_vm_instance", theirs["sys_id"])["install_status"] == "1"
+        assert server.store.get("cmdb_ci_vm_instance", unkeyed["sys_id"])["install_status"] == "1"
+
+
+def _data(server, tmp_path) -> dict:
+    return {"aws": {"external_id": "not-used-here"},
+            "servicenow": {"instance_url": server.url, "username": "svc", "password": PASSWORD},
+            "report": {"output_dir": str(tmp_path / "reports")}}
+
+
+def test_adoption_duplicates_revive_and_the_guard_over_http(tmp_path):
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=8)
+    account = inventory.accounts[0].account_id
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        first_vm = next(r.resource["InstanceId"] for r in inventory.records if r.source == "ec2:instance")
+        made_by_discovery = server.store.insert("cmdb_ci_vm_instance", {
+            "name": "old name", "object_id": first_vm, "discovery_source": "ServiceNow", "install_status": "1"}, "disco")
+        twin = f"arn:aws:ec2:us-east-1:{account}:subnet/" + next(r.resource["SubnetId"] for r in inventory.records if r.source == "ec2:subnet")
+        for _ in range(2):
+            server.store.insert("cmdb_ci_cloud_subnet", {"name": "dup", "correlation_id": twin, "discovery_source": DS}, "x")
+        settings = settings_for(server, tmp_path)
+        report = run_pipeline(settings, inventory_file=path).report
+        adopted = server.store.get("cmdb_ci_vm_instance", made_by_discovery["sys_id"])
+        assert adopted["discovery_source"] == DS and adopted["correlation_id"].endswith(first_vm)
+        assert len([r for r in server.store.rows("cmdb_ci_vm_instance") if r["object_id"] == first_vm]) == 1
+        assert report["duplicates"] == [{"table": "cmdb_ci_cloud_subnet", "identity": twin, "sys_ids": sorted(
+            r["sys_id"] for r in server.store.rows("cmdb_ci_cloud_subnet"))}]
+
+        # six of eight instances gone: the guard holds them, --force retires them
+        gone = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=2)
+        smaller = tmp_path / "smaller.jsonl"
+        write_inventory(gone, smaller)
+        held = run_pipeline(settings, inventory_file=smaller)
+        assert held.report["tables"]["cmdb_ci_vm_instance"]["retired"] == 0
+        assert "would retire 6 of 8 owned CIs" in held.report["guards"][0]
+        forced = run_pipeline(settings, inventory_file=smaller, force=True)
+        assert forced.report["tables"]["cmdb_ci_vm_instance"]["retired"] == 6
+        # they come back: revived
+        back = run_pipeline(settings, inventory_file=path)
+        assert back.report["tables"]["cmdb_ci_vm_instance"]["revived"] == 6
+        assert {r["install_status"] for r in server.store.rows("cmdb_ci_vm_instance")} == {"1"}

@@ -1,0 +1,126 @@
+"""Property: for any inventory and any CMDB state, applying the plan and planning
+again gives an empty plan (convergence), and nothing outside the run's ok scopes
+or not owned is ever written."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.mapping.load import MappingSet, load_mappings
+from connector.mapping.transform import map_inventory
+from connector.models import DENIED, OK, ExistingCI, ExistingRelation, Inventory, Record, Scope
+from connector.reconcile.plan import CREATE, PlanOptions, plan_changes
+from connector.run import table_policies
+
+DS = "AWS CMDB Connector"
+ACCOUNTS = ["111111111111", "222222222222"]
+REGION = "us-east-1"
+MAPPINGS = load_mappings()
+SOURCES = ("ec2:region", "ec2:vpc", "ec2:subnet", "ec2:instance")
+SUBSET = MappingSet({n: m for n, m in MAPPINGS.mappings.items()
+                     if n in ("cmdb_ci_aws_datacenter", "cmdb_ci_network", "cmdb_ci_cloud_subnet", "cmdb_ci_vm_instance")})
+POLICIES = table_policies(SUBSET)
+REL_TYPES = {"Hosted on::Hosts": "t1", "Contains::Contained by": "t2", "Located in::Houses": "t3"}
+
+vpc_ids = st.sampled_from([f"vpc-{i}" for i in range(3)])
+names = st.sampled_from(["a", "b", "c", None])
+instances = st.fixed_dictionaries({
+    "InstanceId": st.sampled_from([f"i-{i}" for i in range(6)]),
+    "State": st.fixed_dictionaries({"Name": st.sampled_from(["running", "stopped", "pending"])}),
+    "PrivateIpAddress": st.one_of(st.none(), st.sampled_from(["10.0.0.1", "10.0.0.2"])),
+    "InstanceType": st.sampled_from(["t3.micro", "m5.large"]),
+    "Tags": st.lists(st.fixed_dictionaries({"Key": st.just("Name"), "Value": st.sampled_from(["web", "db"])}), max_size=1),
+    "Placement": st.just({"AvailabilityZone": "us-east-1a"}),
+})
+vpcs = st.fixed_dictionaries({"VpcId": vpc_ids, "CidrBlock": st.sampled_from(["10.0.0.0/16", "10.1.0.0/16"])})
+subnets = st.fixed_dictionaries({"SubnetId": st.sampled_from(["subnet-1", "subnet-2"]), "VpcId": vpc_ids,
+                                 "CidrBlock": st.just("10.0.1.0/24"), "AvailableIpAddressCount": st.integers(0, 250)})
+
+
+@st.composite
+def inventories(draw):
+    inventory = Inventory()
+    for account in ACCOUNTS:
+        status = draw(st.sampled_from([OK, OK, DENIED]))
+        for source in SOURCES:
+            inventory.scopes.append(Scope(account, REGION, source, status))
+        if status != OK:
+            continue
+        inventory.records.append(Record(account, REGION, "ec2:region", {"RegionName": REGION}))
+        for source, strategy in (("ec2:vpc", vpcs), ("ec2:subnet", subnets), ("ec2:instance", instances)):
+            for item in draw(st.lists(strategy, max_size=4)):
+                inventory.records.append(Record(account, REGION, source, item))
+    return inventory
+
+
+class MemoryCmdb:
+    """Applies a plan to plain dicts, the way the Table API would."""
+
+    def __init__(self):
+        self.cis: dict[str, dict[str, str]] = {}
+        self.relations: dict[str, tuple[str, str, str]] = {}
+        self.written: list[str] = []
+        self._next = 0
+
+    def new_id(self, prefix: str) -> str:
+        self._next += 1
+        return f"{prefix}{self._next}"
+
+    def existing(self) -> dict[str, list[ExistingCI]]:
+        out: dict[str, list[ExistingCI]] = {}
+        for sys_id, fields in self.cis.items():
+            out.setdefault(fields["sys_class_name"], []).append(ExistingCI(fields["sys_class_name"], sys_id, dict(fields)))
+        return out
+
+    def apply(self, plan) -> None:
+        sys_ids = dict(plan.sys_ids)
+        for change in plan.changes:
+            if change.action == CREATE:
+                sys_id = self.new_id("s")
+                self.cis[sys_id] = {"sys_id": sys_id, "sys_class_name": change.table, **change.payload}
+                sys_ids[(change.table, change.identity)] = sys_id
+            else:
+                self.cis[change.sys_id].update(change.payload)
+            self.written.append(change.identity)
+        for rel in plan.relation_changes:
+            if rel.action == "delete":
+                del self.relations[rel.sys_id]
+            else:
+                self.relations[self.new_id("r")] = (
+                    sys_ids[rel.parent], sys_ids[rel.child], REL_TYPES[rel.type])
+
+    def existing_relations(self) -> list[ExistingRelation]:
+        return [ExistingRelation(k, p, c, t) for k, (p, c, t) in self.relations.items()]
+
+
+def plan_for(inventory: Inventory, cmdb: MemoryCmdb):
+    mapped = map_inventory(inventory, SUBSET)
+    return plan_changes(mapped.cis, cmdb.existing(), inventory.scopes, mapped.problems, cmdb.existing_relations(),
+                        REL_TYPES, POLICIES, PlanOptions(DS, max_retire_fraction=1.0))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(inventories(), min_size=1, max_size=4))
+def test_apply_then_plan_again_is_empty_and_unknown_scopes_are_never_written(runs):
+    cmdb = MemoryCmdb()
+    foreign = {"sys_id": "foreign", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "ServiceNow Discovery",
+               "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNTS[0]}:instance/i-foreign", "install_status": "1"}
+    cmdb.cis["foreign"] = dict(foreign)
+    for inventory in runs:
+        denied = {s.account_id for s in inventory.scopes if s.status != OK}
+        before = {k: dict(v) for k, v in cmdb.cis.items()}
+        plan = plan_for(inventory, cmdb)
+        cmdb.apply(plan)
+        # convergence: the same inventory plans nothing more
+        again = plan_for(inventory, cmdb)
+        assert again.changes == [] and again.relation_changes == []
+        # unknown is not empty: a denied account's CIs are exactly as they were
+        for sys_id, fields in before.items():
+            if any(f":{a}:" in fields.get("correlation_id", "") for a in denied):
+                assert cmdb.cis[sys_id] == fields
+        # never owned, never touched
+        assert cmdb.cis["foreign"] == foreign
+        # no duplicates
+        keys = [f.get("correlation_id") for f in cmdb.cis.values()]
+        assert len(keys) == len(set(keys))
