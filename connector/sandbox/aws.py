@@ -45,6 +45,9 @@ class FrontState:
     denied: set[str] = field(default_factory=set)
     external_id: str | None = None
     latency: float = 0.0
+    # Check the role as IAM would: it must exist, and its trust policy's
+    # sts:ExternalId condition (if any) must match.
+    enforce_trust: bool = False
     calls: Counter = field(default_factory=Counter)
     assume_role_calls: Counter = field(default_factory=Counter)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -57,6 +60,8 @@ class FrontState:
                 self.external_id = settings["external_id"]
             if "latency" in settings:
                 self.latency = float(settings["latency"])
+            if "enforce_trust" in settings:
+                self.enforce_trust = bool(settings["enforce_trust"])
             if settings.get("clear_calls"):
                 self.calls.clear()
                 self.assume_role_calls.clear()
@@ -78,7 +83,31 @@ class FrontState:
                 return role
             if self.external_id is not None and (form.get("ExternalId") or [""])[0] != self.external_id:
                 return role
+            enforce = self.enforce_trust
+        if enforce and not _trusts(account, (form.get("ExternalId") or [""])[0]):
+            return role
         return None
+
+
+def _trusts(account: str, external_id: str) -> bool:
+    """Does the account's CMDBReadRole exist, and accept this ExternalId? (moto's IAM state)"""
+    from moto.core import DEFAULT_ACCOUNT_ID  # noqa: F401 - moto is loaded in this process
+    from moto.iam.models import iam_backends
+
+    try:
+        role = iam_backends[account]["global"].get_role(GUARDED_ROLE)
+    except Exception:  # noqa: BLE001 - a missing role is a refusal
+        return False
+    document = role.assume_role_policy_document
+    policy = json.loads(document) if isinstance(document, str) else document
+    statements = policy.get("Statement", [])
+    for statement in statements if isinstance(statements, list) else [statements]:
+        if statement.get("Effect") != "Allow":
+            continue
+        wanted = (statement.get("Condition") or {}).get("StringEquals", {}).get("sts:ExternalId")
+        if wanted is None or wanted == external_id:
+            return True
+    return False
 
 
 def _action(body: bytes) -> str:
@@ -145,9 +174,10 @@ class AwsSandbox:
     """``with AwsSandbox(...) as aws:`` -> ``aws.url`` is the AWS endpoint to use."""
 
     def __init__(self, denied_accounts: tuple[str, ...] = (), external_id: str | None = None,
-                 latency: float = 0.0, separate_process: bool = False):
+                 latency: float = 0.0, separate_process: bool = False, enforce_trust: bool = False):
         self.separate_process = separate_process
-        self._initial = {"denied": sorted(denied_accounts), "external_id": external_id, "latency": latency}
+        self._initial = {"denied": sorted(denied_accounts), "external_id": external_id, "latency": latency,
+                         "enforce_trust": enforce_trust}
         self._state: FrontState | None = None
         self._server = None
         self._process: subprocess.Popen | None = None
