@@ -39,7 +39,9 @@ def test_cfn_lint_passes():
 
 def test_role_template_security_properties():
     doc = template()
-    assert set(doc["Parameters"]) == {"TrustedAccountId", "TrustedUserName", "ExternalId", "AllowedSourceIps"}
+    assert set(doc["Parameters"]) == {"TrustedAccountId", "TrustedUserName", "ExternalId", "AllowedSourceIps",
+                                      "TrustedPrincipalType"}
+    assert doc["Parameters"]["TrustedPrincipalType"]["AllowedValues"] == ["user", "role"]
     assert doc["Parameters"]["ExternalId"]["NoEcho"] is True
     roles = [r for r in doc["Resources"].values() if r["Type"] == "AWS::IAM::Role"]
     assert len(roles) == 1 and len(doc["Resources"]) == 1
@@ -49,7 +51,7 @@ def test_role_template_security_properties():
     (statement,) = role["AssumeRolePolicyDocument"]["Statement"]
     assert statement["Effect"] == "Allow" and statement["Action"] == "sts:AssumeRole"
     principal = statement["Principal"]["AWS"]
-    assert principal == {"Fn::Sub": "arn:${AWS::Partition}:iam::${TrustedAccountId}:user/${TrustedUserName}"}
+    assert principal == {"Fn::Sub": "arn:${AWS::Partition}:iam::${TrustedAccountId}:${TrustedPrincipalType}/${TrustedUserName}"}
     assert "*" not in json.dumps(statement["Principal"])
     condition = statement["Condition"]["Fn::If"]
     with_ip, without_ip = condition[1], condition[2]
