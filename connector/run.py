@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -72,24 +73,27 @@ def table_policies(mappings: MappingSet) -> dict[str, TablePolicy]:
     }
 
 
-def read_existing(reader: CmdbReader, mappings: MappingSet, mapped: MapResult) -> dict:
-    """Owned CIs (one paged query per table), plus the CIs to adopt."""
-    existing = {}
-    for table, variants in mappings.tables.items():
-        mapping = variants[0]
-        fields = sorted({f for m in variants for f in m.fields} | set(mapping.retire) | set(mapping.revive))
-        found = reader.owned_cis(table, fields)
-        known = {ci.fields.get(mapping.identity_field) for ci in found}
-        missing = [ci for ci in mapped.cis if ci.table == table and ci.identity not in known]
-        if missing:
-            found += reader.cis_where_in(table, mapping.identity_field, [ci.identity for ci in missing], fields)
-            known |= {ci.fields.get(mapping.identity_field) for ci in found}
-            object_ids = [str(ci.fields.get("object_id")) for ci in missing
-                          if ci.identity not in known and ci.fields.get("object_id")]
-            if object_ids:
-                found += reader.cis_where_in(table, "object_id", object_ids, fields, f"^{mapping.identity_field}ISEMPTY")
-        existing[table] = found
-    return existing
+def read_existing(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> dict:
+    """Owned CIs (one paged query per table, tables read in parallel), plus the CIs to adopt."""
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read-table") as pool:
+        found = pool.map(lambda item: _read_table(reader, item[0], item[1], mapped), mappings.tables.items())
+        return dict(zip(mappings.tables, found))
+
+
+def _read_table(reader: CmdbReader, table: str, variants: list, mapped: MapResult) -> list:
+    mapping = variants[0]
+    fields = sorted({f for m in variants for f in m.fields} | set(mapping.retire) | set(mapping.revive))
+    found = reader.owned_cis(table, fields)
+    known = {ci.fields.get(mapping.identity_field) for ci in found}
+    missing = [ci for ci in mapped.cis if ci.table == table and ci.identity not in known]
+    if not missing or not reader.others_exist(table):
+        return found
+    found += reader.cis_where_in(table, mapping.identity_field, [ci.identity for ci in missing], fields)
+    known |= {ci.fields.get(mapping.identity_field) for ci in found}
+    object_ids = [str(ci.fields.get("object_id")) for ci in missing if ci.identity not in known and ci.fields.get("object_id")]
+    if object_ids:
+        found += reader.cis_where_in(table, "object_id", object_ids, fields, f"^{mapping.identity_field}ISEMPTY")
+    return found
 
 
 def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None) -> int:
@@ -125,12 +129,12 @@ def run_pipeline(
     try:
         inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
         mapped = map_inventory(inventory, mappings)
-        reader = CmdbReader(tables_client, sn.discovery_source)
+        reader = CmdbReader(tables_client, sn.discovery_source, sn.workers)
         policies = table_policies(mappings)
         rel_types = reader.relation_types({r.type for m in mappings.mappings.values() for r in m.relations})
         plan = plan_changes(
             mapped.cis,
-            read_existing(reader, mappings, mapped),
+            read_existing(reader, mappings, mapped, sn.workers),
             inventory.scopes,
             mapped.problems,
             reader.relations(rel_types.values()),

@@ -94,6 +94,26 @@ class TableApi:
         self.store = store
         self.base_url = base_url
         self.faults = faults
+        # (table, query) -> (store version, matching rows in order): the pages of
+        # one paged read cost one scan, as an index would make them on a real instance
+        self._results: dict[tuple[str, str], tuple[int, list[dict[str, str]]]] = {}
+        self._results_lock = threading.Lock()
+
+    def _matching(self, table: str, text: str, query, resolve, known) -> list[dict[str, str]]:
+        version = self.store.version
+        with self._results_lock:
+            cached = self._results.get((table, text))
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        rows = [row for row in self.store.rows(table) if encoded_query.matches(query, row, resolve)]
+        for name, descending in reversed(query.order):
+            if name in known:
+                rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
+        with self._results_lock:
+            if len(self._results) > 64:
+                self._results.clear()
+            self._results[(table, text)] = (version, rows)
+        return rows
 
     def handle(self, method: str, table: str, sys_id: str | None, version: str,
                params: dict[str, list[str]], body: bytes, user: str) -> Reply:
@@ -166,10 +186,7 @@ class TableApi:
                 return None  # a condition on an unknown field is dropped
             return self.store.resolve(row, name)
 
-        rows = [row for row in self.store.rows(table) if encoded_query.matches(query, row, resolve)]
-        for name, descending in reversed(query.order):
-            if name in known:
-                rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
+        rows = self._matching(table, one("sysparm_query"), query, resolve, known)
         total = len(rows)
         page = rows[offset : offset + limit] if limit > 0 else []
         hidden = self.faults.acl_hidden_prefix
@@ -342,6 +359,9 @@ class ServiceNowStandIn:
 class _Handler(BaseHTTPRequestHandler):
     app: ServiceNowStandIn
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm on, the
+    # body waits for the client's delayed ACK, some 40 ms per request.
+    disable_nagle_algorithm = True
     server_version = "ServiceNow"
     sys_version = ""
 
@@ -545,3 +565,25 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/sandbox/dump" and method == "GET":
             return Reply(200, self.app.store.dump())
         return error(404, "No such sandbox endpoint", path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m connector.sandbox.servicenow --port N --user NAME:PASSWORD``: serve until killed."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description="the ServiceNow stand-in, on 127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--user", action="append", default=[], metavar="NAME:PASSWORD")
+    parser.add_argument("--latency", type=float, default=0.0)
+    parser.add_argument("--db", help="persist the CMDB in this SQLite file")
+    args = parser.parse_args(argv)
+    users = dict(u.split(":", 1) for u in args.user) or None
+    server = ServiceNowStandIn(users, port=args.port, db_path=args.db, latency=args.latency).start()
+    try:
+        threading.Event().wait()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    main()

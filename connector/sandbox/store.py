@@ -39,6 +39,7 @@ class Store:
         self.lock = threading.RLock()
         self.by_class: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TABLES}
         self.class_of: dict[str, str] = {}
+        self.version = 0
         self._db: sqlite3.Connection | None = None
         if db_path is not None:
             self._db = sqlite3.connect(str(db_path), check_same_thread=False)
@@ -52,6 +53,7 @@ class Store:
                 self.insert("cmdb_rel_type", {"name": name, "parent_descriptor": parent, "child_descriptor": child}, "system")
 
     def _persist(self, record: dict[str, str] | None, sys_id: str) -> None:
+        self.version += 1  # called on every change: cached query results are stale
         if self._db is None:
             return
         if record is None:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
 import pysnow
+import requests
 
 from ..settings import ServiceNowSettings
 from .auth import make_auth
@@ -49,6 +51,10 @@ class TableClient:
             kwargs["sleep"] = self._sleep
         session = ServiceNowSession(**kwargs)
         session.auth = self._auth
+        # Proxies from the environment, read once here rather than on every
+        # request (requests scans the whole environment each time).
+        session.proxies.update(requests.utils.get_environ_proxies(s.instance_url))
+        session.trust_env = False
         return session
 
     def _pysnow(self) -> pysnow.Client:
@@ -83,36 +89,56 @@ class TableClient:
             session.close()
 
     # -- reads --------------------------------------------------------------
-    def query(self, table: str, query: str, fields: list[str], page_size: int | None = None) -> Iterator[dict[str, Any]]:
+    def _page(self, table: str, ordered: str, fields: list[str], limit: int, offset: int) -> tuple[list[dict], str | None]:
+        response = self._resource(table).get(query=ordered, limit=limit, offset=offset, fields=list(fields))
+        return response.all(), response.headers.get("X-Total-Count")
+
+    def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
+              workers: int = 1) -> Iterator[dict[str, Any]]:
         """Every matching row, paged by offset in ``sys_id`` order.
 
         A short page is not the end: ``sysparm_limit`` applies before ACLs, so
         the count in ``X-Total-Count`` decides; without it, an empty page does.
+        Once the first page has given the count, the other pages are fetched
+        by up to ``workers`` sessions at once, and yielded in order.
         """
         limit = page_size or self._settings.page_size
         ordered = f"{query}^ORDERBYsys_id" if query else "ORDERBYsys_id"
-        offset = 0
-        while True:
-            response = self._resource(table).get(
-                query=ordered, limit=limit, offset=offset, fields=list(fields),
-            )
-            rows = response.all()
+        rows, total = self._page(table, ordered, fields, limit, 0)
+        yield from rows
+        if total is not None and total.isdigit():
+            offsets = list(range(limit, int(total), limit))
+            if workers > 1 and len(offsets) > 1:
+                with ThreadPoolExecutor(max_workers=min(workers, len(offsets)), thread_name_prefix="read") as pool:
+                    for page, _count in pool.map(lambda at: self._page(table, ordered, fields, limit, at), offsets):
+                        yield from page
+            else:
+                for at in offsets:
+                    yield from self._page(table, ordered, fields, limit, at)[0]
+            return
+        offset = limit
+        while rows:
+            rows, _count = self._page(table, ordered, fields, limit, offset)
             yield from rows
-            total = response.headers.get("X-Total-Count")
             offset += limit
-            if total is not None and total.isdigit():
-                if offset >= int(total):
-                    return
-            elif not rows:
-                return
+
+    def count(self, table: str, query: str) -> int | None:
+        """How many rows match, from ``X-Total-Count`` (one row fetched), or None if not told."""
+        _rows, total = self._page(table, query, ["sys_id"], 1, 0)
+        return int(total) if total is not None and total.isdigit() else None
 
     # -- writes -------------------------------------------------------------
+    def _writer(self, table: str):
+        resource = self._resource(table)
+        resource.parameters.add_custom({"sysparm_fields": "sys_id"})  # only the sys_id back
+        return resource
+
     def create(self, table: str, payload: dict[str, str]) -> dict[str, Any]:
-        return self._resource(table).create(payload=payload).one()
+        return self._writer(table).create(payload=payload).one()
 
     def update(self, table: str, sys_id: str, payload: dict[str, str]) -> dict[str, Any]:
         """PATCH with only the given (changed) fields."""
-        return self._resource(table).request("PATCH", path_append=f"/{sys_id}", data=json.dumps(payload)).one()
+        return self._writer(table).request("PATCH", path_append=f"/{sys_id}", data=json.dumps(payload)).one()
 
     def delete(self, table: str, sys_id: str) -> None:
         self._resource(table).request("DELETE", path_append=f"/{sys_id}").all()

@@ -40,20 +40,27 @@ def _ref(value) -> str:
 
 
 class CmdbReader:
-    def __init__(self, tables: TableClient, discovery_source: str):
+    def __init__(self, tables: TableClient, discovery_source: str, workers: int = 1):
         self.tables = tables
         self.discovery_source = discovery_source
+        self.workers = workers  # sessions that may read pages of one query at once
 
     def _cis(self, table: str, query: str, fields: Iterable[str]) -> list[ExistingCI]:
         wanted = sorted(set(BASE_FIELDS) | set(fields))
         return [
             ExistingCI(table, row["sys_id"], {k: _ref(v) if isinstance(v, dict) else str(v) for k, v in row.items()})
-            for row in self.tables.query(table, query, wanted)
+            for row in self.tables.query(table, query, wanted, workers=self.workers)
         ]
 
     def owned_cis(self, table: str, fields: Iterable[str]) -> list[ExistingCI]:
         """One paged query for the table's CIs stamped with our discovery_source."""
         return self._cis(table, f"discovery_source={self.discovery_source}^sys_class_name={table}", fields)
+
+    def others_exist(self, table: str) -> bool:
+        """Does the class hold any CI that is not ours? (If not, there is nothing to adopt.)"""
+        query = f"sys_class_name={table}^discovery_source!={self.discovery_source}^ORdiscovery_sourceISEMPTY"
+        count = self.tables.count(table, query)
+        return count is None or count > 0
 
     def cis_where_in(self, table: str, field: str, values: list[str], fields: Iterable[str], extra: str = "") -> list[ExistingCI]:
         """CIs whose ``field`` is one of ``values`` (for adoption), in chunks."""
@@ -78,7 +85,7 @@ class CmdbReader:
         query = f"parent.discovery_source={self.discovery_source}^typeIN{','.join(type_ids)}"
         return [
             ExistingRelation(row["sys_id"], _ref(row.get("parent")), _ref(row.get("child")), _ref(row.get("type")))
-            for row in self.tables.query(REL_TABLE, query, ["sys_id", "parent", "child", "type"])
+            for row in self.tables.query(REL_TABLE, query, ["sys_id", "parent", "child", "type"], workers=self.workers)
         ]
 
 
@@ -204,7 +211,8 @@ class TableApiWriter:
 
 
 def _rest_request(index: int, op: WriteOp) -> dict[str, Any]:
-    url = f"/api/now/table/{op.table}" + (f"/{op.sys_id}" if op.sys_id else "")
+    # Only the sys_id back: the rest of the record is what we just sent.
+    url = f"/api/now/table/{op.table}" + (f"/{op.sys_id}" if op.sys_id else "") + "?sysparm_fields=sys_id"
     request: dict[str, Any] = {
         "id": str(index),
         "method": op.method,

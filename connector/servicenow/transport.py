@@ -78,13 +78,15 @@ def validate_response(response: requests.Response, *args: Any, **kwargs: Any) ->
                 "queued request)", **where
             )
         try:
-            response.json()
+            parsed = response.json()
         except ValueError:
             kind = "an HTML page" if b"<html" in response.content[:2048].lower() else "something that is not JSON"
             raise ServiceNowBadResponse(
                 f"ServiceNow answered with {kind}: the instance may be hibernating, upgrading "
                 "or behind a proxy error page", **where
             ) from None
+        # Parsed once: pysnow and the batch writer read it again through .json().
+        response.json = lambda **_kwargs: parsed  # type: ignore[method-assign]
         return response
     message, detail = _error_body(response)
     if not message and "json" not in response.headers.get("Content-Type", ""):

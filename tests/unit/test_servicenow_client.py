@@ -326,8 +326,9 @@ def test_batch_checks_every_item_and_resends_unserviced():
     assert results[2] == WriteResult(sys_id="s2")
     first, second = (sent_items(c) for c in responses.calls)
     assert [(i["id"], i["method"], i["url"]) for i in first] == [
-        ("0", "POST", "/api/now/table/cmdb_ci_vm_instance"), ("1", "POST", "/api/now/table/cmdb_ci_vm_instance"),
-        ("2", "PATCH", "/api/now/table/cmdb_ci_vm_instance/s2")]
+        ("0", "POST", "/api/now/table/cmdb_ci_vm_instance?sysparm_fields=sys_id"),
+        ("1", "POST", "/api/now/table/cmdb_ci_vm_instance?sysparm_fields=sys_id"),
+        ("2", "PATCH", "/api/now/table/cmdb_ci_vm_instance/s2?sysparm_fields=sys_id")]
     assert first[0]["decoded"] == {"correlation_id": "arn:a", "name": "a"}
     assert [(i["id"], i["decoded"]) for i in second] == [("2", {"name": "b"})]
 

@@ -1,0 +1,126 @@
+"""Reconciliation benchmark: about 20,000 CIs against the stand-in, 20 ms per request.
+
+The stand-in runs in a process of its own and adds 20 ms to every request.
+Three runs: the first (everything created), a run with nothing changed, and a
+run where 1% of the instances changed.
+
+    python bench/reconcile_bench.py [--workers 8] [--batch-size 20] [--page-size 1000]
+
+For each run it prints the HTTP requests by kind, the wall time, and the
+ratio of the wall time to the lower bound (reads + writes / batch size) x
+latency / workers. Target: within 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+from connector.inventory import write_inventory
+from connector.run import run_pipeline
+from connector.sandbox.synthetic import synthetic_inventory
+from connector.settings import load_settings
+
+LATENCY = 0.02
+PASSWORD = "bench-password"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stats(url: str) -> Counter:
+    with urllib.request.urlopen(f"{url}/sandbox/stats", timeout=30) as response:
+        return Counter(json.loads(response.read())["stats"])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_run(label, settings, inventory_path, url, workers, batch_size, ci_count, page_size, standin_pid) -> None:
+    before = stats(url)
+    started, cpu, standin_cpu = time.perf_counter(), time.process_time(), cpu_seconds(standin_pid)
+    outcome = run_pipeline(settings, inventory_file=inventory_path)
+    wall = time.perf_counter() - started
+    cpu, standin_cpu = time.process_time() - cpu, cpu_seconds(standin_pid) - standin_cpu
+    requests = stats(url) - before
+    assert outcome.exit_code == 0, outcome.report["errors"]
+    reads = sum(n for k, n in requests.items() if k.startswith("GET "))
+    batches = requests.get("POST batch", 0)
+    direct = sum(n for k, n in requests.items() if k.split(" ")[0] in ("POST", "PATCH", "PUT", "DELETE") and k != "POST batch")
+    items = sum(n for k, n in requests.items() if k.startswith("batch ") and not k.startswith("batch GET"))
+    writes = items + direct
+    bound = (reads + writes / max(1, batch_size)) * LATENCY / workers
+    tables = len(outcome.report["tables"])
+    print(f"\n{label}: {wall:.2f} s wall; {writes} writes ({batches} batch requests, {direct} single), {reads} reads")
+    print(f"  CPU: {cpu:.2f} s in the connector, {standin_cpu:.2f} s in the stand-in")
+    print(f"  requests by kind: {dict(sorted(requests.items()))}")
+    print(f"  reads allowed for a no-change run: ceil(N / page) per table + a constant = "
+          f"{math.ceil(ci_count / page_size)} + {2 * tables + 2}")
+    print(f"  lower bound {bound:.2f} s; wall / bound = {wall / bound:.2f}x (target <= 2x)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--page-size", type=int, default=1000)
+    args = parser.parse_args()
+
+    port = free_port()
+    standin = subprocess.Popen([sys.executable, "-m", "connector.sandbox.servicenow", "--port", str(port),
+                                "--user", f"svc:{PASSWORD}", "--latency", str(LATENCY)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                stats(url)
+                break
+            except OSError:
+                time.sleep(0.1)
+        work = Path(tempfile.mkdtemp())
+        inventory = synthetic_inventory(accounts=10, regions=("us-east-1", "eu-west-1"), vpcs=2, subnets=5, instances=95)
+        ci_count = len(inventory.records)
+        first = work / "inventory.jsonl"
+        write_inventory(inventory, first)
+        changed = work / "changed.jsonl"
+        step = 0
+        for record in inventory.records:
+            if record.source == "ec2:instance":
+                step += 1
+                if step % 100 == 0:  # 1% of the instances
+                    record.resource["InstanceType"] = "m7g.large"
+        write_inventory(inventory, changed)
+        settings = load_settings(None, {
+            "aws": {"external_id": "not-used-here"},
+            "servicenow": {"instance_url": url, "username": "svc", "password": PASSWORD, "workers": args.workers,
+                           "batch_size": args.batch_size, "page_size": args.page_size},
+            "report": {"output_dir": str(work / "reports")},
+        })
+        print(f"{ci_count} CIs ({step} instances), {args.workers} workers, batch size {args.batch_size}, "
+              f"page size {args.page_size}, {LATENCY * 1000:.0f} ms per request")
+        one_run("first run", settings, first, url, args.workers, args.batch_size, ci_count, args.page_size, standin.pid)
+        one_run("no-change run", settings, first, url, args.workers, args.batch_size, ci_count, args.page_size, standin.pid)
+        one_run("1% change run", settings, changed, url, args.workers, args.batch_size, ci_count, args.page_size, standin.pid)
+    finally:
+        standin.terminate()
+        standin.wait(timeout=10)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
