@@ -15,6 +15,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ConnectorError, UsageError
 from .aws.targets import parse_shard
+from .ops import setup_logging
 from .mapping.load import load_mappings
 from .settings import Settings, find_config, load_settings
 
@@ -28,17 +29,23 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config", metavar="PATH", help="config file (default ./config.toml, then $CMDB_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
+                        help="auto: text on a terminal, JSON lines otherwise")
     parser.add_argument("--version", action="version", version=f"cmdb-connector {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     shard_help = "only the accounts of shard K of N (a stable hash of the account id)"
     run = sub.add_parser("run", help="collect, map, plan, apply, report")
     run.add_argument("--shard", metavar="K/N", help=shard_help)
+    run.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
+    run.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
     run.add_argument("--force", action="store_true", help="retire even past reconcile.max_retire_fraction")
     run.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
 
     plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
     plan.add_argument("--shard", metavar="K/N", help=shard_help)
+    plan.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
+    plan.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
     plan.add_argument("--force", action="store_true", help="plan retires past the guard, as run --force would")
     plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
 
@@ -57,22 +64,12 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="simulated AWS Organization + local ServiceNow stand-in, one full run")
     demo.add_argument("--output-dir", type=Path, default=Path("reports"), help="where the report goes (default ./reports)")
 
+    report = sub.add_parser("report", help="render a saved JSON report again: HTML, CSV, Prometheus textfile")
+    report.add_argument("file", type=Path)
+
     sandbox = sub.add_parser("sandbox", help="start the ServiceNow stand-in and the simulated AWS Organization, and wait")
     sandbox.add_argument("--db", type=Path, help="keep the stand-in's CMDB in this SQLite file between sandbox runs")
     return parser
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for noisy in ("botocore", "boto3", "urllib3", "pysnow", "werkzeug"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    # botocore logs a refused AssumeRole with a traceback; the connector
-    # reports it once, per account, with the reason.
-    logging.getLogger("botocore.credentials").setLevel(logging.ERROR)
 
 
 def _settings(args) -> Settings:
@@ -107,14 +104,32 @@ def cmd_init_mappings(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from .ops import RunLock, install_stop_handlers, parse_duration, run_every
     from .run import run_pipeline
 
-    outcome = run_pipeline(
-        _settings(args), mode=args.command, force=args.force, inventory_file=args.inventory,
-        shard=parse_shard(args.shard),
-    )
-    print(f"report: {outcome.report_path}")
-    return outcome.exit_code
+    settings = _settings(args)
+    shard = parse_shard(args.shard)
+    period = parse_duration(args.every) if args.every else None
+    jitter = parse_duration(args.jitter, allow_zero=True) if args.jitter else min(300.0, (period or 0) / 10)
+
+    def once() -> int:
+        outcome = run_pipeline(settings, mode=args.command, force=args.force, inventory_file=args.inventory, shard=shard)
+        print(f"report: {outcome.report_path}")
+        print(f"html: {outcome.report_path.with_suffix('.html')}", flush=True)
+        return outcome.exit_code
+
+    install_stop_handlers()
+    with RunLock(settings.path(settings.report.output_dir) / ".cmdb-connector.lock"):
+        return run_every(period, jitter, once) if period else once()
+
+
+def cmd_report(args) -> int:
+    from .report.outputs import load_report, write_outputs
+
+    written = write_outputs(load_report(args.file), args.file)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+    return 0
 
 
 def cmd_collect(args) -> int:
@@ -157,6 +172,7 @@ def cmd_demo(args) -> int:
         outcome = run_pipeline(settings, mode="run")
     print(summary_line(outcome.report))
     print(f"report: {outcome.report_path}")
+    print(f"html: {outcome.report_path.with_suffix('.html')}")
     return outcome.exit_code
 
 
@@ -186,6 +202,7 @@ COMMANDS = {
     "plan": cmd_run,
     "collect": cmd_collect,
     "check-access": cmd_check_access,
+    "report": cmd_report,
     "validate": cmd_validate,
     "init-mappings": cmd_init_mappings,
     "demo": cmd_demo,
@@ -195,7 +212,7 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _setup_logging(args.verbose)
+    setup_logging(args.verbose, args.log_format)
     try:
         return COMMANDS[args.command](args)
     except UsageError as exc:

@@ -22,6 +22,8 @@ from .models import DENIED, ERROR, THROTTLED, Inventory
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.json_report import build_report, summary_line, write_report
+from .ops import EXIT_INTERRUPTED, set_run_id, stop_requested
+from .report.outputs import write_outputs
 from .servicenow.client import TableClient
 from .servicenow.cmdb import CmdbReader, TableApiWriter
 from .settings import Settings
@@ -120,6 +122,7 @@ def run_pipeline(
 ) -> RunOutcome:
     """accounts -> sessions -> collect -> map -> plan -> apply -> report."""
     run_id, started = new_run_id(), _now()
+    set_run_id(run_id)
     mappings = mappings or load_mappings(settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None)
     inventory, mapped, plan, applied = None, MapResult(), None, None
     errors: list[str] = []
@@ -142,10 +145,12 @@ def run_pipeline(
             policies,
             PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
         )
-        if mode == "run":
+        if mode == "run" and not stop_requested():
             writer = TableApiWriter(tables_client, sn.batch_size)
             applied = apply_plan(plan, writer, policies, rel_types, sn.workers, sn.batch_size)
-        exit_code = exit_code_for(inventory, mapped, applied)
+        exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied)
+        if stop_requested():
+            errors.append("interrupted by a stop signal: writes not yet started were left for the next run")
     except UsageError:
         raise
     except ConnectorError as exc:
@@ -159,6 +164,7 @@ def run_pipeline(
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
     )
     path = write_report(report, settings.path(settings.report.output_dir))
+    write_outputs(report, path)
     log.info("%s", summary_line(report))
     return RunOutcome(exit_code, report, path)
 

@@ -16,6 +16,7 @@ from itertools import zip_longest
 from typing import Any, Iterable
 
 from ..mapping.load import CompiledSource
+from ..progress import bar
 from ..models import ERROR, GLOBAL_REGION, OK, SKIPPED, Account, Inventory, Record, Scope
 from .sessions import SessionPool, classify_error
 
@@ -133,10 +134,12 @@ def collect_inventory(
 
     ordered = _interleave(per_account)
     pool.warm({unit.source.service for unit in ordered})
-    with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collect") as executor:
+    with bar("collect", len(ordered)) as progress, \
+            ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collect") as executor:
         for scope, records in executor.map(collector.run_unit, ordered):
             inventory.scopes.append(scope)
             inventory.records.extend(records)
+            progress.advance(1, scope.status)
     return inventory
 
 

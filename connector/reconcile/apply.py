@@ -13,6 +13,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..ops import stop_requested
+from ..progress import bar
 from ..servicenow.cmdb import CmdbWriter, WriteOp, WriteResult, create_ci_op, create_relation_op
 from .plan import CREATE, CIChange, CIKey, Plan, RelationChange, TablePolicy
 
@@ -42,21 +44,26 @@ def describe(change: CIChange | RelationChange) -> str:
     return f"{change.action} {REL_TABLE} {change.parent[1]} [{change.type}] {change.child[1]}"
 
 
-def _write_all(writer: CmdbWriter, ops: list[WriteOp], chunk: int, workers: int) -> list[WriteResult]:
+def _write_all(writer: CmdbWriter, ops: list[WriteOp], chunk: int, workers: int, label: str) -> list[WriteResult]:
     """Every op, in chunks over the workers; results in the order of ``ops``."""
     if not ops:
         return []
     chunks = [ops[i : i + chunk] for i in range(0, len(ops), chunk)]
 
-    def run(part: list[WriteOp]) -> list[WriteResult]:
-        try:
-            return writer.write_many(part)
-        except Exception as exc:  # noqa: BLE001 - one chunk's bug must not lose the others
-            log.error("writes failed: unexpected %s: %s", type(exc).__name__, exc)
-            return [WriteResult(error=f"unexpected {type(exc).__name__}: {exc}")] * len(part)
+    with bar(label, len(ops)) as progress:
+        def run(part: list[WriteOp]) -> list[WriteResult]:
+            if stop_requested():  # in-flight writes finish; new ones are left for the next run
+                return [WriteResult(error="not attempted: the run was interrupted")] * len(part)
+            try:
+                results = writer.write_many(part)
+            except Exception as exc:  # noqa: BLE001 - one chunk's bug must not lose the others
+                log.error("writes failed: unexpected %s: %s", type(exc).__name__, exc)
+                results = [WriteResult(error=f"unexpected {type(exc).__name__}: {exc}")] * len(part)
+            progress.advance(len(part))
+            return results
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="apply") as executor:
-        return [result for part in executor.map(run, chunks) for result in part]
+        with ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="apply") as executor:
+            return [result for part in executor.map(run, chunks) for result in part]
 
 
 def _ci_op(change: CIChange, policies: dict[str, TablePolicy]) -> WriteOp:
@@ -84,7 +91,7 @@ def apply_plan(
     chunk = max(1, batch_size)
     sys_ids: dict[CIKey, str] = dict(plan.sys_ids)
 
-    ci_results = _write_all(writer, [_ci_op(c, policies) for c in plan.changes], chunk, workers)
+    ci_results = _write_all(writer, [_ci_op(c, policies) for c in plan.changes], chunk, workers, "apply CIs")
     _record(result, plan.changes, ci_results)
     for change, outcome in zip(plan.changes, ci_results):
         if outcome.sys_id:
@@ -104,5 +111,5 @@ def apply_plan(
             continue
         ready.append(change)
         ops.append(create_relation_op(parent, child, rel_types[change.type]))
-    _record(result, ready, _write_all(writer, ops, chunk, workers))
+    _record(result, ready, _write_all(writer, ops, chunk, workers, "apply relations"))
     return result

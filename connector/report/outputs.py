@@ -1,0 +1,232 @@
+"""Report outputs beside the JSON: a self-contained HTML page, a CSV of the
+changes, and a Prometheus textfile. Each is rendered from the JSON report
+alone, so ``cmdb-connector report FILE.json`` can render them again."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from datetime import datetime
+from html import escape
+from pathlib import Path
+from typing import Any
+
+from .json_report import write_text_atomic
+
+ACTIONS = ("created", "updated", "retired", "revived", "unchanged")
+COLORS = {"created": "#2e7d32", "updated": "#1565c0", "retired": "#c62828", "revived": "#6a1b9a", "unchanged": "#9e9e9e"}
+HEADLINES = {
+    0: ("OK", "#2e7d32", "Every scope was collected and every write succeeded."),
+    3: ("PARTIAL", "#ef6c00", "Some accounts or regions were not collected; their CIs were left exactly as they were. "
+                              "See the accounts table, then run check-access."),
+    1: ("FAILED", "#c62828", "Some writes failed or ServiceNow could not be reached. See the errors below; the next run "
+                             "finishes what this one could not."),
+}
+
+
+def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
+    code = report.get("exit_code", 1)
+    word, color, advice = HEADLINES.get(code, ("FAILED", "#c62828", "See the errors below."))
+    if report.get("mode") == "plan":
+        advice = "A plan: nothing was written. " + advice.replace("every write succeeded", "the changes below are what run would do")
+    if report.get("guards"):
+        advice += " The blast-radius guard held back retires: see Guards."
+    return word, color, advice
+
+
+def _chart(tables: dict[str, dict[str, int]]) -> str:
+    """Horizontal stacked bars per class, inline SVG (no script, no external asset)."""
+    rows = [(t, c) for t, c in tables.items() if sum(c.values())]
+    width, bar, label = 520, 18, 260
+    most = max((sum(c.values()) for _t, c in rows), default=1)
+    parts = [f'<svg id="chart" xmlns="http://www.w3.org/2000/svg" width="{label + width + 60}" '
+             f'height="{len(rows) * (bar + 6) + 30}" role="img" aria-label="changes per class">']
+    for i, (table, counts) in enumerate(rows):
+        y = i * (bar + 6)
+        parts.append(f'<text x="0" y="{y + 13}" font-size="12">{escape(table)}</text>')
+        x = label
+        for action in ACTIONS:
+            n = counts.get(action, 0)
+            if n:
+                w = max(1.0, width * n / most)
+                parts.append(f'<rect class="bar" data-table="{escape(table)}" data-action="{action}" data-count="{n}" '
+                             f'x="{x:.1f}" y="{y}" width="{w:.1f}" height="{bar}" fill="{COLORS[action]}">'
+                             f'<title>{escape(table)}: {n} {action}</title></rect>')
+                x += w
+        parts.append(f'<text x="{x + 4:.1f}" y="{y + 13}" font-size="11">{sum(counts.values())}</text>')
+    y = len(rows) * (bar + 6) + 14
+    for i, action in enumerate(ACTIONS):
+        parts.append(f'<rect x="{label + i * 100}" y="{y}" width="10" height="10" fill="{COLORS[action]}"/>'
+                     f'<text x="{label + i * 100 + 14}" y="{y + 9}" font-size="11">{action}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _table(headers: list[str], rows: list[list[Any]], table_id: str) -> str:
+    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{escape(str(c) if c is not None else '')}</td>" for c in row) + "</tr>"
+                   for row in rows)
+    return f'<table id="{table_id}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _changes(changes: list[dict[str, Any]]) -> str:
+    rows = []
+    for change in changes:
+        diff = "; ".join(f"{k}: {v.get('old', '')} \u2192 {v.get('new', '')}" for k, v in change.get("fields", {}).items())
+        text = " ".join(str(x) for x in (change["action"], change["table"], change["identity"], change.get("sys_id") or "",
+                                         change.get("status", ""), diff, change.get("error", ""))).lower()
+        cells = [change["action"], change["table"], change["identity"], change.get("sys_id") or "", change.get("status", ""),
+                 diff + (f" | error: {change['error']}" if change.get("error") else "")]
+        rows.append(f'<tr class="change" data-action="{escape(change["action"])}" data-search="{escape(text)}">'
+                    + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
+    head = "".join(f"<th>{h}</th>" for h in ("action", "class", "identity", "sys_id", "status", "fields (old \u2192 new)"))
+    return f'<table id="changes"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+
+
+SCRIPT = """
+(function () {
+  var search = document.getElementById('search');
+  var action = document.getElementById('action');
+  var shown = document.getElementById('shown');
+  function apply() {
+    var words = search.value.toLowerCase().split(/\\s+/).filter(Boolean);
+    var wanted = action.value;
+    var count = 0;
+    document.querySelectorAll('#changes tr.change').forEach(function (row) {
+      var ok = (!wanted || row.dataset.action === wanted) &&
+               words.every(function (w) { return row.dataset.search.indexOf(w) !== -1; });
+      row.style.display = ok ? '' : 'none';
+      if (ok) { count += 1; }
+    });
+    shown.textContent = count;
+  }
+  // A link can carry the filter: report.html#action=retire&q=vm_instance
+  var hash = new URLSearchParams(location.hash.slice(1));
+  if (hash.get('q')) { search.value = hash.get('q'); }
+  if (hash.get('action')) { action.value = hash.get('action'); }
+  search.addEventListener('input', apply);
+  action.addEventListener('change', apply);
+  apply();
+})();
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+.headline { padding: 1em; color: white; border-radius: 6px; }
+table { border-collapse: collapse; margin: 1em 0; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: top; }
+th { background: #f5f5f5; }
+td { word-break: break-all; }
+"""
+
+
+def render_html(report: dict[str, Any]) -> str:
+    word, color, advice = _headline(report)
+    totals = {a: sum(c.get(a, 0) for c in report["tables"].values()) for a in ACTIONS}
+    accounts = _table(["account", "name", "status", "reason"],
+                      [[a["account_id"], a["name"], a["status"], a.get("error")] for a in report["accounts"]], "accounts")
+    scopes = _table(["account", "region", "source", "status", "reason"],
+                    [[s["account_id"], s["region"], s["source"], s["status"], s.get("error")]
+                     for s in report.get("scopes", []) if s["status"] != "ok"], "scopes")
+    counts = _table(["class", *ACTIONS], [[t, *(c.get(a, 0) for a in ACTIONS)] for t, c in report["tables"].items()], "counts")
+    notes = "".join(f"<h2>{title}</h2><ul>" + "".join(f"<li>{escape(str(item))}</li>" for item in items) + "</ul>"
+                    for title, items in (("Guards", report.get("guards", [])), ("Errors", report.get("errors", [])),
+                                         ("Duplicates", report.get("duplicates", [])), ("Warnings", report.get("warnings", [])))
+                    if items)
+    options = "".join(f'<option value="{a}">{a}</option>' for a in ("create", "update", "retire", "revive", "delete"))
+    rel = report["relations"]
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>cmdb-connector {escape(report['mode'])} {escape(report['run_id'])}</title>
+<style>{STYLE}</style></head><body>
+<div class="headline" id="headline" style="background:{color}"><h1>{word}</h1><p>{escape(advice)}</p></div>
+<p>Run <code>{escape(report['run_id'])}</code> ({escape(report['mode'])}), {escape(report['started_at'])} to
+{escape(report['finished_at'])}, exit code {report['exit_code']}.</p>
+<p id="totals">CIs: {', '.join(f'{totals[a]} {a}' for a in ACTIONS)}. Relations: {rel['created']} created,
+{rel['deleted']} deleted, {rel['unchanged']} unchanged.</p>
+<h2>Changes per class</h2>{_chart(report['tables'])}{counts}
+<h2>Accounts</h2>{accounts}
+<h2>Scopes not collected</h2>{scopes}
+{notes}
+<h2>Change list</h2>
+<p><input id="search" type="search" placeholder="filter: class, identity, field, value..." size="50">
+<select id="action"><option value="">every action</option>{options}</select>
+<span id="shown"></span> of {len(report['changes'])} shown</p>
+{_changes(report['changes'])}
+<script>{SCRIPT}</script>
+</body></html>
+"""
+
+
+def render_csv(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["action", "table", "identity", "sys_id", "status", "field", "old", "new", "error"])
+    for change in report["changes"]:
+        fields = change.get("fields") or {"": {"old": "", "new": ""}}
+        for name, diff in fields.items():
+            writer.writerow([change["action"], change["table"], change["identity"], change.get("sys_id") or "",
+                             change.get("status", ""), name, diff.get("old", ""), diff.get("new", ""), change.get("error", "")])
+    return out.getvalue()
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+
+
+def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
+    match = re.search(r"^cmdb_connector_runs_total (\d+)", previous, re.M)
+    runs = (int(match.group(1)) if match else 0) + 1
+    started = datetime.fromisoformat(report["started_at"])
+    duration = (datetime.fromisoformat(report["finished_at"]) - started).total_seconds()
+    failed_scopes = sum(1 for s in report.get("scopes", []) if s["status"] not in ("ok", "skipped"))
+    failed_accounts = sum(1 for a in report["accounts"] if a["status"] not in ("ok", "skipped"))
+    lines = [
+        "# HELP cmdb_connector_runs_total Runs written to this file.", "# TYPE cmdb_connector_runs_total counter",
+        f"cmdb_connector_runs_total {runs}",
+        "# HELP cmdb_connector_last_run_exit_code 0 ok, 3 partial, 1 failed.", "# TYPE cmdb_connector_last_run_exit_code gauge",
+        f'cmdb_connector_last_run_exit_code{{mode="{_label(report["mode"])}"}} {report["exit_code"]}',
+        "# HELP cmdb_connector_last_run_timestamp_seconds When the last run started.",
+        "# TYPE cmdb_connector_last_run_timestamp_seconds gauge",
+        f"cmdb_connector_last_run_timestamp_seconds {started.timestamp():.0f}",
+        "# HELP cmdb_connector_last_run_duration_seconds How long the last run took.",
+        "# TYPE cmdb_connector_last_run_duration_seconds gauge",
+        f"cmdb_connector_last_run_duration_seconds {duration:.3f}",
+        "# HELP cmdb_connector_cis CIs by action and class in the last run.", "# TYPE cmdb_connector_cis gauge",
+    ]
+    for table, counts in report["tables"].items():
+        for action in ACTIONS:
+            lines.append(f'cmdb_connector_cis{{table="{_label(table)}",action="{action}"}} {counts.get(action, 0)}')
+    lines += ["# HELP cmdb_connector_relations Relations by action in the last run.", "# TYPE cmdb_connector_relations gauge"]
+    lines += [f'cmdb_connector_relations{{action="{a}"}} {n}' for a, n in report["relations"].items()]
+    lines += ["# HELP cmdb_connector_failed_scopes Scopes not collected in the last run.",
+              "# TYPE cmdb_connector_failed_scopes gauge", f"cmdb_connector_failed_scopes {failed_scopes}",
+              "# HELP cmdb_connector_failed_accounts Accounts not collected in the last run.",
+              "# TYPE cmdb_connector_failed_accounts gauge", f"cmdb_connector_failed_accounts {failed_accounts}",
+              "# HELP cmdb_connector_errors Errors in the last run.", "# TYPE cmdb_connector_errors gauge",
+              f"cmdb_connector_errors {len(report['errors'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(report: dict[str, Any], json_path: Path) -> dict[str, Path]:
+    """HTML and CSV beside the JSON report; the Prometheus textfile in the same folder."""
+    html_path, csv_path = json_path.with_suffix(".html"), json_path.with_suffix(".csv")
+    write_text_atomic(html_path, render_html(report))
+    write_text_atomic(csv_path, render_csv(report))
+    prom_path = json_path.parent / "cmdb_connector.prom"
+    previous = prom_path.read_text() if prom_path.exists() else ""
+    write_text_atomic(prom_path, render_prometheus(report, previous))
+    return {"html": html_path, "csv": csv_path, "prometheus": prom_path}
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    from ..errors import UsageError
+
+    try:
+        report = json.loads(path.read_text())
+        for key in ("run_id", "mode", "tables", "relations", "changes", "accounts"):
+            report[key]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"{path}: not a cmdb-connector JSON report ({type(exc).__name__}: {exc})") from None
+    return report
