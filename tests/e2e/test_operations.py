@@ -158,6 +158,10 @@ def test_html_report_in_headless_chromium(setup):
     assert "Uncaught" not in log and "CONSOLE" not in log.upper().replace("CONSOLE_", "")
     report = json.loads((reports / "latest.json").read_text())
     assert f'<span id="shown">{len(report["changes"])}</span>' in everything
+    cells = _Cells()  # what the browser built: the chart's bars and the change rows
+    cells.feed(everything)
+    assert cells.bars[("cmdb_ci_vm_instance", "created")] == report["tables"]["cmdb_ci_vm_instance"]["created"] == 60
+    assert cells.changes == len(report["changes"])
     relations_only, _ = dom("#action=create&q=cmdb_rel_ci")
     expected = sum(1 for c in report["changes"] if c["table"] == "cmdb_rel_ci")
     assert f'<span id="shown">{expected}</span>' in relations_only

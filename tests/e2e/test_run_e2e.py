@@ -213,6 +213,8 @@ def test_demo_command_works_from_any_folder(tmp_path):
     assert report["exit_code"] == 0 and len(report["accounts"]) == 4
     assert report["tables"]["cmdb_ci_vm_instance"]["created"] > 0
     assert "created" in proc.stdout and "Traceback" not in proc.stderr
+    html = [line for line in proc.stdout.splitlines() if line.startswith("html: ")]
+    assert Path(html[0].split(": ", 1)[1]).read_text().startswith("<!DOCTYPE html>")
 
 
 def test_collected_inventory_reconciles_like_live_aws(world, tmp_path):
