@@ -21,7 +21,7 @@ from .errors import ConnectorError, UsageError
 EXIT_INTERRUPTED = 130
 _STOP = threading.Event()
 _RUN_ID = {"value": "-"}
-CONTEXT_FIELDS = ("account", "region", "table")
+CONTEXT_FIELDS = ("account", "region", "source", "table")
 
 
 # -- logs ------------------------------------------------------------------------

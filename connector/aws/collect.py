@@ -101,7 +101,8 @@ class Collector:
                 if code in REGION_OFF_CODES or type(exc).__name__ == "EndpointConnectionError":
                     status, reason = SKIPPED, f"region not enabled or unreachable: {reason}"
                 log.warning("account %s region %s source %s: %s: %s",
-                            unit.account_id, unit.region, source.name, status, reason)
+                            unit.account_id, unit.region, source.name, status, reason,
+                            extra={"account": unit.account_id, "region": unit.region, "source": source.name})
                 return Scope(unit.account_id, unit.region, source.name, status, reason), []
         records = [Record(unit.account_id, unit.region, source.name, item) for item in items]
         return Scope(unit.account_id, unit.region, source.name, OK, None), records
@@ -127,7 +128,7 @@ def collect_inventory(
     for account, (account_regions, failure) in zip(reachable, found):
         if failure is not None:
             status, reason = failure
-            log.warning("account %s: %s", account.account_id, reason)
+            log.warning("account %s: %s", account.account_id, reason, extra={"account": account.account_id})
             inventory.scopes.extend(Scope(account.account_id, "*", s.name, status, reason) for s in sources.values())
             continue
         per_account.append(_account_units(account, account_regions, sources, inventory))

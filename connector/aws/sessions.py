@@ -214,7 +214,8 @@ class SessionPool:
             session.get_credentials().get_frozen_credentials()
         except Exception as exc:  # noqa: BLE001 - every failure is recorded per account
             status, reason = classify_error(exc)
-            log.warning("account %s: cannot assume %s: %s", account_id, self._role.role_name, reason)
+            log.warning("account %s: cannot assume %s: %s", account_id, self._role.role_name, reason,
+                        extra={"account": account_id})
             return status, reason
         with self._lock:
             self._sessions[account_id] = AccountSession(account_id, session)

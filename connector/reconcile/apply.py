@@ -75,7 +75,8 @@ def _ci_op(change: CIChange, policies: dict[str, TablePolicy]) -> WriteOp:
 def _record(result: ApplyResult, changes, ops_results) -> None:
     for change, outcome in zip(changes, ops_results):
         if outcome.error:
-            log.error("%s: %s", describe(change), outcome.error)
+            table = change.table if isinstance(change, CIChange) else REL_TABLE
+            log.error("%s: %s", describe(change), outcome.error, extra={"table": table})
         result.outcomes.append(Outcome(change, outcome.sys_id, outcome.error))
 
 

@@ -32,3 +32,23 @@ def test_counts_units_by_status_on_a_terminal(monkeypatch):
         assert (task.completed, task.total) == (4, 4)
         assert task.description == "collect denied 1, ok 3"
     assert "collect" in out.getvalue()  # drawn on stderr, never on stdout
+
+
+def test_json_log_lines_carry_run_id_and_scope(monkeypatch):
+    import json
+    import logging
+
+    from connector import ops
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    ops.setup_logging(False, "json")
+    ops.set_run_id("20261124T000000Z-abc123")
+    logging.getLogger("connector.aws.collect").warning(
+        "account %s region %s: denied", "111122223333", "eu-west-1",
+        extra={"account": "111122223333", "region": "eu-west-1", "source": "ec2:vpc"})
+    line = json.loads(out.getvalue().splitlines()[-1])
+    assert line["run_id"] == "20261124T000000Z-abc123"
+    assert (line["account"], line["region"], line["source"], line["level"]) == ("111122223333", "eu-west-1", "ec2:vpc", "warning")
+    assert line["message"] == "account 111122223333 region eu-west-1: denied"
+    logging.getLogger().handlers.clear()
