@@ -157,6 +157,10 @@ def run_pipeline(
         log.error("run %s failed: %s", run_id, exc)
         errors.append(str(exc))
         exit_code = EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - a bug: still write the report of what was done
+        log.error("run %s failed unexpectedly: %s: %s", run_id, type(exc).__name__, exc, exc_info=True)
+        errors.append(f"unexpected {type(exc).__name__}: {exc}")
+        exit_code = EXIT_FAILED
     finally:
         tables_client.close()
     report = build_report(

@@ -100,3 +100,26 @@ def test_exit_codes():
     assert exit_code_for(skipped, MapResult(), None) == EXIT_OK
     throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled")])
     assert exit_code_for(throttled, MapResult(), None) == EXIT_PARTIAL
+
+
+def test_an_unexpected_error_still_writes_a_report(tmp_path, monkeypatch):
+    from connector.inventory import write_inventory
+    from connector.run import run_pipeline
+    from connector.sandbox.synthetic import synthetic_inventory
+    from connector.settings import load_settings
+    import connector.run as run_module
+
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(synthetic_inventory(accounts=1, instances=1), path)
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(run_module, "map_inventory", broken)
+    settings = load_settings(None, {"aws": {"external_id": "xx-yy"},
+                                    "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"},
+                                    "report": {"output_dir": str(tmp_path / "reports")}})
+    outcome = run_pipeline(settings, inventory_file=path)
+    assert outcome.exit_code == EXIT_FAILED
+    assert outcome.report["errors"] == ["unexpected KeyError: 'a bug'"]
+    assert outcome.report_path.exists() and outcome.report_path.with_suffix(".html").exists()
