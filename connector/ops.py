@@ -143,13 +143,13 @@ def parse_duration(text: str, allow_zero: bool = False) -> float:
 
 def run_every(period: float, jitter: float, once: Callable[[], int]) -> int:
     """Call ``once`` every ``period`` seconds (after a random start delay up to
-    ``jitter``), until a stop signal. Returns the last exit code, or interrupted."""
+    ``jitter``), until a stop signal; then return "interrupted"."""
     log = logging.getLogger(__name__)
     delay = random.uniform(0, jitter) if jitter else 0.0
-    code = 0
     while not _STOP.wait(delay):
         started = time.monotonic()
         code = once()
+        log.info("run ended with exit code %d", code)
         if _STOP.is_set():
             return EXIT_INTERRUPTED
         delay = max(0.0, period - (time.monotonic() - started))

@@ -9,10 +9,8 @@ import sys
 import time
 from collections import Counter
 
-import pytest
 
 from connector.inventory import write_inventory
-from connector.models import Record
 from connector.run import run_pipeline
 from connector.sandbox.servicenow import ServiceNowStandIn
 from connector.sandbox.synthetic import synthetic_inventory

@@ -6,7 +6,6 @@ import json
 from urllib.parse import parse_qs, urlparse
 
 import pytest
-import requests
 import responses
 
 from connector.errors import (
@@ -211,13 +210,12 @@ def test_against_the_standin_wrong_password(standin):
 
 
 def test_connection_refused_is_unavailable_not_a_traceback():
-    with requests.Session() as probe:  # find a closed port
-        import socket
+    import socket
 
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-        sock.close()
+    sock = socket.socket()  # a port nobody listens on
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
     tables, _ = client(f"http://127.0.0.1:{port}", max_attempts=2)
     with pytest.raises(ServiceNowUnavailable, match="cannot reach ServiceNow"):
         list(tables.query("cmdb_ci", "", ["sys_id"]))
