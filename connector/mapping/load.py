@@ -75,6 +75,8 @@ class Mapping:
     file: Path
     source: CompiledSource
     identity_field: str
+    # how the identity is built, as written: two classes built alike would collide
+    identity_spec: str
     fields: dict[str, Evaluator]
     relations: tuple[CompiledRelation, ...]
     retire: dict[str, str]
@@ -172,6 +174,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         file=path,
         source=source,
         identity_field=spec.target.identity,
+        identity_spec=spec.fields[spec.target.identity].model_dump_json(),
         fields=fields,
         relations=relations,
         retire=dict(spec.lifecycle.retire),
@@ -209,6 +212,12 @@ def _check_across_files(result: MappingSet, problems: list[str]) -> None:
                 if getattr(other, attribute) != getattr(first, attribute):
                     key = "target.identity" if attribute == "identity_field" else f"lifecycle.{attribute}"
                     problems.append(f"{other.file}: {key}: differs from {first.file.name}; one class has one {key}")
+    built_by: dict[str, Mapping] = {}
+    for mapping in result.mappings.values():
+        other = built_by.setdefault(mapping.identity_spec, mapping)
+        if other.table != mapping.table:
+            problems.append(f"{mapping.file}: fields.{mapping.identity_field}: built exactly as in {other.file.name}; "
+                            "two classes would claim the same identities")
     for mapping in result.mappings.values():
         for i, rel in enumerate(mapping.relations):
             if rel.to not in tables:

@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 
 from ..ops import stop_requested
 from ..progress import bar
-from ..servicenow.cmdb import CmdbWriter, WriteOp, WriteResult, create_ci_op, create_relation_op
+from ..servicenow.cmdb import REL_TABLE, CmdbWriter, WriteOp, WriteResult, create_ci_op, create_relation_op
 from .plan import CREATE, CIChange, CIKey, Plan, RelationChange, TablePolicy
 
 log = logging.getLogger(__name__)
-REL_TABLE = "cmdb_rel_ci"
 
 
 @dataclass

@@ -321,6 +321,14 @@ def test_variants_of_one_class_must_share_identity(tmp_path):
         load_mappings(tmp_path)
 
 
+def test_two_classes_with_the_same_identity_are_refused(tmp_path):
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID)
+    (tmp_path / "cmdb_ci_cloud_subnet.toml").write_text(VALID)  # copied, and the identity left as it was
+    with pytest.raises(MappingError, match=r"fields.correlation_id: built exactly as in cmdb_ci_cloud_subnet.toml; "
+                                           r"two classes would claim the same identities"):
+        load_mappings(tmp_path)
+
+
 def test_same_source_defined_twice_differently(tmp_path):
     (tmp_path / "cmdb_ci_network.toml").write_text(VALID)
     (tmp_path / "cmdb_ci_cloud_subnet.toml").write_text(VALID.replace('items = "Vpcs"', 'items = "Other"'))
