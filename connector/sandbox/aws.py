@@ -157,8 +157,13 @@ class StsFront:
 
 def make_aws_server(host: str, port: int, state: FrontState):
     os.environ.setdefault("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
-    from werkzeug.serving import make_server
+    try:
+        from moto.moto_server.werkzeug_app import DomainDispatcherApplication, MotoRequestHandler, create_backend_app
+        from werkzeug.serving import make_server
+    except ImportError:
+        from ..errors import UsageError
+
+        raise UsageError("the simulated AWS needs moto: python -m pip install 'cmdb-connector[demo]'") from None
 
     app = StsFront(DomainDispatcherApplication(create_backend_app), state)
     return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
