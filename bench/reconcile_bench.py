@@ -17,7 +17,6 @@ import argparse
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,17 +27,12 @@ from pathlib import Path
 
 from connector.inventory import write_inventory
 from connector.run import run_pipeline
+from connector.sandbox.aws import free_port
 from connector.sandbox.synthetic import synthetic_inventory
 from connector.settings import load_settings
 
 LATENCY = 0.02
 PASSWORD = "bench-password"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def stats(url: str) -> Counter:

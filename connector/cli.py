@@ -78,8 +78,7 @@ def _settings(args) -> Settings:
 
 def cmd_validate(args) -> int:
     settings = _settings(args)
-    folder = settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None
-    mappings = load_mappings(folder)
+    mappings = load_mappings(settings.mappings_folder())
     print(f"config OK: {args.config or 'config.toml'}")
     tables = mappings.tables
     print(f"mappings OK: {len(mappings.mappings)} files, {len(tables)} classes: {', '.join(tables)}")
@@ -137,8 +136,7 @@ def cmd_collect(args) -> int:
     from .run import EXIT_OK, EXIT_PARTIAL, NOT_COLLECTED, collect_from_aws
 
     settings = _settings(args)
-    folder = settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None
-    inventory = collect_from_aws(settings, load_mappings(folder), parse_shard(args.shard))
+    inventory = collect_from_aws(settings, load_mappings(settings.mappings_folder()), parse_shard(args.shard))
     write_inventory(inventory, args.output)
     print(f"inventory: {args.output} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes)")
     failed = any(s.status in NOT_COLLECTED for s in inventory.scopes) or any(

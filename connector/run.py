@@ -123,7 +123,7 @@ def run_pipeline(
     """accounts -> sessions -> collect -> map -> plan -> apply -> report."""
     run_id, started = new_run_id(), _now()
     set_run_id(run_id)
-    mappings = mappings or load_mappings(settings.path(settings.reconcile.mappings_dir) if settings.reconcile.mappings_dir else None)
+    mappings = mappings or load_mappings(settings.mappings_folder())
     inventory, mapped, plan, applied = None, MapResult(), None, None
     errors: list[str] = []
     tables = list(mappings.tables)

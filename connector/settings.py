@@ -189,6 +189,11 @@ class Settings(BaseSettings):
         """A configured path, resolved against the config file's folder."""
         return value if value.is_absolute() else (self.base_dir / value)
 
+    def mappings_folder(self) -> Path | None:
+        """reconcile.mappings_dir, resolved; None for the built-in mappings."""
+        folder = self.reconcile.mappings_dir
+        return self.path(folder) if folder else None
+
 
 def find_config(explicit: str | None) -> Path:
     """--config, else ./config.toml, else $CMDB_CONFIG."""

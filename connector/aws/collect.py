@@ -75,10 +75,10 @@ def _interleave(per_account: list[list[Unit]]) -> list[Unit]:
 
 
 class Collector:
-    def __init__(self, pool: SessionPool, max_workers: int, max_per_account: int):
+    """Runs one unit at a time per call, within the per-account limit."""
+
+    def __init__(self, pool: SessionPool, max_per_account: int):
         self.pool = pool
-        self.max_workers = max_workers
-        self.max_per_account = max_per_account
         self._account_slots: dict[str, threading.Semaphore] = defaultdict(
             lambda: threading.Semaphore(max_per_account)
         )
@@ -118,7 +118,7 @@ def collect_inventory(
 ) -> Inventory:
     """accounts (already opened in ``pool``) -> the inventory of every unit."""
     inventory = Inventory(accounts=list(accounts))
-    collector = Collector(pool, max_workers, max_per_account)
+    collector = Collector(pool, max_per_account)
     reachable = [a for a in accounts if a.status == OK]
     if "all" in regions:
         pool.warm({"ec2"})

@@ -169,7 +169,7 @@ def make_aws_server(host: str, port: int, state: FrontState):
     return make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -191,7 +191,7 @@ class AwsSandbox:
     # -- lifecycle ------------------------------------------------------------------
     def start(self) -> "AwsSandbox":
         if self.separate_process:
-            self._port = _free_port()
+            self._port = free_port()
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "connector.sandbox.aws", "--port", str(self._port)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

@@ -39,7 +39,7 @@ def setup(tmp_path):
 
 def test_one_scheduled_run_at_a_time_and_sigterm_stops_cleanly(setup):
     sn, config, inventory, env, reports = setup
-    sn.faults.update({"latency": 0.05})
+    sn.faults.update({"latency": 0.2})  # slow enough that the run is still writing when SIGTERM comes
     every = [*CLI, "--config", str(config), "run", "--every", "1h", "--jitter", "0s", "--inventory", str(inventory)]
     first = subprocess.Popen(every, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
