@@ -86,10 +86,6 @@ class Plan:
     guards: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
-    @property
-    def write_count(self) -> int:
-        return len(self.changes) + len(self.relation_changes)
-
 
 def _ok_scopes(scopes: Iterable[Scope], problems: Iterable[MappingProblem]) -> set[tuple[str, str, str]]:
     ok = {s.key for s in scopes if s.status == OK}
