@@ -82,49 +82,83 @@ def _number(value: str) -> float | None:
         return None
 
 
-def _compare(op: str, actual: str, expected: str) -> bool:
+def _ordering(op: str, expected: str) -> Callable[[str], bool]:
+    """>, <, >=, <=: numerically when both sides are numbers, else as strings."""
+    compare = {">": lambda a, b: a > b, "<": lambda a, b: a < b,
+               ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b}[op]
+    number = _number(expected)
+
+    def test(actual: str) -> bool:
+        value = _number(actual)
+        if value is None or number is None:
+            return compare(actual, expected)
+        return compare(value, number)
+
+    return test
+
+
+def _tester(op: str, expected: str) -> Callable[[str], bool]:
+    """One condition's test of a value, with its operand prepared once."""
+    low = expected.lower()
     if op == "=":
-        return actual == expected
+        return lambda actual: actual == expected
     if op == "!=":
-        return actual != expected
-    if op == "IN":
-        return actual in expected.split(",")
-    if op == "NOT IN":
-        return actual not in expected.split(",")
+        return lambda actual: actual != expected
+    if op in ("IN", "NOT IN"):
+        members = frozenset(expected.split(","))
+        return (lambda actual: actual in members) if op == "IN" else (lambda actual: actual not in members)
     if op == "LIKE":
-        return expected.lower() in actual.lower()
+        return lambda actual: low in actual.lower()
     if op == "NOT LIKE":
-        return expected.lower() not in actual.lower()
+        return lambda actual: low not in actual.lower()
     if op == "STARTSWITH":
-        return actual.lower().startswith(expected.lower())
+        return lambda actual: actual.lower().startswith(low)
     if op == "ENDSWITH":
-        return actual.lower().endswith(expected.lower())
+        return lambda actual: actual.lower().endswith(low)
     if op == "ISEMPTY":
-        return actual == ""
+        return lambda actual: actual == ""
     if op == "ISNOTEMPTY":
-        return actual != ""
-    a, b = _number(actual), _number(expected)
-    if a is None or b is None:
-        a, b = actual, expected  # type: ignore[assignment]
-    return {">": a > b, "<": a < b, ">=": a >= b, "<=": a <= b}[op]
+        return lambda actual: actual != ""
+    return _ordering(op, expected)
 
 
-# resolve(row, field) -> the field's string value, or None when the field is unknown
+# resolve(row, field) -> a dot-walked field's string value, or None when a field on the way is unknown
 Resolver = Callable[[dict, str], "str | None"]
+# (field, is dot-walked, test)
+_Compiled = list[list[list[tuple[str, bool, Callable[[str], bool]]]]]
 
 
-def matches(query: EncodedQuery, row: dict, resolve: Resolver) -> bool:
+def compile_query(query: EncodedQuery, fields: frozenset[str], resolve: Resolver) -> Callable[[dict], bool]:
+    """The query as a row predicate, built once per query rather than interpreted per row.
+
+    ``fields`` are the queried table's fields: a condition on any other
+    (not dot-walked) field is dropped, and so is an OR group of nothing but
+    such conditions, as a real instance does without a word.
+    """
     if not query.queries:
-        return True
-    return any(_matches_one(q, row, resolve) for q in query.queries)
+        return lambda row: True
+    compiled: _Compiled = []
+    for one in query.queries:
+        groups = []
+        for group in one.groups:
+            tests = [(c.field, "." in c.field, _tester(c.op, c.value))
+                     for c in group if c.field and ("." in c.field or c.field in fields)]
+            if tests:
+                groups.append(tests)
+        compiled.append(groups)
 
+    def group_holds(row: dict, tests: list) -> bool:
+        seen = False
+        for name, walked, test in tests:
+            value = resolve(row, name) if walked else row.get(name)
+            if value is None:
+                continue  # unknown for this row: the condition is dropped
+            if test(value):
+                return True
+            seen = True
+        return not seen
 
-def _matches_one(query: Query, row: dict, resolve: Resolver) -> bool:
-    for group in query.groups:
-        known = [(c, resolve(row, c.field)) for c in group if c.field]
-        known = [(c, v) for c, v in known if v is not None]
-        if not known:
-            continue  # every condition of the group is on an unknown field: dropped
-        if not any(_compare(c.op, v, c.value) for c, v in known):
-            return False
-    return True
+    def predicate(row: dict) -> bool:
+        return any(all(group_holds(row, tests) for tests in groups) for groups in compiled)
+
+    return predicate

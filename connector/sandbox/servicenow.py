@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlencode, urlparse
 
 from . import encoded_query
@@ -105,7 +105,7 @@ class TableApi:
             cached = self._results.get((table, text))
         if cached is not None and cached[0] == version:
             return cached[1]
-        rows = [row for row in self.store.rows(table) if encoded_query.matches(query, row, resolve)]
+        rows = list(filter(encoded_query.compile_query(query, known, resolve), self.store.rows(table)))
         for name, descending in reversed(query.order):
             if name in known:
                 rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
@@ -158,18 +158,26 @@ class TableApi:
         return error(405, "Method not Supported", method)
 
     def render(self, record: dict[str, str], fields: str, links: bool) -> dict[str, Any]:
+        return self.renderer(fields, links)(record)
+
+    def renderer(self, fields: str, links: bool) -> Callable[[dict[str, str]], dict[str, Any]]:
+        """How records look in a response: the asked-for fields, references as links or not.
+
+        Unknown names in ``sysparm_fields`` are ignored, as on a real instance.
+        """
         wanted = [f for f in fields.split(",") if f] if fields else None
-        refs = references_of(record["sys_class_name"])
-        out: dict[str, Any] = {}
-        for name in wanted if wanted is not None else sorted(record):
-            if name not in record:
-                continue  # unknown fields in sysparm_fields are ignored
-            value = record[name]
-            if name in refs and value and links:
-                out[name] = {"link": f"{self.base_url}/api/now/table/{refs[name]}/{value}", "value": value}
-            else:
-                out[name] = value
-        return out
+
+        def render(record: dict[str, str]) -> dict[str, Any]:
+            names = wanted if wanted is not None else sorted(record)
+            out = {name: record[name] for name in names if name in record}
+            if links:
+                refs = references_of(record["sys_class_name"])
+                for name in refs.keys() & out.keys():
+                    if out[name]:
+                        out[name] = {"link": f"{self.base_url}/api/now/table/{refs[name]}/{out[name]}", "value": out[name]}
+            return out
+
+        return render
 
     def _list(self, table: str, version: str, params: dict[str, list[str]]) -> Reply:
         one = lambda key, default="": (params.get(key) or [default])[0]  # noqa: E731
@@ -181,12 +189,7 @@ class TableApi:
             return error(400, "Invalid query parameter", str(exc))
         known = fields_of(table)
 
-        def resolve(row: dict[str, str], name: str) -> str | None:
-            if "." not in name and name not in known:
-                return None  # a condition on an unknown field is dropped
-            return self.store.resolve(row, name)
-
-        rows = self._matching(table, one("sysparm_query"), query, resolve, known)
+        rows = self._matching(table, one("sysparm_query"), query, self.store.resolve, known)
         total = len(rows)
         page = rows[offset : offset + limit] if limit > 0 else []
         hidden = self.faults.acl_hidden_prefix
@@ -201,7 +204,7 @@ class TableApi:
         if one("sysparm_suppress_pagination_header").lower() != "true" and limit > 0:
             headers["Link"] = self._links(table, params, offset, limit, total)
         links = one("sysparm_exclude_reference_link").lower() != "true"
-        return Reply(200, {"result": [self.render(r, one("sysparm_fields"), links) for r in page]}, headers)
+        return Reply(200, {"result": list(map(self.renderer(one("sysparm_fields"), links), page))}, headers)
 
     def _links(self, table: str, params: dict[str, list[str]], offset: int, limit: int, total: int) -> str:
         def link(rel: str, at: int) -> str:
@@ -217,6 +220,14 @@ class TableApi:
             links.append(link("next", offset + limit))
         links.append(link("last", last))
         return ",".join(links)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default listen backlog is 5: a client that opens a dozen
+    # connections at once has the rest of its SYNs dropped, and waits a second
+    # for the retransmission. A real instance sits behind a far deeper queue.
+    request_queue_size = 128
 
 
 def table_route(path: str) -> tuple[str, str, str | None] | None:
@@ -265,8 +276,7 @@ class ServiceNowStandIn:
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> "ServiceNowStandIn":
         handler = type("Handler", (_Handler,), {"app": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self._port), handler)
-        self._server.daemon_threads = True
+        self._server = _Server(("127.0.0.1", self._port), handler)
         if self._tls is not None:
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
