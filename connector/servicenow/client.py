@@ -1,8 +1,11 @@
 """Table API client: pysnow for CRUD and query building, our session underneath.
 
-Each thread gets its own session (and so its own ``JSESSIONID``): ServiceNow
-serialises the requests of one session, so sharing one would undo the
-concurrency. Paging is ours: pysnow does not follow ``rel="next"``.
+Sessions are pooled: a request takes an idle session (its own ``JSESSIONID``
+and its kept-alive connection) and gives it back when done. No two requests in
+flight ever share a session, because ServiceNow serialises the requests of one
+session, and threads that come and go reuse the connections already open
+rather than paying a TCP (and TLS) handshake each. Paging is ours: pysnow does
+not follow ``rel="next"``.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import uuid
+from contextlib import contextmanager
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
@@ -36,8 +40,8 @@ class TableClient:
         # One auth for every session: basic credentials, or one shared OAuth token.
         self._auth = make_auth(settings, self._verify)
         self._sleep = sleep
-        self._local = threading.local()
         self._sessions: list[ServiceNowSession] = []
+        self._idle: list[pysnow.Client] = []
         self._lock = threading.Lock()
 
     # -- sessions ---------------------------------------------------------
@@ -57,20 +61,26 @@ class TableClient:
         session.trust_env = False
         return session
 
-    def _pysnow(self) -> pysnow.Client:
-        client = getattr(self._local, "client", None)
+    @contextmanager
+    def _client(self) -> Iterator[pysnow.Client]:
+        """An idle pysnow client (and session) for one request, returned afterwards."""
+        with self._lock:
+            client = self._idle.pop() if self._idle else None
         if client is None:
             session = self._new_session()
-            with self._lock:
-                self._sessions.append(session)
             client = pysnow.Client(host=self._host, use_ssl=self._use_ssl, session=session)
             # pysnow overwrites the headers of the session it is given.
             session.headers["User-Agent"] = "cmdb-connector"
-            self._local.client = client
-        return client
+            with self._lock:
+                self._sessions.append(session)
+        try:
+            yield client
+        finally:
+            with self._lock:
+                self._idle.append(client)  # last in, first out: the warmest connection next
 
-    def _resource(self, table: str):
-        resource = self._pysnow().resource(
+    def _resource(self, client: pysnow.Client, table: str):
+        resource = client.resource(
             api_path=f"/table/{table}", base_path=self._base_path, timeout=self._settings.timeout_seconds
         )
         # Raw values for comparisons, and references as plain sys_ids, spelled
@@ -90,8 +100,9 @@ class TableClient:
 
     # -- reads --------------------------------------------------------------
     def _page(self, table: str, ordered: str, fields: list[str], limit: int, offset: int) -> tuple[list[dict], str | None]:
-        response = self._resource(table).get(query=ordered, limit=limit, offset=offset, fields=list(fields))
-        return response.all(), response.headers.get("X-Total-Count")
+        with self._client() as client:
+            response = self._resource(client, table).get(query=ordered, limit=limit, offset=offset, fields=list(fields))
+            return response.all(), response.headers.get("X-Total-Count")
 
     def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1) -> Iterator[dict[str, Any]]:
@@ -128,22 +139,26 @@ class TableClient:
         return int(total) if total is not None and total.isdigit() else None
 
     # -- writes -------------------------------------------------------------
-    def _writer(self, table: str):
-        resource = self._resource(table)
+    def _writer(self, client: pysnow.Client, table: str):
+        resource = self._resource(client, table)
         resource.parameters.add_custom({"sysparm_fields": "sys_id"})  # only the sys_id back
         return resource
 
     def create(self, table: str, payload: dict[str, str]) -> dict[str, Any]:
-        return self._writer(table).create(payload=payload).one()
+        with self._client() as client:
+            return self._writer(client, table).create(payload=payload).one()
 
     def update(self, table: str, sys_id: str, payload: dict[str, str]) -> dict[str, Any]:
         """PATCH with only the given (changed) fields."""
-        return self._writer(table).request("PATCH", path_append=f"/{sys_id}", data=json.dumps(payload)).one()
+        with self._client() as client:
+            return self._writer(client, table).request("PATCH", path_append=f"/{sys_id}", data=json.dumps(payload)).one()
 
     def delete(self, table: str, sys_id: str) -> None:
-        self._resource(table).request("DELETE", path_append=f"/{sys_id}").all()
+        with self._client() as client:
+            self._resource(client, table).request("DELETE", path_append=f"/{sys_id}").all()
 
     def batch(self, rest_requests: list[dict[str, Any]]) -> dict[str, Any]:
         """One Batch API request (pysnow has no Batch API; our session sends it)."""
         body = {"batch_request_id": uuid.uuid4().hex, "rest_requests": rest_requests}
-        return self._pysnow().session.post(self._batch_url, json=body).json()
+        with self._client() as client:
+            return client.session.post(self._batch_url, json=body).json()

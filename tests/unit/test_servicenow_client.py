@@ -166,17 +166,27 @@ def test_429_on_create_is_retried_because_it_was_not_processed():
     assert sleeps == [1.0]
 
 
-def test_each_thread_has_its_own_session():
+def test_requests_in_flight_never_share_a_session_and_idle_sessions_are_reused():
     import threading
 
     tables, _ = client()
-    seen = []
-    threads = [threading.Thread(target=lambda: seen.append(tables._pysnow().session)) for _ in range(3)]
+    barrier, seen = threading.Barrier(3), []
+
+    def hold() -> None:
+        with tables._client() as held:
+            seen.append(held.session)
+            barrier.wait(timeout=5)  # all three in flight at once
+
+    threads = [threading.Thread(target=hold) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     assert len({id(s) for s in seen}) == 3
+    # Later requests, from any thread, take an open session rather than a new one.
+    with tables._client() as again:
+        assert again.session in seen
+    assert len(tables._sessions) == 3
 
 
 def test_tls_verification_on_by_default_and_ca_bundle(tmp_path):
