@@ -6,9 +6,13 @@ Each stage hands plain data to the next. This module only wires them.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -18,7 +22,7 @@ from .errors import ConnectorError, UsageError
 from .inventory import read_inventory
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
-from .models import DENIED, ERROR, THROTTLED, Inventory
+from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingRelation, Inventory
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.json_report import build_report, summary_line, write_report
@@ -32,6 +36,21 @@ log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 NOT_COLLECTED = {DENIED, THROTTLED, ERROR}
+
+
+class StageClock:
+    """Wall seconds per pipeline stage, for the report."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
 
 
 @dataclass
@@ -75,19 +94,43 @@ def table_policies(mappings: MappingSet) -> dict[str, TablePolicy]:
     }
 
 
-def read_existing(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> dict:
-    """Owned CIs (one paged query per table, tables read in parallel), plus the CIs to adopt."""
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="read-table") as pool:
-        found = pool.map(lambda item: _read_table(reader, item[0], item[1], mapped), mappings.tables.items())
-        return dict(zip(mappings.tables, found))
+@dataclass
+class CmdbState:
+    """What the CMDB holds now, as far as the mappings are concerned."""
+
+    cis: dict[str, list[ExistingCI]]  # table -> owned CIs, plus the CIs to adopt
+    rel_types: dict[str, str]  # relation type name -> cmdb_rel_type sys_id
+    relations: list[ExistingRelation]  # relations of those types whose parent is ours
 
 
-def _read_table(reader: CmdbReader, table: str, variants: list, mapped: MapResult) -> list:
+def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> CmdbState:
+    """One paged query per table and one for the relations, all at once."""
+    desired_by_table: dict[str, list[DesiredCI]] = defaultdict(list)
+    for ci in mapped.cis:
+        desired_by_table[ci.table].append(ci)
+    rel_names = {r.type for m in mappings.mappings.values() for r in m.relations}
+    with ThreadPoolExecutor(max_workers=max(1, workers) + 1, thread_name_prefix="read-table") as pool:
+        relations = pool.submit(_read_relations, reader, rel_names)
+        found = pool.map(
+            lambda item: _read_table(reader, item[0], item[1], desired_by_table.get(item[0], [])),
+            mappings.tables.items(),
+        )
+        cis = dict(zip(mappings.tables, found))
+        rel_types, rels = relations.result()
+    return CmdbState(cis, rel_types, rels)
+
+
+def _read_relations(reader: CmdbReader, names: set[str]) -> tuple[dict[str, str], list[ExistingRelation]]:
+    rel_types = reader.relation_types(names)
+    return rel_types, reader.relations(rel_types.values())
+
+
+def _read_table(reader: CmdbReader, table: str, variants: list, desired: list[DesiredCI]) -> list[ExistingCI]:
     mapping = variants[0]
     fields = sorted({f for m in variants for f in m.fields} | set(mapping.retire) | set(mapping.revive))
     found = reader.owned_cis(table, fields)
     known = {ci.fields.get(mapping.identity_field) for ci in found}
-    missing = [ci for ci in mapped.cis if ci.table == table and ci.identity not in known]
+    missing = [ci for ci in desired if ci.identity not in known]
     if not missing or not reader.others_exist(table):
         return found
     found += reader.cis_where_in(table, mapping.identity_field, [ci.identity for ci in missing], fields)
@@ -121,7 +164,7 @@ def run_pipeline(
     shard: tuple[int, int] | None = None,
 ) -> RunOutcome:
     """accounts -> sessions -> collect -> map -> plan -> apply -> report."""
-    run_id, started = new_run_id(), _now()
+    run_id, started, clock = new_run_id(), _now(), StageClock()
     set_run_id(run_id)
     mappings = mappings or load_mappings(settings.mappings_folder())
     inventory, mapped, plan, applied = None, MapResult(), None, None
@@ -130,24 +173,22 @@ def run_pipeline(
     sn = settings.servicenow
     tables_client = TableClient(sn)
     try:
-        inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
-        mapped = map_inventory(inventory, mappings)
-        reader = CmdbReader(tables_client, sn.discovery_source, sn.workers)
+        with clock.stage("collect"):
+            inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
+        with clock.stage("map"):
+            mapped = map_inventory(inventory, mappings)
         policies = table_policies(mappings)
-        rel_types = reader.relation_types({r.type for m in mappings.mappings.values() for r in m.relations})
-        plan = plan_changes(
-            mapped.cis,
-            read_existing(reader, mappings, mapped, sn.workers),
-            inventory.scopes,
-            mapped.problems,
-            reader.relations(rel_types.values()),
-            rel_types,
-            policies,
-            PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
-        )
+        with clock.stage("read"):
+            cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
+        with clock.stage("plan"):
+            plan = plan_changes(
+                mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
+                PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
+            )
         if mode == "run" and not stop_requested():
-            writer = TableApiWriter(tables_client, sn.batch_size)
-            applied = apply_plan(plan, writer, policies, rel_types, sn.workers, sn.batch_size)
+            with clock.stage("apply"):
+                writer = TableApiWriter(tables_client, sn.batch_size)
+                applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)
         exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied)
         if stop_requested():
             errors.append("interrupted by a stop signal: writes not yet started were left for the next run")
@@ -166,6 +207,7 @@ def run_pipeline(
     report = build_report(
         run_id=run_id, mode=mode, started_at=started, finished_at=_now(), exit_code=exit_code,
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
+        timings=clock.seconds,
     )
     path = write_report(report, settings.path(settings.report.output_dir))
     write_outputs(report, path)

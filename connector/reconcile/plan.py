@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..arn import account_and_region
+from ..mapping.functions import snow_string
 from ..models import OK, DesiredCI, ExistingCI, ExistingRelation, MappingProblem, Scope
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
@@ -24,8 +25,9 @@ CIKey = tuple[str, str]  # (table, identity)
 
 
 def snow_value(value: object) -> str:
-    """The one normalisation: absent and ``None`` compare equal to ``""``."""
-    return "" if value is None else str(value)
+    """The one normalisation: ServiceNow's string form (``8`` is ``"8"``, ``True``
+    is ``"true"``), and absent or ``None`` compare equal to ``""``."""
+    return "" if value is None else (value if type(value) is str else snow_string(value))
 
 
 @dataclass(frozen=True)
@@ -92,25 +94,36 @@ def _ok_scopes(scopes: Iterable[Scope], problems: Iterable[MappingProblem]) -> s
     return ok - {p.scope for p in problems}
 
 
-def _index(existing: Iterable[ExistingCI]) -> tuple[dict[str, list[ExistingCI]], dict[str, list[ExistingCI]]]:
+def _index(existing: Iterable[ExistingCI]) -> tuple[list[ExistingCI], dict[str, list[ExistingCI]], dict[str, list[ExistingCI]]]:
+    """Existing CIs once each (by sys_id), by identity, and the unkeyed ones by ``object_id``."""
+    unique = list({ci.sys_id: ci for ci in existing}.values())
     by_identity: dict[str, list[ExistingCI]] = defaultdict(list)
     unkeyed_by_object: dict[str, list[ExistingCI]] = defaultdict(list)
-    for ci in {ci.sys_id: ci for ci in existing}.values():
+    for ci in unique:
         key = ci.fields.get("correlation_id", "")
         if key:
             by_identity[key].append(ci)
         elif ci.fields.get("object_id"):
             unkeyed_by_object[ci.fields["object_id"]].append(ci)
-    return by_identity, unkeyed_by_object
+    return unique, by_identity, unkeyed_by_object
+
+
+_STRINGS_ONLY = {str}
 
 
 def _desired_payload(ci: DesiredCI, options: PlanOptions) -> dict[str, str]:
-    payload = {name: snow_value(value) for name, value in ci.fields.items()}
+    fields = ci.fields
+    if set(map(type, fields.values())) <= _STRINGS_ONLY:
+        payload = dict(fields)  # already ServiceNow's string form: nothing to normalise
+    else:
+        payload = {name: snow_value(value) for name, value in fields.items()}
     payload["discovery_source"] = options.discovery_source
     return payload
 
 
 def _diff(current: dict[str, str], wanted: dict[str, str]) -> dict[str, tuple[str, str]]:
+    if wanted.items() <= current.items():
+        return {}  # every wanted value is there already, as the same string
     return {
         name: (snow_value(current.get(name)), value)
         for name, value in wanted.items()
@@ -119,7 +132,7 @@ def _diff(current: dict[str, str], wanted: dict[str, str]) -> dict[str, tuple[st
 
 
 def _is_retired(ci: ExistingCI, policy: TablePolicy) -> bool:
-    return bool(policy.retire) and all(ci.fields.get(k) == v for k, v in policy.retire.items())
+    return bool(policy.retire) and policy.retire.items() <= ci.fields.items()
 
 
 def _plan_table(
@@ -131,38 +144,49 @@ def _plan_table(
     options: PlanOptions,
     plan: Plan,
 ) -> None:
-    by_identity, unkeyed = _index(existing)
+    unique, by_identity, unkeyed = _index(existing)
     claimed: set[str] = set()
+    sys_ids, unchanged = plan.sys_ids, 0
     for ci in desired:
         matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
         wanted = _desired_payload(ci, options)
-        if len(matches) > 1:
+        if len(matches) == 1:
+            current = matches[0]
+            claimed.add(current.sys_id)
+            sys_ids[(table, ci.identity)] = current.sys_id
+            if not _is_retired(current, policy) and wanted.items() <= current.fields.items():
+                unchanged += 1  # the common case, decided without building a diff
+                continue
+            change = _change_of_match(table, ci, current, wanted, policy, options)
+            if change is None:
+                unchanged += 1
+            else:
+                plan.changes.append(change)
+        elif matches:
             claimed.update(m.sys_id for m in matches)
             plan.duplicates.append({"table": table, "identity": ci.identity, "sys_ids": sorted(m.sys_id for m in matches)})
-            continue
-        if not matches:
+        else:
             full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}
             full = {k: v for k, v in full.items() if v != ""}
             plan.changes.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
-            continue
-        current = matches[0]
-        claimed.add(current.sys_id)
-        plan.sys_ids[(table, ci.identity)] = current.sys_id
-        adopted = current.fields.get("correlation_id", "") != ci.identity or (
-            current.fields.get("discovery_source") != options.discovery_source
-        )
-        if _is_retired(current, policy):
-            wanted = {**wanted, **{k: v for k, v in policy.revive.items() if k not in ci.fields}}
-            plan.changes.append(CIChange(REVIVE, table, ci.identity, current.sys_id, _diff(current.fields, wanted)))
-            continue
-        diff = _diff(current.fields, wanted)
-        if diff:
-            note = "adopted: CI of another source, now owned" if adopted else ""
-            plan.changes.append(CIChange(UPDATE, table, ci.identity, current.sys_id, diff, note))
-        else:
-            plan.unchanged[table] += 1
+    plan.unchanged[table] += unchanged
+    _plan_retires(table, unique, claimed, policy, ok_scopes, options, plan)
 
-    _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan)
+
+def _change_of_match(
+    table: str, ci: DesiredCI, current: ExistingCI, wanted: dict[str, str], policy: TablePolicy, options: PlanOptions
+) -> CIChange | None:
+    """Revive, update (noting an adoption) or nothing, for the one CI that matches."""
+    if _is_retired(current, policy):
+        wanted = {**wanted, **{k: v for k, v in policy.revive.items() if k not in ci.fields}}
+        return CIChange(REVIVE, table, ci.identity, current.sys_id, _diff(current.fields, wanted))
+    diff = _diff(current.fields, wanted)
+    if not diff:
+        return None
+    adopted = current.fields.get("correlation_id", "") != ci.identity or (
+        current.fields.get("discovery_source") != options.discovery_source
+    )
+    return CIChange(UPDATE, table, ci.identity, current.sys_id, diff, "adopted: CI of another source, now owned" if adopted else "")
 
 
 def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: PlanOptions) -> bool:
@@ -178,31 +202,33 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
 
 
 def _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan) -> None:
-    owned = [ci for ci in {c.sys_id: c for c in existing}.values()
-             if ci.fields.get("discovery_source") == options.discovery_source
-             and ci.fields.get("sys_class_name") == table]
-    for ci in owned:
-        key = ci.fields.get("correlation_id", "")
+    source, sys_ids = options.discovery_source, plan.sys_ids
+    active = still_retired = 0
+    retires: list[CIChange] = []
+    for ci in existing:
+        fields = ci.fields
+        if fields.get("discovery_source") != source or fields.get("sys_class_name") != table:
+            continue  # not owned: never retired
+        key = fields.get("correlation_id", "")
         if key:
-            plan.sys_ids.setdefault((table, key), ci.sys_id)
-    active = [ci for ci in owned if not _is_retired(ci, policy)]
-    retires = [
-        CIChange(RETIRE, table, ci.fields.get("correlation_id", ""), ci.sys_id, _diff(ci.fields, policy.retire))
-        for ci in active
-        if ci.sys_id not in claimed and _retirable(ci, policy, ok_scopes, options)
-    ]
-    # A CI already retired that is still gone is unchanged.
-    plan.unchanged[table] += sum(1 for ci in owned if ci.sys_id not in claimed and _is_retired(ci, policy))
+            sys_ids.setdefault((table, key), ci.sys_id)
+        if _is_retired(ci, policy):
+            still_retired += ci.sys_id not in claimed  # already retired and still gone: unchanged
+            continue
+        active += 1
+        if ci.sys_id not in claimed and _retirable(ci, policy, ok_scopes, options):
+            retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
+    plan.unchanged[table] += still_retired
     if not retires:
         return
     if not options.retire:
         plan.guards.append(f"{table}: {len(retires)} CI(s) gone from AWS not retired: reconcile.retire = false")
         return
-    limit = options.max_retire_fraction * len(active)
+    limit = options.max_retire_fraction * active
     if len(retires) > limit and not options.force:
         plan.guards.append(
-            f"{table}: would retire {len(retires)} of {len(active)} owned CIs "
-            f"({len(retires) / len(active):.0%}), over reconcile.max_retire_fraction = "
+            f"{table}: would retire {len(retires)} of {active} owned CIs "
+            f"({len(retires) / active:.0%}), over reconcile.max_retire_fraction = "
             f"{options.max_retire_fraction:.0%}; nothing retired in this table. "
             "Check the collection, then rerun with --force if this is right."
         )

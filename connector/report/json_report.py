@@ -75,6 +75,7 @@ def build_report(
     problems: list[MappingProblem],
     errors: list[str],
     tables: list[str],
+    timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {
         t: {"created": 0, "updated": 0, "retired": 0, "revived": 0, "unchanged": 0} for t in tables
@@ -126,6 +127,8 @@ def build_report(
         "warnings": plan.warnings if plan else [],
         "mapping_problems": [{"scope": list(p.scope), "table": p.table, "message": p.message} for p in problems],
         "errors": errors,
+        # wall seconds per stage: collect, map, read (the CMDB), plan, apply
+        "timings": dict(timings or {}),
     }
 
 

@@ -32,6 +32,16 @@ def _chunks(values: list[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
         yield values[start : start + size]
 
 
+_STRINGS_ONLY = {str}
+
+
+def _row_fields(row: dict[str, Any]) -> dict[str, str]:
+    """A row in ServiceNow's string form; references as plain sys_ids."""
+    if set(map(type, row.values())) <= _STRINGS_ONLY:
+        return row  # what sysparm_exclude_reference_link gives: nothing to convert
+    return {k: _ref(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in row.items()}
+
+
 def _ref(value) -> str:
     """A reference value as a plain sys_id, whether or not it came as a link object."""
     if isinstance(value, dict):
@@ -48,7 +58,7 @@ class CmdbReader:
     def _cis(self, table: str, query: str, fields: Iterable[str]) -> list[ExistingCI]:
         wanted = sorted(set(BASE_FIELDS) | set(fields))
         return [
-            ExistingCI(table, row["sys_id"], {k: _ref(v) if isinstance(v, dict) else str(v) for k, v in row.items()})
+            ExistingCI(table, row["sys_id"], _row_fields(row))
             for row in self.tables.query(table, query, wanted, workers=self.workers)
         ]
 

@@ -141,6 +141,9 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
     created = sum(t["created"] for t in report["tables"].values())
     assert created == len(cis(sn)) and report["relations"]["created"] == len(sn.store.rows("cmdb_rel_ci"))
     assert f"run {report['run_id']} run: exit 3" in output  # the one-line summary
+    # where the time went, stage by stage
+    assert set(report["timings"]) == {"collect", "map", "read", "plan", "apply"}
+    assert all(isinstance(s, float) and s >= 0 for s in report["timings"].values())
 
     # 2. Second run, nothing changed in AWS: zero writes.
     writes = sn.writes()
@@ -186,6 +189,7 @@ def test_plan_writes_nothing_and_predicts_the_run(world):
     assert code == 3, output
     assert sn.writes() == 0 and cis(sn) == []
     assert planned["mode"] == "plan" and all(c["status"] == "planned" for c in planned["changes"])
+    assert "apply" not in planned["timings"] and "plan" in planned["timings"]
     code, ran, output = run_cli(aws.url, config, "run")
     assert code == 3
     assert planned["tables"] == ran["tables"] and planned["relations"] == ran["relations"]

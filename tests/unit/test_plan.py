@@ -75,6 +75,16 @@ def test_string_form_normalisation_none_equals_empty():
     assert p.changes[0].diff == {"ip_address": ("10.0.0.1", "")}
 
 
+def test_string_form_normalisation_of_numbers_and_booleans():
+    # Values a transform left as numbers compare on ServiceNow's string form,
+    # both when nothing changed and in the diff of what did.
+    assert plan([desired_vm(1, cpus=8, virtual=True)], [existing_vm(1, cpus="8", virtual="true")]).changes == []
+    (change,) = plan([desired_vm(1, cpus=8)], [existing_vm(1, cpus="4")]).changes
+    assert change.diff == {"cpus": ("4", "8")}
+    (change,) = plan([desired_vm(1, ip_address="10.0.0.1")], [existing_vm(1, ip_address=None)]).changes
+    assert change.diff == {"ip_address": ("", "10.0.0.1")}
+
+
 def test_gone_from_an_ok_scope_is_retired():
     existing = [existing_vm(1), existing_vm(2), existing_vm(3), existing_vm(4)]
     p = plan([desired_vm(1)], existing, options=PlanOptions(DS, max_retire_fraction=0.75))

@@ -189,6 +189,20 @@ def test_requests_in_flight_never_share_a_session_and_idle_sessions_are_reused()
     assert len(tables._sessions) == 3
 
 
+@responses.activate
+def test_reader_gives_every_value_in_string_form():
+    # sysparm_exclude_reference_link makes every value a string; should an
+    # instance answer otherwise, links, nulls and numbers are normalised here.
+    row = {"sys_id": "s1", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "X",
+           "location": {"link": f"{URL}/api/now/table/cmn_location/loc1", "value": "loc1"},
+           "ip_address": None, "cpus": 8}
+    responses.get(TABLE_URL, json={"result": [row]}, headers={"X-Total-Count": "1"})
+    tables, _ = client()
+    (ci,) = CmdbReader(tables, "X").owned_cis("cmdb_ci_vm_instance", ["location", "ip_address", "cpus"])
+    assert ci.fields == {"sys_id": "s1", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "X",
+                         "location": "loc1", "ip_address": "", "cpus": "8"}
+
+
 def test_tls_verification_on_by_default_and_ca_bundle(tmp_path):
     tables, _ = client()
     assert tables._new_session().verify is True
