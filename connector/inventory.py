@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import orjson
+
 from .errors import InventoryError
 from .models import SCOPE_STATUSES, Account, Inventory, Record, Scope
 
@@ -37,7 +39,7 @@ def read_inventory(path: Path) -> Inventory:
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                row = orjson.loads(line)
                 kind = row["kind"]
                 if kind == "scope":
                     if row["status"] not in SCOPE_STATUSES:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from ..models import OK, SKIPPED, Inventory, MappingProblem
 from ..reconcile.apply import ApplyResult
@@ -152,7 +153,7 @@ def write_report(report: dict[str, Any], output_dir: Path) -> Path:
     of changes, and pretty-printing them twice cost more CPU than the run's own
     work.
     """
-    text = json.dumps(report, separators=(",", ":")) + "\n"
+    text = orjson.dumps(report, option=orjson.OPT_APPEND_NEWLINE).decode()
     path = output_dir / f"report-{report['run_id']}.json"
     write_text_atomic(path, text)
     write_text_atomic(output_dir / "latest.json", text)

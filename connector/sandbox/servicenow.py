@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, urlencode, urlparse
 
+import orjson
+
 from . import encoded_query
 from .schema import TABLES, fields_of, references_of
 from .store import Store
@@ -51,7 +53,7 @@ class Reply:
     def payload(self) -> bytes:
         if self.raw is not None:
             return self.raw
-        return b"" if self.body is None else json.dumps(self.body).encode()
+        return b"" if self.body is None else orjson.dumps(self.body)
 
 
 def error(status: int, message: str, detail: str = "", headers: dict[str, str] | None = None) -> Reply:

@@ -15,6 +15,7 @@ import time
 from email.utils import parsedate_to_datetime
 from typing import Any, Callable
 
+import orjson
 import requests
 
 from ..errors import (
@@ -78,8 +79,8 @@ def validate_response(response: requests.Response, *args: Any, **kwargs: Any) ->
                 "queued request)", **where
             )
         try:
-            parsed = response.json()
-        except ValueError:
+            parsed = orjson.loads(response.content)
+        except ValueError:  # orjson.JSONDecodeError is one
             kind = "an HTML page" if b"<html" in response.content[:2048].lower() else "something that is not JSON"
             raise ServiceNowBadResponse(
                 f"ServiceNow answered with {kind}: the instance may be hibernating, upgrading "
