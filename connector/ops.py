@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import json
 import logging
 import os
@@ -14,7 +15,8 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 from .errors import ConnectorError, UsageError
 
@@ -22,6 +24,23 @@ EXIT_INTERRUPTED = 130
 _STOP = threading.Event()
 _RUN_ID = {"value": "-"}
 CONTEXT_FIELDS = ("account", "region", "source", "table")
+
+
+# -- the garbage collector ----------------------------------------------------------
+
+@contextmanager
+def fewer_gc_passes(first_generation: int = 50_000) -> Iterator[None]:
+    """A run builds hundreds of thousands of small objects that hold no cycles
+    (raw items, CMDB rows, CIs). With Python's default threshold of 700
+    allocations, the cycle collector walks them again and again: a quarter of
+    the CPU of a run that changes nothing. Cycles are still collected, less often.
+    """
+    before = gc.get_threshold()
+    gc.set_threshold(first_generation, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 # -- logs ------------------------------------------------------------------------

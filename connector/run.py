@@ -26,7 +26,7 @@ from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingRel
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.json_report import build_report, summary_line, write_report
-from .ops import EXIT_INTERRUPTED, set_run_id, stop_requested
+from .ops import EXIT_INTERRUPTED, fewer_gc_passes, set_run_id, stop_requested
 from .report.outputs import write_outputs
 from .servicenow.client import TableClient
 from .servicenow.cmdb import CmdbReader, TableApiWriter
@@ -164,6 +164,12 @@ def run_pipeline(
     shard: tuple[int, int] | None = None,
 ) -> RunOutcome:
     """accounts -> sessions -> collect -> map -> plan -> apply -> report."""
+    with fewer_gc_passes():
+        return _run_pipeline(settings, mode, force, inventory_file, mappings, shard)
+
+
+def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Path | None,
+                  mappings: MappingSet | None, shard: tuple[int, int] | None) -> RunOutcome:
     run_id, started, clock = new_run_id(), _now(), StageClock()
     set_run_id(run_id)
     mappings = mappings or load_mappings(settings.mappings_folder())

@@ -146,18 +146,18 @@ def _plan_table(
 ) -> None:
     unique, by_identity, unkeyed = _index(existing)
     claimed: set[str] = set()
-    sys_ids, unchanged = plan.sys_ids, 0
+    sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
     for ci in desired:
         matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
-        wanted = _desired_payload(ci, options)
         if len(matches) == 1:
             current = matches[0]
             claimed.add(current.sys_id)
             sys_ids[(table, ci.identity)] = current.sys_id
-            if not _is_retired(current, policy) and wanted.items() <= current.fields.items():
-                unchanged += 1  # the common case, decided without building a diff
+            if (ci.fields.items() <= current.fields.items() and current.fields.get("discovery_source") == source
+                    and not _is_retired(current, policy)):
+                unchanged += 1  # the common case: every value there already, as the same string
                 continue
-            change = _change_of_match(table, ci, current, wanted, policy, options)
+            change = _change_of_match(table, ci, current, _desired_payload(ci, options), policy, options)
             if change is None:
                 unchanged += 1
             else:
@@ -166,6 +166,7 @@ def _plan_table(
             claimed.update(m.sys_id for m in matches)
             plan.duplicates.append({"table": table, "identity": ci.identity, "sys_ids": sorted(m.sys_id for m in matches)})
         else:
+            wanted = _desired_payload(ci, options)
             full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}
             full = {k: v for k, v in full.items() if v != ""}
             plan.changes.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
@@ -211,12 +212,14 @@ def _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan) ->
             continue  # not owned: never retired
         key = fields.get("correlation_id", "")
         if key:
-            sys_ids.setdefault((table, key), ci.sys_id)
-        if _is_retired(ci, policy):
-            still_retired += ci.sys_id not in claimed  # already retired and still gone: unchanged
-            continue
-        active += 1
-        if ci.sys_id not in claimed and _retirable(ci, policy, ok_scopes, options):
+            sys_ids.setdefault((table, key), ci.sys_id)  # duplicates too: one of them stands for the key
+        retired = _is_retired(ci, policy)
+        active += not retired
+        if ci.sys_id in claimed:
+            continue  # matched a desired CI: planned above
+        if retired:
+            still_retired += 1  # already retired and still gone: unchanged
+        elif _retirable(ci, policy, ok_scopes, options):
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
     plan.unchanged[table] += still_retired
     if not retires:
@@ -254,38 +257,47 @@ def _plan_relations(
     policies: dict[str, TablePolicy],
     plan: Plan,
 ) -> None:
-    desired_keys = {(ci.table, ci.identity) for ci in desired}
-    wanted: dict[tuple[str, CIKey, CIKey], None] = {}
-    for ci in desired:
+    # Every CI key, desired or existing, gets a number once; relations are then
+    # compared as (type, number, number), which hashes far faster than keys.
+    number: dict[CIKey, int] = {}
+    mine = [number.setdefault((ci.table, ci.identity), len(number)) for ci in desired]
+    desired_numbers = set(mine)
+    for key in plan.sys_ids:
+        number.setdefault(key, len(number))
+    keys = list(number)  # number -> key
+
+    wanted: dict[tuple[str, int, int], None] = {}
+    for ci, me in zip(desired, mine):
         for ref in ci.relations:
-            me, other = (ci.table, ci.identity), (ref.table, ref.identity)
-            if other not in desired_keys and other not in plan.sys_ids:
+            other = number.get((ref.table, ref.identity))
+            if other is None:  # neither desired nor in the CMDB
                 plan.warnings.append(f"{ci.table} {ci.identity}: {ref.type} target {ref.table} {ref.identity} not found")
                 continue
             if ref.type not in rel_types:
                 plan.warnings.append(f"relation type {ref.type!r} is not in cmdb_rel_type")
                 continue
-            parent, child = (me, other) if ref.role == "parent" else (other, me)
-            wanted[(ref.type, parent, child)] = None
+            wanted[(ref.type, me, other) if ref.role == "parent" else (ref.type, other, me)] = None
 
-    key_of = {sys_id: key for key, sys_id in plan.sys_ids.items()}
+    number_of = {sys_id: number[key] for key, sys_id in plan.sys_ids.items()}
     type_name = {sys_id: name for name, sys_id in rel_types.items()}
-    existing: set[tuple[str, CIKey, CIKey]] = set()
+    existing: set[tuple[str, int, int]] = set()
+    unchanged = 0
     for rel in relations:
-        parent, child, name = key_of.get(rel.parent), key_of.get(rel.child), type_name.get(rel.type)
+        parent, child, name = number_of.get(rel.parent), number_of.get(rel.child), type_name.get(rel.type)
         if parent is None or child is None or name is None:
             continue  # not between CIs we manage: never touched
-        key = (name, parent, child)
-        if key in existing:
+        triple = (name, parent, child)
+        if triple in existing:
             continue
-        existing.add(key)
-        if key in wanted:
-            plan.relations_unchanged += 1
-        elif _declarer(parent, child, name, policies) in desired_keys:
-            plan.relation_changes.append(RelationChange("delete", name, parent, child, rel.sys_id))
-    for key in wanted:
-        if key not in existing:
-            plan.relation_changes.append(RelationChange("create", key[0], key[1], key[2]))
+        existing.add(triple)
+        if triple in wanted:
+            unchanged += 1
+        elif number.get(_declarer(keys[parent], keys[child], name, policies)) in desired_numbers:
+            plan.relation_changes.append(RelationChange("delete", name, keys[parent], keys[child], rel.sys_id))
+    plan.relations_unchanged += unchanged
+    for triple in wanted:
+        if triple not in existing:
+            plan.relation_changes.append(RelationChange("create", triple[0], keys[triple[1]], keys[triple[2]]))
 
 
 def plan_changes(

@@ -1,4 +1,4 @@
-"""Progress bars show on a terminal and stay silent elsewhere."""
+"""Progress bars show on a terminal and stay silent elsewhere; logs and other run-time helpers."""
 
 from __future__ import annotations
 
@@ -52,3 +52,18 @@ def test_json_log_lines_carry_run_id_and_scope(monkeypatch):
     assert (line["account"], line["region"], line["source"], line["level"]) == ("111122223333", "eu-west-1", "ec2:vpc", "warning")
     assert line["message"] == "account 111122223333 region eu-west-1: denied"
     logging.getLogger().handlers.clear()
+
+
+def test_fewer_gc_passes_during_a_run_and_the_threshold_restored_after():
+    import gc
+
+    from connector.ops import fewer_gc_passes
+
+    before = gc.get_threshold()
+    try:
+        with fewer_gc_passes(12_345):
+            assert gc.get_threshold() == (12_345, *before[1:])
+            raise RuntimeError("a run that fails")
+    except RuntimeError:
+        pass
+    assert gc.get_threshold() == before
