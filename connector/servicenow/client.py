@@ -43,6 +43,9 @@ class TableClient:
         self._sessions: list[ServiceNowSession] = []
         self._idle: list[pysnow.Client] = []
         self._lock = threading.Lock()
+        # servicenow.workers is the most requests in flight at once, over every
+        # table and page: an instance has only so many API semaphores.
+        self._in_flight = threading.BoundedSemaphore(max(1, settings.workers))
 
     # -- sessions ---------------------------------------------------------
     def _new_session(self) -> ServiceNowSession:
@@ -63,21 +66,25 @@ class TableClient:
 
     @contextmanager
     def _client(self) -> Iterator[pysnow.Client]:
-        """An idle pysnow client (and session) for one request, returned afterwards."""
-        with self._lock:
-            client = self._idle.pop() if self._idle else None
-        if client is None:
-            session = self._new_session()
-            client = pysnow.Client(host=self._host, use_ssl=self._use_ssl, session=session)
-            # pysnow overwrites the headers of the session it is given.
-            session.headers["User-Agent"] = "cmdb-connector"
+        """An idle pysnow client (and session) for one request, returned afterwards.
+
+        Waits while ``workers`` requests are already in flight.
+        """
+        with self._in_flight:
             with self._lock:
-                self._sessions.append(session)
-        try:
-            yield client
-        finally:
-            with self._lock:
-                self._idle.append(client)  # last in, first out: the warmest connection next
+                client = self._idle.pop() if self._idle else None
+            if client is None:
+                session = self._new_session()
+                client = pysnow.Client(host=self._host, use_ssl=self._use_ssl, session=session)
+                # pysnow overwrites the headers of the session it is given.
+                session.headers["User-Agent"] = "cmdb-connector"
+                with self._lock:
+                    self._sessions.append(session)
+            try:
+                yield client
+            finally:
+                with self._lock:
+                    self._idle.append(client)  # last in, first out: the warmest connection next
 
     def _resource(self, client: pysnow.Client, table: str):
         resource = client.resource(

@@ -160,6 +160,16 @@ def test_concurrent_writers_do_not_share_a_session_cookie(tmp_path, inventory_fi
         assert_cmdb_right(server)
 
 
+def test_workers_bounds_the_requests_in_flight_over_every_table_and_page(tmp_path, inventory_file):
+    # Tables, their pages and the relations are read at once, and writes run
+    # concurrently; still no more than servicenow.workers requests are in flight.
+    with ServiceNowStandIn(users={"svc": PASSWORD}, latency=0.02) as server:
+        settings = settings_for(server, tmp_path, workers=3, page_size=2)
+        assert run_pipeline(settings, inventory_file=inventory_file).exit_code == 0
+        assert run_pipeline(settings, inventory_file=inventory_file).exit_code == 0  # reads many pages
+        assert 1 < server.max_active <= 3
+
+
 @pytest.mark.parametrize("batch_size", [0, 10])
 def test_answers_lost_after_the_work_was_done_never_duplicate(tmp_path, inventory_file, batch_size):
     """A cancelled transaction (500) may have written: creates are looked up before any resend."""
