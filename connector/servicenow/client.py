@@ -15,6 +15,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 import uuid
 from contextlib import contextmanager
+from itertools import chain
 from typing import Any, Iterator
 from urllib.parse import urlparse
 
@@ -113,7 +114,12 @@ class TableClient:
 
     def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1) -> Iterator[dict[str, Any]]:
-        """Every matching row, paged by offset in ``sys_id`` order.
+        """Every matching row: ``query_pages``, row by row."""
+        return chain.from_iterable(self.query_pages(table, query, fields, page_size, workers))
+
+    def query_pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
+                    workers: int = 1) -> Iterator[list[dict[str, Any]]]:
+        """Every matching row, a page at a time, paged by offset in ``sys_id`` order.
 
         A short page is not the end: ``sysparm_limit`` applies before ACLs, so
         the count in ``X-Total-Count`` decides; without it, an empty page does.
@@ -123,21 +129,21 @@ class TableClient:
         limit = page_size or self._settings.page_size
         ordered = f"{query}^ORDERBYsys_id" if query else "ORDERBYsys_id"
         rows, total = self._page(table, ordered, fields, limit, 0)
-        yield from rows
+        yield rows
         if total is not None and total.isdigit():
             offsets = list(range(limit, int(total), limit))
             if workers > 1 and len(offsets) > 1:
                 with ThreadPoolExecutor(max_workers=min(workers, len(offsets)), thread_name_prefix="read") as pool:
                     for page, _count in pool.map(lambda at: self._page(table, ordered, fields, limit, at), offsets):
-                        yield from page
+                        yield page
             else:
                 for at in offsets:
-                    yield from self._page(table, ordered, fields, limit, at)[0]
+                    yield self._page(table, ordered, fields, limit, at)[0]
             return
         offset = limit
         while rows:
             rows, _count = self._page(table, ordered, fields, limit, offset)
-            yield from rows
+            yield rows
             offset += limit
 
     def count(self, table: str, query: str) -> int | None:

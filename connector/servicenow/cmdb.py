@@ -93,9 +93,10 @@ class CmdbReader:
         if not type_ids:
             return []
         query = f"parent.discovery_source={self.discovery_source}^typeIN{','.join(type_ids)}"
+        rows = self.tables.query(REL_TABLE, query, ["sys_id", "parent", "child", "type"], workers=self.workers)
         return [
-            ExistingRelation(row["sys_id"], _ref(row.get("parent")), _ref(row.get("child")), _ref(row.get("type")))
-            for row in self.tables.query(REL_TABLE, query, ["sys_id", "parent", "child", "type"], workers=self.workers)
+            ExistingRelation(row["sys_id"], row.get("parent", ""), row.get("child", ""), row.get("type", ""))
+            for row in map(_row_fields, rows)
         ]
 
 
