@@ -94,7 +94,7 @@ def main() -> int:
             except OSError:
                 time.sleep(0.1)
         work = Path(tempfile.mkdtemp())
-        inventory = synthetic_inventory(accounts=10, regions=("us-east-1", "eu-west-1"), vpcs=2, subnets=5, instances=95)
+        inventory = synthetic_inventory(accounts=10, regions=("us-east-1", "eu-west-1"), vpcs=2, subnets=5, instances=99)
         ci_count = len(inventory.records)
         first = work / "inventory.jsonl"
         write_inventory(inventory, first)

@@ -145,13 +145,14 @@ def _plan_table(
     plan: Plan,
 ) -> None:
     unique, by_identity, unkeyed = _index(existing)
-    claimed: set[str] = set()
+    matched: set[str] = set()  # CIs that match one desired CI
+    claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
     for ci in desired:
         matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
         if len(matches) == 1:
             current = matches[0]
-            claimed.add(current.sys_id)
+            matched.add(current.sys_id)
             sys_ids[(table, ci.identity)] = current.sys_id
             if (ci.fields.items() <= current.fields.items() and current.fields.get("discovery_source") == source
                     and not _is_retired(current, policy)):
@@ -171,7 +172,7 @@ def _plan_table(
             full = {k: v for k, v in full.items() if v != ""}
             plan.changes.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
     plan.unchanged[table] += unchanged
-    _plan_retires(table, unique, claimed, policy, ok_scopes, options, plan)
+    _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
 
 
 def _change_of_match(
@@ -202,7 +203,7 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
     return all((scope[0], scope[1], source) in ok_scopes for source in policy.sources)
 
 
-def _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan) -> None:
+def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan) -> None:
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
@@ -210,13 +211,15 @@ def _plan_retires(table, existing, claimed, policy, ok_scopes, options, plan) ->
         fields = ci.fields
         if fields.get("discovery_source") != source or fields.get("sys_class_name") != table:
             continue  # not owned: never retired
+        retired = _is_retired(ci, policy)
+        active += not retired
+        if ci.sys_id in matched:
+            continue  # matched one desired CI: planned above
         key = fields.get("correlation_id", "")
         if key:
             sys_ids.setdefault((table, key), ci.sys_id)  # duplicates too: one of them stands for the key
-        retired = _is_retired(ci, policy)
-        active += not retired
         if ci.sys_id in claimed:
-            continue  # matched a desired CI: planned above
+            continue  # one of duplicates: reported above
         if retired:
             still_retired += 1  # already retired and still gone: unchanged
         elif _retirable(ci, policy, ok_scopes, options):
