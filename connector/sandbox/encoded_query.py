@@ -147,6 +147,9 @@ def compile_query(query: EncodedQuery, fields: frozenset[str], resolve: Resolver
                 groups.append(tests)
         compiled.append(groups)
 
+    if len(compiled) == 1 and all(len(tests) == 1 for tests in compiled[0]):
+        return _conjunction([tests[0] for tests in compiled[0]], resolve)
+
     def group_holds(row: dict, tests: list) -> bool:
         seen = False
         for name, walked, test in tests:
@@ -160,5 +163,22 @@ def compile_query(query: EncodedQuery, fields: frozenset[str], resolve: Resolver
 
     def predicate(row: dict) -> bool:
         return any(all(group_holds(row, tests) for tests in groups) for groups in compiled)
+
+    return predicate
+
+
+def _conjunction(conditions: list[tuple[str, bool, Callable[[str], bool]]], resolve: Resolver) -> Callable[[dict], bool]:
+    """The usual query, conditions joined by ``^`` alone: each must hold where it is known.
+
+    Plain fields are tested before dot-walked ones, which cost a lookup each.
+    """
+    conditions = sorted(conditions, key=lambda c: c[1])
+
+    def predicate(row: dict) -> bool:
+        for name, walked, test in conditions:
+            value = resolve(row, name) if walked else row.get(name)
+            if value is not None and not test(value):
+                return False
+        return True
 
     return predicate
