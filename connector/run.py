@@ -111,11 +111,11 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
     rel_names = {r.type for m in mappings.mappings.values() for r in m.relations}
     with ThreadPoolExecutor(max_workers=max(1, workers) + 1, thread_name_prefix="read-table") as pool:
         relations = pool.submit(_read_relations, reader, rel_names)
-        found = pool.map(
-            lambda item: _read_table(reader, item[0], item[1], desired_by_table.get(item[0], [])),
-            mappings.tables.items(),
-        )
-        cis = dict(zip(mappings.tables, found))
+        # The largest tables first: their pages are the longest part of the read.
+        tables = sorted(mappings.tables.items(), key=lambda item: -len(desired_by_table.get(item[0], ())))
+        found = pool.map(lambda item: _read_table(reader, item[0], item[1], desired_by_table.get(item[0], [])), tables)
+        read = dict(zip((table for table, _variants in tables), found))
+        cis = {table: read[table] for table in mappings.tables}
         rel_types, rels = relations.result()
     return CmdbState(cis, rel_types, rels)
 
