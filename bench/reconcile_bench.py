@@ -4,7 +4,7 @@ The stand-in runs in a process of its own and adds 20 ms to every request.
 Three runs: the first (everything created), a run with nothing changed, and a
 run where 1% of the instances changed.
 
-    python bench/reconcile_bench.py [--workers 8] [--batch-size 20] [--page-size 1000]
+    python bench/reconcile_bench.py [--workers 8] [--batch-size 20] [--page-size 1000] [--latency 0.02]
 
 For each run it prints the HTTP requests by kind, the wall time of each stage
 (from the run's report), and the ratio of the reconciliation's wall time
@@ -34,7 +34,6 @@ from connector.sandbox.aws import free_port
 from connector.sandbox.synthetic import synthetic_inventory
 from connector.settings import load_settings
 
-LATENCY = 0.02
 PASSWORD = "bench-password"
 
 
@@ -48,7 +47,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def one_run(label, settings, inventory_path, url, workers, batch_size, ci_count, page_size, standin_pid) -> None:
+def one_run(label, settings, inventory_path, url, args, ci_count, standin_pid) -> None:
+    workers, batch_size, page_size = args.workers, args.batch_size, args.page_size
     before = stats(url)
     started, cpu, standin_cpu = time.perf_counter(), time.process_time(), cpu_seconds(standin_pid)
     outcome = run_pipeline(settings, inventory_file=inventory_path)
@@ -61,7 +61,7 @@ def one_run(label, settings, inventory_path, url, workers, batch_size, ci_count,
     direct = sum(n for k, n in requests.items() if k.split(" ")[0] in ("POST", "PATCH", "PUT", "DELETE") and k != "POST batch")
     items = sum(n for k, n in requests.items() if k.startswith("batch ") and not k.startswith("batch GET"))
     writes = items + direct
-    bound = (reads + writes / max(1, batch_size)) * LATENCY / workers
+    bound = (reads + writes / max(1, batch_size)) * args.latency / workers
     tables = len(outcome.report["tables"])
     timings = outcome.report["timings"]
     reconcile = sum(timings.get(stage, 0.0) for stage in ("read", "plan", "apply"))
@@ -80,11 +80,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--latency", type=float, default=0.02, help="seconds added to every request (default 0.02)")
     args = parser.parse_args()
 
     port = free_port()
     standin = subprocess.Popen([sys.executable, "-m", "connector.sandbox.servicenow", "--port", str(port),
-                                "--user", f"svc:{PASSWORD}", "--latency", str(LATENCY)])
+                                "--user", f"svc:{PASSWORD}", "--latency", str(args.latency)])
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
@@ -113,10 +114,10 @@ def main() -> int:
             "report": {"output_dir": str(work / "reports")},
         })
         print(f"{ci_count} CIs ({step} instances), {args.workers} workers, batch size {args.batch_size}, "
-              f"page size {args.page_size}, {LATENCY * 1000:.0f} ms per request")
-        one_run("first run", settings, first, url, args.workers, args.batch_size, ci_count, args.page_size, standin.pid)
-        one_run("no-change run", settings, first, url, args.workers, args.batch_size, ci_count, args.page_size, standin.pid)
-        one_run("1% change run", settings, changed, url, args.workers, args.batch_size, ci_count, args.page_size, standin.pid)
+              f"page size {args.page_size}, {args.latency * 1000:.0f} ms per request")
+        one_run("first run", settings, first, url, args, ci_count, standin.pid)
+        one_run("no-change run", settings, first, url, args, ci_count, standin.pid)
+        one_run("1% change run", settings, changed, url, args, ci_count, standin.pid)
     finally:
         standin.terminate()
         standin.wait(timeout=10)
