@@ -270,6 +270,7 @@ class ServiceNowStandIn:
         self._api_requests = 0
         self._active = 0
         self.max_active = 0                 # most API requests served at once, over all sessions
+        self.connections = 0                # TCP connections accepted
         self._port = port
         self._tls = tls  # (certificate, key) PEM files: serve HTTPS
         self._server: ThreadingHTTPServer | None = None
@@ -379,6 +380,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         return
+
+    def setup(self) -> None:
+        super().setup()
+        with self.app._lock:
+            self.app.connections += 1  # one handler per TCP connection
 
     def _body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)

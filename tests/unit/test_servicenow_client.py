@@ -226,6 +226,46 @@ def test_against_the_standin_create_read_update_and_paging(standin):
     assert standin.stats["GET cmdb_ci_vm_instance"] == 6  # ceil(7 / 3) pages, twice
 
 
+def test_connections_are_kept_alive_and_reused_across_reads_and_writes(standin):
+    # At most `workers` sessions, each one kept-alive connection, whatever the
+    # number of requests and of the threads that send them.
+    tables = TableClient(ServiceNowSettings(instance_url=standin.url, username="admin", password="s3cret-pw",
+                                            page_size=2, workers=2))
+    for i in range(5):
+        tables.create("cmdb_ci_vm_instance", {"name": f"vm{i}", "discovery_source": "X"})
+    for _ in range(3):
+        assert len(list(tables.query("cmdb_ci_vm_instance", "discovery_source=X", ["sys_id"], workers=2))) == 5
+    assert standin.stats["GET cmdb_ci_vm_instance"] == 9
+    assert 1 <= standin.connections <= 2
+    tables.close()
+
+
+def test_an_answer_cut_short_is_a_connection_failure_and_retried():
+    import socket
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    answered = []
+
+    def serve() -> None:
+        for _ in range(2):
+            conn, _addr = server.accept()
+            conn.recv(65536)
+            # 100 bytes announced, 12 sent, then the connection drops
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"result\": [")
+            conn.close()
+            answered.append(1)
+
+    threading.Thread(target=serve, daemon=True).start()
+    tables, sleeps = client(f"http://127.0.0.1:{server.getsockname()[1]}", max_attempts=2)
+    with pytest.raises(ServiceNowUnavailable, match="cannot reach ServiceNow: ChunkedEncodingError"):
+        list(tables.query("cmdb_ci_vm_instance", "", ["sys_id"]))
+    assert len(answered) == 2 and len(sleeps) == 1  # tried again once
+    server.close()
+
+
 def test_against_the_standin_wrong_password(standin):
     tables = TableClient(ServiceNowSettings(instance_url=standin.url, username="admin", password=PASSWORD, max_attempts=1))
     with pytest.raises(ServiceNowAuthError) as info:
