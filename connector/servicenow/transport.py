@@ -71,7 +71,8 @@ def _read_whole_body(response: requests.Response) -> None:
     """Read the body in one go. requests reads it in 10 KB chunks, a Python
     loop that costs more CPU than parsing the JSON of a 1,000-row page."""
     raw = response.raw
-    if response._content is False and not response._content_consumed and hasattr(raw, "read"):
+    unread = getattr(response, "_content", None) is False and getattr(response, "_content_consumed", True) is False
+    if unread and hasattr(raw, "read"):  # else (another requests, a mock) requests reads it as usual
         try:
             response._content = raw.read(decode_content=True) or b""
         except ProtocolError as exc:  # as requests itself turns them
