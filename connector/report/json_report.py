@@ -77,6 +77,7 @@ def build_report(
     errors: list[str],
     tables: list[str],
     timings: dict[str, float] | None = None,
+    cpu_timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {
         t: {"created": 0, "updated": 0, "retired": 0, "revived": 0, "unchanged": 0} for t in tables
@@ -128,8 +129,9 @@ def build_report(
         "warnings": plan.warnings if plan else [],
         "mapping_problems": [{"scope": list(p.scope), "table": p.table, "message": p.message} for p in problems],
         "errors": errors,
-        # wall seconds per stage: collect, map, read (the CMDB), plan, apply
+        # seconds per stage (collect, map, read the CMDB, plan, apply): wall, and CPU
         "timings": dict(timings or {}),
+        "cpu_timings": dict(cpu_timings or {}),
     }
 
 

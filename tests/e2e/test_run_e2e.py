@@ -144,6 +144,7 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
     # where the time went, stage by stage
     assert set(report["timings"]) == {"collect", "map", "read", "plan", "apply"}
     assert all(isinstance(s, float) and s >= 0 for s in report["timings"].values())
+    assert set(report["cpu_timings"]) == set(report["timings"]) and report["cpu_timings"]["map"] > 0
 
     # 2. Second run, nothing changed in AWS: zero writes.
     writes = sn.writes()
