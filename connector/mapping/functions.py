@@ -9,9 +9,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 SNOW_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
+
+
+_STRINGS_ONLY = {str}
+
+
+def all_strings(values: Iterable[Any]) -> bool:
+    """Are all these values strings already, ServiceNow's form, with nothing to convert?"""
+    return set(map(type, values)) <= _STRINGS_ONLY
 
 
 def snow_string(value: Any) -> str | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from ..arn import account_and_region
-from ..mapping.functions import snow_string
+from ..mapping.functions import all_strings, snow_string
 from ..models import OK, DesiredCI, ExistingCI, ExistingRelation, MappingProblem, Scope
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
@@ -108,12 +108,9 @@ def _index(existing: Iterable[ExistingCI]) -> tuple[list[ExistingCI], dict[str, 
     return unique, by_identity, unkeyed_by_object
 
 
-_STRINGS_ONLY = {str}
-
-
 def _desired_payload(ci: DesiredCI, options: PlanOptions) -> dict[str, str]:
     fields = ci.fields
-    if set(map(type, fields.values())) <= _STRINGS_ONLY:
+    if all_strings(fields.values()):
         payload = dict(fields)  # already ServiceNow's string form: nothing to normalise
     else:
         payload = {name: snow_value(value) for name, value in fields.items()}

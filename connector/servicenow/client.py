@@ -114,11 +114,11 @@ class TableClient:
 
     def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1) -> Iterator[dict[str, Any]]:
-        """Every matching row: ``query_pages``, row by row."""
-        return chain.from_iterable(self.query_pages(table, query, fields, page_size, workers))
+        """Every matching row: ``_pages``, row by row."""
+        return chain.from_iterable(self._pages(table, query, fields, page_size, workers))
 
-    def query_pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
-                    workers: int = 1) -> Iterator[list[dict[str, Any]]]:
+    def _pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
+               workers: int = 1) -> Iterator[list[dict[str, Any]]]:
         """Every matching row, a page at a time, paged by offset in ``sys_id`` order.
 
         A short page is not the end: ``sysparm_limit`` applies before ACLs, so

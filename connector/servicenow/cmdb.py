@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
 from ..errors import AmbiguousWriteError, ServiceNowError, ServiceNowNotFound
+from ..mapping.functions import all_strings
 from ..models import ExistingCI, ExistingRelation
 from .client import TableClient
 
@@ -32,12 +33,9 @@ def _chunks(values: list[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
         yield values[start : start + size]
 
 
-_STRINGS_ONLY = {str}
-
-
 def _row_fields(row: dict[str, Any]) -> dict[str, str]:
     """A row in ServiceNow's string form; references as plain sys_ids."""
-    if set(map(type, row.values())) <= _STRINGS_ONLY:
+    if all_strings(row.values()):
         return row  # what sysparm_exclude_reference_link gives: nothing to convert
     return {k: _ref(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in row.items()}
 
