@@ -15,6 +15,7 @@ import json
 import random
 import secrets
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -231,6 +232,11 @@ class _Server(ThreadingHTTPServer):
     # for the retransmission. A real instance sits behind a far deeper queue.
     request_queue_size = 128
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # the client went away (killed, timed out): nothing to report
+        super().handle_error(request, client_address)
+
 
 def table_route(path: str) -> tuple[str, str, str | None] | None:
     """``/api/now[/v1|/v2]/table/<table>[/<sys_id>]`` -> (version, table, sys_id)."""
@@ -386,9 +392,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self.app._lock:
             self.app.connections += 1  # one handler per TCP connection
 
-    def _body(self) -> bytes:
+    def _body(self) -> bytes | None:
+        """The request's body; None when the client went away before sending all of it."""
         length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length else b""
+        body = self.rfile.read(length) if length else b""
+        return body if len(body) == length else None
 
     def _write(self, reply: Reply) -> None:
         payload = reply.payload()
@@ -440,6 +448,11 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         url = urlparse(self.path)
         body = self._body()
+        if body is None:
+            # A body cut short (the client was killed mid-send) is never run as an
+            # empty one, which would create a blank record: the server drops it.
+            self.close_connection = True
+            return
         if url.path.startswith("/sandbox/"):
             return self._write(self._admin(method, url.path, body))
         if url.path == "/oauth_token.do" and method == "POST":
