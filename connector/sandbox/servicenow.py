@@ -102,13 +102,13 @@ class TableApi:
         self._results: dict[tuple[str, str], tuple[int, list[dict[str, str]]]] = {}
         self._results_lock = threading.Lock()
 
-    def _matching(self, table: str, text: str, query, resolve, known) -> list[dict[str, str]]:
+    def _matching(self, table: str, text: str, query, known) -> list[dict[str, str]]:
         version = self.store.version
         with self._results_lock:
             cached = self._results.get((table, text))
         if cached is not None and cached[0] == version:
             return cached[1]
-        rows = list(filter(encoded_query.compile_query(query, known, resolve), self.store.rows(table)))
+        rows = list(filter(encoded_query.compile_query(query, known, self.store.resolve), self.store.rows(table)))
         for name, descending in reversed(query.order):
             if name in known:
                 rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
@@ -192,7 +192,7 @@ class TableApi:
             return error(400, "Invalid query parameter", str(exc))
         known = fields_of(table)
 
-        rows = self._matching(table, one("sysparm_query"), query, self.store.resolve, known)
+        rows = self._matching(table, one("sysparm_query"), query, known)
         total = len(rows)
         page = rows[offset : offset + limit] if limit > 0 else []
         hidden = self.faults.acl_hidden_prefix
