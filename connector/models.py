@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 # Status of an account or of one collection unit.
 OK = "ok"
@@ -83,8 +83,9 @@ class DesiredCI:
     scope: tuple[str, str, str]
 
 
-@dataclass(frozen=True)
-class ExistingCI:
+# The CMDB's records are read by the ten thousand: named tuples, which are as
+# immutable as a frozen dataclass and built in a quarter of its time.
+class ExistingCI(NamedTuple):
     """A CI as read from the CMDB: every value in ServiceNow's string form."""
 
     table: str
@@ -92,8 +93,7 @@ class ExistingCI:
     fields: dict[str, str]
 
 
-@dataclass(frozen=True)
-class ExistingRelation:
+class ExistingRelation(NamedTuple):
     sys_id: str
     parent: str
     child: str
