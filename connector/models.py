@@ -81,6 +81,8 @@ class DesiredCI:
     fields: dict[str, str | None]
     relations: tuple[RelationRef, ...]
     scope: tuple[str, str, str]
+    # key -> value for cmdb_key_value; None when its tags are not managed
+    tags: dict[str, str] | None = None
 
 
 # The CMDB's records are read by the ten thousand: named tuples, which are as
@@ -98,6 +100,15 @@ class ExistingRelation(NamedTuple):
     parent: str
     child: str
     type: str  # the cmdb_rel_type sys_id
+
+
+class ExistingKeyValue(NamedTuple):
+    """A ``cmdb_key_value`` row: one tag of one CI."""
+
+    sys_id: str
+    ci: str  # the configuration_item sys_id
+    key: str
+    value: str
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .errors import ConnectorError, UsageError
 from .inventory import read_inventory
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
-from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingRelation, Inventory
+from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.json_report import build_report, summary_line, write_report
@@ -104,23 +104,27 @@ class CmdbState:
     cis: dict[str, list[ExistingCI]]  # table -> owned CIs, plus the CIs to adopt
     rel_types: dict[str, str]  # relation type name -> cmdb_rel_type sys_id
     relations: list[ExistingRelation]  # relations of those types whose parent is ours
+    key_values: list[ExistingKeyValue] | None = None  # tags of our CIs; None when tags are not managed
 
 
 def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> CmdbState:
-    """One paged query per table and one for the relations, all at once."""
+    """One paged query per table, one for the relations and, when tags are
+    managed, one for the tags, all at once."""
     desired_by_table: dict[str, list[DesiredCI]] = defaultdict(list)
     for ci in mapped.cis:
         desired_by_table[ci.table].append(ci)
     rel_names = {r.type for m in mappings.mappings.values() for r in m.relations}
     with ThreadPoolExecutor(max_workers=max(1, workers) + 1, thread_name_prefix="read-table") as pool:
         relations = pool.submit(_read_relations, reader, rel_names)
+        tagged = any(ci.tags is not None for ci in mapped.cis)
+        key_values = pool.submit(reader.key_values) if tagged else None
         # The largest tables first: their pages are the longest part of the read.
         tables = sorted(mappings.tables.items(), key=lambda item: -len(desired_by_table.get(item[0], ())))
         found = pool.map(lambda item: _read_table(reader, item[0], item[1], desired_by_table.get(item[0], [])), tables)
         read = dict(zip((table for table, _variants in tables), found))
         cis = {table: read[table] for table in mappings.tables}
         rel_types, rels = relations.result()
-    return CmdbState(cis, rel_types, rels)
+    return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None)
 
 
 def _read_relations(reader: CmdbReader, names: set[str]) -> tuple[dict[str, str], list[ExistingRelation]]:
@@ -185,7 +189,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         with clock.stage("collect"):
             inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
         with clock.stage("map"):
-            mapped = map_inventory(inventory, mappings)
+            mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
         policies = table_policies(mappings)
         with clock.stage("read"):
             cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
@@ -193,6 +197,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             plan = plan_changes(
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
+                cmdb.key_values,
             )
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):

@@ -140,6 +140,8 @@ class ReconcileSettings(_Section):
     mappings_dir: Path | None = None
     retire: bool = True
     max_retire_fraction: float = Field(0.25, ge=0, le=1)
+    # write AWS tags to cmdb_key_value, for the classes whose mapping has [tags]
+    tags: bool = False
 
 
 class ReportSettings(_Section):

@@ -63,6 +63,24 @@ class CompiledRelation:
 
 
 @dataclass(frozen=True)
+class CompiledTags:
+    path: Callable[[Any], Any]
+    key: str
+    value: str
+
+    def __call__(self, item: Any) -> dict[str, str]:
+        """The item's tags as key -> value strings; none found is no tags."""
+        found = self.path(item)
+        if isinstance(found, dict):
+            pairs = found.items()
+        elif isinstance(found, list):
+            pairs = ((tag.get(self.key), tag.get(self.value)) for tag in found if isinstance(tag, dict))
+        else:
+            return {}
+        return {str(key): "" if value is None else str(value) for key, value in pairs if key not in (None, "")}
+
+
+@dataclass(frozen=True)
 class Mapping:
     """One source of one CMDB class, compiled from one file.
 
@@ -81,6 +99,7 @@ class Mapping:
     relations: tuple[CompiledRelation, ...]
     retire: dict[str, str]
     revive: dict[str, str]
+    tags: CompiledTags | None = None
 
 
 @dataclass
@@ -179,6 +198,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         relations=relations,
         retire=dict(spec.lifecycle.retire),
         revive=dict(spec.lifecycle.revive),
+        tags=None if spec.tags is None else CompiledTags(compile_path(spec.tags.path), spec.tags.key, spec.tags.value),
     )
 
 

@@ -114,6 +114,24 @@ class RelationSpec(_Strict):
     role: Literal["parent", "child"] = "parent"
 
 
+class TagsSpec(_Strict):
+    """Where an item's tags are, for ``cmdb_key_value`` (written when ``reconcile.tags`` is on).
+
+    ``path`` leads to a list of objects (``[{Key, Value}]``, as EC2 and RDS
+    give them; ``key`` and ``value`` name their members) or to an object of
+    key -> value (as EKS gives them).
+    """
+
+    path: str
+    key: str = "Key"
+    value: str = "Value"
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "TagsSpec":
+        compile_path(self.path)
+        return self
+
+
 class LifecycleSpec(_Strict):
     retire: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RETIRE))
     revive: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_REVIVE))
@@ -124,6 +142,7 @@ class MappingFile(_Strict):
     target: TargetSpec = TargetSpec()
     fields: dict[str, FieldValue]
     relations: list[RelationSpec] = Field(default_factory=list)
+    tags: TagsSpec | None = None
     lifecycle: LifecycleSpec = LifecycleSpec()
     description: str = ""
 

@@ -15,8 +15,11 @@ class MapResult:
     problems: list[MappingProblem] = field(default_factory=list)
 
 
-def map_record(mapping: Mapping, record: Record) -> DesiredCI:
-    """One raw item -> one desired CI. ``ValueError`` when the identity is absent."""
+def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredCI:
+    """One raw item -> one desired CI. ``ValueError`` when the identity is absent.
+
+    With ``tags``, a class whose mapping has ``[tags]`` carries them.
+    """
     item = record.resource
     ctx = {
         "account_id": record.account_id,
@@ -39,17 +42,18 @@ def map_record(mapping: Mapping, record: Record) -> DesiredCI:
         fields=values,
         relations=tuple(relations),
         scope=(record.account_id, record.region, record.source),
+        tags=mapping.tags(item) if tags and mapping.tags is not None else None,
     )
 
 
-def map_inventory(inventory: Inventory, mappings: MappingSet) -> MapResult:
+def map_inventory(inventory: Inventory, mappings: MappingSet, tags: bool = False) -> MapResult:
     result = MapResult()
     seen: set[tuple[str, str]] = set()
     by_source = {name: mappings.for_source(name) for name in mappings.sources}
     for record in inventory.records:
         for mapping in by_source.get(record.source, ()):
             try:
-                ci = map_record(mapping, record)
+                ci = map_record(mapping, record, tags)
             except ValueError as exc:
                 scope = (record.account_id, record.region, record.source)
                 result.problems.append(MappingProblem(scope, mapping.table, f"{mapping.file.name}: {exc}"))

@@ -1,7 +1,7 @@
 """apply: carry out a plan through a ``CmdbWriter``, with bounded concurrency.
 
-CIs first, then relations, so that a relation is written after both of its
-ends exist. Writes go in chunks (one write each, or a Batch API request's
+CIs first, then relations and tags, so that a relation or a tag is written
+after the CIs it points to exist. Writes go in chunks (one write each, or a Batch API request's
 worth) spread over the workers. A failed write is recorded with its reason
 and the rest go on; a run killed half-way is finished by the next one,
 because plan starts again from what the CMDB holds.
@@ -15,15 +15,26 @@ from dataclasses import dataclass, field
 
 from ..ops import stop_requested
 from ..progress import bar
-from ..servicenow.cmdb import REL_TABLE, CmdbWriter, WriteOp, WriteResult, create_ci_op, create_relation_op
-from .plan import CREATE, CIChange, CIKey, Plan, RelationChange, TablePolicy
+from ..servicenow.cmdb import (
+    KV_TABLE,
+    REL_TABLE,
+    CmdbWriter,
+    WriteOp,
+    WriteResult,
+    create_ci_op,
+    create_key_value_op,
+    create_relation_op,
+)
+from .plan import CREATE, CIChange, CIKey, KeyValueChange, Plan, RelationChange, TablePolicy
+
+Change = CIChange | RelationChange | KeyValueChange
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Outcome:
-    change: CIChange | RelationChange
+    change: Change
     sys_id: str | None = None
     error: str | None = None
 
@@ -37,9 +48,17 @@ class ApplyResult:
         return [o for o in self.outcomes if o.error]
 
 
-def describe(change: CIChange | RelationChange) -> str:
+def table_of(change: Change) -> str:
+    if isinstance(change, CIChange):
+        return change.table
+    return KV_TABLE if isinstance(change, KeyValueChange) else REL_TABLE
+
+
+def describe(change: Change) -> str:
     if isinstance(change, CIChange):
         return f"{change.action} {change.table} {change.identity}"
+    if isinstance(change, KeyValueChange):
+        return f"{change.action} {KV_TABLE} {change.ci[1]} tag {change.key!r}"
     return f"{change.action} {REL_TABLE} {change.parent[1]} [{change.type}] {change.child[1]}"
 
 
@@ -74,8 +93,7 @@ def _ci_op(change: CIChange, policies: dict[str, TablePolicy]) -> WriteOp:
 def _record(result: ApplyResult, changes, ops_results) -> None:
     for change, outcome in zip(changes, ops_results):
         if outcome.error:
-            table = change.table if isinstance(change, CIChange) else REL_TABLE
-            log.error("%s: %s", describe(change), outcome.error, extra={"table": table})
+            log.error("%s: %s", describe(change), outcome.error, extra={"table": table_of(change)})
         result.outcomes.append(Outcome(change, outcome.sys_id, outcome.error))
 
 
@@ -112,4 +130,23 @@ def apply_plan(
         ready.append(change)
         ops.append(create_relation_op(parent, child, rel_types[change.type]))
     _record(result, ready, _write_all(writer, ops, chunk, workers, "apply relations"))
+    _apply_key_values(plan.key_value_changes, sys_ids, writer, chunk, workers, result)
     return result
+
+
+def _apply_key_values(changes: list[KeyValueChange], sys_ids: dict[CIKey, str], writer: CmdbWriter,
+                      chunk: int, workers: int, result: ApplyResult) -> None:
+    ready: list[KeyValueChange] = []
+    ops: list[WriteOp] = []
+    for change in changes:
+        if change.action == "delete":
+            ops.append(WriteOp("DELETE", KV_TABLE, change.sys_id))
+        elif change.action == "update":
+            ops.append(WriteOp("PATCH", KV_TABLE, change.sys_id, {"value": change.new}))
+        elif sys_ids.get(change.ci):
+            ops.append(create_key_value_op(sys_ids[change.ci], change.key, change.new))
+        else:
+            result.outcomes.append(Outcome(change, error=f"CI {change.ci[0]} {change.ci[1]} was not created"))
+            continue
+        ready.append(change)
+    _record(result, ready, _write_all(writer, ops, chunk, workers, "apply tags"))

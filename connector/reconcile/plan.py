@@ -18,7 +18,7 @@ from typing import Iterable
 
 from ..arn import account_and_region
 from ..mapping.functions import all_strings, snow_string
-from ..models import OK, DesiredCI, ExistingCI, ExistingRelation, MappingProblem, Scope
+from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
 CIKey = tuple[str, str]  # (table, identity)
@@ -76,12 +76,26 @@ class RelationChange:
     sys_id: str | None = None  # of the relation, for a delete
 
 
+@dataclass(frozen=True)
+class KeyValueChange:
+    """One tag of one CI, in ``cmdb_key_value``."""
+
+    action: str  # create | update | delete
+    ci: CIKey
+    key: str
+    old: str
+    new: str
+    sys_id: str | None = None  # of the cmdb_key_value row, for an update or a delete
+
+
 @dataclass
 class Plan:
     changes: list[CIChange] = field(default_factory=list)
     relation_changes: list[RelationChange] = field(default_factory=list)
+    key_value_changes: list[KeyValueChange] = field(default_factory=list)
     unchanged: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     relations_unchanged: int = 0
+    key_values_unchanged: int = 0
     # identity -> sys_id of every CI that exists now and that plan matched or owns
     sys_ids: dict[CIKey, str] = field(default_factory=dict)
     duplicates: list[dict] = field(default_factory=list)
@@ -300,6 +314,51 @@ def _plan_relations(
             plan.relation_changes.append(RelationChange("create", triple[0], keys[triple[1]], keys[triple[2]]))
 
 
+def _plan_key_values(
+    desired: list[DesiredCI],
+    existing: dict[str, list[ExistingCI]],
+    key_values: list[ExistingKeyValue],
+    ok_scopes: set[tuple[str, str, str]],
+    options: PlanOptions,
+    plan: Plan,
+) -> None:
+    """Tags: each CI's cmdb_key_value rows made equal to its AWS tags.
+
+    Only rows of our own CIs are touched (re-checked here on the fetched rows),
+    a tag is removed only when its CI's scope was collected ``ok`` in this run,
+    and a CI adopted in this run gets its tags from the next run on, once its
+    existing rows are read as ours.
+    """
+    owned = {ci.sys_id for cis in existing.values() for ci in cis
+             if ci.fields.get("discovery_source") == options.discovery_source}
+    rows_of: dict[str, dict[str, ExistingKeyValue]] = {}
+    for row in key_values:
+        if row.ci in owned:
+            rows_of.setdefault(row.ci, {}).setdefault(row.key, row)  # a second row for one key is left alone
+    duplicated = {(d["table"], d["identity"]) for d in plan.duplicates}
+    unchanged = 0
+    for ci in desired:
+        key = (ci.table, ci.identity)
+        if ci.tags is None or key in duplicated:
+            continue
+        sys_id = plan.sys_ids.get(key)
+        if sys_id is not None and sys_id not in owned:
+            continue  # adopted in this run
+        have = rows_of.get(sys_id, {}) if sys_id is not None else {}
+        for name, value in ci.tags.items():
+            row = have.get(name)
+            if row is None:
+                plan.key_value_changes.append(KeyValueChange("create", key, name, "", value))
+            elif row.value != value:
+                plan.key_value_changes.append(KeyValueChange("update", key, name, row.value, value, row.sys_id))
+            else:
+                unchanged += 1
+        if ci.scope in ok_scopes:  # unknown is not empty
+            plan.key_value_changes.extend(KeyValueChange("delete", key, name, row.value, "", row.sys_id)
+                                          for name, row in have.items() if name not in ci.tags)
+    plan.key_values_unchanged += unchanged
+
+
 def plan_changes(
     desired: list[DesiredCI],
     existing: dict[str, list[ExistingCI]],
@@ -309,7 +368,9 @@ def plan_changes(
     rel_types: dict[str, str],
     policies: dict[str, TablePolicy],
     options: PlanOptions,
+    key_values: list[ExistingKeyValue] | None = None,
 ) -> Plan:
+    """``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed."""
     plan = Plan()
     ok_scopes = _ok_scopes(scopes, problems)
     by_table: dict[str, list[DesiredCI]] = defaultdict(list)
@@ -318,4 +379,6 @@ def plan_changes(
     for table, policy in policies.items():
         _plan_table(table, by_table.get(table, []), existing.get(table, []), policy, ok_scopes, options, plan)
     _plan_relations(desired, relations, rel_types, policies, plan)
+    if key_values is not None:
+        _plan_key_values(desired, existing, key_values, ok_scopes, options, plan)
     return plan

@@ -12,10 +12,12 @@ import orjson
 
 from ..models import OK, SKIPPED, Inventory, MappingProblem
 from ..reconcile.apply import ApplyResult
-from ..reconcile.plan import CIChange, Plan, RelationChange
+from ..reconcile.plan import CIChange, KeyValueChange, Plan, RelationChange
 
 ACTIONS_COUNTED = {"create": "created", "update": "updated", "retire": "retired", "revive": "revived"}
 REL_TABLE = "cmdb_rel_ci"
+KV_TABLE = "cmdb_key_value"
+KV_COUNTED = {"create": "created", "update": "updated", "delete": "deleted"}
 
 
 def _ci_change(change: CIChange) -> dict[str, Any]:
@@ -44,6 +46,29 @@ def _relation_change(change: RelationChange) -> dict[str, Any]:
         "fields": fields,
         "note": "",
     }
+
+
+def _key_value_change(change: KeyValueChange) -> dict[str, Any]:
+    if change.action == "update":
+        fields = {"value": {"old": change.old, "new": change.new}}
+    else:
+        fields = {"key": {"old": change.key if change.action == "delete" else "",
+                          "new": change.key if change.action == "create" else ""},
+                  "value": {"old": change.old, "new": change.new}}
+    return {
+        "action": change.action,
+        "table": KV_TABLE,
+        "identity": f"{change.ci[0]}:{change.ci[1]} tag {change.key}",
+        "sys_id": change.sys_id,
+        "fields": fields,
+        "note": "",
+    }
+
+
+def _entry(change: CIChange | RelationChange | KeyValueChange) -> dict[str, Any]:
+    if isinstance(change, CIChange):
+        return _ci_change(change)
+    return _key_value_change(change) if isinstance(change, KeyValueChange) else _relation_change(change)
 
 
 def account_statuses(inventory: Inventory) -> list[dict[str, Any]]:
@@ -83,6 +108,7 @@ def build_report(
         t: {"created": 0, "updated": 0, "retired": 0, "revived": 0, "unchanged": 0} for t in tables
     }
     relations = {"created": 0, "deleted": 0, "unchanged": 0}
+    key_values = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
     changes: list[dict[str, Any]] = []
     errors = list(errors)
     if plan is not None:
@@ -90,14 +116,15 @@ def build_report(
             counts.setdefault(table, dict.fromkeys(("created", "updated", "retired", "revived", "unchanged"), 0))
             counts[table]["unchanged"] += n
         relations["unchanged"] = plan.relations_unchanged
+        key_values["unchanged"] = plan.key_values_unchanged
         outcomes = applied.outcomes if applied is not None else None
         pairs = (
             [(o.change, o.sys_id, o.error) for o in outcomes]
             if outcomes is not None
-            else [(c, getattr(c, "sys_id", None), None) for c in [*plan.changes, *plan.relation_changes]]
+            else [(c, c.sys_id, None) for c in [*plan.changes, *plan.relation_changes, *plan.key_value_changes]]
         )
         for change, sys_id, error in pairs:
-            entry = _ci_change(change) if isinstance(change, CIChange) else _relation_change(change)
+            entry = _entry(change)
             entry["sys_id"] = sys_id or entry["sys_id"]
             entry["status"] = "failed" if error else ("applied" if outcomes is not None else "planned")
             if error:
@@ -106,6 +133,8 @@ def build_report(
             else:
                 if isinstance(change, CIChange):
                     counts[change.table][ACTIONS_COUNTED[change.action]] += 1
+                elif isinstance(change, KeyValueChange):
+                    key_values[KV_COUNTED[change.action]] += 1
                 else:
                     relations["created" if change.action == "create" else "deleted"] += 1
             changes.append(entry)
@@ -123,6 +152,8 @@ def build_report(
         "scopes": scopes,
         "tables": counts,
         "relations": relations,
+        # tags in cmdb_key_value (reconcile.tags); all zero when tags are not managed
+        "key_values": key_values,
         "changes": changes,
         "duplicates": plan.duplicates if plan else [],
         "guards": plan.guards if plan else [],
@@ -172,9 +203,11 @@ def summary_line(report: dict[str, Any]) -> str:
     rel = report["relations"]
     verb = "would be" if report["mode"] == "plan" else ""
     parts = ", ".join(f"{totals[k]} {k}" for k in ("created", "updated", "retired", "revived", "unchanged"))
+    tags = report.get("key_values") or {}  # reports before tags were managed have none
+    tag_part = f"tags {', '.join(f'{n} {k}' for k, n in tags.items())}; " if any(tags.values()) else ""
     return (
         f"run {report['run_id']} {report['mode']}: exit {report['exit_code']}; "
         f"accounts {len(accounts) - failed}/{len(accounts)} ok; CIs {verb + ' ' if verb else ''}{parts}; "
         f"relations {rel['created']} created, {rel['deleted']} deleted, {rel['unchanged']} unchanged; "
-        f"{len(report['errors'])} error(s)"
+        f"{tag_part}{len(report['errors'])} error(s)"
     )

@@ -122,6 +122,11 @@ td { word-break: break-all; }
 """
 
 
+def _tags_total(report: dict[str, Any]) -> str:
+    tags = report.get("key_values") or {}  # reports before tags were managed have none
+    return f" Tags: {', '.join(f'{n} {k}' for k, n in tags.items())}." if any(tags.values()) else ""
+
+
 def render_html(report: dict[str, Any]) -> str:
     word, color, advice = _headline(report)
     totals = {a: sum(c.get(a, 0) for c in report["tables"].values()) for a in ACTIONS}
@@ -144,7 +149,7 @@ def render_html(report: dict[str, Any]) -> str:
 <p>Run <code>{escape(report['run_id'])}</code> ({escape(report['mode'])}), {escape(report['started_at'])} to
 {escape(report['finished_at'])}, exit code {report['exit_code']}.</p>
 <p id="totals">CIs: {', '.join(f'{totals[a]} {a}' for a in ACTIONS)}. Relations: {rel['created']} created,
-{rel['deleted']} deleted, {rel['unchanged']} unchanged.</p>
+{rel['deleted']} deleted, {rel['unchanged']} unchanged.{_tags_total(report)}</p>
 <h2>Changes per class</h2>{_chart(report['tables'])}{counts}
 <h2>Accounts</h2>{accounts}
 <h2>Scopes not collected</h2>{scopes}
@@ -200,6 +205,9 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
             lines.append(f'cmdb_connector_cis{{table="{_label(table)}",action="{action}"}} {counts.get(action, 0)}')
     lines += ["# HELP cmdb_connector_relations Relations by action in the last run.", "# TYPE cmdb_connector_relations gauge"]
     lines += [f'cmdb_connector_relations{{action="{a}"}} {n}' for a, n in report["relations"].items()]
+    lines += ["# HELP cmdb_connector_tags Tags (cmdb_key_value rows) by action in the last run.",
+              "# TYPE cmdb_connector_tags gauge"]
+    lines += [f'cmdb_connector_tags{{action="{a}"}} {n}' for a, n in (report.get("key_values") or {}).items()]
     lines += ["# HELP cmdb_connector_failed_scopes Scopes not collected in the last run.",
               "# TYPE cmdb_connector_failed_scopes gauge", f"cmdb_connector_failed_scopes {failed_scopes}",
               "# HELP cmdb_connector_failed_accounts Accounts not collected in the last run.",

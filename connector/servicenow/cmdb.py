@@ -15,13 +15,14 @@ from typing import Any, Iterable, Protocol
 
 from ..errors import AmbiguousWriteError, ServiceNowError, ServiceNowNotFound
 from ..mapping.functions import all_strings
-from ..models import ExistingCI, ExistingRelation
+from ..models import ExistingCI, ExistingKeyValue, ExistingRelation
 from .client import TableClient
 
 log = logging.getLogger(__name__)
 
 REL_TABLE = "cmdb_rel_ci"
 REL_TYPE_TABLE = "cmdb_rel_type"
+KV_TABLE = "cmdb_key_value"
 # Fields every CI read carries, whatever the mapping uses.
 BASE_FIELDS = ("sys_id", "sys_class_name", "discovery_source", "correlation_id", "object_id",
                "install_status", "operational_status")
@@ -97,6 +98,15 @@ class CmdbReader:
             for row in map(_row_fields, rows)
         ]
 
+    def key_values(self) -> list[ExistingKeyValue]:
+        """The cmdb_key_value rows (tags) of our CIs."""
+        query = f"configuration_item.discovery_source={self.discovery_source}"
+        rows = self.tables.query(KV_TABLE, query, ["sys_id", "configuration_item", "key", "value"], workers=self.workers)
+        return [
+            ExistingKeyValue(row["sys_id"], row.get("configuration_item", ""), row.get("key", ""), row.get("value", ""))
+            for row in map(_row_fields, rows)
+        ]
+
 
 @dataclass(frozen=True)
 class WriteOp:
@@ -129,6 +139,11 @@ def create_ci_op(table: str, fields: dict[str, str], identity_field: str) -> Wri
 def create_relation_op(parent: str, child: str, type_id: str) -> WriteOp:
     payload = {"parent": parent, "child": child, "type": type_id}
     return WriteOp("POST", REL_TABLE, None, payload, payload)
+
+
+def create_key_value_op(ci: str, key: str, value: str) -> WriteOp:
+    return WriteOp("POST", KV_TABLE, None, {"configuration_item": ci, "key": key, "value": value},
+                   {"configuration_item": ci, "key": key})
 
 
 class TableApiWriter:

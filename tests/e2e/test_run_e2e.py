@@ -198,6 +198,28 @@ def test_plan_writes_nothing_and_predicts_the_run(world):
         (c["action"], c["table"], c["identity"]) for c in ran["changes"])
 
 
+def test_tags_from_aws_mirror_in_cmdb_key_value(world):
+    aws, sn, org, config = world
+    config.write_text(config.read_text() + "\n[reconcile]\ntags = true\n")
+    code, planned, output = run_cli(aws.url, config, "plan")
+    code, report, output = run_cli(aws.url, config, "run")
+    assert code == 3, output
+    keys = {r["sys_id"]: r["correlation_id"] for r in sn.store.rows("cmdb_ci")}
+    tags = {(keys[r["configuration_item"]], r["key"]): r["value"] for r in sn.store.rows("cmdb_key_value")}
+    assert len(tags) == len(sn.store.rows("cmdb_key_value")) == report["key_values"]["created"] > 0
+    alpha = org.accounts["alpha"]
+    for region in REGIONS:
+        for instance in org.instances[(alpha, region)]:  # the Name tag each instance was launched with
+            assert tags[(f"arn:aws:ec2:{region}:{alpha}:instance/{instance}", "Name")].startswith("alpha-app-")
+    assert all(f":{org.accounts['bravo']}:" not in arn for arn, _key in tags)  # denied: nothing read, nothing written
+    kv = sorted((c["action"], c["identity"]) for c in report["changes"] if c["table"] == "cmdb_key_value")
+    assert kv == sorted((c["action"], c["identity"]) for c in planned["changes"] if c["table"] == "cmdb_key_value")
+    writes = sn.writes()
+    code, again, output = run_cli(aws.url, config, "run")
+    assert again["changes"] == [] and sn.writes() == writes
+    assert again["key_values"]["unchanged"] == len(tags)
+
+
 def test_wrong_external_id_is_denied_everywhere(world):
     aws, sn, org, config = world
     aws.set_external_id("some-other-id")

@@ -298,6 +298,13 @@ INVALID_CASES = [
 ]
 
 
+INVALID_CASES += [
+    ("tags unknown key", VALID + '\n[tags]\npath = "Tags"\nformat = "list"\n', "cmdb_ci_network.toml: tags.format: unknown key"),
+    ("tags bad jmespath", VALID + '\n[tags]\npath = "Tags[?"\n', "cmdb_ci_network.toml: tags: JMESPath does not compile"),
+    ("tags without path", VALID + '\n[tags]\nkey = "Key"\n', "cmdb_ci_network.toml: tags.path: required key is missing"),
+]
+
+
 @pytest.mark.parametrize("name, text, expected", INVALID_CASES, ids=[c[0] for c in INVALID_CASES])
 def test_invalid_mapping_file_error(tmp_path, name, text, expected):
     (tmp_path / "cmdb_ci_network.toml").write_text(text)
@@ -373,3 +380,34 @@ def test_fast_paths_agree_with_jmespath(expression):
     compiled = compile_path(expression)
     for item in FAST_ITEMS:
         assert compiled(item) == jmespath.search(expression, item), (expression, item)
+
+
+# -- tags ------------------------------------------------------------------------
+
+TAG_CASES = [
+    # mapping, source, the item's tags as the API gives them (merged into that class's golden item), expected
+    ("cmdb_ci_vm_instance", "ec2:instance", {"Tags": [{"Key": "Name", "Value": "web-1"}, {"Key": "env", "Value": "prod"}]},
+     {"Name": "web-1", "env": "prod"}),
+    ("cmdb_ci_nic", "ec2:network_interface", {"TagSet": [{"Key": "team", "Value": "net"}]}, {"team": "net"}),
+    ("cmdb_ci_cloud_database", "rds:db_instance", {"TagList": [{"Key": "cost-center", "Value": "42"}, {"Key": "empty"}]},
+     {"cost-center": "42", "empty": ""}),
+    ("cmdb_ci_kubernetes_cluster", "eks:cluster", {"tags": {"env": "prod", "owner": "platform"}},
+     {"env": "prod", "owner": "platform"}),
+    ("cmdb_ci_vm_instance", "ec2:instance", {"Tags": None}, {}),  # no tags at all: EC2 leaves the key out
+]
+
+
+@pytest.mark.parametrize("name, source, tags, expected", TAG_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(TAG_CASES)])
+def test_tags_from_each_shape(mappings, name, source, tags, expected):
+    golden = next(g for g in GOLDEN if g[0] == name)
+    item = {**golden[3], **tags}
+    ci = map_record(mappings.mappings[name], Record(ACCOUNT, golden[2], source, item), tags=True)
+    assert ci.tags == expected
+    assert ci.identity == golden[4]["correlation_id"]
+    assert map_record(mappings.mappings[name], Record(ACCOUNT, golden[2], source, item)).tags is None  # off by default
+
+
+def test_classes_without_tags_in_aws_map_none(mappings):
+    golden = next(g for g in GOLDEN if g[0] == "cmdb_ci_cloud_function")
+    ci = map_record(mappings.mappings["cmdb_ci_cloud_function"], Record(ACCOUNT, golden[2], golden[1], golden[3]), tags=True)
+    assert ci.tags is None  # its mapping has no [tags]: its CIs' key-values are never touched

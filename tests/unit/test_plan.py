@@ -210,3 +210,74 @@ def test_relations_of_unmanaged_cis_or_absent_declarers_are_kept():
              relations=[ExistingRelation("r1", "s1", "dc1", "type-hosted"),          # s1 absent from this run
                         ExistingRelation("r2", "foreign", "dc1", "type-hosted")])   # parent not ours
     assert p.relation_changes == []
+
+
+# -- tags (cmdb_key_value) ------------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from connector.models import ExistingKeyValue  # noqa: E402
+
+
+def tagged_vm(n: int, tags: dict[str, str], account: str = A) -> DesiredCI:
+    return replace(desired_vm(n, account=account), tags=tags)
+
+
+def plan_tags(desired, existing, key_values, scopes=SCOPES):
+    by_table: dict[str, list] = {}
+    for ci in existing:
+        by_table.setdefault(ci.table, []).append(ci)
+    return plan_changes(list(desired), by_table, list(scopes), [], [], REL_TYPES, POLICIES, OPTIONS, list(key_values))
+
+
+def tag_actions(p) -> list[tuple]:
+    return sorted((c.action, c.ci[1], c.key, c.old, c.new, c.sys_id) for c in p.key_value_changes)
+
+
+def test_tags_create_update_delete_and_unchanged():
+    rows = [ExistingKeyValue("kv1", "s1", "env", "prod"), ExistingKeyValue("kv2", "s1", "team", "blue"),
+            ExistingKeyValue("kv3", "s1", "old", "x")]
+    p = plan_tags([tagged_vm(1, {"env": "prod", "team": "red", "new": "1"})], [existing_vm(1)], rows)
+    assert tag_actions(p) == [("create", vm_id(1), "new", "", "1", None),
+                              ("delete", vm_id(1), "old", "x", "", "kv3"),
+                              ("update", vm_id(1), "team", "blue", "red", "kv2")]
+    assert p.key_values_unchanged == 1
+    assert p.changes == []  # the CI itself is unchanged
+
+
+def test_tags_of_a_new_ci_are_created_with_it():
+    p = plan_tags([tagged_vm(1, {"env": "prod"})], [], [])
+    assert [c.action for c in p.changes] == ["create"]
+    assert tag_actions(p) == [("create", vm_id(1), "env", "", "prod", None)]
+
+
+def test_no_tag_removed_when_the_scope_was_not_collected():
+    rows = [ExistingKeyValue("kv1", "s1", "env", "prod")]
+    denied = [Scope(A, R, "ec2:instance", DENIED), Scope(A, R, "ec2:region", OK)]
+    p = plan_tags([tagged_vm(1, {})], [existing_vm(1)], rows, scopes=denied)
+    assert p.key_value_changes == []
+    p = plan_tags([tagged_vm(1, {})], [existing_vm(1)], rows)  # collected ok: no tags left in AWS
+    assert tag_actions(p) == [("delete", vm_id(1), "env", "prod", "", "kv1")]
+
+
+def test_tags_of_cis_not_ours_or_not_in_the_run_are_left_alone():
+    foreign = existing_vm(2, discovery_source="ServiceNow")
+    rows = [ExistingKeyValue("kv1", "s2", "env", "prod"),   # a foreign CI's row, however the query ran
+            ExistingKeyValue("kv2", "s3", "env", "prod")]   # an owned CI absent from this run
+    p = plan_tags([tagged_vm(1, {})], [existing_vm(1), foreign, existing_vm(3)], rows)
+    assert p.key_value_changes == []
+
+
+def test_tags_not_managed_plan_nothing_and_an_adopted_ci_waits_a_run():
+    rows = [ExistingKeyValue("kv1", "s1", "env", "prod")]
+    p = plan_tags([desired_vm(1)], [existing_vm(1)], rows)  # tags None: the class does not map them
+    assert p.key_value_changes == [] and p.key_values_unchanged == 0
+    adopted = existing_vm(1, discovery_source="ServiceNow")
+    p = plan_tags([tagged_vm(1, {"env": "prod"})], [adopted], rows)
+    assert [c.note for c in p.changes] == ["adopted: CI of another source, now owned"]
+    assert p.key_value_changes == []
+
+
+def test_tags_of_a_duplicated_resource_are_not_written():
+    p = plan_tags([tagged_vm(1, {"env": "prod"})], [existing_vm(1), existing_vm(1, sys_id="s1b")], [])
+    assert p.duplicates and p.key_value_changes == []

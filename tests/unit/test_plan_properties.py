@@ -1,6 +1,6 @@
 """Property: for any inventory and any CMDB state, applying the plan and planning
-again gives an empty plan (convergence), and nothing outside the run's ok scopes
-or not owned is ever written."""
+again gives an empty plan (convergence), tags included, and nothing outside the
+run's ok scopes or not owned is ever written."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from connector.mapping.load import MappingSet, load_mappings
 from connector.mapping.transform import map_inventory
-from connector.models import DENIED, OK, ExistingCI, ExistingRelation, Inventory, Record, Scope
+from connector.models import DENIED, OK, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory, Record, Scope
 from connector.reconcile.plan import CREATE, PlanOptions, plan_changes
 from connector.run import table_policies
 
@@ -30,7 +30,8 @@ instances = st.fixed_dictionaries({
     "State": st.fixed_dictionaries({"Name": st.sampled_from(["running", "stopped", "pending"])}),
     "PrivateIpAddress": st.one_of(st.none(), st.sampled_from(["10.0.0.1", "10.0.0.2"])),
     "InstanceType": st.sampled_from(["t3.micro", "m5.large"]),
-    "Tags": st.lists(st.fixed_dictionaries({"Key": st.just("Name"), "Value": st.sampled_from(["web", "db"])}), max_size=1),
+    "Tags": st.dictionaries(st.sampled_from(["Name", "env", "team"]), st.sampled_from(["web", "db"]), max_size=3)
+              .map(lambda tags: [{"Key": k, "Value": v} for k, v in tags.items()]),
     "Placement": st.just({"AvailabilityZone": "us-east-1a"}),
 })
 vpcs = st.fixed_dictionaries({"VpcId": vpc_ids, "CidrBlock": st.sampled_from(["10.0.0.0/16", "10.1.0.0/16"])})
@@ -60,6 +61,7 @@ class MemoryCmdb:
     def __init__(self):
         self.cis: dict[str, dict[str, str]] = {}
         self.relations: dict[str, tuple[str, str, str]] = {}
+        self.key_values: dict[str, tuple[str, str, str]] = {}  # sys_id -> (CI sys_id, key, value)
         self.written: list[str] = []
         self._next = 0
 
@@ -89,15 +91,26 @@ class MemoryCmdb:
             else:
                 self.relations[self.new_id("r")] = (
                     sys_ids[rel.parent], sys_ids[rel.child], REL_TYPES[rel.type])
+        for kv in plan.key_value_changes:
+            if kv.action == "delete":
+                del self.key_values[kv.sys_id]
+            elif kv.action == "update":
+                ci, key, _old = self.key_values[kv.sys_id]
+                self.key_values[kv.sys_id] = (ci, key, kv.new)
+            else:
+                self.key_values[self.new_id("k")] = (sys_ids[kv.ci], kv.key, kv.new)
 
     def existing_relations(self) -> list[ExistingRelation]:
         return [ExistingRelation(k, p, c, t) for k, (p, c, t) in self.relations.items()]
 
+    def existing_key_values(self) -> list[ExistingKeyValue]:
+        return [ExistingKeyValue(k, ci, key, value) for k, (ci, key, value) in self.key_values.items()]
+
 
 def plan_for(inventory: Inventory, cmdb: MemoryCmdb):
-    mapped = map_inventory(inventory, SUBSET)
+    mapped = map_inventory(inventory, SUBSET, tags=True)
     return plan_changes(mapped.cis, cmdb.existing(), inventory.scopes, mapped.problems, cmdb.existing_relations(),
-                        REL_TYPES, POLICIES, PlanOptions(DS, max_retire_fraction=1.0))
+                        REL_TYPES, POLICIES, PlanOptions(DS, max_retire_fraction=1.0), cmdb.existing_key_values())
 
 
 @settings(max_examples=150, deadline=None)
@@ -107,20 +120,31 @@ def test_apply_then_plan_again_is_empty_and_unknown_scopes_are_never_written(run
     foreign = {"sys_id": "foreign", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "ServiceNow Discovery",
                "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNTS[0]}:instance/i-foreign", "install_status": "1"}
     cmdb.cis["foreign"] = dict(foreign)
+    cmdb.key_values["foreign-tag"] = ("foreign", "env", "theirs")
     for inventory in runs:
         denied = {s.account_id for s in inventory.scopes if s.status != OK}
         before = {k: dict(v) for k, v in cmdb.cis.items()}
+        tags_before = dict(cmdb.key_values)
         plan = plan_for(inventory, cmdb)
         cmdb.apply(plan)
         # convergence: the same inventory plans nothing more
         again = plan_for(inventory, cmdb)
-        assert again.changes == [] and again.relation_changes == []
+        assert again.changes == [] and again.relation_changes == [] and again.key_value_changes == []
+        # every tag of every instance in the run is in the CMDB, once
+        tags = {(cmdb.cis[ci]["correlation_id"], key): value for ci, key, value in cmdb.key_values.values()}
+        assert len(tags) == len(cmdb.key_values)
+        for ci in map_inventory(inventory, SUBSET, tags=True).cis:
+            assert {k: v for (arn, k), v in tags.items() if arn == ci.identity} == (ci.tags or {})
+        # a denied account's tags are exactly as they were
+        for sys_id, row in tags_before.items():
+            if any(f":{a}:" in cmdb.cis.get(row[0], {}).get("correlation_id", "") for a in denied):
+                assert cmdb.key_values.get(sys_id) == row
         # unknown is not empty: a denied account's CIs are exactly as they were
         for sys_id, fields in before.items():
             if any(f":{a}:" in fields.get("correlation_id", "") for a in denied):
                 assert cmdb.cis[sys_id] == fields
         # never owned, never touched
-        assert cmdb.cis["foreign"] == foreign
+        assert cmdb.cis["foreign"] == foreign and cmdb.key_values["foreign-tag"] == ("foreign", "env", "theirs")
         # no duplicates
         keys = [f.get("correlation_id") for f in cmdb.cis.values()]
         assert len(keys) == len(set(keys))
