@@ -322,21 +322,22 @@ def _plan_key_values(
     options: PlanOptions,
     plan: Plan,
 ) -> None:
-    """Tags: each CI's cmdb_key_value rows made equal to its AWS tags.
+    """Tags: each CI's cmdb_key_value rows made equal to its AWS tags, one row per tag.
 
-    Only rows of our own CIs are touched (re-checked here on the fetched rows),
-    a tag is removed only when its CI's scope was collected ``ok`` in this run,
-    and a CI adopted in this run gets its tags from the next run on, once its
-    existing rows are read as ours.
+    Only rows of our own CIs are touched (re-checked here on the fetched rows).
+    A row is removed only when its CI's scope was collected ``ok`` in this run:
+    a tag gone from AWS, or a second row for one tag (the one holding the
+    right value is kept). A CI adopted in this run gets its tags from the next
+    run on, once its existing rows are read as ours.
     """
     owned = {ci.sys_id for cis in existing.values() for ci in cis
              if ci.fields.get("discovery_source") == options.discovery_source}
-    rows_of: dict[str, dict[str, ExistingKeyValue]] = {}
+    rows_of: dict[str, dict[str, list[ExistingKeyValue]]] = {}
     for row in key_values:
         if row.ci in owned:
-            rows_of.setdefault(row.ci, {}).setdefault(row.key, row)  # a second row for one key is left alone
+            rows_of.setdefault(row.ci, {}).setdefault(row.key, []).append(row)
     duplicated = {(d["table"], d["identity"]) for d in plan.duplicates}
-    unchanged = 0
+    changes, unchanged = plan.key_value_changes, 0
     for ci in desired:
         key = (ci.table, ci.identity)
         if ci.tags is None or key in duplicated:
@@ -345,17 +346,21 @@ def _plan_key_values(
         if sys_id is not None and sys_id not in owned:
             continue  # adopted in this run
         have = rows_of.get(sys_id, {}) if sys_id is not None else {}
+        surplus: list[ExistingKeyValue] = []
         for name, value in ci.tags.items():
-            row = have.get(name)
-            if row is None:
-                plan.key_value_changes.append(KeyValueChange("create", key, name, "", value))
-            elif row.value != value:
-                plan.key_value_changes.append(KeyValueChange("update", key, name, row.value, value, row.sys_id))
+            rows = have.get(name)
+            if not rows:
+                changes.append(KeyValueChange("create", key, name, "", value))
+                continue
+            kept = next((row for row in rows if row.value == value), rows[0])
+            if kept.value != value:
+                changes.append(KeyValueChange("update", key, name, kept.value, value, kept.sys_id))
             else:
                 unchanged += 1
+            surplus += [row for row in rows if row is not kept]
         if ci.scope in ok_scopes:  # unknown is not empty
-            plan.key_value_changes.extend(KeyValueChange("delete", key, name, row.value, "", row.sys_id)
-                                          for name, row in have.items() if name not in ci.tags)
+            surplus += [row for name, rows in have.items() if name not in ci.tags for row in rows]
+            changes.extend(KeyValueChange("delete", key, row.key, row.value, "", row.sys_id) for row in surplus)
     plan.key_values_unchanged += unchanged
 
 
