@@ -1,10 +1,10 @@
 """apply: carry out a plan through a ``CmdbWriter``, with bounded concurrency.
 
 CIs first, then relations and tags, so that a relation or a tag is written
-after the CIs it points to exist. Writes go in chunks (one write each, or a Batch API request's
-worth) spread over the workers. A failed write is recorded with its reason
-and the rest go on; a run killed half-way is finished by the next one,
-because plan starts again from what the CMDB holds.
+after the CIs it points to exist. Writes go in chunks (one write each, or a
+Batch API request's worth) spread over the workers. A failed write is
+recorded with its reason and the rest go on; a run killed half-way is
+finished by the next one, because plan starts again from what the CMDB holds.
 """
 
 from __future__ import annotations

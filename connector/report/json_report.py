@@ -13,10 +13,9 @@ import orjson
 from ..models import OK, SKIPPED, Inventory, MappingProblem
 from ..reconcile.apply import ApplyResult
 from ..reconcile.plan import CIChange, KeyValueChange, Plan, RelationChange
+from ..servicenow.cmdb import KV_TABLE, REL_TABLE
 
 ACTIONS_COUNTED = {"create": "created", "update": "updated", "retire": "retired", "revive": "revived"}
-REL_TABLE = "cmdb_rel_ci"
-KV_TABLE = "cmdb_key_value"
 KV_COUNTED = {"create": "created", "update": "updated", "delete": "deleted"}
 
 
