@@ -82,6 +82,11 @@ def cmd_validate(args) -> int:
     print(f"config OK: {args.config or 'config.toml'}")
     tables = mappings.tables
     print(f"mappings OK: {len(mappings.mappings)} files, {len(tables)} classes: {', '.join(tables)}")
+    tagged = [table for table, variants in tables.items() if any(m.tags is not None for m in variants)]
+    if settings.reconcile.tags:
+        print(f"tags to cmdb_key_value (reconcile.tags = true) for {len(tagged)} classes: {', '.join(tagged) or 'none'}")
+    else:
+        print(f"tags: off (reconcile.tags = false); {len(tagged)} classes map them")
     return 0
 
 
