@@ -326,16 +326,24 @@ def _plan_key_values(
 
     Only rows of our own CIs are touched (re-checked here on the fetched rows).
     A row is removed only when its CI's scope was collected ``ok`` in this run:
-    a tag gone from AWS, or a second row for one tag (the one holding the
-    right value is kept). A CI adopted in this run gets its tags from the next
-    run on, once its existing rows are read as ours.
+    a tag gone from AWS, or a second row for one tag (the first, in sys_id
+    order, is the one kept). A CI adopted in this run gets its tags from the
+    next run on, once its existing rows are read as ours.
     """
     owned = {ci.sys_id for cis in existing.values() for ci in cis
              if ci.fields.get("discovery_source") == options.discovery_source}
-    rows_of: dict[str, dict[str, list[ExistingKeyValue]]] = {}
+    rows_of: dict[str, dict[str, ExistingKeyValue]] = {}  # CI sys_id -> tag key -> its row
+    repeated: dict[str, list[ExistingKeyValue]] = {}  # CI sys_id -> second rows for one of its tags
     for row in key_values:
-        if row.ci in owned:
-            rows_of.setdefault(row.ci, {}).setdefault(row.key, []).append(row)
+        if row.ci not in owned:
+            continue
+        rows = rows_of.get(row.ci)
+        if rows is None:
+            rows_of[row.ci] = {row.key: row}
+        elif row.key not in rows:
+            rows[row.key] = row
+        else:
+            repeated.setdefault(row.ci, []).append(row)
     duplicated = {(d["table"], d["identity"]) for d in plan.duplicates}
     changes, unchanged = plan.key_value_changes, 0
     for ci in desired:
@@ -346,20 +354,19 @@ def _plan_key_values(
         if sys_id is not None and sys_id not in owned:
             continue  # adopted in this run
         have = rows_of.get(sys_id, {}) if sys_id is not None else {}
-        surplus: list[ExistingKeyValue] = []
+        found = 0
         for name, value in ci.tags.items():
-            rows = have.get(name)
-            if not rows:
+            row = have.get(name)
+            if row is None:
                 changes.append(KeyValueChange("create", key, name, "", value))
                 continue
-            kept = next((row for row in rows if row.value == value), rows[0])
-            if kept.value != value:
-                changes.append(KeyValueChange("update", key, name, kept.value, value, kept.sys_id))
-            else:
+            found += 1
+            if row.value == value:
                 unchanged += 1
-            surplus += [row for row in rows if row is not kept]
-        if ci.scope in ok_scopes:  # unknown is not empty
-            surplus += [row for name, rows in have.items() if name not in ci.tags for row in rows]
+            else:
+                changes.append(KeyValueChange("update", key, name, row.value, value, row.sys_id))
+        if (found < len(have) or sys_id in repeated) and ci.scope in ok_scopes:  # unknown is not empty
+            surplus = [row for name, row in have.items() if name not in ci.tags] + repeated.get(sys_id, [])
             changes.extend(KeyValueChange("delete", key, row.key, row.value, "", row.sys_id) for row in surplus)
     plan.key_values_unchanged += unchanged
 

@@ -283,13 +283,13 @@ def test_tags_of_a_duplicated_resource_are_not_written():
     assert p.duplicates and p.key_value_changes == []
 
 
-def test_a_second_row_for_one_tag_is_removed_keeping_the_right_value():
+def test_a_second_row_for_one_tag_is_removed_and_the_first_kept():
     rows = [ExistingKeyValue("kv1", "s1", "env", "old"), ExistingKeyValue("kv2", "s1", "env", "prod"),
-            ExistingKeyValue("kv3", "s1", "team", "a"), ExistingKeyValue("kv4", "s1", "team", "b")]
+            ExistingKeyValue("kv3", "s1", "team", "c"), ExistingKeyValue("kv4", "s1", "team", "c")]
     p = plan_tags([tagged_vm(1, {"env": "prod", "team": "c"})], [existing_vm(1)], rows)
-    assert tag_actions(p) == [("delete", vm_id(1), "env", "old", "", "kv1"),
-                              ("delete", vm_id(1), "team", "b", "", "kv4"),
-                              ("update", vm_id(1), "team", "a", "c", "kv3")]
+    assert tag_actions(p) == [("delete", vm_id(1), "env", "prod", "", "kv2"),
+                              ("delete", vm_id(1), "team", "c", "", "kv4"),
+                              ("update", vm_id(1), "env", "old", "prod", "kv1")]
     denied = [Scope(A, R, "ec2:instance", DENIED), Scope(A, R, "ec2:region", OK)]
     p = plan_tags([tagged_vm(1, {"env": "prod", "team": "c"})], [existing_vm(1)], rows, scopes=denied)
     assert [c.action for c in p.key_value_changes] == ["update"]  # no delete for a scope not collected in full
