@@ -2,13 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
-
 
 from connector.inventory import write_inventory
 from connector.run import run_pipeline
@@ -16,6 +10,8 @@ from connector.sandbox.servicenow import ServiceNowStandIn
 from connector.sandbox.synthetic import synthetic_inventory
 from connector.servicenow.cmdb import CmdbReader
 from connector.settings import load_settings
+
+from .killed_run import kill_9_run_when
 
 PASSWORD = "safety-password"
 DS = "AWS CMDB Connector"
@@ -37,18 +33,7 @@ def test_kill_9_during_apply_then_the_next_run_converges(tmp_path):
     path = tmp_path / "inventory.jsonl"
     write_inventory(inventory, path)
     with ServiceNowStandIn(users={"svc": PASSWORD}, latency=0.02) as server:
-        config = tmp_path / "config.toml"
-        config.write_text(f'[aws]\nexternal_id = "not-used-here"\n\n[servicenow]\ninstance_url = "{server.url}"\n'
-                          f'username = "svc"\nworkers = 4\n\n[report]\noutput_dir = "reports"\n')
-        env = {**os.environ, "CMDB_SERVICENOW__PASSWORD": PASSWORD}
-        proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "--config", str(config), "run", "--inventory", str(path)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while server.writes() < 25 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.01)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_9_run_when(server, PASSWORD, tmp_path, path, until=lambda: server.writes() >= 25)
         half = server.writes()
         assert 25 <= half < 100  # killed part-way through the CIs
 

@@ -11,6 +11,8 @@ from connector.sandbox.servicenow import ServiceNowStandIn
 from connector.sandbox.synthetic import synthetic_inventory
 from connector.settings import load_settings
 
+from .killed_run import kill_9_run_when
+
 PASSWORD = "tags-password"
 
 
@@ -121,28 +123,12 @@ def test_tags_left_alone_when_not_managed_and_on_cis_not_ours(tmp_path):
 
 
 def test_kill_9_while_writing_tags_then_the_next_run_completes_them_once(tmp_path):
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
-
     inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=2, instances=20)
     path = tmp_path / "inventory.jsonl"
     write_inventory(inventory, path)
     with ServiceNowStandIn(users={"svc": PASSWORD}, latency=0.02) as server:
-        config = tmp_path / "config.toml"
-        config.write_text(f'[aws]\nexternal_id = "not-used-here"\n\n[servicenow]\ninstance_url = "{server.url}"\n'
-                          f'username = "svc"\nworkers = 4\n\n[reconcile]\ntags = true\n\n[report]\noutput_dir = "reports"\n')
-        env = {**os.environ, "CMDB_SERVICENOW__PASSWORD": PASSWORD}
-        proc = subprocess.Popen([sys.executable, "-m", "connector.cli", "--config", str(config), "run", "--inventory", str(path)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 120
-        while len(server.store.rows("cmdb_key_value")) < 20 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.005)
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        kill_9_run_when(server, PASSWORD, tmp_path, path, until=lambda: len(server.store.rows("cmdb_key_value")) >= 20,
+                        extra_config="\n[reconcile]\ntags = true\n")
         written = len(server.store.rows("cmdb_key_value"))
         assert 20 <= written < 82  # killed part-way through the tags (80 instances' and 2 VPCs' Name tags)
 
