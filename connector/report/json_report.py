@@ -192,6 +192,12 @@ def write_report(report: dict[str, Any], output_dir: Path) -> Path:
     return path
 
 
+def tag_totals(report: dict[str, Any]) -> str:
+    """"7 created, 0 updated, 0 deleted, 2 unchanged" for cmdb_key_value; "" when no tag was managed."""
+    tags = report.get("key_values") or {}  # reports before tags were managed have none
+    return ", ".join(f"{n} {k}" for k, n in tags.items()) if any(tags.values()) else ""
+
+
 def summary_line(report: dict[str, Any]) -> str:
     totals = defaultdict(int)
     for counts in report["tables"].values():
@@ -202,11 +208,11 @@ def summary_line(report: dict[str, Any]) -> str:
     rel = report["relations"]
     verb = "would be" if report["mode"] == "plan" else ""
     parts = ", ".join(f"{totals[k]} {k}" for k in ("created", "updated", "retired", "revived", "unchanged"))
-    tags = report.get("key_values") or {}  # reports before tags were managed have none
-    tag_part = f"tags {', '.join(f'{n} {k}' for k, n in tags.items())}; " if any(tags.values()) else ""
+    tags = tag_totals(report)
     return (
         f"run {report['run_id']} {report['mode']}: exit {report['exit_code']}; "
         f"accounts {len(accounts) - failed}/{len(accounts)} ok; CIs {verb + ' ' if verb else ''}{parts}; "
         f"relations {rel['created']} created, {rel['deleted']} deleted, {rel['unchanged']} unchanged; "
-        f"{tag_part}{len(report['errors'])} error(s)"
+        + (f"tags {tags}; " if tags else "")
+        + f"{len(report['errors'])} error(s)"
     )

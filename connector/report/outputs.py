@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .json_report import write_text_atomic
+from .json_report import tag_totals, write_text_atomic
 
 ACTIONS = ("created", "updated", "retired", "revived", "unchanged")
 COLORS = {"created": "#2e7d32", "updated": "#1565c0", "retired": "#c62828", "revived": "#6a1b9a", "unchanged": "#9e9e9e"}
@@ -122,11 +122,6 @@ td { word-break: break-all; }
 """
 
 
-def _tags_total(report: dict[str, Any]) -> str:
-    tags = report.get("key_values") or {}  # reports before tags were managed have none
-    return f" Tags: {', '.join(f'{n} {k}' for k, n in tags.items())}." if any(tags.values()) else ""
-
-
 def render_html(report: dict[str, Any]) -> str:
     word, color, advice = _headline(report)
     totals = {a: sum(c.get(a, 0) for c in report["tables"].values()) for a in ACTIONS}
@@ -141,7 +136,7 @@ def render_html(report: dict[str, Any]) -> str:
                                          ("Duplicates", report.get("duplicates", [])), ("Warnings", report.get("warnings", [])))
                     if items)
     options = "".join(f'<option value="{a}">{a}</option>' for a in ("create", "update", "retire", "revive", "delete"))
-    rel = report["relations"]
+    rel, tags = report["relations"], tag_totals(report)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cmdb-connector {escape(report['mode'])} {escape(report['run_id'])}</title>
 <style>{STYLE}</style></head><body>
@@ -149,7 +144,7 @@ def render_html(report: dict[str, Any]) -> str:
 <p>Run <code>{escape(report['run_id'])}</code> ({escape(report['mode'])}), {escape(report['started_at'])} to
 {escape(report['finished_at'])}, exit code {report['exit_code']}.</p>
 <p id="totals">CIs: {', '.join(f'{totals[a]} {a}' for a in ACTIONS)}. Relations: {rel['created']} created,
-{rel['deleted']} deleted, {rel['unchanged']} unchanged.{_tags_total(report)}</p>
+{rel['deleted']} deleted, {rel['unchanged']} unchanged.{f' Tags: {tags}.' if tags else ''}</p>
 <h2>Changes per class</h2>{_chart(report['tables'])}{counts}
 <h2>Accounts</h2>{accounts}
 <h2>Scopes not collected</h2>{scopes}
