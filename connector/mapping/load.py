@@ -7,6 +7,7 @@ path, and all problems of all files are reported together.
 from __future__ import annotations
 
 import tomllib
+from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -67,9 +68,10 @@ class CompiledTags:
     path: Callable[[Any], Any]
     key: str
     value: str
+    exclude: tuple[str, ...] = ()
 
     def __call__(self, item: Any) -> dict[str, str]:
-        """The item's tags as key -> value strings; none found is no tags."""
+        """The item's tags as key -> value strings, minus the excluded keys; none found is no tags."""
         found = self.path(item)
         if isinstance(found, dict):
             pairs = found.items()
@@ -77,7 +79,10 @@ class CompiledTags:
             pairs = ((tag.get(self.key), tag.get(self.value)) for tag in found if isinstance(tag, dict))
         else:
             return {}
-        return {str(key): "" if value is None else str(value) for key, value in pairs if key not in (None, "")}
+        tags = {str(key): "" if value is None else str(value) for key, value in pairs if key not in (None, "")}
+        if self.exclude:
+            tags = {k: v for k, v in tags.items() if not any(fnmatchcase(k, pattern) for pattern in self.exclude)}
+        return tags
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,8 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         relations=relations,
         retire=dict(spec.lifecycle.retire),
         revive=dict(spec.lifecycle.revive),
-        tags=None if spec.tags is None else CompiledTags(compile_path(spec.tags.path), spec.tags.key, spec.tags.value),
+        tags=None if spec.tags is None else CompiledTags(
+            compile_path(spec.tags.path), spec.tags.key, spec.tags.value, tuple(spec.tags.exclude)),
     )
 
 

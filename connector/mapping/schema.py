@@ -125,6 +125,8 @@ class TagsSpec(_Strict):
     path: str
     key: str = "Key"
     value: str = "Value"
+    # tag keys left out, as shell-style patterns: ["aws:*"] drops AWS's own tags
+    exclude: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _compiles(self) -> "TagsSpec":

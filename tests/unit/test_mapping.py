@@ -411,3 +411,12 @@ def test_classes_without_tags_in_aws_map_none(mappings):
     golden = next(g for g in GOLDEN if g[0] == "cmdb_ci_cloud_function")
     ci = map_record(mappings.mappings["cmdb_ci_cloud_function"], Record(ACCOUNT, golden[2], golden[1], golden[3]), tags=True)
     assert ci.tags is None  # its mapping has no [tags]: its CIs' key-values are never touched
+
+
+def test_excluded_tag_keys_are_left_out(tmp_path):
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID + '\n[tags]\npath = "Tags"\nexclude = ["aws:*", "Secret"]\n')
+    mapping = load_mappings(tmp_path).mappings["cmdb_ci_network"]
+    item = {"VpcId": "vpc-1", "Tags": [{"Key": "aws:cloudformation:stack-name", "Value": "net"}, {"Key": "Secret", "Value": "x"},
+                                       {"Key": "secret", "Value": "y"}, {"Key": "env", "Value": "prod"}]}
+    ci = map_record(mapping, Record(ACCOUNT, REGION, "ec2:vpc", item), tags=True)
+    assert ci.tags == {"secret": "y", "env": "prod"}  # patterns match case-sensitively, as tag keys are
