@@ -77,7 +77,7 @@ def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int,
     accounts = open_account_sessions(pool, target_accounts(settings, pool, shard), settings.aws.max_workers)
     return collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
-        settings.aws.max_workers, settings.aws.max_workers_per_account,
+        settings.aws.max_workers, settings.aws.max_workers_per_account, tags=settings.reconcile.tags,
     )
 
 

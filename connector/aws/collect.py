@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from itertools import zip_longest
 from typing import Any, Iterable
 
-from ..mapping.load import CompiledSource
+from botocore.exceptions import ClientError
+
+from ..mapping.load import CompiledDetail, CompiledSource
 from ..progress import bar
 from ..models import ERROR, GLOBAL_REGION, OK, SKIPPED, Account, Inventory, Record, Scope
 from .sessions import SessionPool, classify_error
@@ -52,8 +54,9 @@ def enabled_regions(pool: SessionPool, account_id: str, probe_region: str) -> li
     return sorted(r["RegionName"] for r in regions if r.get("OptInStatus") != "not-opted-in")
 
 
-def fetch_items(client, source: CompiledSource) -> list[dict[str, Any]]:
-    """Every item of one source, every page."""
+def fetch_items(client, source: CompiledSource, tags: bool = False) -> list[dict[str, Any]]:
+    """Every item of one source, every page; with ``tags``, each item's tags
+    where the source needs a call per item for them."""
     if client.can_paginate(source.operation):
         pages: Iterable[Any] = client.get_paginator(source.operation).paginate(**source.params)
     else:
@@ -66,7 +69,22 @@ def fetch_items(client, source: CompiledSource) -> list[dict[str, Any]]:
         detail = source.detail
         call = getattr(client, detail.operation)
         items = [detail.merge(item, call(**{k: get(item) for k, get in detail.params.items()})) for item in items]
+    if tags and source.tags_call is not None:
+        items = [_with_tags(client, source.tags_call, source.tags_none_when, item) for item in items]
     return jsonable(items)
+
+
+def _with_tags(client, call: CompiledDetail, none_when: tuple[str, ...], item: Any) -> Any:
+    """The item, with the answer of its tags call kept beside it (none: no tags)."""
+    try:
+        answer = getattr(client, call.operation)(**{k: get(item) for k, get in call.params.items()})
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in none_when:
+            raise  # the unit fails: its tags are unknown, not empty
+        answer = None
+    if isinstance(answer, dict):
+        answer.pop("ResponseMetadata", None)
+    return call.merge(item, answer)
 
 
 def _interleave(per_account: list[list[Unit]]) -> list[Unit]:
@@ -77,8 +95,9 @@ def _interleave(per_account: list[list[Unit]]) -> list[Unit]:
 class Collector:
     """Runs one unit at a time per call, within the per-account limit."""
 
-    def __init__(self, pool: SessionPool, max_per_account: int):
+    def __init__(self, pool: SessionPool, max_per_account: int, tags: bool = False):
         self.pool = pool
+        self.tags = tags
         self._account_slots: dict[str, threading.Semaphore] = defaultdict(
             lambda: threading.Semaphore(max_per_account)
         )
@@ -94,7 +113,7 @@ class Collector:
         with self._slot(unit.account_id):
             try:
                 client = self.pool.client(unit.account_id, source.service, region)
-                items = fetch_items(client, source)
+                items = fetch_items(client, source, self.tags)
             except Exception as exc:  # noqa: BLE001 - every failure is kept in its unit
                 status, reason = classify_error(exc)
                 code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
@@ -115,10 +134,14 @@ def collect_inventory(
     regions: list[str],
     max_workers: int,
     max_per_account: int,
+    tags: bool = False,
 ) -> Inventory:
-    """accounts (already opened in ``pool``) -> the inventory of every unit."""
+    """accounts (already opened in ``pool``) -> the inventory of every unit.
+
+    With ``tags``, the sources whose items carry no tags call for them, per item.
+    """
     inventory = Inventory(accounts=list(accounts))
-    collector = Collector(pool, max_per_account)
+    collector = Collector(pool, max_per_account, tags)
     reachable = [a for a in accounts if a.status == OK]
     if "all" in regions:
         pool.warm({"ec2"})

@@ -32,11 +32,16 @@ class CompiledSource:
     scope: str
     items_text: str | None = None
     detail: "CompiledDetail | None" = None
+    # a call per item for its tags (made only when reconcile.tags is on), its
+    # answer kept under TAGS_KEY; error codes that mean "no tags"
+    tags_call: "CompiledDetail | None" = None
+    tags_none_when: tuple[str, ...] = ()
+    tags_call_text: str = ""
 
     def call_signature(self) -> tuple:
-        """Two files may share a source only if they describe the same call."""
+        """Two files may share a source only if they describe the same calls."""
         return (self.kind, self.service, self.operation, repr(sorted(self.params.items())),
-                self.items_text, self.scope)
+                self.items_text, self.scope, self.tags_call_text)
 
 
 @dataclass(frozen=True)
@@ -63,16 +68,22 @@ class CompiledRelation:
     identity: Evaluator
 
 
+# Where collection keeps the answer of a per-item tags call (AWS names are never
+# written this way, so it cannot meet a key of the item itself).
+TAGS_KEY = "_cmdb_tags"
+
+
 @dataclass(frozen=True)
 class CompiledTags:
     path: Callable[[Any], Any]
     key: str
     value: str
     exclude: tuple[str, ...] = ()
+    from_call: bool = False  # path reads the answer of the per-item call
 
     def __call__(self, item: Any) -> dict[str, str]:
         """The item's tags as key -> value strings, minus the excluded keys; none found is no tags."""
-        found = self.path(item)
+        found = self.path(item.get(TAGS_KEY) if self.from_call and isinstance(item, dict) else item)
         if isinstance(found, dict):
             pairs = found.items()
         elif isinstance(found, list):
@@ -131,7 +142,8 @@ def builtin_mappings_dir() -> Path:
     return Path(str(resources.files("cmdb_mappings")))
 
 
-def _compile_source(spec) -> CompiledSource:
+def _compile_source(spec, tags=None) -> CompiledSource:
+    call = tags if tags is not None and tags.operation is not None else None
     return CompiledSource(
         name=spec.name,
         kind=spec.kind,
@@ -148,6 +160,14 @@ def _compile_source(spec) -> CompiledSource:
             result=compile_path(spec.detail.result),
             key=spec.detail.key,
         ),
+        tags_call=None if call is None else CompiledDetail(
+            operation=call.operation,
+            params={name: compile_path(expr) for name, expr in call.params.items()},
+            result=compile_path("@"),
+            key=TAGS_KEY,
+        ),
+        tags_none_when=() if call is None else tuple(call.none_when),
+        tags_call_text="" if call is None else repr((call.operation, sorted(call.params.items()), call.none_when)),
     )
 
 
@@ -184,7 +204,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
             problems.append(f"{path}: {key}: {exc}")
         return None
 
-    source = compiled("source", lambda: _compile_source(spec.source))
+    source = compiled("source", lambda: _compile_source(spec.source, spec.tags))
     fields = {name: compiled(f"fields.{name}", lambda v=value: compile_field(v)) for name, value in spec.fields.items()}
     relations = tuple(
         CompiledRelation(rel.type, rel.to, rel.role, compiled(f"relations[{i}].identity", lambda r=rel: compile_field(r.identity)))
@@ -204,7 +224,8 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         retire=dict(spec.lifecycle.retire),
         revive=dict(spec.lifecycle.revive),
         tags=None if spec.tags is None else CompiledTags(
-            compile_path(spec.tags.path), spec.tags.key, spec.tags.value, tuple(spec.tags.exclude)),
+            compile_path(spec.tags.path), spec.tags.key, spec.tags.value, tuple(spec.tags.exclude),
+            from_call=spec.tags.operation is not None),
     )
 
 

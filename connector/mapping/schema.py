@@ -119,7 +119,11 @@ class TagsSpec(_Strict):
 
     ``path`` leads to a list of objects (``[{Key, Value}]``, as EC2 and RDS
     give them; ``key`` and ``value`` name their members) or to an object of
-    key -> value (as EKS gives them).
+    key -> value (as EKS gives them). Where the listing carries no tags,
+    ``operation`` names a call made per item for them (only when tags are
+    on), with ``params`` as JMESPath over the item; ``path`` then reads its
+    answer, and the error codes in ``none_when`` mean "no tags" (S3's
+    ``NoSuchTagSet``).
     """
 
     path: str
@@ -127,10 +131,16 @@ class TagsSpec(_Strict):
     value: str = "Value"
     # tag keys left out, as shell-style patterns: ["aws:*"] drops AWS's own tags
     exclude: list[str] = Field(default_factory=list)
+    operation: str | None = None
+    params: dict[str, str] = Field(default_factory=dict)
+    none_when: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _compiles(self) -> "TagsSpec":
-        compile_path(self.path)
+        if self.operation is None and (self.params or self.none_when):
+            raise ValueError("params and none_when go with operation (a call per item for its tags)")
+        for expression in (self.path, *self.params.values()):
+            compile_path(expression)
         return self
 
 

@@ -361,19 +361,22 @@ def _seed_services(endpoint: str, creds: dict[str, str], region: str, label: str
 
     ec2 = _client("ec2", endpoint, region, creds)
     subnets = [s["SubnetId"] for s in ec2.describe_subnets(Filters=[{"Name": "default-for-az", "Values": ["true"]}])["Subnets"]][:2]
-    _client("s3", endpoint, region, creds).create_bucket(
+    tags = [{"Key": "team", "Value": label}]  # every service is tagged, each in its own API's way
+    s3 = _client("s3", endpoint, region, creds)
+    s3.create_bucket(
         Bucket=f"{label}-artifacts-{region}",
         **({} if region == "us-east-1" else {"CreateBucketConfiguration": {"LocationConstraint": region}}))
+    s3.put_bucket_tagging(Bucket=f"{label}-artifacts-{region}", Tagging={"TagSet": tags})
     _client("dynamodb", endpoint, region, creds).create_table(
         TableName=f"{label}-orders", KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST", Tags=tags)
     _client("rds", endpoint, region, creds).create_db_instance(
         DBInstanceIdentifier=f"{label}-db", DBInstanceClass="db.t3.micro", Engine="postgres",
-        MasterUsername="cmdb", MasterUserPassword="sandbox-only-pw", AllocatedStorage=20)
-    _client("elbv2", endpoint, region, creds).create_load_balancer(Name=f"{label}-alb", Subnets=subnets)
+        MasterUsername="cmdb", MasterUserPassword="sandbox-only-pw", AllocatedStorage=20, Tags=tags)
+    _client("elbv2", endpoint, region, creds).create_load_balancer(Name=f"{label}-alb", Subnets=subnets, Tags=tags)
     _client("elb", endpoint, region, creds).create_load_balancer(
         LoadBalancerName=f"{label}-classic", AvailabilityZones=[f"{region}a"],
-        Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}])
+        Listeners=[{"Protocol": "HTTP", "LoadBalancerPort": 80, "InstancePort": 80}], Tags=tags)
     role = _client("iam", endpoint, region, creds).create_role(
         RoleName=f"{label}-lambda", AssumeRolePolicyDocument='{"Version": "2012-10-17", "Statement": []}')["Role"]["Arn"]
     package = io.BytesIO()
@@ -381,9 +384,9 @@ def _seed_services(endpoint: str, creds: dict[str, str], region: str, label: str
         archive.writestr("handler.py", "def handle(event, context):\n    return event\n")
     _client("lambda", endpoint, region, creds).create_function(
         FunctionName=f"{label}-worker", Runtime="python3.12", Role=role, Handler="handler.handle",
-        Code={"ZipFile": package.getvalue()})
+        Code={"ZipFile": package.getvalue()}, Tags={"team": label})
     _client("eks", endpoint, region, creds).create_cluster(
-        name=f"{label}-k8s", roleArn=role, resourcesVpcConfig={"subnetIds": subnets})
+        name=f"{label}-k8s", roleArn=role, resourcesVpcConfig={"subnetIds": subnets}, tags={"team": label})
 
 
 def _seed_region(endpoint: str, creds: dict[str, str], region: str, label: str, plan: RegionPlan) -> list[str]:

@@ -13,9 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import boto3
 import pytest
 
-from connector.sandbox.aws import AwsSandbox, RegionPlan, seed_organization, terminate_instance
+from connector.sandbox.aws import AwsSandbox, RegionPlan, account_credentials, seed_organization, terminate_instance
 from connector.sandbox.servicenow import ServiceNowStandIn
 
 pytestmark = pytest.mark.e2e
@@ -218,6 +219,40 @@ def test_tags_from_aws_mirror_in_cmdb_key_value(world):
     code, again, output = run_cli(aws.url, config, "run")
     assert again["changes"] == [] and sn.writes() == writes
     assert again["key_values"]["unchanged"] == len(tags)
+
+
+def test_tags_of_every_tagged_class_reach_cmdb_key_value(tmp_path):
+    """The simulated Organization tags one of each service; each API gives its tags its own way."""
+    from connector.run import run_pipeline
+    from connector.sandbox.demo import sandboxes
+    from connector.settings import load_settings
+
+    with sandboxes(members=["alpha"]) as boxes:
+        management = boxes.org.management_account
+        boto3.client("s3", endpoint_url=boxes.aws.moto_url, region_name="us-east-1",
+                     **account_credentials(boxes.aws.moto_url, management)).delete_bucket_tagging(
+            Bucket="management-artifacts-us-east-1")  # S3 now answers NoSuchTagSet for it
+        settings = load_settings(None, {**boxes.settings_data(tmp_path / "reports"), "reconcile": {"tags": True}})
+        outcome = run_pipeline(settings)
+        assert outcome.exit_code == 0, outcome.report["errors"]
+        sn = boxes.servicenow
+        ci = {r["sys_id"]: r for r in sn.store.rows("cmdb_ci")}
+        team = {(ci[r["configuration_item"]]["sys_class_name"], ci[r["configuration_item"]]["name"])
+                for r in sn.store.rows("cmdb_key_value") if r["key"] == "team" and r["value"] == "alpha"}
+        assert team == {
+            ("cmdb_ci_cloud_object_storage", "alpha-artifacts-us-east-1"),  # get_bucket_tagging, per bucket
+            ("cmdb_ci_dynamodb_table", "alpha-orders"),                     # list_tags_of_resource, per table
+            ("cmdb_ci_cloud_database", "alpha-db"),                         # TagList in the listing
+            ("cmdb_ci_cloud_load_balancer", "alpha-alb"),                   # elbv2 describe_tags
+            ("cmdb_ci_cloud_load_balancer", "alpha-classic"),               # elb describe_tags
+            ("cmdb_ci_cloud_function", "alpha-worker"),                     # list_tags, an object
+            ("cmdb_ci_kubernetes_cluster", "alpha-k8s"),                    # tags in describe_cluster
+        }
+        bucket = next(r for r in ci.values() if r["name"] == "management-artifacts-us-east-1")
+        assert not [r for r in sn.store.rows("cmdb_key_value") if r["configuration_item"] == bucket["sys_id"]]
+        writes = sn.writes()
+        again = run_pipeline(settings)
+        assert again.exit_code == 0 and again.report["changes"] == [] and sn.writes() == writes
 
 
 def test_wrong_external_id_is_denied_everywhere(world):

@@ -341,3 +341,70 @@ def test_detail_result_under_a_key():
         stub.add_response("get_bucket_location", {"LocationConstraint": "eu-west-1"}, {"Bucket": "eu-data"})
         items = fetch_items(client, source)
     assert items == [{"Name": "logs", "Location": None}, {"Name": "eu-data", "Location": "eu-west-1"}]
+
+
+# -- tags from a call per item (reconcile.tags) -------------------------------------
+
+def _tags_of(name: str, items, region: str = "us-east-1"):
+    from connector.mapping.transform import map_record
+    from connector.models import Record
+
+    mapping = load_mappings().mappings[name]
+    return [map_record(mapping, Record("111122223333", region, mapping.source.name, i), tags=True).tags for i in items]
+
+
+def test_tags_call_per_item_only_when_tags_are_on():
+    client = boto3.client("lambda", region_name="us-east-1")
+    source = load_mappings().mappings["cmdb_ci_cloud_function"].source
+    arn = "arn:aws:lambda:us-east-1:111122223333:function:resize"
+    listing = {"Functions": [{"FunctionName": "resize", "FunctionArn": arn}]}
+    with Stubber(client) as stub:
+        stub.add_response("list_functions", listing)
+        stub.add_response("list_tags", {"Tags": {"env": "prod", "aws:cloudformation:stack-name": "app"}}, {"Resource": arn})
+        items = fetch_items(client, source, tags=True)
+        stub.assert_no_pending_responses()
+    assert _tags_of("cmdb_ci_cloud_function", items) == [{"env": "prod", "aws:cloudformation:stack-name": "app"}]
+    with Stubber(client) as stub:  # tags off: no call per item (the stub would refuse one)
+        stub.add_response("list_functions", listing)
+        items = fetch_items(client, source)
+    assert _tags_of("cmdb_ci_cloud_function", items) == [{}]
+
+
+def test_s3_bucket_without_tags_has_none_and_a_refused_tags_call_fails_the_unit():
+    client = boto3.client("s3", region_name="us-east-1")
+    source = load_mappings().mappings["cmdb_ci_cloud_object_storage"].source
+    with Stubber(client) as stub:
+        stub.add_response("list_buckets", {"Buckets": [{"Name": "logs"}, {"Name": "data"}]})
+        stub.add_response("get_bucket_location", {}, {"Bucket": "logs"})
+        stub.add_response("get_bucket_location", {"LocationConstraint": "eu-west-1"}, {"Bucket": "data"})
+        stub.add_client_error("get_bucket_tagging", "NoSuchTagSet", "The TagSet does not exist", 404, expected_params={"Bucket": "logs"})
+        stub.add_response("get_bucket_tagging", {"TagSet": [{"Key": "team", "Value": "data"}]}, {"Bucket": "data"})
+        items = fetch_items(client, source, tags=True)
+    assert _tags_of("cmdb_ci_cloud_object_storage", items, "global") == [{}, {"team": "data"}]
+    with Stubber(client) as stub, pytest.raises(ClientError):
+        stub.add_response("list_buckets", {"Buckets": [{"Name": "logs"}]})
+        stub.add_response("get_bucket_location", {}, {"Bucket": "logs"})
+        stub.add_client_error("get_bucket_tagging", "AccessDenied", "Access Denied", 403)
+        fetch_items(client, source, tags=True)  # unknown is not empty: the unit fails, no tag is dropped
+
+
+def test_load_balancer_and_table_tags_from_their_calls():
+    client = boto3.client("elbv2", region_name="us-east-1")
+    source = load_mappings().mappings["cmdb_ci_cloud_load_balancer"].source
+    arn = "arn:aws:elasticloadbalancing:us-east-1:111122223333:loadbalancer/app/web/1"
+    with Stubber(client) as stub:
+        stub.add_response("describe_load_balancers", {"LoadBalancers": [{"LoadBalancerArn": arn, "LoadBalancerName": "web"}]})
+        stub.add_response("describe_tags", {"TagDescriptions": [{"ResourceArn": arn, "Tags": [{"Key": "env", "Value": "prod"}]}]},
+                          {"ResourceArns": [arn]})
+        items = fetch_items(client, source, tags=True)
+    assert _tags_of("cmdb_ci_cloud_load_balancer", items) == [{"env": "prod"}]
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    source = load_mappings().mappings["cmdb_ci_dynamodb_table"].source
+    table = "arn:aws:dynamodb:us-east-1:111122223333:table/orders"
+    with Stubber(client) as stub:
+        stub.add_response("list_tables", {"TableNames": ["orders"]})
+        stub.add_response("describe_table", {"Table": {"TableName": "orders", "TableArn": table}}, {"TableName": "orders"})
+        stub.add_response("list_tags_of_resource", {"Tags": [{"Key": "owner", "Value": "shop"}]}, {"ResourceArn": table})
+        items = fetch_items(client, source, tags=True)
+    assert _tags_of("cmdb_ci_dynamodb_table", items) == [{"owner": "shop"}]
+    assert "ResponseMetadata" not in items[0]["_cmdb_tags"]  # only the answer itself is kept in the inventory

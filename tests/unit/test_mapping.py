@@ -302,6 +302,10 @@ INVALID_CASES += [
     ("tags unknown key", VALID + '\n[tags]\npath = "Tags"\nformat = "list"\n', "cmdb_ci_network.toml: tags.format: unknown key"),
     ("tags bad jmespath", VALID + '\n[tags]\npath = "Tags[?"\n', "cmdb_ci_network.toml: tags: JMESPath does not compile"),
     ("tags without path", VALID + '\n[tags]\nkey = "Key"\n', "cmdb_ci_network.toml: tags.path: required key is missing"),
+    ("tags params without a call", VALID + '\n[tags]\npath = "Tags"\nparams = { Resource = "VpcId" }\n',
+     "cmdb_ci_network.toml: tags: params and none_when go with operation"),
+    ("tags call bad jmespath", VALID + '\n[tags]\npath = "Tags"\noperation = "x"\nparams = { A = "B[" }\n',
+     "cmdb_ci_network.toml: tags: JMESPath does not compile"),
 ]
 
 
@@ -408,8 +412,8 @@ def test_tags_from_each_shape(mappings, name, source, tags, expected):
 
 
 def test_classes_without_tags_in_aws_map_none(mappings):
-    golden = next(g for g in GOLDEN if g[0] == "cmdb_ci_cloud_function")
-    ci = map_record(mappings.mappings["cmdb_ci_cloud_function"], Record(ACCOUNT, golden[2], golden[1], golden[3]), tags=True)
+    golden = next(g for g in GOLDEN if g[0] == "cmdb_ci_availability_zone")
+    ci = map_record(mappings.mappings["cmdb_ci_availability_zone"], Record(ACCOUNT, golden[2], golden[1], golden[3]), tags=True)
     assert ci.tags is None  # its mapping has no [tags]: its CIs' key-values are never touched
 
 
