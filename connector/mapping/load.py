@@ -81,9 +81,17 @@ class CompiledTags:
     exclude: tuple[str, ...] = ()
     from_call: bool = False  # path reads the answer of the per-item call
 
-    def __call__(self, item: Any) -> dict[str, str]:
-        """The item's tags as key -> value strings, minus the excluded keys; none found is no tags."""
-        found = self.path(item.get(TAGS_KEY) if self.from_call and isinstance(item, dict) else item)
+    def __call__(self, item: Any) -> dict[str, str] | None:
+        """The item's tags as key -> value strings, minus the excluded keys; none found is no tags.
+
+        None (unknown) when they come from a call that was not made for this
+        item: an inventory collected with tags off.
+        """
+        if self.from_call:
+            if not isinstance(item, dict) or TAGS_KEY not in item:
+                return None
+            item = item[TAGS_KEY]
+        found = self.path(item)
         if isinstance(found, dict):
             pairs = found.items()
         elif isinstance(found, list):

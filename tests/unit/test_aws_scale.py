@@ -367,7 +367,7 @@ def test_tags_call_per_item_only_when_tags_are_on():
     with Stubber(client) as stub:  # tags off: no call per item (the stub would refuse one)
         stub.add_response("list_functions", listing)
         items = fetch_items(client, source)
-    assert _tags_of("cmdb_ci_cloud_function", items) == [{}]
+    assert _tags_of("cmdb_ci_cloud_function", items) == [None]  # not asked for: unknown, not empty
 
 
 def test_s3_bucket_without_tags_has_none_and_a_refused_tags_call_fails_the_unit():
@@ -408,3 +408,10 @@ def test_load_balancer_and_table_tags_from_their_calls():
         items = fetch_items(client, source, tags=True)
     assert _tags_of("cmdb_ci_dynamodb_table", items) == [{"owner": "shop"}]
     assert "ResponseMetadata" not in items[0]["_cmdb_tags"]  # only the answer itself is kept in the inventory
+
+
+def test_an_inventory_collected_without_tags_leaves_called_for_tags_unknown():
+    # a Lambda item from a collection with tags off: no answer of list_tags beside it
+    item = {"FunctionName": "resize", "FunctionArn": "arn:aws:lambda:us-east-1:111122223333:function:resize"}
+    assert _tags_of("cmdb_ci_cloud_function", [item]) == [None]  # unknown, so plan leaves its rows alone
+    assert _tags_of("cmdb_ci_cloud_function", [{**item, "_cmdb_tags": None}]) == [{}]  # the call said: none
