@@ -75,7 +75,12 @@ def fetch_items(client, source: CompiledSource, tags: bool = False) -> list[dict
 
 
 def _with_tags(client, call: CompiledDetail, none_when: tuple[str, ...], item: Any) -> Any:
-    """The item, with the answer of its tags call kept beside it (none: no tags)."""
+    """The item, with the answer of its tags call kept beside it (none: no tags).
+
+    An item that is not an object has nowhere to keep it: its tags stay unknown.
+    """
+    if not isinstance(item, dict):
+        return item
     try:
         answer = getattr(client, call.operation)(**{k: get(item) for k, get in call.params.items()})
     except ClientError as exc:

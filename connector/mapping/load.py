@@ -7,8 +7,8 @@ path, and all problems of all files are reported together.
 from __future__ import annotations
 
 import tomllib
-from fnmatch import fnmatchcase
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
