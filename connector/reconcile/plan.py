@@ -12,7 +12,7 @@ No clients here. The safety rules live in this module:
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
@@ -21,6 +21,9 @@ from ..mapping.functions import all_strings, snow_string
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
+# The tag guard trips only above this many deletions in a class: a few tags
+# removed from a few resources is an everyday change.
+TAG_GUARD_FLOOR = 10
 CIKey = tuple[str, str]  # (table, identity)
 
 
@@ -329,8 +332,13 @@ def _plan_key_values(
     a tag gone from AWS, or a second row for one tag (the first, in sys_id
     order, is the one kept). A CI adopted in this run gets its tags from the
     next run on, once its existing rows are read as ours.
+
+    The blast-radius guard holds for tags too: a run that would delete more
+    than ``max_retire_fraction`` of a class's tag rows (and more than
+    ``TAG_GUARD_FLOOR`` of them) deletes none in that class without ``force``:
+    a ``[tags]`` path that finds nothing would otherwise empty them all.
     """
-    owned = {ci.sys_id for cis in existing.values() for ci in cis
+    owned = {ci.sys_id: table for table, cis in existing.items() for ci in cis
              if ci.fields.get("discovery_source") == options.discovery_source}
     rows_of: dict[str, dict[str, ExistingKeyValue]] = {}  # CI sys_id -> tag key -> its row
     repeated: dict[str, list[ExistingKeyValue]] = {}  # CI sys_id -> second rows for one of its tags
@@ -346,6 +354,7 @@ def _plan_key_values(
             repeated.setdefault(row.ci, []).append(row)
     duplicated = {(d["table"], d["identity"]) for d in plan.duplicates}
     changes, unchanged = plan.key_value_changes, 0
+    deletes: dict[str, list[KeyValueChange]] = defaultdict(list)  # table -> tag rows to delete
     for ci in desired:
         key = (ci.table, ci.identity)
         if ci.tags is None or key in duplicated:
@@ -367,8 +376,21 @@ def _plan_key_values(
                 changes.append(KeyValueChange("update", key, name, row.value, value, row.sys_id))
         if (found < len(have) or sys_id in repeated) and ci.scope in ok_scopes:  # unknown is not empty
             surplus = [row for name, row in have.items() if name not in ci.tags] + repeated.get(sys_id, [])
-            changes.extend(KeyValueChange("delete", key, row.key, row.value, "", row.sys_id) for row in surplus)
+            deletes[ci.table].extend(KeyValueChange("delete", key, row.key, row.value, "", row.sys_id) for row in surplus)
     plan.key_values_unchanged += unchanged
+    if not deletes:
+        return
+    rows_in = Counter(owned[row.ci] for row in key_values if row.ci in owned)
+    for table, gone in deletes.items():
+        limit = options.max_retire_fraction * rows_in[table]
+        if len(gone) > max(limit, TAG_GUARD_FLOOR) and not options.force:
+            plan.guards.append(
+                f"{table}: would delete {len(gone)} of its {rows_in[table]} tag rows ({len(gone) / rows_in[table]:.0%}), "
+                f"over reconcile.max_retire_fraction = {options.max_retire_fraction:.0%}; no tag removed in this "
+                "table. Check its [tags] mapping and the collection, then rerun with --force if this is right."
+            )
+            continue
+        changes.extend(gone)
 
 
 def plan_changes(

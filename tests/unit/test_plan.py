@@ -293,3 +293,20 @@ def test_a_second_row_for_one_tag_is_removed_and_the_first_kept():
     denied = [Scope(A, R, "ec2:instance", DENIED), Scope(A, R, "ec2:region", OK)]
     p = plan_tags([tagged_vm(1, {"env": "prod", "team": "c"})], [existing_vm(1)], rows, scopes=denied)
     assert [c.action for c in p.key_value_changes] == ["update"]  # no delete for a scope not collected in full
+
+
+def test_tag_guard_stops_a_run_that_would_empty_a_class_of_its_tags():
+    vms = [existing_vm(n) for n in range(12)]
+    rows = [ExistingKeyValue(f"kv{n}", f"s{n}", "env", "prod") for n in range(12)]
+    gone = [tagged_vm(n, {}) for n in range(12)]  # e.g. a [tags] path that finds nothing
+    p = plan_tags(gone, vms, rows)
+    assert p.key_value_changes == []
+    assert p.guards == [f"{VM}: would delete 12 of its 12 tag rows (100%), over reconcile.max_retire_fraction = 25%; "
+                        "no tag removed in this table. Check its [tags] mapping and the collection, then rerun with "
+                        "--force if this is right."]
+    forced = plan_changes(gone, {VM: vms}, SCOPES, [], [], REL_TYPES, POLICIES, PlanOptions(DS, force=True), rows)
+    assert sorted(c.sys_id for c in forced.key_value_changes) == sorted(f"kv{n}" for n in range(12)) and not forced.guards
+    # an everyday change: a tag removed from a few resources goes through
+    some = [tagged_vm(n, {} if n < 3 else {"env": "prod"}) for n in range(12)]
+    p = plan_tags(some, vms, rows)
+    assert [c.sys_id for c in p.key_value_changes] == ["kv0", "kv1", "kv2"] and p.guards == []
