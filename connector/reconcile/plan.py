@@ -340,18 +340,7 @@ def _plan_key_values(
     """
     owned = {ci.sys_id: table for table, cis in existing.items() for ci in cis
              if ci.fields.get("discovery_source") == options.discovery_source}
-    rows_of: dict[str, dict[str, ExistingKeyValue]] = {}  # CI sys_id -> tag key -> its row
-    repeated: dict[str, list[ExistingKeyValue]] = {}  # CI sys_id -> second rows for one of its tags
-    for row in key_values:
-        if row.ci not in owned:
-            continue
-        rows = rows_of.get(row.ci)
-        if rows is None:
-            rows_of[row.ci] = {row.key: row}
-        elif row.key not in rows:
-            rows[row.key] = row
-        else:
-            repeated.setdefault(row.ci, []).append(row)
+    rows_of, repeated = _tag_rows(key_values, owned)
     duplicated = {(d["table"], d["identity"]) for d in plan.duplicates}
     changes, unchanged = plan.key_value_changes, 0
     deletes: dict[str, list[KeyValueChange]] = defaultdict(list)  # table -> tag rows to delete
@@ -378,9 +367,31 @@ def _plan_key_values(
             surplus = [row for name, row in have.items() if name not in ci.tags] + repeated.get(sys_id, [])
             deletes[ci.table].extend(KeyValueChange("delete", key, row.key, row.value, "", row.sys_id) for row in surplus)
     plan.key_values_unchanged += unchanged
-    if not deletes:
-        return
-    rows_in = Counter(owned[row.ci] for row in key_values if row.ci in owned)
+    if deletes:
+        _guard_tag_deletes(deletes, Counter(owned[row.ci] for row in key_values if row.ci in owned), options, plan)
+
+
+def _tag_rows(key_values: list[ExistingKeyValue], owned: dict[str, str]
+              ) -> tuple[dict[str, dict[str, ExistingKeyValue]], dict[str, list[ExistingKeyValue]]]:
+    """The rows of our CIs: CI sys_id -> tag key -> its row, and CI sys_id -> second rows for one of its tags."""
+    rows_of: dict[str, dict[str, ExistingKeyValue]] = {}
+    repeated: dict[str, list[ExistingKeyValue]] = {}
+    for row in key_values:
+        if row.ci not in owned:
+            continue  # re-checked in code, whatever the query said
+        rows = rows_of.get(row.ci)
+        if rows is None:
+            rows_of[row.ci] = {row.key: row}
+        elif row.key not in rows:
+            rows[row.key] = row
+        else:
+            repeated.setdefault(row.ci, []).append(row)
+    return rows_of, repeated
+
+
+def _guard_tag_deletes(deletes: dict[str, list[KeyValueChange]], rows_in: Counter, options: PlanOptions,
+                       plan: Plan) -> None:
+    """The tag deletions of each class, unless they are too many of its rows (``rows_in``)."""
     for table, gone in deletes.items():
         limit = options.max_retire_fraction * rows_in[table]
         if len(gone) > max(limit, TAG_GUARD_FLOOR) and not options.force:
@@ -390,7 +401,7 @@ def _plan_key_values(
                 "table. Check its [tags] mapping and the collection, then rerun with --force if this is right."
             )
             continue
-        changes.extend(gone)
+        plan.key_value_changes.extend(gone)
 
 
 def plan_changes(
