@@ -67,8 +67,7 @@ def fetch_items(client, source: CompiledSource, tags: bool = False) -> list[dict
         items.extend(found or [])
     if source.detail is not None:
         detail = source.detail
-        call = getattr(client, detail.operation)
-        items = [detail.merge(item, call(**{k: get(item) for k, get in detail.params.items()})) for item in items]
+        items = [detail.merge(item, detail.ask(client, item)) for item in items]
     if tags and source.tags_call is not None:
         items = [_with_tags(client, source.tags_call, source.tags_none_when, item) for item in items]
     return jsonable(items)
@@ -82,7 +81,7 @@ def _with_tags(client, call: CompiledDetail, none_when: tuple[str, ...], item: A
     if not isinstance(item, dict):
         return item
     try:
-        answer = getattr(client, call.operation)(**{k: get(item) for k, get in call.params.items()})
+        answer = call.ask(client, item)
     except ClientError as exc:
         if exc.response.get("Error", {}).get("Code") not in none_when:
             raise  # the unit fails: its tags are unknown, not empty

@@ -51,6 +51,10 @@ class CompiledDetail:
     result: Callable[[Any], Any]
     key: str | None
 
+    def ask(self, client: Any, item: Any) -> Any:
+        """The call's answer for one item (its parameters read from the item)."""
+        return getattr(client, self.operation)(**{name: get(item) for name, get in self.params.items()})
+
     def merge(self, item: Any, answer: Any) -> Any:
         found = self.result(answer)
         if self.key is not None:
