@@ -11,9 +11,10 @@ import logging
 import threading
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from itertools import zip_longest
-from typing import Any, Iterable
+from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from botocore.exceptions import ClientError
 
@@ -54,23 +55,78 @@ def enabled_regions(pool: SessionPool, account_id: str, probe_region: str) -> li
     return sorted(r["RegionName"] for r in regions if r.get("OptInStatus") != "not-opted-in")
 
 
-def fetch_items(client, source: CompiledSource, tags: bool = False) -> list[dict[str, Any]]:
+class InTurn:
+    """AWS calls one after another, bounded by nothing else (one unit on its own, a test)."""
+
+    def slot(self) -> ContextManager[Any]:
+        return nullcontext()
+
+    def each(self, call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        return [call(item) for item in items]
+
+
+class AccountCalls:
+    """The AWS calls of one account, within the bounds of the whole collection.
+
+    ``slot`` holds one of the account's ``max_workers_per_account`` slots and
+    one of the ``max_workers`` slots of the run while a call (or a listing's
+    pages) is made. ``each`` makes the calls of many items at once on the
+    shared item pool, every call in a slot; the results keep the items' order
+    and the first failure is raised, as one after another would.
+    """
+
+    def __init__(self, account: threading.Semaphore, run: threading.Semaphore, pool: ThreadPoolExecutor):
+        self._account, self._run, self._pool = account, run, pool
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        with self._account, self._run:  # always in this order: no two threads wait on each other
+            yield
+
+    def each(self, call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        if len(items) < 2:
+            return InTurn().each(lambda item: self._bounded(call, item), items)
+        return list(self._pool.map(lambda item: self._bounded(call, item), items))
+
+    def _bounded(self, call: Callable[[Any], Any], item: Any) -> Any:
+        with self.slot():
+            return call(item)
+
+
+def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTurn | AccountCalls | None = None
+                ) -> list[dict[str, Any]]:
     """Every item of one source, every page; with ``tags``, each item's tags
-    where the source needs a call per item for them."""
-    if client.can_paginate(source.operation):
-        pages: Iterable[Any] = client.get_paginator(source.operation).paginate(**source.params)
-    else:
-        pages = [getattr(client, source.operation)(**source.params)]
-    items: list[Any] = []
-    for page in pages:
-        found = source.items(page) if source.items else page
-        items.extend(found or [])
-    if source.detail is not None:
-        detail = source.detail
-        items = [detail.merge(item, detail.ask(client, item)) for item in items]
-    if tags and source.tags_call is not None:
-        items = [_with_tags(client, source.tags_call, source.tags_none_when, item) for item in items]
+    where the source needs a call per item for them.
+
+    The calls made per item (a detail call, a tags call) run through
+    ``calls.each``: one after another by default, or several at once within
+    the account's bound.
+    """
+    calls = calls or InTurn()
+    with calls.slot():
+        if client.can_paginate(source.operation):
+            pages: Iterable[Any] = client.get_paginator(source.operation).paginate(**source.params)
+        else:
+            pages = [getattr(client, source.operation)(**source.params)]
+        items: list[Any] = []
+        for page in pages:
+            found = source.items(page) if source.items else page
+            items.extend(found or [])
+    detail = source.detail
+    tags_call = source.tags_call if tags else None
+    if detail is not None or tags_call is not None:
+        items = calls.each(lambda item: _per_item(client, source, detail, tags_call, item), items)
     return jsonable(items)
+
+
+def _per_item(client, source: CompiledSource, detail: CompiledDetail | None, tags_call: CompiledDetail | None,
+              item: Any) -> Any:
+    """One item with the answers of its detail call and its tags call."""
+    if detail is not None:
+        item = detail.merge(item, detail.ask(client, item))
+    if tags_call is not None:
+        item = _with_tags(client, tags_call, source.tags_none_when, item)
+    return item
 
 
 def _with_tags(client, call: CompiledDetail, none_when: tuple[str, ...], item: Any) -> Any:
@@ -97,36 +153,51 @@ def _interleave(per_account: list[list[Unit]]) -> list[Unit]:
 
 
 class Collector:
-    """Runs one unit at a time per call, within the per-account limit."""
+    """Runs one unit per call. AWS calls stay within ``max_per_account`` per
+    account and ``max_workers`` in all, whether they list a unit's items or
+    are made per item (those of one unit run several at once)."""
 
-    def __init__(self, pool: SessionPool, max_per_account: int, tags: bool = False):
+    def __init__(self, pool: SessionPool, max_per_account: int, tags: bool = False, max_workers: int = 1):
         self.pool = pool
         self.tags = tags
         self._account_slots: dict[str, threading.Semaphore] = defaultdict(
             lambda: threading.Semaphore(max_per_account)
         )
         self._slots_lock = threading.Lock()
+        self._run_slots = threading.Semaphore(max_workers)
+        self._item_pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="items")
 
-    def _slot(self, account_id: str) -> threading.Semaphore:
+    def close(self) -> None:
+        self._item_pool.shutdown(cancel_futures=True)
+
+    def __enter__(self) -> "Collector":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _calls(self, account_id: str) -> AccountCalls:
         with self._slots_lock:
-            return self._account_slots[account_id]
+            account = self._account_slots[account_id]
+        return AccountCalls(account, self._run_slots, self._item_pool)
 
     def run_unit(self, unit: Unit) -> tuple[Scope, list[Record]]:
         source = unit.source
         region = unit.region if unit.region != GLOBAL_REGION else self.pool.default_region
-        with self._slot(unit.account_id):
-            try:
+        calls = self._calls(unit.account_id)
+        try:
+            with calls.slot():  # a client may have to renew the account's credentials first
                 client = self.pool.client(unit.account_id, source.service, region)
-                items = fetch_items(client, source, self.tags)
-            except Exception as exc:  # noqa: BLE001 - every failure is kept in its unit
-                status, reason = classify_error(exc)
-                code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-                if code in REGION_OFF_CODES or type(exc).__name__ == "EndpointConnectionError":
-                    status, reason = SKIPPED, f"region not enabled or unreachable: {reason}"
-                log.warning("account %s region %s source %s: %s: %s",
-                            unit.account_id, unit.region, source.name, status, reason,
-                            extra={"account": unit.account_id, "region": unit.region, "source": source.name})
-                return Scope(unit.account_id, unit.region, source.name, status, reason), []
+            items = fetch_items(client, source, self.tags, calls)
+        except Exception as exc:  # noqa: BLE001 - every failure is kept in its unit
+            status, reason = classify_error(exc)
+            code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
+            if code in REGION_OFF_CODES or type(exc).__name__ == "EndpointConnectionError":
+                status, reason = SKIPPED, f"region not enabled or unreachable: {reason}"
+            log.warning("account %s region %s source %s: %s: %s",
+                        unit.account_id, unit.region, source.name, status, reason,
+                        extra={"account": unit.account_id, "region": unit.region, "source": source.name})
+            return Scope(unit.account_id, unit.region, source.name, status, reason), []
         records = [Record(unit.account_id, unit.region, source.name, item) for item in items]
         return Scope(unit.account_id, unit.region, source.name, OK, None), records
 
@@ -145,7 +216,6 @@ def collect_inventory(
     With ``tags``, the sources whose items carry no tags call for them, per item.
     """
     inventory = Inventory(accounts=list(accounts))
-    collector = Collector(pool, max_per_account, tags)
     reachable = [a for a in accounts if a.status == OK]
     if "all" in regions:
         pool.warm({"ec2"})
@@ -162,7 +232,7 @@ def collect_inventory(
 
     ordered = _interleave(per_account)
     pool.warm({unit.source.service for unit in ordered})
-    with bar("collect", len(ordered)) as progress, \
+    with bar("collect", len(ordered)) as progress, Collector(pool, max_per_account, tags, max_workers) as collector, \
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collect") as executor:
         for scope, records in executor.map(collector.run_unit, ordered):
             inventory.scopes.append(scope)

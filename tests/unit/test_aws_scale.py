@@ -375,9 +375,10 @@ def test_s3_bucket_without_tags_has_none_and_a_refused_tags_call_fails_the_unit(
     source = load_mappings().mappings["cmdb_ci_cloud_object_storage"].source
     with Stubber(client) as stub:
         stub.add_response("list_buckets", {"Buckets": [{"Name": "logs"}, {"Name": "data"}]})
+        # each item's calls in turn: its detail call, then its tags call
         stub.add_response("get_bucket_location", {}, {"Bucket": "logs"})
-        stub.add_response("get_bucket_location", {"LocationConstraint": "eu-west-1"}, {"Bucket": "data"})
         stub.add_client_error("get_bucket_tagging", "NoSuchTagSet", "The TagSet does not exist", 404, expected_params={"Bucket": "logs"})
+        stub.add_response("get_bucket_location", {"LocationConstraint": "eu-west-1"}, {"Bucket": "data"})
         stub.add_response("get_bucket_tagging", {"TagSet": [{"Key": "team", "Value": "data"}]}, {"Bucket": "data"})
         items = fetch_items(client, source, tags=True)
     assert _tags_of("cmdb_ci_cloud_object_storage", items, "global") == [{}, {"team": "data"}]
@@ -415,3 +416,96 @@ def test_an_inventory_collected_without_tags_leaves_called_for_tags_unknown():
     item = {"FunctionName": "resize", "FunctionArn": "arn:aws:lambda:us-east-1:111122223333:function:resize"}
     assert _tags_of("cmdb_ci_cloud_function", [item]) == [None]  # unknown, so plan leaves its rows alone
     assert _tags_of("cmdb_ci_cloud_function", [{**item, "_cmdb_tags": None}]) == [{}]  # the call said: none
+
+
+# -- calls per item: several at once, within the account's and the run's bounds ----
+
+class SlowFunctions:
+    """A Lambda client stand-in: list_tags takes a while and counts the calls in flight."""
+
+    def __init__(self, account: str, count: int, watch: "InFlight", refuse: str | None = None):
+        self.arns = [f"arn:aws:lambda:us-east-1:{account}:function:f{i:02d}" for i in range(count)]
+        self.account, self.watch, self.refuse = account, watch, refuse
+
+    def can_paginate(self, _operation: str) -> bool:
+        return False
+
+    def list_functions(self):
+        return {"Functions": [{"FunctionName": arn.rsplit(":", 1)[1], "FunctionArn": arn} for arn in self.arns]}
+
+    def list_tags(self, Resource: str):
+        with self.watch.call(self.account):
+            if Resource == self.refuse:
+                raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "ListTags")
+            return {"Tags": {"arn": Resource}}
+
+
+class InFlight:
+    def __init__(self, seconds: float = 0.03):
+        import threading
+
+        self.seconds, self.lock = seconds, threading.Lock()
+        self.now: Counter = Counter()
+        self.peak: Counter = Counter()  # account -> most calls at once; "*" -> over all accounts
+
+    def call(self, account: str):
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def in_flight():
+            with self.lock:
+                self.now[account] += 1
+                self.now["*"] += 1
+                for key in (account, "*"):
+                    self.peak[key] = max(self.peak[key], self.now[key])
+            try:
+                time.sleep(self.seconds)
+                yield
+            finally:
+                with self.lock:
+                    self.now[account] -= 1
+                    self.now["*"] -= 1
+        return in_flight()
+
+
+class FakePool:
+    default_region = "us-east-1"
+
+    def __init__(self, clients: dict[str, SlowFunctions]):
+        self.clients = clients
+
+    def client(self, account_id: str, _service: str, _region: str):
+        return self.clients[account_id]
+
+
+def test_calls_per_item_run_several_at_once_within_the_account_and_run_bounds():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connector.aws.collect import Collector, Unit
+
+    source = load_mappings().mappings["cmdb_ci_cloud_function"].source
+    watch = InFlight()
+    clients = {account: SlowFunctions(account, 24, watch) for account in ("111111111111", "222222222222")}
+    with Collector(FakePool(clients), max_per_account=3, tags=True, max_workers=5) as collector, \
+            ThreadPoolExecutor(max_workers=2) as units:
+        done = list(units.map(collector.run_unit, [Unit(a, "us-east-1", source) for a in clients]))
+    for (scope, records), (account, client) in zip(done, clients.items()):
+        assert scope.status == OK
+        # every item keeps its own answer, in the listing's order
+        assert [r.resource["FunctionArn"] for r in records] == client.arns
+        assert [r.resource["_cmdb_tags"]["Tags"]["arn"] for r in records] == client.arns
+    assert 2 <= watch.peak["111111111111"] <= 3 and 2 <= watch.peak["222222222222"] <= 3  # at once, per account bound
+    assert watch.peak["*"] <= 5  # the run's bound over both accounts
+
+
+def test_a_refused_call_for_one_item_fails_its_unit_among_calls_made_at_once():
+    from connector.aws.collect import Collector, Unit
+
+    source = load_mappings().mappings["cmdb_ci_cloud_function"].source
+    client = SlowFunctions("111111111111", 12, InFlight(0.01))
+    client.refuse = client.arns[7]
+    with Collector(FakePool({"111111111111": client}), max_per_account=4, tags=True, max_workers=4) as collector:
+        scope, records = collector.run_unit(Unit("111111111111", "us-east-1", source))
+    assert scope.status == DENIED and "AccessDeniedException on ListTags" in scope.error
+    assert records == []  # unknown, not partly known: no item of the unit is kept
