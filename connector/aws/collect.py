@@ -85,7 +85,7 @@ class AccountCalls:
 
     def each(self, call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
         if len(items) < 2:
-            return InTurn().each(lambda item: self._bounded(call, item), items)
+            return [self._bounded(call, item) for item in items]
         return list(self._pool.map(lambda item: self._bounded(call, item), items))
 
     def _bounded(self, call: Callable[[Any], Any], item: Any) -> Any:
