@@ -25,6 +25,7 @@ from .mapping.transform import MapResult, map_inventory
 from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
+from .report.history import previous_run_report, repeated_writes
 from .report.json_report import build_report, summary_line, write_report
 from .ops import EXIT_INTERRUPTED, fewer_gc_passes, set_run_id, stop_requested
 from .report.outputs import write_outputs
@@ -148,6 +149,17 @@ def _read_table(reader: CmdbReader, table: str, variants: list, desired: list[De
     return found
 
 
+def _writes_that_did_not_stick(report: dict, output_dir: Path) -> list[str]:
+    """Warnings for this run's writes that repeat the previous run's (see report.history)."""
+    if not report["changes"]:
+        return []  # nothing written: nothing to compare (and no report to read)
+    previous = previous_run_report(output_dir)
+    repeated = repeated_writes(previous, report["changes"]) if previous else []
+    for warning in repeated:
+        log.warning("%s", warning)
+    return repeated
+
+
 def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None) -> int:
     if applied is not None and applied.failed:
         return EXIT_FAILED
@@ -223,7 +235,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
         timings=clock.seconds, cpu_timings=clock.cpu,
     )
-    path = write_report(report, settings.path(settings.report.output_dir))
+    output_dir = settings.path(settings.report.output_dir)
+    report["warnings"] = [*report["warnings"], *_writes_that_did_not_stick(report, output_dir)]
+    path = write_report(report, output_dir)
     write_outputs(report, path)
     log.info("%s", summary_line(report))
     return RunOutcome(exit_code, report, path)

@@ -113,3 +113,38 @@ def test_adoption_duplicates_revive_and_the_guard_over_http(tmp_path):
         back = run_pipeline(settings, inventory_file=path)
         assert back.report["tables"]["cmdb_ci_vm_instance"]["revived"] == 6
         assert {r["install_status"] for r in server.store.rows("cmdb_ci_vm_instance")} == {"1"}
+
+
+def test_writes_the_instance_undoes_between_runs_are_named_in_the_report(tmp_path):
+    """A business rule that renames a CI after each run, an identity edited by hand: each run would
+    write the same again for ever, and the report says so."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=2)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        first = run_pipeline(settings, inventory_file=path)
+        assert first.exit_code == 0 and first.report["warnings"] == []
+        ruled, edited = ({**row} for row in sorted(server.store.rows("cmdb_ci_vm_instance"), key=lambda r: r["correlation_id"]))
+
+        def business_rule():
+            server.store.update("cmdb_ci_vm_instance", ruled["sys_id"], {"name": "renamed-by-a-rule"}, "rule")
+
+        business_rule()
+        server.store.update("cmdb_ci_vm_instance", edited["sys_id"], {"correlation_id": "edited-by-hand"}, "admin")
+        second = run_pipeline(settings, inventory_file=path).report
+        assert {(c["action"], c["identity"]) for c in second["changes"] if c["table"] == "cmdb_ci_vm_instance"} >= {
+            ("update", ruled["correlation_id"]), ("create", edited["correlation_id"])}
+        # the first run created the renamed CI (no update to repeat); the edited one is created again
+        assert [w for w in second["warnings"] if w.startswith("cmdb_ci_vm_instance")] == [
+            w for w in second["warnings"] if w.startswith("cmdb_ci_vm_instance: 1 record(s) created again")]
+        assert any(w.startswith("cmdb_ci_vm_instance: 1 record(s) created again") for w in second["warnings"])
+
+        business_rule()
+        third = run_pipeline(settings, inventory_file=path).report
+        [renamed] = [w for w in third["warnings"] if w.startswith("cmdb_ci_vm_instance.name")]
+        assert f"e.g. {ruled['correlation_id']}: it reads 'renamed-by-a-rule' again" in renamed
+        assert "created again" not in " ".join(third["warnings"])  # the second run's create held
+
+        fourth = run_pipeline(settings, inventory_file=path).report  # no rule this time: converged, nothing said
+        assert fourth["changes"] == [] and fourth["warnings"] == []
