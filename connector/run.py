@@ -153,8 +153,12 @@ def _writes_that_did_not_stick(report: dict, output_dir: Path) -> list[str]:
     """Warnings for this run's writes that repeat the previous run's (see report.history)."""
     if not report["changes"]:
         return []  # nothing written: nothing to compare (and no report to read)
-    previous = previous_run_report(output_dir)
-    repeated = repeated_writes(previous, report["changes"]) if previous else []
+    try:
+        previous = previous_run_report(output_dir)
+        repeated = repeated_writes(previous, report["changes"]) if previous else []
+    except Exception as exc:  # noqa: BLE001 - a hint only: it must never cost the run its report
+        log.warning("previous run's report not compared: %s: %s", type(exc).__name__, exc)
+        return []
     for warning in repeated:
         log.warning("%s", warning)
     return repeated

@@ -55,17 +55,17 @@ def _written(changes: Iterable[dict[str, Any]]) -> dict[tuple[str, str, str], di
     """(action, table, identity) -> field -> the new value, of the writes that were applied."""
     written: dict[tuple[str, str, str], dict[str, str]] = {}
     for entry in changes:
-        if entry.get("status") == "applied":
-            fields = entry.get("fields") or {}
-            written[(entry.get("action", ""), entry.get("table", ""), entry.get("identity", ""))] = {
-                name: value.get("new", "") for name, value in fields.items() if isinstance(value, dict)
+        # another version's report, or one edited by hand, may hold anything: what is not understood is left out
+        if isinstance(entry, dict) and entry.get("status") == "applied" and isinstance(entry.get("fields"), dict):
+            written[(str(entry.get("action")), str(entry.get("table")), str(entry.get("identity")))] = {
+                name: value.get("new") for name, value in entry["fields"].items() if isinstance(value, dict)
             }
     return written
 
 
 def repeated_writes(previous: dict[str, Any], changes: list[dict[str, Any]]) -> list[str]:
     """Warnings for the writes of ``changes`` that repeat one the ``previous`` run applied."""
-    before = _written(previous.get("changes") or [])
+    before = _written(previous.get("changes") if isinstance(previous.get("changes"), list) else [])
     if not before:
         return []
     # (table, action, field) -> [count, an example]; field "" for a whole record

@@ -77,3 +77,11 @@ def test_the_previous_report_is_the_newest_run_written_plans_and_unreadable_file
     (tmp_path / "report-broken.json").write_text("{not json")
     os.utime(tmp_path / "report-broken.json", ns=(4_000_000_000, 4_000_000_000))
     assert previous_run_report(tmp_path)["run_id"] == "run"
+
+
+def test_a_previous_report_of_another_shape_is_no_history_and_no_failure():
+    now = [change("update", "arn:1", "planned", name=("x", "web-01"))]
+    for odd in ({"changes": "none"}, {"changes": ["text", 3, None]}, {"changes": [{"status": "applied", "fields": []}]},
+                {"changes": [{"status": "applied", "action": "update", "table": VM, "identity": "arn:1",
+                              "fields": {"name": "web-01"}}]}):
+        assert repeated_writes(odd, now) == []
