@@ -208,7 +208,12 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
               "# HELP cmdb_connector_failed_accounts Accounts not collected in the last run.",
               "# TYPE cmdb_connector_failed_accounts gauge", f"cmdb_connector_failed_accounts {failed_accounts}",
               "# HELP cmdb_connector_errors Errors in the last run.", "# TYPE cmdb_connector_errors gauge",
-              f"cmdb_connector_errors {len(report['errors'])}"]
+              f"cmdb_connector_errors {len(report['errors'])}",
+              "# HELP cmdb_connector_guards Blast-radius guards that held back retires or tag deletions in the last run.",
+              "# TYPE cmdb_connector_guards gauge", f"cmdb_connector_guards {len(report.get('guards') or [])}",
+              "# HELP cmdb_connector_warnings Warnings in the last run (writes the instance undid, relation targets "
+              "not found).", "# TYPE cmdb_connector_warnings gauge",
+              f"cmdb_connector_warnings {len(report.get('warnings') or [])}"]
     return "\n".join(lines) + "\n"
 
 
