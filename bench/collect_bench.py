@@ -28,7 +28,8 @@ from connector.aws.collect import collect_inventory
 from connector.aws.targets import open_account_sessions, open_session_pool, target_accounts
 from connector.mapping.load import load_mappings
 from connector.models import OK
-from connector.sandbox.aws import AwsSandbox, RegionPlan, seed_organization
+from connector.sandbox.aws import MANAGEMENT_ACCOUNT, AwsSandbox, RegionPlan, seed_organization
+from connector.sandbox.aws import _client as sandbox_client
 from connector.sandbox.demo import point_aws_at
 from connector.settings import load_settings
 
@@ -61,15 +62,11 @@ def collect_once(sandbox: AwsSandbox, workers: int, per_account: int, wanted: tu
 
 def seed_buckets(moto_url: str, count: int) -> str:
     """``count`` tagged buckets in the management account; returns its id."""
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1",
-                      aws_access_key_id="testing", aws_secret_access_key="testing")
+    s3 = sandbox_client("s3", moto_url, "us-east-1")  # the central keys land in the management account
     for i in range(count):
         s3.create_bucket(Bucket=f"bench-bucket-{i:04d}")
         s3.put_bucket_tagging(Bucket=f"bench-bucket-{i:04d}", Tagging={"TagSet": [{"Key": "n", "Value": str(i)}]})
-    return boto3.client("sts", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id="testing",
-                        aws_secret_access_key="testing").get_caller_identity()["Account"]
+    return MANAGEMENT_ACCOUNT
 
 
 def main() -> int:
