@@ -70,13 +70,14 @@ class AccountCalls:
 
     ``slot`` holds one of the account's ``max_workers_per_account`` slots and
     one of the ``max_workers`` slots of the run while a call (or a listing's
-    pages) is made. ``each`` makes the calls of many items at once on the
-    shared item pool, every call in a slot; the results keep the items' order
-    and the first failure is raised, as one after another would.
+    pages) is made. ``each`` makes the calls of many items several at once,
+    on threads of the unit's own (so that one account's queue of items never
+    holds up another's), every call in a slot; the results keep the items'
+    order and the first failure is raised, as one after another would.
     """
 
-    def __init__(self, account: threading.Semaphore, run: threading.Semaphore, pool: ThreadPoolExecutor):
-        self._account, self._run, self._pool = account, run, pool
+    def __init__(self, account: threading.Semaphore, run: threading.Semaphore, width: int):
+        self._account, self._run, self._width = account, run, width
 
     @contextmanager
     def slot(self) -> Iterator[None]:
@@ -84,9 +85,10 @@ class AccountCalls:
             yield
 
     def each(self, call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        if len(items) < 2:
+        if len(items) < 2 or self._width < 2:
             return [self._bounded(call, item) for item in items]
-        return list(self._pool.map(lambda item: self._bounded(call, item), items))
+        with ThreadPoolExecutor(max_workers=min(self._width, len(items)), thread_name_prefix="items") as pool:
+            return list(pool.map(lambda item: self._bounded(call, item), items))
 
     def _bounded(self, call: Callable[[Any], Any], item: Any) -> Any:
         with self.slot():
@@ -160,26 +162,17 @@ class Collector:
     def __init__(self, pool: SessionPool, max_per_account: int, tags: bool = False, max_workers: int = 1):
         self.pool = pool
         self.tags = tags
+        self._per_account = max_per_account
         self._account_slots: dict[str, threading.Semaphore] = defaultdict(
             lambda: threading.Semaphore(max_per_account)
         )
         self._slots_lock = threading.Lock()
         self._run_slots = threading.Semaphore(max_workers)
-        self._item_pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="items")
-
-    def close(self) -> None:
-        self._item_pool.shutdown(cancel_futures=True)
-
-    def __enter__(self) -> "Collector":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def _calls(self, account_id: str) -> AccountCalls:
         with self._slots_lock:
             account = self._account_slots[account_id]
-        return AccountCalls(account, self._run_slots, self._item_pool)
+        return AccountCalls(account, self._run_slots, self._per_account)
 
     def run_unit(self, unit: Unit) -> tuple[Scope, list[Record]]:
         source = unit.source
@@ -232,7 +225,8 @@ def collect_inventory(
 
     ordered = _interleave(per_account)
     pool.warm({unit.source.service for unit in ordered})
-    with bar("collect", len(ordered)) as progress, Collector(pool, max_per_account, tags, max_workers) as collector, \
+    collector = Collector(pool, max_per_account, tags, max_workers)
+    with bar("collect", len(ordered)) as progress, \
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collect") as executor:
         for scope, records in executor.map(collector.run_unit, ordered):
             inventory.scopes.append(scope)

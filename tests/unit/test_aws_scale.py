@@ -447,6 +447,7 @@ class InFlight:
         self.seconds, self.lock = seconds, threading.Lock()
         self.now: Counter = Counter()
         self.peak: Counter = Counter()  # account -> most calls at once; "*" -> over all accounts
+        self.finished: list[str] = []  # the account of each call, in the order they ended
 
     def call(self, account: str):
         import contextlib
@@ -466,6 +467,7 @@ class InFlight:
                 with self.lock:
                     self.now[account] -= 1
                     self.now["*"] -= 1
+                    self.finished.append(account)
         return in_flight()
 
 
@@ -487,8 +489,8 @@ def test_calls_per_item_run_several_at_once_within_the_account_and_run_bounds():
     source = load_mappings().mappings["cmdb_ci_cloud_function"].source
     watch = InFlight()
     clients = {account: SlowFunctions(account, 24, watch) for account in ("111111111111", "222222222222")}
-    with Collector(FakePool(clients), max_per_account=3, tags=True, max_workers=5) as collector, \
-            ThreadPoolExecutor(max_workers=2) as units:
+    collector = Collector(FakePool(clients), max_per_account=3, tags=True, max_workers=5)
+    with ThreadPoolExecutor(max_workers=2) as units:
         done = list(units.map(collector.run_unit, [Unit(a, "us-east-1", source) for a in clients]))
     for (scope, records), (account, client) in zip(done, clients.items()):
         assert scope.status == OK
@@ -505,7 +507,24 @@ def test_a_refused_call_for_one_item_fails_its_unit_among_calls_made_at_once():
     source = load_mappings().mappings["cmdb_ci_cloud_function"].source
     client = SlowFunctions("111111111111", 12, InFlight(0.01))
     client.refuse = client.arns[7]
-    with Collector(FakePool({"111111111111": client}), max_per_account=4, tags=True, max_workers=4) as collector:
-        scope, records = collector.run_unit(Unit("111111111111", "us-east-1", source))
+    collector = Collector(FakePool({"111111111111": client}), max_per_account=4, tags=True, max_workers=4)
+    scope, records = collector.run_unit(Unit("111111111111", "us-east-1", source))
     assert scope.status == DENIED and "AccessDeniedException on ListTags" in scope.error
     assert records == []  # unknown, not partly known: no item of the unit is kept
+
+
+def test_one_accounts_many_items_never_hold_up_another_accounts_items():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from connector.aws.collect import Collector, Unit
+
+    source = load_mappings().mappings["cmdb_ci_cloud_function"].source
+    watch = InFlight(0.02)
+    big, small = SlowFunctions("111111111111", 30, watch), SlowFunctions("222222222222", 2, watch)
+    collector = Collector(FakePool({"111111111111": big, "222222222222": small}), max_per_account=2, tags=True,
+                          max_workers=5)
+    with ThreadPoolExecutor(max_workers=2) as units:
+        list(units.map(collector.run_unit, [Unit(a, "us-east-1", source) for a in ("111111111111", "222222222222")]))
+    last_small = max(i for i, account in enumerate(watch.finished) if account == "222222222222")
+    # the small account's calls ran beside the big one's first few, not after its queue of 30
+    assert watch.finished[:last_small].count("111111111111") < 15
