@@ -117,17 +117,17 @@ def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTur
     detail = source.detail
     tags_call = source.tags_call if tags else None
     if detail is not None or tags_call is not None:
-        items = calls.each(lambda item: _per_item(client, source, detail, tags_call, item), items)
+        items = calls.each(lambda item: _per_item(client, detail, tags_call, source.tags_none_when, item), items)
     return jsonable(items)
 
 
-def _per_item(client, source: CompiledSource, detail: CompiledDetail | None, tags_call: CompiledDetail | None,
+def _per_item(client, detail: CompiledDetail | None, tags_call: CompiledDetail | None, none_when: tuple[str, ...],
               item: Any) -> Any:
     """One item with the answers of its detail call and its tags call."""
     if detail is not None:
         item = detail.merge(item, detail.ask(client, item))
     if tags_call is not None:
-        item = _with_tags(client, tags_call, source.tags_none_when, item)
+        item = _with_tags(client, tags_call, none_when, item)
     return item
 
 
