@@ -215,4 +215,7 @@ def summary_line(report: dict[str, Any]) -> str:
         f"relations {rel['created']} created, {rel['deleted']} deleted, {rel['unchanged']} unchanged; "
         + (f"tags {tags}; " if tags else "")
         + f"{len(report['errors'])} error(s)"
+        # guards and warnings only when there are some: each is a reason to open the report
+        + (f", {len(report['guards'])} guard(s)" if report.get("guards") else "")
+        + (f", {len(report['warnings'])} warning(s)" if report.get("warnings") else "")
     )

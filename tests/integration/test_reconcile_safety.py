@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 
 from connector.inventory import write_inventory
+from connector.report.json_report import summary_line
 from connector.run import run_pipeline
 from connector.sandbox.servicenow import ServiceNowStandIn
 from connector.sandbox.synthetic import synthetic_inventory
@@ -108,6 +109,7 @@ def test_adoption_duplicates_revive_and_the_guard_over_http(tmp_path):
         assert held.report["tables"]["cmdb_ci_vm_instance"]["retired"] == 0
         assert "would retire 6 of 8 owned CIs" in held.report["guards"][0]
         assert "cmdb_connector_guards 1\n" in (held.report_path.parent / "cmdb_connector.prom").read_text()
+        assert summary_line(held.report).endswith(", 1 guard(s)")
         forced = run_pipeline(settings, inventory_file=smaller, force=True)
         assert forced.report["tables"]["cmdb_ci_vm_instance"]["retired"] == 6
         # they come back: revived
@@ -144,6 +146,7 @@ def test_writes_the_instance_undoes_between_runs_are_named_in_the_report(tmp_pat
         business_rule()
         third = run_pipeline(settings, inventory_file=path).report
         [renamed] = [w for w in third["warnings"] if w.startswith("cmdb_ci_vm_instance.name")]
+        assert summary_line(third).endswith(f"0 error(s), {len(third['warnings'])} warning(s)")
         prometheus = (tmp_path / "reports" / "cmdb_connector.prom").read_text()
         assert f"cmdb_connector_warnings {len(third['warnings'])}\n" in prometheus  # something to alert on
         assert f"e.g. {ruled['correlation_id']}: it reads 'renamed-by-a-rule' again" in renamed
@@ -151,4 +154,5 @@ def test_writes_the_instance_undoes_between_runs_are_named_in_the_report(tmp_pat
 
         fourth = run_pipeline(settings, inventory_file=path).report  # no rule this time: converged, nothing said
         assert fourth["changes"] == [] and fourth["warnings"] == []
+        assert summary_line(fourth).endswith("0 error(s)")
         assert "cmdb_connector_warnings 0\n" in (tmp_path / "reports" / "cmdb_connector.prom").read_text()
