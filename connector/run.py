@@ -25,7 +25,7 @@ from .mapping.transform import MapResult, map_inventory
 from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
-from .report.history import previous_run_report, repeated_writes
+from .report.history import previous_run_report, prune_reports, repeated_writes
 from .report.json_report import build_report, summary_line, write_report
 from .ops import EXIT_INTERRUPTED, fewer_gc_passes, set_run_id, stop_requested
 from .report.outputs import write_outputs
@@ -243,6 +243,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     report["warnings"] = [*report["warnings"], *_writes_that_did_not_stick(report, output_dir)]
     path = write_report(report, output_dir)
     write_outputs(report, path)
+    prune_reports(output_dir, settings.report.keep_days)
     log.info("%s", summary_line(report))
     return RunOutcome(exit_code, report, path)
 

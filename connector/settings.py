@@ -146,6 +146,8 @@ class ReconcileSettings(_Section):
 
 class ReportSettings(_Section):
     output_dir: Path = Path("reports")
+    # each run's report-<run_id>.json/.html/.csv older than this is removed after a run; 0 keeps them all
+    keep_days: int = Field(30, ge=0, le=36500)
 
 
 _TOML_DATA: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("_TOML_DATA")

@@ -1,4 +1,6 @@
-"""Writes that do not stick: this run's changes set against the previous run's.
+"""The report folder's history: writes that do not stick, and old reports pruned.
+
+Writes that do not stick: this run's changes set against the previous run's.
 
 A convergent connector writes a value once. When a run writes again exactly
 what the previous run wrote (the same action on the same record, the same
@@ -12,11 +14,18 @@ A CI created again that the previous run created is worse: the CMDB no
 longer shows it under its identity, so a duplicate is likely.
 
 ``repeated_writes`` is pure. ``previous_run_report`` reads the report files.
+
+``prune_reports`` keeps the folder from growing for ever under a schedule:
+each run's own files (``report-<run_id>.json``, ``.html``, ``.csv``) older than
+``report.keep_days`` go; ``latest.json``, the Prometheus textfile and anything
+else in the folder stay.
 """
 
 from __future__ import annotations
 
 import logging
+import re
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable
@@ -27,6 +36,8 @@ log = logging.getLogger(__name__)
 
 # Reports of `plan` runs may sit between two `run` reports: look this far back.
 LOOK_BACK = 5
+# A run's own files, and nothing else: report-<run_id>.json|html|csv
+RUN_FILE = re.compile(r"report-\d{8}T\d{6}Z-[0-9a-f]+\.(json|html|csv)")
 
 
 def previous_run_report(output_dir: Path) -> dict[str, Any] | None:
@@ -106,3 +117,28 @@ def _warning(table: str, action: str, name: str, count: int, example: tuple[str,
                 "duplicates before the next run.")
     return (f"{table}: {action} repeated on {count} record(s) as in the previous run ({run}), e.g. {identity}: "
             "something in the instance undoes it between runs.")
+
+
+def prune_reports(output_dir: Path, keep_days: int, now: float | None = None) -> int:
+    """Remove the run files older than ``keep_days`` (0: none); returns how many.
+
+    Never fails the run: a file that cannot be removed stays, with a log line.
+    """
+    if keep_days <= 0:
+        return 0
+    cutoff = (time.time() if now is None else now) - keep_days * 86400
+    removed = 0
+    for path in output_dir.glob("report-*"):
+        if not RUN_FILE.fullmatch(path.name):
+            continue
+        try:
+            if path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except FileNotFoundError:
+            continue  # another process pruned it first
+        except OSError as exc:
+            log.warning("old report %s not removed: %s", path, exc)
+    if removed:
+        log.info("removed %d report file(s) older than report.keep_days = %d", removed, keep_days)
+    return removed

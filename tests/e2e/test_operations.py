@@ -80,6 +80,12 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(setup):
 
 def test_json_logs_outputs_and_rerendering(setup):
     sn, config, inventory, env, reports = setup
+    # a run's files from two months ago, and a file of someone else's: report.keep_days (30) removes only the first
+    reports.mkdir()
+    months_ago = time.time() - 60 * 86400
+    for name in ("report-20260901T000000Z-0a0b0c.json", "report-20260901T000000Z-0a0b0c.html", "notes.txt"):
+        (reports / name).write_text("{}")
+        os.utime(reports / name, (months_ago, months_ago))
     proc = subprocess.run([*CLI, "--config", str(config), "--log-format", "json", "run", "--inventory", str(inventory)],
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
@@ -88,6 +94,7 @@ def test_json_logs_outputs_and_rerendering(setup):
     assert lines and all(line["run_id"] == report["run_id"] for line in lines)
     summary = [line for line in lines if line["message"].startswith(f"run {report['run_id']} run: exit 0")]
     assert len(summary) == 1
+    assert not any(reports.glob("report-2026090*")) and (reports / "notes.txt").exists()
 
     json_path = next(reports.glob("report-*.json"))
     rows = list(csv.DictReader(io.StringIO(json_path.with_suffix(".csv").read_text())))

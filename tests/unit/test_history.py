@@ -85,3 +85,24 @@ def test_a_previous_report_of_another_shape_is_no_history_and_no_failure():
                 {"changes": [{"status": "applied", "action": "update", "table": VM, "identity": "arn:1",
                               "fields": {"name": "web-01"}}]}):
         assert repeated_writes(odd, now) == []
+
+
+def test_old_run_files_are_pruned_and_nothing_else(tmp_path):
+    from connector.report.history import prune_reports
+
+    day, now = 86400, 2_000_000_000
+    old, recent = now - 31 * day, now - 29 * day
+    names = {
+        "report-20260101T000000Z-aaaaaa.json": old, "report-20260101T000000Z-aaaaaa.html": old,
+        "report-20260101T000000Z-aaaaaa.csv": old,
+        "report-20261101T000000Z-bbbbbb.json": recent, "report-20261101T000000Z-bbbbbb.html": recent,
+        # not a run's own file: kept whatever its age
+        "latest.json": old, "cmdb_connector.prom": old, "report-notes.txt": old, "report-kept-by-hand.json": old,
+    }
+    for name, when in names.items():
+        (tmp_path / name).write_text("{}")
+        os.utime(tmp_path / name, (when, when))
+    assert prune_reports(tmp_path, 0, now=now) == 0  # 0 keeps everything
+    assert prune_reports(tmp_path, 30, now=now) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n in names if "aaaaaa" not in n)
+    assert prune_reports(tmp_path / "no-such-folder", 30, now=now) == 0
