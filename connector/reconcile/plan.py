@@ -21,9 +21,9 @@ from ..mapping.functions import all_strings, snow_string
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
-# The tag guard trips only above this many deletions in a class: a few tags
-# removed from a few resources is an everyday change.
-TAG_GUARD_FLOOR = 10
+# The guards on tag and relation deletions trip only above this many in a
+# class: a few tags or links removed from a few resources is an everyday change.
+DELETE_GUARD_FLOOR = 10
 CIKey = tuple[str, str]  # (table, identity)
 
 
@@ -272,6 +272,7 @@ def _plan_relations(
     relations: list[ExistingRelation],
     rel_types: dict[str, str],
     policies: dict[str, TablePolicy],
+    options: PlanOptions,
     plan: Plan,
 ) -> None:
     # Every CI key, desired or existing, gets a number once; relations are then
@@ -298,6 +299,7 @@ def _plan_relations(
     number_of = {sys_id: number[key] for key, sys_id in plan.sys_ids.items()}
     type_name = {sys_id: name for name, sys_id in rel_types.items()}
     existing: set[tuple[str, int, int]] = set()
+    deletes: dict[tuple[str, str], list[RelationChange]] = defaultdict(list)  # (declaring table, type) -> deletes
     unchanged = 0
     for rel in relations:
         parent, child, name = number_of.get(rel.parent), number_of.get(rel.child), type_name.get(rel.type)
@@ -309,12 +311,47 @@ def _plan_relations(
         existing.add(triple)
         if triple in wanted:
             unchanged += 1
-        elif number.get(_declarer(keys[parent], keys[child], name, policies)) in desired_numbers:
-            plan.relation_changes.append(RelationChange("delete", name, keys[parent], keys[child], rel.sys_id))
+            continue
+        declarer = _declarer(keys[parent], keys[child], name, policies)
+        if number.get(declarer) in desired_numbers:
+            deletes[(declarer[0], name)].append(RelationChange("delete", name, keys[parent], keys[child], rel.sys_id))
     plan.relations_unchanged += unchanged
+    if deletes:
+        _guard_relation_deletes(deletes, existing, keys, policies, options, plan)
     for triple in wanted:
         if triple not in existing:
             plan.relation_changes.append(RelationChange("create", triple[0], keys[triple[1]], keys[triple[2]]))
+
+
+def _within_guard(deleted: int, total: int, options: PlanOptions) -> bool:
+    """May a run delete ``deleted`` of ``total`` rows of one kind? (The guard on tags and relations.)"""
+    return options.force or deleted <= max(options.max_retire_fraction * total, DELETE_GUARD_FLOOR)
+
+
+def _guard_relation_deletes(deletes: dict[tuple[str, str], list[RelationChange]], existing: set[tuple[str, int, int]],
+                            keys: list[CIKey], policies: dict[str, TablePolicy], options: PlanOptions, plan: Plan) -> None:
+    """The relation deletions of each (declaring class, type), unless they are too many of its relations.
+
+    A ``[[relations]]`` identity that finds nothing (a typo in a template)
+    would otherwise delete every relation of that type of the class.
+    """
+    big = set() if options.force else {group for group, gone in deletes.items() if len(gone) > DELETE_GUARD_FLOOR}
+    totals: Counter = Counter()
+    if big:  # counted only where needed: a run that deletes a few relations pays nothing
+        for name, parent, child in existing:
+            declarer = _declarer(keys[parent], keys[child], name, policies)
+            if declarer is not None and (declarer[0], name) in big:
+                totals[(declarer[0], name)] += 1
+    for (table, name), gone in deletes.items():
+        if not _within_guard(len(gone), totals[(table, name)], options):
+            plan.guards.append(
+                f"{table}: would delete {len(gone)} of its {totals[(table, name)]} {name!r} relations "
+                f"({len(gone) / totals[(table, name)]:.0%}), over reconcile.max_retire_fraction = "
+                f"{options.max_retire_fraction:.0%}; none of them deleted. Check the [[relations]] of its mapping "
+                "(an identity that finds no CI?) and the warnings, then rerun with --force if this is right."
+            )
+            continue
+        plan.relation_changes.extend(gone)
 
 
 def _plan_key_values(
@@ -335,7 +372,7 @@ def _plan_key_values(
 
     The blast-radius guard holds for tags too: a run that would delete more
     than ``max_retire_fraction`` of a class's tag rows (and more than
-    ``TAG_GUARD_FLOOR`` of them) deletes none in that class without ``force``:
+    ``DELETE_GUARD_FLOOR`` of them) deletes none in that class without ``force``:
     a ``[tags]`` path that finds nothing would otherwise empty them all.
     """
     owned = {ci.sys_id: table for table, cis in existing.items() for ci in cis
@@ -393,8 +430,7 @@ def _guard_tag_deletes(deletes: dict[str, list[KeyValueChange]], rows_in: Counte
                        plan: Plan) -> None:
     """The tag deletions of each class, unless they are too many of its rows (``rows_in``)."""
     for table, gone in deletes.items():
-        limit = options.max_retire_fraction * rows_in[table]
-        if len(gone) > max(limit, TAG_GUARD_FLOOR) and not options.force:
+        if not _within_guard(len(gone), rows_in[table], options):
             plan.guards.append(
                 f"{table}: would delete {len(gone)} of its {rows_in[table]} tag rows ({len(gone) / rows_in[table]:.0%}), "
                 f"over reconcile.max_retire_fraction = {options.max_retire_fraction:.0%}; no tag removed in this "
@@ -423,7 +459,7 @@ def plan_changes(
         by_table[ci.table].append(ci)
     for table, policy in policies.items():
         _plan_table(table, by_table.get(table, []), existing.get(table, []), policy, ok_scopes, options, plan)
-    _plan_relations(desired, relations, rel_types, policies, plan)
+    _plan_relations(desired, relations, rel_types, policies, options, plan)
     if key_values is not None:
         _plan_key_values(desired, existing, key_values, ok_scopes, options, plan)
     return plan

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from connector.models import OK, DENIED, DesiredCI, ExistingCI, ExistingRelation, MappingProblem, RelationRef, Scope
 from connector.reconcile.plan import PlanOptions, TablePolicy, plan_changes
 
@@ -212,9 +214,43 @@ def test_relations_of_unmanaged_cis_or_absent_declarers_are_kept():
     assert p.relation_changes == []
 
 
-# -- tags (cmdb_key_value) ------------------------------------------------------
+def test_the_guard_holds_relation_deletions_of_a_class_that_lost_most_of_them():
+    """A [[relations]] identity that finds nothing (a typo in a template) would delete them all."""
+    gone_dc = f"arn:aws:ec2:{R}:{A}:region/typo"  # every VM now points at a datacenter that is nowhere
+    vms = [replace(desired_vm(n), relations=(RelationRef("Hosted on::Hosts", DC, gone_dc),)) for n in range(20)]
+    existing = [dc(), *(existing_vm(n) for n in range(20))]
+    links = [ExistingRelation(f"r{n}", f"s{n}", "dc1", "type-hosted") for n in range(20)]
+    held = plan([*vms, desired_dc()], existing, relations=links)
+    assert held.relation_changes == []  # nothing deleted, nothing to create (the target is not found)
+    assert held.guards == [f"{VM}: would delete 20 of its 20 'Hosted on::Hosts' relations (100%), over "
+                           "reconcile.max_retire_fraction = 25%; none of them deleted. Check the [[relations]] of its "
+                           "mapping (an identity that finds no CI?) and the warnings, then rerun with --force if this "
+                           "is right."]
+    assert len(held.warnings) == 20  # each missing target is named
+    forced = plan([*vms, desired_dc()], existing, relations=links, options=PlanOptions(DS, force=True))
+    assert sorted(r.sys_id for r in forced.relation_changes) == sorted(f"r{n}" for n in range(20))
+    assert forced.guards == []
 
-from dataclasses import replace  # noqa: E402
+
+def test_a_few_relation_deletions_or_a_small_share_pass_the_guard():
+    moved = f"arn:aws:ec2:{R}:{A}:region/other"
+    other = ExistingCI(DC, "dc2", {**dc("dc2").fields, "correlation_id": moved})
+    dcs = [desired_dc(), DesiredCI(DC, moved, {**desired_dc().fields, "correlation_id": moved}, (), (A, R, "ec2:region"))]
+
+    def vm(n: int, target: str) -> DesiredCI:
+        return replace(desired_vm(n), relations=(RelationRef("Hosted on::Hosts", DC, target),))
+    # 3 of 4 moved: over the share, but no more than the floor of 10
+    few = plan([*(vm(n, moved if n < 3 else DC_ID) for n in range(4)), *dcs], [dc(), other, *(existing_vm(n) for n in range(4))],
+               relations=[ExistingRelation(f"r{n}", f"s{n}", "dc1", "type-hosted") for n in range(4)])
+    assert sorted(r.sys_id for r in few.relation_changes if r.action == "delete") == ["r0", "r1", "r2"] and few.guards == []
+    # 11 of 60 moved: over the floor, within the share
+    share = plan([*(vm(n, moved if n < 11 else DC_ID) for n in range(60)), *dcs],
+                 [dc(), other, *(existing_vm(n) for n in range(60))],
+                 relations=[ExistingRelation(f"r{n}", f"s{n}", "dc1", "type-hosted") for n in range(60)])
+    assert len([r for r in share.relation_changes if r.action == "delete"]) == 11 and share.guards == []
+
+
+# -- tags (cmdb_key_value) ------------------------------------------------------
 
 from connector.models import ExistingKeyValue  # noqa: E402
 
