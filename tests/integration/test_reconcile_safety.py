@@ -156,3 +156,33 @@ def test_writes_the_instance_undoes_between_runs_are_named_in_the_report(tmp_pat
         assert fourth["changes"] == [] and fourth["warnings"] == []
         assert summary_line(fourth).endswith("0 error(s)")
         assert "cmdb_connector_warnings 0\n" in (tmp_path / "reports" / "cmdb_connector.prom").read_text()
+
+
+def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_path):
+    """A CMDB admin mistypes the datacenter identity of the instances' mapping: nothing points anywhere any more."""
+    import shutil
+
+    from connector.mapping.load import builtin_mappings_dir, load_mappings
+
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=12)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        before = sorted((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci"))
+
+        edited = tmp_path / "mappings"
+        shutil.copytree(builtin_mappings_dir(), edited)
+        vm_file = edited / "cmdb_ci_vm_instance.toml"
+        vm_file.write_text(vm_file.read_text().replace(":region/{$region}", ":regoin/{$region}"))
+        typo = load_mappings(edited)
+        held = run_pipeline(settings, inventory_file=path, mappings=typo)
+        assert sorted((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci")) == before
+        [guard] = held.report["guards"]
+        assert guard.startswith("cmdb_ci_vm_instance: would delete 12 of its 12 'Hosted on::Hosts' relations (100%)")
+        assert sum("regoin" in w for w in held.report["warnings"]) == 12  # each lost target is named
+        assert summary_line(held.report).endswith(", 1 guard(s), 12 warning(s)")
+
+        forced = run_pipeline(settings, inventory_file=path, mappings=typo, force=True)
+        assert forced.report["relations"]["deleted"] == 12 and forced.report["guards"] == []
