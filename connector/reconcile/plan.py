@@ -285,16 +285,23 @@ def _plan_relations(
     keys = list(number)  # number -> key
 
     wanted: dict[tuple[str, int, int], None] = {}
+    # one warning per kind, with a count and an example: a broken template must not write 20,000 lines
+    not_found: dict[tuple[str, str, str], list] = {}  # (table, type, target table) -> [count, CI, target]
+    unknown_types: Counter = Counter()
     for ci, me in zip(desired, mine):
         for ref in ci.relations:
             other = number.get((ref.table, ref.identity))
             if other is None:  # neither desired nor in the CMDB
-                plan.warnings.append(f"{ci.table} {ci.identity}: {ref.type} target {ref.table} {ref.identity} not found")
+                not_found.setdefault((ci.table, ref.type, ref.table), [0, ci.identity, ref.identity])[0] += 1
                 continue
             if ref.type not in rel_types:
-                plan.warnings.append(f"relation type {ref.type!r} is not in cmdb_rel_type")
+                unknown_types[ref.type] += 1
                 continue
             wanted[(ref.type, me, other) if ref.role == "parent" else (ref.type, other, me)] = None
+    plan.warnings.extend(f"{table}: {kind} target {target} not found for {n} CI(s), e.g. {identity} -> {target_id}"
+                         for (table, kind, target), (n, identity, target_id) in not_found.items())
+    plan.warnings.extend(f"relation type {kind!r} is not in cmdb_rel_type: {n} relation(s) left unmanaged"
+                         for kind, n in unknown_types.items())
 
     number_of = {sys_id: number[key] for key, sys_id in plan.sys_ids.items()}
     type_name = {sys_id: name for name, sys_id in rel_types.items()}

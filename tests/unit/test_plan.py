@@ -226,10 +226,16 @@ def test_the_guard_holds_relation_deletions_of_a_class_that_lost_most_of_them():
                            "reconcile.max_retire_fraction = 25%; none of them deleted. Check the [[relations]] of its "
                            "mapping (an identity that finds no CI?) and the warnings, then rerun with --force if this "
                            "is right."]
-    assert len(held.warnings) == 20  # each missing target is named
+    assert held.warnings == [f"{VM}: Hosted on::Hosts target {DC} not found for 20 CI(s), e.g. {vm_id(0)} -> {gone_dc}"]
     forced = plan([*vms, desired_dc()], existing, relations=links, options=PlanOptions(DS, force=True))
     assert sorted(r.sys_id for r in forced.relation_changes) == sorted(f"r{n}" for n in range(20))
     assert forced.guards == []
+
+
+def test_a_relation_type_missing_from_the_instance_is_one_warning_with_its_count():
+    p = plan_changes([desired_vm(1), desired_vm(2), desired_dc()], {DC: [dc()]}, SCOPES, [], [], {}, POLICIES, OPTIONS)
+    assert p.relation_changes == []
+    assert p.warnings == ["relation type 'Hosted on::Hosts' is not in cmdb_rel_type: 2 relation(s) left unmanaged"]
 
 
 def test_a_few_relation_deletions_or_a_small_share_pass_the_guard():
