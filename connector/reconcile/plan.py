@@ -102,6 +102,8 @@ class Plan:
     # identity -> sys_id of every CI that exists now and that plan matched or owns
     sys_ids: dict[CIKey, str] = field(default_factory=dict)
     duplicates: list[dict] = field(default_factory=list)
+    # CIs whose create a guard held back, with their relations and tags
+    held: set[CIKey] = field(default_factory=set)
     guards: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -162,6 +164,7 @@ def _plan_table(
     matched: set[str] = set()  # CIs that match one desired CI
     claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
+    creates: list[CIChange] = []
     for ci in desired:
         matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
         if len(matches) == 1:
@@ -184,9 +187,21 @@ def _plan_table(
             wanted = _desired_payload(ci, options)
             full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}
             full = {k: v for k, v in full.items() if v != ""}
-            plan.changes.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
+            creates.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
     plan.unchanged[table] += unchanged
-    _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
+    retires, held_back, active = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
+    if held_back and not _within_guard(len(creates), active, options):
+        # Many owned CIs unmatched and as many new ones at once: the identity the
+        # mapping builds has likely changed. Creating them would duplicate the class.
+        plan.guards.append(
+            f"{table}: would also create {len(creates)} CIs while its owned CIs went unmatched: the identity its "
+            "mapping builds may have changed (a correlation_id template?); nothing created in this table either, "
+            "so that no duplicate is made. Check the mapping, then rerun with --force if this is right."
+        )
+        plan.held.update((table, change.identity) for change in creates)
+        creates = []
+    plan.changes.extend(creates)
+    plan.changes.extend(retires)
 
 
 def _change_of_match(
@@ -217,7 +232,9 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
     return all((scope[0], scope[1], source) in ok_scopes for source in policy.sources)
 
 
-def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan) -> None:
+def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan
+                  ) -> tuple[list[CIChange], bool, int]:
+    """The retires of one table: (those to make, whether the guard held them back, owned CIs active)."""
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
@@ -240,10 +257,10 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
     plan.unchanged[table] += still_retired
     if not retires:
-        return
+        return [], False, active
     if not options.retire:
         plan.guards.append(f"{table}: {len(retires)} CI(s) gone from AWS not retired: reconcile.retire = false")
-        return
+        return [], False, active
     limit = options.max_retire_fraction * active
     if len(retires) > limit and not options.force:
         plan.guards.append(
@@ -252,8 +269,8 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
             f"{options.max_retire_fraction:.0%}; nothing retired in this table. "
             "Check the collection, then rerun with --force if this is right."
         )
-        return
-    plan.changes.extend(retires)
+        return [], True, active
+    return retires, False, active
 
 
 def _declarer(parent: CIKey, child: CIKey, rel_type: str, policies: dict[str, TablePolicy]) -> CIKey | None:
@@ -288,8 +305,14 @@ def _plan_relations(
     # one warning per kind, with a count and an example: a broken template must not write 20,000 lines
     not_found: dict[tuple[str, str, str], list] = {}  # (table, type, target table) -> [count, CI, target]
     unknown_types: Counter = Counter()
+    held = plan.held
     for ci, me in zip(desired, mine):
+        if held and (ci.table, ci.identity) in held:
+            continue  # its create is held back: so are its relations
         for ref in ci.relations:
+            if held and (ref.table, ref.identity) in held:
+                desired_numbers.discard(me)  # its relations are not all known now: none of them is deleted
+                continue
             other = number.get((ref.table, ref.identity))
             if other is None:  # neither desired nor in the CMDB
                 not_found.setdefault((ci.table, ref.type, ref.table), [0, ci.identity, ref.identity])[0] += 1
@@ -390,7 +413,7 @@ def _plan_key_values(
     deletes: dict[str, list[KeyValueChange]] = defaultdict(list)  # table -> tag rows to delete
     for ci in desired:
         key = (ci.table, ci.identity)
-        if ci.tags is None or key in duplicated:
+        if ci.tags is None or key in duplicated or key in plan.held:
             continue
         sys_id = plan.sys_ids.get(key)
         if sys_id is not None and sys_id not in owned:

@@ -158,12 +158,22 @@ def test_writes_the_instance_undoes_between_runs_are_named_in_the_report(tmp_pat
         assert "cmdb_connector_warnings 0\n" in (tmp_path / "reports" / "cmdb_connector.prom").read_text()
 
 
-def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_path):
-    """A CMDB admin mistypes the datacenter identity of the instances' mapping: nothing points anywhere any more."""
+def edited_mappings(tmp_path, file: str, old: str, new: str):
+    """The built-in mappings, copied as an admin would, with one edit."""
     import shutil
 
     from connector.mapping.load import builtin_mappings_dir, load_mappings
 
+    edited = tmp_path / "mappings"
+    shutil.copytree(builtin_mappings_dir(), edited)
+    text = (edited / file).read_text()
+    assert old in text
+    (edited / file).write_text(text.replace(old, new))
+    return load_mappings(edited)
+
+
+def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_path):
+    """A CMDB admin mistypes the datacenter identity of the instances' mapping: nothing points anywhere any more."""
     inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=12)
     path = tmp_path / "inventory.jsonl"
     write_inventory(inventory, path)
@@ -172,11 +182,7 @@ def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_pat
         assert run_pipeline(settings, inventory_file=path).exit_code == 0
         before = sorted((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci"))
 
-        edited = tmp_path / "mappings"
-        shutil.copytree(builtin_mappings_dir(), edited)
-        vm_file = edited / "cmdb_ci_vm_instance.toml"
-        vm_file.write_text(vm_file.read_text().replace(":region/{$region}", ":regoin/{$region}"))
-        typo = load_mappings(edited)
+        typo = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", ":region/{$region}", ":regoin/{$region}")
         held = run_pipeline(settings, inventory_file=path, mappings=typo)
         assert sorted((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci")) == before
         [guard] = held.report["guards"]
@@ -188,3 +194,24 @@ def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_pat
 
         forced = run_pipeline(settings, inventory_file=path, mappings=typo, force=True)
         assert forced.report["relations"]["deleted"] == 12 and forced.report["guards"] == []
+
+
+def test_a_changed_identity_template_creates_no_duplicate_without_force(tmp_path):
+    """An admin changes how the instances' correlation_id is built: every instance would be created again."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=12)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        before = {table: sorted(r["sys_id"] for r in server.store.rows(table)) for table in ("cmdb_ci", "cmdb_rel_ci")}
+
+        changed = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", ":instance/{InstanceId}", ":instance/{InstanceId}/v2")
+        held = run_pipeline(settings, inventory_file=path, mappings=changed)
+        assert {table: sorted(r["sys_id"] for r in server.store.rows(table)) for table in before} == before
+        assert [g.split(":")[0] for g in held.report["guards"]] == ["cmdb_ci_vm_instance"] * 2
+        assert "would also create 12 CIs" in held.report["guards"][1] and held.report["changes"] == []
+
+        forced = run_pipeline(settings, inventory_file=path, mappings=changed, force=True)
+        vm = forced.report["tables"]["cmdb_ci_vm_instance"]
+        assert (vm["created"], vm["retired"]) == (12, 12) and forced.report["errors"] == []

@@ -232,6 +232,47 @@ def test_the_guard_holds_relation_deletions_of_a_class_that_lost_most_of_them():
     assert forced.guards == []
 
 
+def test_a_changed_identity_holds_back_the_creates_with_the_retires():
+    """A correlation_id template edited in a mapping: every CI would be created again and the old ones retired."""
+    existing = [existing_vm(n) for n in range(20)]
+    moved = [replace(desired_vm(n), identity=vm_id(n) + "/v2", fields={**desired_vm(n).fields, "correlation_id": vm_id(n) + "/v2"})
+             for n in range(20)]
+    held = plan([*moved, desired_dc()], [dc(), *existing])
+    assert [c for c in held.changes if c.table == VM] == [] and held.relation_changes == []
+    retire_guard, create_guard = held.guards
+    assert retire_guard.startswith(f"{VM}: would retire 20 of 20 owned CIs")
+    assert create_guard.startswith(f"{VM}: would also create 20 CIs while its owned CIs went unmatched")
+    assert held.held == {(VM, ci.identity) for ci in moved}
+    forced = plan([*moved, desired_dc()], [dc(), *existing], options=PlanOptions(DS, force=True))
+    assert sorted(c.action for c in forced.changes).count("create") == 20 and forced.guards == []
+    assert len(forced.relation_changes) == 20 and forced.held == set()
+
+
+def test_a_few_creates_beside_held_retires_still_go_ahead():
+    # 3 of 4 instances replaced: the retires wait for --force, the 3 new instances (not over 10) are created
+    p = plan([desired_vm(0), *(desired_vm(n) for n in range(10, 13)), desired_dc()], [dc(), *(existing_vm(n) for n in range(4))])
+    assert sorted(c.action for c in p.changes if c.table == VM) == ["create"] * 3
+    assert len(p.guards) == 1 and p.held == set()
+
+
+def test_relations_to_a_class_whose_creates_are_held_are_neither_created_nor_deleted():
+    accounts = [f"1111222233{n:02d}" for n in range(12)]
+    scopes = [Scope(a, R, source, OK) for a in accounts for source in ("ec2:instance", "ec2:region")]
+    old_dc = {a: f"arn:aws:ec2:{R}:{a}:region/{R}" for a in accounts}
+    dcs = [ExistingCI(DC, f"dc-{a}", {**dc(f"dc-{a}").fields, "correlation_id": old_dc[a]}) for a in accounts]
+    new_dcs = [DesiredCI(DC, old_dc[a] + "/v2", {**desired_dc().fields, "correlation_id": old_dc[a] + "/v2"}, (),
+                         (a, R, "ec2:region")) for a in accounts]
+    vms = [replace(desired_vm(n, account=a), relations=(RelationRef("Hosted on::Hosts", DC, old_dc[a] + "/v2"),))
+           for n, a in enumerate(accounts)]
+    existing = [*dcs, *(existing_vm(n, account=a) for n, a in enumerate(accounts))]
+    links = [ExistingRelation(f"r{n}", f"s{n}", f"dc-{a}", "type-hosted") for n, a in enumerate(accounts)]
+    p = plan([*vms, *new_dcs], existing, scopes=scopes, relations=links)
+    assert p.changes == [] and p.relation_changes == []  # the VMs keep their links to the old datacenters
+    retire_guard, create_guard = p.guards  # and no relation deletion even came near its own guard
+    assert retire_guard.startswith(f"{DC}: would retire 12 of 12") and create_guard.startswith(f"{DC}: would also create 12 CIs")
+    assert p.warnings == []  # a held target is not a missing one
+
+
 def test_a_relation_type_missing_from_the_instance_is_one_warning_with_its_count():
     p = plan_changes([desired_vm(1), desired_vm(2), desired_dc()], {DC: [dc()]}, SCOPES, [], [], {}, POLICIES, OPTIONS)
     assert p.relation_changes == []
