@@ -21,9 +21,10 @@ from ..mapping.functions import all_strings, snow_string
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
-# The guards on tag and relation deletions trip only above this many in a
-# class: a few tags or links removed from a few resources is an everyday change.
-DELETE_GUARD_FLOOR = 10
+# The guards on tag and relation deletions, and on creates beside held retires,
+# trip only above this many in a class: a few tags or links removed, or a few
+# resources replaced, is an everyday change.
+GUARD_FLOOR = 10
 CIKey = tuple[str, str]  # (table, identity)
 
 
@@ -353,9 +354,10 @@ def _plan_relations(
             plan.relation_changes.append(RelationChange("create", triple[0], keys[triple[1]], keys[triple[2]]))
 
 
-def _within_guard(deleted: int, total: int, options: PlanOptions) -> bool:
-    """May a run delete ``deleted`` of ``total`` rows of one kind? (The guard on tags and relations.)"""
-    return options.force or deleted <= max(options.max_retire_fraction * total, DELETE_GUARD_FLOOR)
+def _within_guard(count: int, total: int, options: PlanOptions) -> bool:
+    """May a run make ``count`` writes of a kind that can do harm in bulk, against ``total`` of the class's
+    own (tag and relation deletions; creates beside retires the guard held)?"""
+    return options.force or count <= max(options.max_retire_fraction * total, GUARD_FLOOR)
 
 
 def _guard_relation_deletes(deletes: dict[tuple[str, str], list[RelationChange]], existing: set[tuple[str, int, int]],
@@ -365,7 +367,7 @@ def _guard_relation_deletes(deletes: dict[tuple[str, str], list[RelationChange]]
     A ``[[relations]]`` identity that finds nothing (a typo in a template)
     would otherwise delete every relation of that type of the class.
     """
-    big = set() if options.force else {group for group, gone in deletes.items() if len(gone) > DELETE_GUARD_FLOOR}
+    big = set() if options.force else {group for group, gone in deletes.items() if len(gone) > GUARD_FLOOR}
     totals: Counter = Counter()
     if big:  # counted only where needed: a run that deletes a few relations pays nothing
         for name, parent, child in existing:
@@ -402,7 +404,7 @@ def _plan_key_values(
 
     The blast-radius guard holds for tags too: a run that would delete more
     than ``max_retire_fraction`` of a class's tag rows (and more than
-    ``DELETE_GUARD_FLOOR`` of them) deletes none in that class without ``force``:
+    ``GUARD_FLOOR`` of them) deletes none in that class without ``force``:
     a ``[tags]`` path that finds nothing would otherwise empty them all.
     """
     owned = {ci.sys_id: table for table, cis in existing.items() for ci in cis
