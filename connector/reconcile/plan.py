@@ -13,7 +13,7 @@ No clients here. The safety rules live in this module:
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from ..arn import account_and_region
@@ -166,6 +166,7 @@ def _plan_table(
     claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
     creates: list[CIChange] = []
+    updates: list[CIChange] = []  # and revives
     for ci in desired:
         matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
         if len(matches) == 1:
@@ -180,7 +181,7 @@ def _plan_table(
             if change is None:
                 unchanged += 1
             else:
-                plan.changes.append(change)
+                updates.append(change)
         elif matches:
             claimed.update(m.sys_id for m in matches)
             plan.duplicates.append({"table": table, "identity": ci.identity, "sys_ids": sorted(m.sys_id for m in matches)})
@@ -189,7 +190,9 @@ def _plan_table(
             full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}
             full = {k: v for k, v in full.items() if v != ""}
             creates.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
-    plan.unchanged[table] += unchanged
+    updates, emptied = _guard_clears(table, updates, len(matched), options, plan)
+    plan.unchanged[table] += unchanged + emptied
+    plan.changes.extend(updates)
     retires, held_back, active = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
     if held_back and not _within_guard(len(creates), active, options):
         # Many owned CIs unmatched and as many new ones at once: the identity the
@@ -203,6 +206,38 @@ def _plan_table(
         creates = []
     plan.changes.extend(creates)
     plan.changes.extend(retires)
+
+
+def _guard_clears(table: str, updates: list[CIChange], compared: int, options: PlanOptions, plan: Plan
+                  ) -> tuple[list[CIChange], int]:
+    """The updates, less the emptying of a field on too many of the ``compared`` CIs at once.
+
+    A ``[fields]`` path that finds nothing (a typo, an API that renamed a key)
+    would otherwise wipe that field on every CI of the class. Returns the
+    updates to make and how many were left with nothing to write.
+    """
+    emptied = Counter(name for change in updates if change.action == UPDATE
+                      for name, (old, new) in change.diff.items() if new == "" and old != "")
+    held = {name for name, count in emptied.items() if not _within_guard(count, compared, options)}
+    if not held:
+        return updates, 0
+    for name in sorted(held):
+        plan.guards.append(
+            f"{table}.{name}: would empty it on {emptied[name]} of {compared} CIs ({emptied[name] / compared:.0%}), "
+            f"over reconcile.max_retire_fraction = {options.max_retire_fraction:.0%}; left as it is. Check the "
+            f"[fields] entry of {name} in its mapping (a path that finds nothing?), then rerun with --force if this "
+            "is right."
+        )
+    kept: list[CIChange] = []
+    for change in updates:
+        if change.action == UPDATE and not held.isdisjoint(change.diff):
+            diff = {name: (old, new) for name, (old, new) in change.diff.items()
+                    if not (name in held and new == "" and old != "")}
+            if not diff:
+                continue
+            change = replace(change, diff=diff)
+        kept.append(change)
+    return kept, len(updates) - len(kept)
 
 
 def _change_of_match(

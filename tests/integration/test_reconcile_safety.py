@@ -215,3 +215,26 @@ def test_a_changed_identity_template_creates_no_duplicate_without_force(tmp_path
         forced = run_pipeline(settings, inventory_file=path, mappings=changed, force=True)
         vm = forced.report["tables"]["cmdb_ci_vm_instance"]
         assert (vm["created"], vm["retired"]) == (12, 12) and forced.report["errors"] == []
+
+
+def test_a_mistyped_field_path_empties_no_field_without_force(tmp_path):
+    """An admin mistypes the path of ip_address: it finds nothing on any instance."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=12)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        addresses = sorted(r["ip_address"] for r in server.store.rows("cmdb_ci_vm_instance"))
+        assert all(addresses)
+
+        typo = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", 'ip_address = "PrivateIpAddress"',
+                               'ip_address = "PrivateIpAdress"')
+        held = run_pipeline(settings, inventory_file=path, mappings=typo)
+        assert sorted(r["ip_address"] for r in server.store.rows("cmdb_ci_vm_instance")) == addresses
+        assert held.report["guards"][0].startswith("cmdb_ci_vm_instance.ip_address: would empty it on 12 of 12 CIs")
+        assert held.report["changes"] == [] and held.report["tables"]["cmdb_ci_vm_instance"]["unchanged"] == 12
+
+        forced = run_pipeline(settings, inventory_file=path, mappings=typo, force=True)
+        assert forced.report["tables"]["cmdb_ci_vm_instance"]["updated"] == 12
+        assert {r["ip_address"] for r in server.store.rows("cmdb_ci_vm_instance")} == {""}

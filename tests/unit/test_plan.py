@@ -273,6 +273,28 @@ def test_relations_to_a_class_whose_creates_are_held_are_neither_created_nor_del
     assert p.warnings == []  # a held target is not a missing one
 
 
+def test_a_field_emptied_on_most_cis_at_once_is_left_as_it_is_and_the_rest_still_updated():
+    """A [fields] path that finds nothing (ip_address mistyped) would wipe the field on every CI of the class."""
+    existing = [existing_vm(n, ip_address=f"10.0.0.{n}") for n in range(20)]
+    renamed = [desired_vm(n, name="renamed" if n < 2 else None, ip_address=None) for n in range(20)]  # the path found nothing
+    held = plan([*renamed, desired_dc()], [dc(), *existing])
+    assert [(c.action, c.identity, c.diff) for c in held.changes] == [
+        ("update", vm_id(n), {"name": (f"vm{n}", "renamed")}) for n in range(2)]  # the name goes on
+    assert held.guards == [f"{VM}.ip_address: would empty it on 20 of 20 CIs (100%), over "
+                           "reconcile.max_retire_fraction = 25%; left as it is. Check the [fields] entry of ip_address "
+                           "in its mapping (a path that finds nothing?), then rerun with --force if this is right."]
+    assert held.unchanged[VM] == 18  # nothing left to write for them
+    forced = plan([*renamed, desired_dc()], [dc(), *existing], options=PlanOptions(DS, force=True))
+    assert len(forced.changes) == 20 and all(c.diff["ip_address"] == (c.diff["ip_address"][0], "") for c in forced.changes)
+
+
+def test_a_field_emptied_on_a_few_cis_is_emptied():
+    existing = [existing_vm(n, ip_address=f"10.0.0.{n}") for n in range(60)]
+    desired = [desired_vm(n, ip_address=None if n < 11 else f"10.0.0.{n}") for n in range(60)]
+    p = plan([*desired, desired_dc()], [dc(), *existing])  # 11 of 60: over the floor, within the share
+    assert p.guards == [] and sorted(c.identity for c in p.changes) == sorted(vm_id(n) for n in range(11))
+
+
 def test_a_relation_type_missing_from_the_instance_is_one_warning_with_its_count():
     p = plan_changes([desired_vm(1), desired_vm(2), desired_dc()], {DC: [dc()]}, SCOPES, [], [], {}, POLICIES, OPTIONS)
     assert p.relation_changes == []
