@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
-from typing import Iterable
+from typing import Any, Callable, Iterable
 
 from ..arn import account_and_region
 from ..mapping.functions import all_strings, snow_string
@@ -409,16 +409,22 @@ def _guard_relation_deletes(deletes: dict[tuple[str, str], list[RelationChange]]
             declarer = _declarer(keys[parent], keys[child], name, policies)
             if declarer is not None and (declarer[0], name) in big:
                 totals[(declarer[0], name)] += 1
-    for (table, name), gone in deletes.items():
-        if not _within_guard(len(gone), totals[(table, name)], options):
-            plan.guards.append(
-                f"{table}: would delete {len(gone)} of its {totals[(table, name)]} {name!r} relations "
-                f"({len(gone) / totals[(table, name)]:.0%}), over reconcile.max_retire_fraction = "
-                f"{options.max_retire_fraction:.0%}; none of them deleted. Check the [[relations]] of its mapping "
-                "(an identity that finds no CI?) and the warnings, then rerun with --force if this is right."
-            )
-            continue
-        plan.relation_changes.extend(gone)
+    _guarded(deletes, totals, options, plan, plan.relation_changes, lambda group, n, total: (
+        f"{group[0]}: would delete {n} of its {total} {group[1]!r} relations ({n / total:.0%}), over "
+        f"reconcile.max_retire_fraction = {options.max_retire_fraction:.0%}; none of them deleted. Check the "
+        "[[relations]] of its mapping (an identity that finds no CI?) and the warnings, then rerun with --force "
+        "if this is right."))
+
+
+def _guarded(groups: dict, totals: Counter, options: PlanOptions, plan: Plan, out: list,
+             held: Callable[[Any, int, int], str]) -> None:
+    """Each group's writes go to ``out``, unless the guard holds them back: then
+    ``held(group, count, total)`` says why, in the plan's guards."""
+    for group, writes in groups.items():
+        if _within_guard(len(writes), totals[group], options):
+            out.extend(writes)
+        else:
+            plan.guards.append(held(group, len(writes), totals[group]))
 
 
 def _plan_key_values(
@@ -496,15 +502,10 @@ def _tag_rows(key_values: list[ExistingKeyValue], owned: dict[str, str]
 def _guard_tag_deletes(deletes: dict[str, list[KeyValueChange]], rows_in: Counter, options: PlanOptions,
                        plan: Plan) -> None:
     """The tag deletions of each class, unless they are too many of its rows (``rows_in``)."""
-    for table, gone in deletes.items():
-        if not _within_guard(len(gone), rows_in[table], options):
-            plan.guards.append(
-                f"{table}: would delete {len(gone)} of its {rows_in[table]} tag rows ({len(gone) / rows_in[table]:.0%}), "
-                f"over reconcile.max_retire_fraction = {options.max_retire_fraction:.0%}; no tag removed in this "
-                "table. Check its [tags] mapping and the collection, then rerun with --force if this is right."
-            )
-            continue
-        plan.key_value_changes.extend(gone)
+    _guarded(deletes, rows_in, options, plan, plan.key_value_changes, lambda table, n, total: (
+        f"{table}: would delete {n} of its {total} tag rows ({n / total:.0%}), over reconcile.max_retire_fraction = "
+        f"{options.max_retire_fraction:.0%}; no tag removed in this table. Check its [tags] mapping and the "
+        "collection, then rerun with --force if this is right."))
 
 
 def plan_changes(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from contextlib import contextmanager
 
 from connector.inventory import write_inventory
 from connector.report.json_report import summary_line
@@ -158,6 +159,17 @@ def test_writes_the_instance_undoes_between_runs_are_named_in_the_report(tmp_pat
         assert "cmdb_connector_warnings 0\n" in (tmp_path / "reports" / "cmdb_connector.prom").read_text()
 
 
+@contextmanager
+def reconciled_estate(tmp_path, instances: int = 12):
+    """The stand-in, holding what a first run made of one account with ``instances`` instances."""
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=instances), path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        yield server, settings, path
+
+
 def edited_mappings(tmp_path, file: str, old: str, new: str):
     """The built-in mappings, copied as an admin would, with one edit."""
     import shutil
@@ -174,12 +186,7 @@ def edited_mappings(tmp_path, file: str, old: str, new: str):
 
 def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_path):
     """A CMDB admin mistypes the datacenter identity of the instances' mapping: nothing points anywhere any more."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=12)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
-    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
-        settings = settings_for(server, tmp_path)
-        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+    with reconciled_estate(tmp_path) as (server, settings, path):
         before = sorted((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci"))
 
         typo = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", ":region/{$region}", ":regoin/{$region}")
@@ -198,12 +205,7 @@ def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_pat
 
 def test_a_changed_identity_template_creates_no_duplicate_without_force(tmp_path):
     """An admin changes how the instances' correlation_id is built: every instance would be created again."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=12)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
-    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
-        settings = settings_for(server, tmp_path)
-        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+    with reconciled_estate(tmp_path) as (server, settings, path):
         before = {table: sorted(r["sys_id"] for r in server.store.rows(table)) for table in ("cmdb_ci", "cmdb_rel_ci")}
 
         changed = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", ":instance/{InstanceId}", ":instance/{InstanceId}/v2")
@@ -219,12 +221,7 @@ def test_a_changed_identity_template_creates_no_duplicate_without_force(tmp_path
 
 def test_a_mistyped_field_path_empties_no_field_without_force(tmp_path):
     """An admin mistypes the path of ip_address: it finds nothing on any instance."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=12)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
-    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
-        settings = settings_for(server, tmp_path)
-        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+    with reconciled_estate(tmp_path) as (server, settings, path):
         addresses = sorted(r["ip_address"] for r in server.store.rows("cmdb_ci_vm_instance"))
         assert all(addresses)
 
