@@ -209,7 +209,8 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
               "# TYPE cmdb_connector_failed_accounts gauge", f"cmdb_connector_failed_accounts {failed_accounts}",
               "# HELP cmdb_connector_errors Errors in the last run.", "# TYPE cmdb_connector_errors gauge",
               f"cmdb_connector_errors {len(report['errors'])}",
-              "# HELP cmdb_connector_guards Blast-radius guards that held back retires or tag deletions in the last run.",
+              "# HELP cmdb_connector_guards Blast-radius guards that held writes back in the last run (retires, creates, "
+              "emptied fields, tag or relation deletions).",
               "# TYPE cmdb_connector_guards gauge", f"cmdb_connector_guards {len(report.get('guards') or [])}",
               "# HELP cmdb_connector_warnings Warnings in the last run (writes the instance undid, relation targets "
               "not found).", "# TYPE cmdb_connector_warnings gauge",
