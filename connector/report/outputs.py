@@ -19,8 +19,9 @@ ACTIONS = ("created", "updated", "retired", "revived", "unchanged")
 COLORS = {"created": "#2e7d32", "updated": "#1565c0", "retired": "#c62828", "revived": "#6a1b9a", "unchanged": "#9e9e9e"}
 HEADLINES = {
     0: ("OK", "#2e7d32", "Every scope was collected and every write succeeded."),
-    3: ("PARTIAL", "#ef6c00", "Some accounts or regions were not collected; their CIs were left exactly as they were. "
-                              "See the accounts table, then run check-access."),
+    3: ("PARTIAL", "#ef6c00", "Some accounts or regions were not collected, or some of their items did not map; "
+                              "their CIs were left exactly as they were. See the accounts table (then run "
+                              "check-access) and the mapping problems."),
     1: ("FAILED", "#c62828", "Some writes failed or ServiceNow could not be reached. See the errors below; the next run "
                              "finishes what this one could not."),
 }
@@ -32,7 +33,7 @@ def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
     if report.get("mode") == "plan":
         advice = "A plan: nothing was written. " + advice.replace("every write succeeded", "the changes below are what run would do")
     if report.get("guards"):
-        advice += " The blast-radius guard held back retires: see Guards."
+        advice += " The blast-radius guard held writes back: see Guards."
     return word, color, advice
 
 
@@ -122,6 +123,17 @@ td { word-break: break-all; }
 """
 
 
+NOTES_SHOWN = 100
+
+
+def _notes(title: str, items: list) -> str:
+    """One section of notes; past ``NOTES_SHOWN`` (an item that failed to map in each of 20,000
+    records, say), the count of the rest, which the JSON report holds whole."""
+    shown = "".join(f"<li>{escape(str(item))}</li>" for item in items[:NOTES_SHOWN])
+    more = f"<li>... and {len(items) - NOTES_SHOWN} more: see the JSON report</li>" if len(items) > NOTES_SHOWN else ""
+    return f"<h2>{escape(title)} ({len(items)})</h2><ul>{shown}{more}</ul>"
+
+
 def render_html(report: dict[str, Any]) -> str:
     word, color, advice = _headline(report)
     totals = {a: sum(c.get(a, 0) for c in report["tables"].values()) for a in ACTIONS}
@@ -131,8 +143,10 @@ def render_html(report: dict[str, Any]) -> str:
                     [[s["account_id"], s["region"], s["source"], s["status"], s.get("error")]
                      for s in report.get("scopes", []) if s["status"] != "ok"], "scopes")
     counts = _table(["class", *ACTIONS], [[t, *(c.get(a, 0) for a in ACTIONS)] for t, c in report["tables"].items()], "counts")
-    notes = "".join(f"<h2>{title}</h2><ul>" + "".join(f"<li>{escape(str(item))}</li>" for item in items) + "</ul>"
+    problems = [f"{p['table']} {'/'.join(p['scope'])}: {p['message']}" for p in report.get("mapping_problems", [])]
+    notes = "".join(_notes(title, items)
                     for title, items in (("Guards", report.get("guards", [])), ("Errors", report.get("errors", [])),
+                                         ("Mapping problems", problems),
                                          ("Duplicates", report.get("duplicates", [])), ("Warnings", report.get("warnings", [])))
                     if items)
     options = "".join(f'<option value="{a}">{a}</option>' for a in ("create", "update", "retire", "revive", "delete"))

@@ -1,0 +1,34 @@
+"""The HTML page's notes: every kind shown, and long lists cut with their count."""
+
+from __future__ import annotations
+
+from connector.models import MappingProblem
+from connector.report.json_report import build_report
+from connector.report.outputs import render_html
+
+
+def report_with(problems: int, guards: list[str]) -> dict:
+    report = build_report(
+        run_id="20261125T000000Z-abcdef", mode="run", started_at="2026-11-25T00:00:00+00:00",
+        finished_at="2026-11-25T00:01:00+00:00", exit_code=3, inventory=None, plan=None, applied=None,
+        problems=[MappingProblem(("111122223333", "us-east-1", "ec2:instance"), "cmdb_ci_vm_instance",
+                                 f"cmdb_ci_vm_instance.toml: correlation_id is empty for item 'i-{n}'")
+                  for n in range(problems)],
+        errors=[], tables=["cmdb_ci_vm_instance"])
+    report["guards"] = guards
+    return report
+
+
+def test_mapping_problems_are_on_the_page_and_a_long_list_is_cut_with_its_count():
+    page = render_html(report_with(150, ["cmdb_ci_vm_instance.ip_address: would empty it on 20 of 20 CIs"]))
+    assert "<h2>Mapping problems (150)</h2>" in page
+    assert ("<li>cmdb_ci_vm_instance 111122223333/us-east-1/ec2:instance: cmdb_ci_vm_instance.toml: "
+            "correlation_id is empty for item &#x27;i-0&#x27;</li>") in page
+    assert "i-99&#x27;" in page and "i-100&#x27;" not in page
+    assert "<li>... and 50 more: see the JSON report</li>" in page
+    assert "<h2>Guards (1)</h2>" in page and "The blast-radius guard held writes back: see Guards." in page
+
+
+def test_no_section_for_what_did_not_happen():
+    page = render_html(report_with(0, []))
+    assert "Mapping problems" not in page and "Guards" not in page
