@@ -107,10 +107,15 @@ def _shown(value: str, limit: int = 60) -> str:
 def _warning(table: str, action: str, name: str, count: int, example: tuple[str, str, str], run: str) -> str:
     identity, old, new = example
     if action == "update":
+        if old and len(old) < len(new) and new.startswith(old):
+            cause = (f"The instance keeps only its first {len(old)} characters: the field is likely {len(old)} "
+                     "long; shorten the value in the mapping or lengthen the field")
+        else:
+            cause = ("Something in the instance changes it back (a business rule, a reconciliation rule giving "
+                     "another source precedence, or a field shorter than the value)")
         return (f"{table}.{name}: written again on {count} record(s) with the value the previous run ({run}) "
-                f"wrote, e.g. {identity}: it reads {_shown(old)} again, written {_shown(new)}. Something in the instance "
-                "changes it back (a business rule, a reconciliation rule giving another source precedence, or a "
-                "field shorter than the value), so each run will write it again.")
+                f"wrote, e.g. {identity}: it reads {_shown(old)} again, written {_shown(new)}. {cause}, so each "
+                "run will write it again.")
     if action == "create":
         return (f"{table}: {count} record(s) created again that the previous run ({run}) created, e.g. {identity}. "
                 "The CMDB no longer shows them under their identity (changed, or no longer ours): look for "

@@ -30,7 +30,7 @@ def test_an_update_that_repeats_the_same_value_on_the_same_field_is_named_once_p
     assert len(warnings) == 2
     name, state = warnings
     assert name.startswith(f"{VM}.name: written again on 2 record(s)") and "20261125T010000Z-aaaaaa" in name
-    assert "e.g. arn:1: it reads 'x' again, written 'web-01'" in name
+    assert "e.g. arn:1: it reads 'x' again, written 'web-01'. Something in the instance changes it back" in name
     assert state.startswith(f"{VM}.state: written again on 1 record(s)")  # arn:1's state was not written last run
     assert "e.g. arn:3" in state
 
@@ -62,6 +62,7 @@ def test_a_long_value_is_shown_cut_with_its_length():
     before = previous(change("update", "arn:1", short_description=("", long)))
     [warning] = repeated_writes(before, [change("update", "arn:1", "planned", short_description=(long[:255], long))])
     assert "(255 characters)" in warning and "(300 characters)" in warning and long not in warning
+    assert "keeps only its first 255 characters: the field is likely 255 long" in warning  # a cut value, told apart
 
 
 def write(path, report, when):
