@@ -81,6 +81,14 @@ def _join(separator: str) -> Callable[[Any], Any]:
     return join
 
 
+def _truncate(arg: str | None) -> Callable[[Any], Any]:
+    """A text value cut to its first ``arg`` characters, as a field of that length keeps it."""
+    if arg is None or not arg.isdigit() or int(arg) < 1:
+        raise ValueError(f"truncate needs a length in characters, e.g. truncate:255; not {arg!r}")
+    length = int(arg)
+    return _str_only(lambda text: text[:length])
+
+
 def _str_only(fn: Callable[[str], str]) -> Callable[[Any], Any]:
     return lambda value: fn(value) if isinstance(value, str) else value
 
@@ -97,6 +105,7 @@ TRANSFORMS: dict[str, Callable[[str | None], Callable[[Any], Any]]] = {
     "timestamp": lambda _arg: _timestamp,
     "join": lambda arg: _join(", " if arg is None else arg),
     "first": lambda _arg: lambda v: (v[0] if v else None) if isinstance(v, list) else v,
+    "truncate": _truncate,
 }
 
 

@@ -109,7 +109,7 @@ def _warning(table: str, action: str, name: str, count: int, example: tuple[str,
     if action == "update":
         if old and len(old) < len(new) and new.startswith(old):
             cause = (f"The instance keeps only its first {len(old)} characters: the field is likely {len(old)} "
-                     "long; shorten the value in the mapping or lengthen the field")
+                     f"long; cut the value in the mapping (transform truncate:{len(old)}) or lengthen the field")
         else:
             cause = ("Something in the instance changes it back (a business rule, a reconciliation rule giving "
                      "another source precedence, or a field shorter than the value)")

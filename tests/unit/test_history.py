@@ -63,6 +63,7 @@ def test_a_long_value_is_shown_cut_with_its_length():
     [warning] = repeated_writes(before, [change("update", "arn:1", "planned", short_description=(long[:255], long))])
     assert "(255 characters)" in warning and "(300 characters)" in warning and long not in warning
     assert "keeps only its first 255 characters: the field is likely 255 long" in warning  # a cut value, told apart
+    assert "(transform truncate:255)" in warning  # and what to put in the mapping
 
 
 def write(path, report, when):

@@ -278,6 +278,8 @@ INVALID_CASES = [
      "cmdb_ci_network.toml: fields.name: JMESPath does not compile"),
     ("unknown transform", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", transform = ["shout"] }'),
      "cmdb_ci_network.toml: fields.name: unknown transform 'shout'"),
+    ("truncate without a length", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", transform = ["truncate:x"] }'),
+     "cmdb_ci_network.toml: fields.name: truncate needs a length in characters, e.g. truncate:255; not 'x'"),
     ("unknown variable", VALID.replace("{$region}", "{$zone}"),
      "cmdb_ci_network.toml: fields.correlation_id: unknown variable $zone"),
     ("two value sources", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", value = "x" }'),
@@ -424,3 +426,14 @@ def test_excluded_tag_keys_are_left_out(tmp_path):
                                        {"Key": "secret", "Value": "y"}, {"Key": "env", "Value": "prod"}]}
     ci = map_record(mapping, Record(ACCOUNT, REGION, "ec2:vpc", item), tags=True)
     assert ci.tags == {"secret": "y", "env": "prod"}  # patterns match case-sensitively, as tag keys are
+
+
+def test_truncate_cuts_a_text_to_the_length_a_field_keeps():
+    from connector.mapping.expressions import compile_field
+    from connector.mapping.schema import FieldSpec
+
+    name = compile_field(FieldSpec(path="Name", transform=["strip", "truncate:5"]))
+    assert name({"Name": "  web-server-01 "}, {}) == "web-s"
+    assert name({"Name": "web"}, {}) == "web"  # shorter: as it is
+    assert name({}, {}) is None  # absent stays absent
+    assert compile_field(FieldSpec(path="Size", transform=["truncate:1"]))({"Size": 80}, {}) == "80"  # text only
