@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import base64
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
@@ -72,11 +73,19 @@ class CmdbReader:
         return count is None or count > 0
 
     def cis_where_in(self, table: str, field: str, values: list[str], fields: Iterable[str], extra: str = "") -> list[ExistingCI]:
-        """CIs whose ``field`` is one of ``values`` (for adoption), in chunks."""
-        found: list[ExistingCI] = []
-        for chunk in _chunks(sorted(set(values))):
-            found.extend(self._cis(table, f"{field}IN{','.join(chunk)}^sys_class_name={table}{extra}", fields))
-        return found
+        """CIs whose ``field`` is one of ``values`` (for adoption), in chunks of
+        ``IN_CHUNK``, up to ``workers`` chunks at once (a first run into a CMDB
+        that Discovery filled asks for every CI of a class)."""
+        chunks = list(_chunks(sorted(set(values))))
+        wanted = list(fields)
+
+        def read(chunk: list[str]) -> list[ExistingCI]:
+            return self._cis(table, f"{field}IN{','.join(chunk)}^sys_class_name={table}{extra}", wanted)
+
+        if self.workers < 2 or len(chunks) < 2:
+            return [ci for chunk in chunks for ci in read(chunk)]
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(chunks)), thread_name_prefix="adopt") as pool:
+            return [ci for found in pool.map(read, chunks) for ci in found]
 
     def relation_types(self, names: Iterable[str]) -> dict[str, str]:
         names = sorted(set(names))

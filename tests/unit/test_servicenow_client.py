@@ -410,3 +410,34 @@ def test_lost_batch_answer_is_finished_one_by_one_creates_looked_up_first():
     results = TableApiWriter(tables, batch_size=10).write_many(ops)
     assert results == [WriteResult(sys_id="already"), WriteResult(sys_id="s2")]
     assert [c.request.method for c in responses.calls] == ["POST", "GET", "PATCH"]
+
+
+def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
+    import threading
+    import time
+
+    class SlowTables:
+        """Answers each IN query with one CI per value, slowly, counting the queries in flight."""
+
+        def __init__(self):
+            self.lock, self.now, self.peak, self.queries = threading.Lock(), 0, 0, []
+
+        def query(self, table, query, fields, workers=1):
+            with self.lock:
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+                self.queries.append(query)
+            time.sleep(0.02)
+            with self.lock:
+                self.now -= 1
+            values = query.split("IN", 1)[1].split("^", 1)[0].split(",")
+            return [{"sys_id": f"s-{v}", "correlation_id": v} for v in values]
+
+    tables = SlowTables()
+    values = [f"arn-{n:04d}" for n in range(450)]  # 5 chunks of at most 100
+    found = CmdbReader(tables, "X", workers=3).cis_where_in("cmdb_ci_vm_instance", "correlation_id", values, ["name"])
+    assert [ci.sys_id for ci in found] == [f"s-{v}" for v in values]  # every answer, in order
+    assert len(tables.queries) == 5 and 2 <= tables.peak <= 3
+    one = SlowTables()
+    CmdbReader(one, "X", workers=1).cis_where_in("cmdb_ci_vm_instance", "correlation_id", values, ["name"])
+    assert one.peak == 1
