@@ -193,8 +193,8 @@ def _plan_table(
     updates, emptied = _guard_clears(table, updates, len(matched), options, plan)
     plan.unchanged[table] += unchanged + emptied
     plan.changes.extend(updates)
-    retires, held_back, active = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
-    if held_back and not _within_guard(len(creates), active, options):
+    retires, too_many_gone, active = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
+    if too_many_gone and not _within_guard(len(creates), active, options):
         # Many owned CIs unmatched and as many new ones at once: the identity the
         # mapping builds has likely changed. Creating them would duplicate the class.
         plan.guards.append(
@@ -270,7 +270,11 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
 
 def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan
                   ) -> tuple[list[CIChange], bool, int]:
-    """The retires of one table: (those to make, whether the guard held them back, owned CIs active)."""
+    """The retires of one table: (those to make, whether they are more than the guard allows, owned CIs active).
+
+    "More than the guard allows" holds with ``reconcile.retire = false`` too:
+    so many owned CIs unmatched is what a changed identity looks like.
+    """
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
@@ -294,11 +298,11 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
     plan.unchanged[table] += still_retired
     if not retires:
         return [], False, active
+    too_many = len(retires) > options.max_retire_fraction * active and not options.force
     if not options.retire:
         plan.guards.append(f"{table}: {len(retires)} CI(s) gone from AWS not retired: reconcile.retire = false")
-        return [], False, active
-    limit = options.max_retire_fraction * active
-    if len(retires) > limit and not options.force:
+        return [], too_many, active
+    if too_many:
         plan.guards.append(
             f"{table}: would retire {len(retires)} of {active} owned CIs "
             f"({len(retires) / active:.0%}), over reconcile.max_retire_fraction = "

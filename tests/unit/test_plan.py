@@ -248,6 +248,16 @@ def test_a_changed_identity_holds_back_the_creates_with_the_retires():
     assert len(forced.relation_changes) == 20 and forced.held == set()
 
 
+def test_a_changed_identity_creates_no_duplicates_with_retire_switched_off_either():
+    existing = [existing_vm(n) for n in range(20)]
+    moved = [replace(desired_vm(n), identity=vm_id(n) + "/v2", fields={**desired_vm(n).fields, "correlation_id": vm_id(n) + "/v2"})
+             for n in range(20)]
+    p = plan([*moved, desired_dc()], [dc(), *existing], options=PlanOptions(DS, retire=False))
+    assert p.changes == [] and len(p.held) == 20
+    assert p.guards[0] == f"{VM}: 20 CI(s) gone from AWS not retired: reconcile.retire = false"
+    assert p.guards[1].startswith(f"{VM}: would also create 20 CIs")
+
+
 def test_a_few_creates_beside_held_retires_still_go_ahead():
     # 3 of 4 instances replaced: the retires wait for --force, the 3 new instances (not over 10) are created
     p = plan([desired_vm(0), *(desired_vm(n) for n in range(10, 13)), desired_dc()], [dc(), *(existing_vm(n) for n in range(4))])
