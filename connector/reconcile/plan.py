@@ -193,17 +193,20 @@ def _plan_table(
     updates, emptied = _guard_clears(table, updates, len(matched), options, plan)
     plan.unchanged[table] += unchanged + emptied
     plan.changes.extend(updates)
-    retires, too_many_gone, active = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
-    if too_many_gone and not _within_guard(len(creates), active, options):
-        # Many owned CIs unmatched and as many new ones at once: the identity the
-        # mapping builds has likely changed. Creating them would duplicate the class.
+    retires, active, unmatched_objects = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
+    # A create whose resource (object_id) an owned CI already holds under another
+    # identity would duplicate it. Many at once: the identity the mapping builds
+    # has changed. New resources (another object_id) are created whatever happens.
+    twins = [c for c in creates if c.diff.get("object_id", ("", ""))[1] in unmatched_objects]
+    if twins and not _within_guard(len(twins), active, options):
         plan.guards.append(
-            f"{table}: would also create {len(creates)} CIs while its owned CIs went unmatched: the identity its "
-            "mapping builds may have changed (a correlation_id template?); nothing created in this table either, "
-            "so that no duplicate is made. Check the mapping, then rerun with --force if this is right."
+            f"{table}: would create {len(twins)} CIs for resources that {len(twins)} of its owned CIs already hold "
+            "under another identity (same object_id): the identity its mapping builds may have changed (a "
+            "correlation_id template?); none of them created, so that no duplicate is made. Check the mapping, "
+            "then rerun with --force if this is right."
         )
-        plan.held.update((table, change.identity) for change in creates)
-        creates = []
+        plan.held.update((table, change.identity) for change in twins)
+        creates = [c for c in creates if c.diff.get("object_id", ("", ""))[1] not in unmatched_objects]
     plan.changes.extend(creates)
     plan.changes.extend(retires)
 
@@ -269,15 +272,13 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
 
 
 def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan
-                  ) -> tuple[list[CIChange], bool, int]:
-    """The retires of one table: (those to make, whether they are more than the guard allows, owned CIs active).
-
-    "More than the guard allows" holds with ``reconcile.retire = false`` too:
-    so many owned CIs unmatched is what a changed identity looks like.
-    """
+                  ) -> tuple[list[CIChange], int, set[str]]:
+    """The retires of one table: (those to make, owned CIs active, the ``object_id`` of every owned CI that
+    no desired CI matched)."""
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
+    unmatched_objects: set[str] = set()
     for ci in existing:
         fields = ci.fields
         if fields.get("discovery_source") != source or fields.get("sys_class_name") != table:
@@ -291,26 +292,27 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
             sys_ids.setdefault((table, key), ci.sys_id)  # duplicates too: one of them stands for the key
         if ci.sys_id in claimed:
             continue  # one of duplicates: reported above
+        unmatched_objects.add(fields.get("object_id") or "")
         if retired:
             still_retired += 1  # already retired and still gone: unchanged
         elif _retirable(ci, policy, ok_scopes, options):
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
     plan.unchanged[table] += still_retired
+    unmatched_objects.discard("")
     if not retires:
-        return [], False, active
-    too_many = len(retires) > options.max_retire_fraction * active and not options.force
+        return [], active, unmatched_objects
     if not options.retire:
         plan.guards.append(f"{table}: {len(retires)} CI(s) gone from AWS not retired: reconcile.retire = false")
-        return [], too_many, active
-    if too_many:
+        return [], active, unmatched_objects
+    if len(retires) > options.max_retire_fraction * active and not options.force:
         plan.guards.append(
             f"{table}: would retire {len(retires)} of {active} owned CIs "
             f"({len(retires) / active:.0%}), over reconcile.max_retire_fraction = "
             f"{options.max_retire_fraction:.0%}; nothing retired in this table. "
             "Check the collection, then rerun with --force if this is right."
         )
-        return [], True, active
-    return retires, False, active
+        return [], active, unmatched_objects
+    return retires, active, unmatched_objects
 
 
 def _declarer(parent: CIKey, child: CIKey, rel_type: str, policies: dict[str, TablePolicy]) -> CIKey | None:

@@ -241,7 +241,8 @@ def test_a_changed_identity_holds_back_the_creates_with_the_retires():
     assert [c for c in held.changes if c.table == VM] == [] and held.relation_changes == []
     retire_guard, create_guard = held.guards
     assert retire_guard.startswith(f"{VM}: would retire 20 of 20 owned CIs")
-    assert create_guard.startswith(f"{VM}: would also create 20 CIs while its owned CIs went unmatched")
+    assert create_guard.startswith(f"{VM}: would create 20 CIs for resources that 20 of its owned CIs already hold "
+                                   "under another identity (same object_id)")
     assert held.held == {(VM, ci.identity) for ci in moved}
     forced = plan([*moved, desired_dc()], [dc(), *existing], options=PlanOptions(DS, force=True))
     assert sorted(c.action for c in forced.changes).count("create") == 20 and forced.guards == []
@@ -255,7 +256,15 @@ def test_a_changed_identity_creates_no_duplicates_with_retire_switched_off_eithe
     p = plan([*moved, desired_dc()], [dc(), *existing], options=PlanOptions(DS, retire=False))
     assert p.changes == [] and len(p.held) == 20
     assert p.guards[0] == f"{VM}: 20 CI(s) gone from AWS not retired: reconcile.retire = false"
-    assert p.guards[1].startswith(f"{VM}: would also create 20 CIs")
+    assert p.guards[1].startswith(f"{VM}: would create 20 CIs for resources that 20 of its owned CIs")
+
+
+def test_new_resources_replacing_most_of_a_class_are_created_while_the_retires_wait():
+    # an instance refresh: 20 instances gone, 20 new ones (other instance ids): nothing to duplicate
+    p = plan([*(desired_vm(n) for n in range(100, 120)), desired_dc()], [dc(), *(existing_vm(n) for n in range(20))])
+    assert sorted(c.action for c in p.changes if c.table == VM) == ["create"] * 20 and p.held == set()
+    [retire_guard] = p.guards
+    assert retire_guard.startswith(f"{VM}: would retire 20 of 20 owned CIs")
 
 
 def test_a_few_creates_beside_held_retires_still_go_ahead():
@@ -279,7 +288,7 @@ def test_relations_to_a_class_whose_creates_are_held_are_neither_created_nor_del
     p = plan([*vms, *new_dcs], existing, scopes=scopes, relations=links)
     assert p.changes == [] and p.relation_changes == []  # the VMs keep their links to the old datacenters
     retire_guard, create_guard = p.guards  # and no relation deletion even came near its own guard
-    assert retire_guard.startswith(f"{DC}: would retire 12 of 12") and create_guard.startswith(f"{DC}: would also create 12 CIs")
+    assert retire_guard.startswith(f"{DC}: would retire 12 of 12") and create_guard.startswith(f"{DC}: would create 12 CIs for resources")
     assert p.warnings == []  # a held target is not a missing one
 
 
