@@ -194,21 +194,32 @@ def _plan_table(
     plan.unchanged[table] += unchanged + emptied
     plan.changes.extend(updates)
     retires, active, unmatched_objects = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
-    # A create whose resource (object_id) an owned CI already holds under another
-    # identity would duplicate it. Many at once: the identity the mapping builds
-    # has changed. New resources (another object_id) are created whatever happens.
-    twins = [c for c in creates if c.diff.get("object_id", ("", ""))[1] in unmatched_objects]
-    if twins and not _within_guard(len(twins), active, options):
-        plan.guards.append(
-            f"{table}: would create {len(twins)} CIs for resources that {len(twins)} of its owned CIs already hold "
-            "under another identity (same object_id): the identity its mapping builds may have changed (a "
-            "correlation_id template?); none of them created, so that no duplicate is made. Check the mapping, "
-            "then rerun with --force if this is right."
-        )
-        plan.held.update((table, change.identity) for change in twins)
-        creates = [c for c in creates if c.diff.get("object_id", ("", ""))[1] not in unmatched_objects]
-    plan.changes.extend(creates)
+    plan.changes.extend(_guard_twins(table, creates, unmatched_objects, active, options, plan))
     plan.changes.extend(retires)
+
+
+def _guard_twins(table: str, creates: list[CIChange], unmatched_objects: set[str], active: int,
+                 options: PlanOptions, plan: Plan) -> list[CIChange]:
+    """The creates, less those that would duplicate a resource, when they are many.
+
+    A create whose resource (``object_id``) an owned CI already holds under
+    another identity would make a twin of it. Many at once means the identity
+    the mapping builds has changed: they are held, in ``plan.held``. New
+    resources (another ``object_id``) are created whatever happens.
+    """
+    def is_twin(change: CIChange) -> bool:
+        return change.diff.get("object_id", ("", ""))[1] in unmatched_objects
+
+    twins = [change for change in creates if is_twin(change)]
+    if not twins or _within_guard(len(twins), active, options):
+        return creates
+    plan.guards.append(
+        f"{table}: would create {len(twins)} CIs for resources its owned CIs already hold under another identity "
+        "(same object_id): the identity its mapping builds may have changed (a correlation_id template?); none of "
+        "them created, so that no duplicate is made. Check the mapping, then rerun with --force if this is right."
+    )
+    plan.held.update((table, change.identity) for change in twins)
+    return [change for change in creates if not is_twin(change)]
 
 
 def _guard_clears(table: str, updates: list[CIChange], compared: int, options: PlanOptions, plan: Plan

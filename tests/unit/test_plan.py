@@ -241,8 +241,8 @@ def test_a_changed_identity_holds_back_the_creates_with_the_retires():
     assert [c for c in held.changes if c.table == VM] == [] and held.relation_changes == []
     retire_guard, create_guard = held.guards
     assert retire_guard.startswith(f"{VM}: would retire 20 of 20 owned CIs")
-    assert create_guard.startswith(f"{VM}: would create 20 CIs for resources that 20 of its owned CIs already hold "
-                                   "under another identity (same object_id)")
+    assert create_guard.startswith(f"{VM}: would create 20 CIs for resources its owned CIs already hold under "
+                                   "another identity (same object_id)")
     assert held.held == {(VM, ci.identity) for ci in moved}
     forced = plan([*moved, desired_dc()], [dc(), *existing], options=PlanOptions(DS, force=True))
     assert sorted(c.action for c in forced.changes).count("create") == 20 and forced.guards == []
@@ -256,7 +256,7 @@ def test_a_changed_identity_creates_no_duplicates_with_retire_switched_off_eithe
     p = plan([*moved, desired_dc()], [dc(), *existing], options=PlanOptions(DS, retire=False))
     assert p.changes == [] and len(p.held) == 20
     assert p.guards[0] == f"{VM}: 20 CI(s) gone from AWS not retired: reconcile.retire = false"
-    assert p.guards[1].startswith(f"{VM}: would create 20 CIs for resources that 20 of its owned CIs")
+    assert p.guards[1].startswith(f"{VM}: would create 20 CIs for resources its owned CIs already hold")
 
 
 def test_new_resources_replacing_most_of_a_class_are_created_while_the_retires_wait():
