@@ -34,6 +34,8 @@ def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
         advice = "A plan: nothing was written. " + advice.replace("every write succeeded", "the changes below are what run would do")
     if report.get("guards"):
         advice += " The blast-radius guard held writes back: see Guards."
+        if code == 0:  # every write made succeeded, but not every write was made: not a green page
+            word, color = "OK, WRITES HELD BACK", "#ef6c00"
     return word, color, advice
 
 

@@ -27,6 +27,16 @@ def test_mapping_problems_are_on_the_page_and_a_long_list_is_cut_with_its_count(
     assert "i-99&#x27;" in page and "i-100&#x27;" not in page
     assert "<li>... and 50 more: see the JSON report</li>" in page
     assert "<h2>Guards (1)</h2>" in page and "The blast-radius guard held writes back: see Guards." in page
+    assert "<h1>PARTIAL</h1>" in page  # exit code 3 keeps its word
+
+
+def test_a_run_whose_guard_held_writes_back_is_not_a_green_page():
+    report = report_with(0, ["cmdb_ci_vm_instance: would retire 6 of 8 owned CIs"])
+    report["exit_code"] = 0
+    page = render_html(report)
+    assert "<h1>OK, WRITES HELD BACK</h1>" in page and "background:#ef6c00" in page
+    report["guards"] = []
+    assert "<h1>OK</h1>" in render_html(report) and "background:#2e7d32" in render_html(report)
 
 
 def test_no_section_for_what_did_not_happen():
