@@ -18,6 +18,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 
 from botocore.exceptions import ClientError
 
+from ..concurrency import map_in_order
 from ..mapping.load import CompiledDetail, CompiledSource
 from ..progress import bar
 from ..models import ERROR, GLOBAL_REGION, OK, SKIPPED, Account, Inventory, Record, Scope
@@ -85,10 +86,7 @@ class AccountCalls:
             yield
 
     def each(self, call: Callable[[Any], Any], items: list[Any]) -> list[Any]:
-        if len(items) < 2 or self._width < 2:
-            return [self._bounded(call, item) for item in items]
-        with ThreadPoolExecutor(max_workers=min(self._width, len(items)), thread_name_prefix="items") as pool:
-            return list(pool.map(lambda item: self._bounded(call, item), items))
+        return map_in_order(lambda item: self._bounded(call, item), items, self._width, "items")
 
     def _bounded(self, call: Callable[[Any], Any], item: Any) -> Any:
         with self.slot():

@@ -10,9 +10,9 @@ finished by the next one, because plan starts again from what the CMDB holds.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from ..concurrency import map_in_order
 from ..ops import stop_requested
 from ..progress import bar
 from ..servicenow.cmdb import (
@@ -80,8 +80,7 @@ def _write_all(writer: CmdbWriter, ops: list[WriteOp], chunk: int, workers: int,
             progress.advance(len(part))
             return results
 
-        with ThreadPoolExecutor(max_workers=min(workers, len(chunks)), thread_name_prefix="apply") as executor:
-            return [result for part in executor.map(run, chunks) for result in part]
+        return [result for part in map_in_order(run, chunks, workers, "apply") for result in part]
 
 
 def _ci_op(change: CIChange, policies: dict[str, TablePolicy]) -> WriteOp:

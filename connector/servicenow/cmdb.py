@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import base64
 import json
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Protocol
 
+from ..concurrency import map_in_order
 from ..errors import AmbiguousWriteError, ServiceNowError, ServiceNowNotFound
 from ..mapping.functions import all_strings
 from ..models import ExistingCI, ExistingKeyValue, ExistingRelation
@@ -82,10 +82,7 @@ class CmdbReader:
         def read(chunk: list[str]) -> list[ExistingCI]:
             return self._cis(table, f"{field}IN{','.join(chunk)}^sys_class_name={table}{extra}", wanted)
 
-        if self.workers < 2 or len(chunks) < 2:
-            return [ci for chunk in chunks for ci in read(chunk)]
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(chunks)), thread_name_prefix="adopt") as pool:
-            return [ci for found in pool.map(read, chunks) for ci in found]
+        return [ci for found in map_in_order(read, chunks, self.workers, "adopt") for ci in found]
 
     def relation_types(self, names: Iterable[str]) -> dict[str, str]:
         names = sorted(set(names))
