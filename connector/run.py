@@ -69,6 +69,7 @@ def _now() -> str:
 
 
 def new_run_id() -> str:
+    # report.history.RUN_FILE recognises a run's files by this shape: change both together
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 

@@ -108,3 +108,11 @@ def test_old_run_files_are_pruned_and_nothing_else(tmp_path):
     assert prune_reports(tmp_path, 30, now=now) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(n for n in names if "aaaaaa" not in n)
     assert prune_reports(tmp_path / "no-such-folder", 30, now=now) == 0
+
+
+def test_the_run_files_pattern_knows_the_run_id_of_a_run():
+    from connector.report.history import RUN_FILE
+    from connector.run import new_run_id
+
+    run_id = new_run_id()
+    assert all(RUN_FILE.fullmatch(f"report-{run_id}.{ext}") for ext in ("json", "html", "csv"))
