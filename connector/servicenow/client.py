@@ -114,10 +114,10 @@ class TableClient:
 
     def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1) -> Iterator[dict[str, Any]]:
-        """Every matching row: ``_pages``, row by row."""
-        return chain.from_iterable(self._pages(table, query, fields, page_size, workers))
+        """Every matching row: ``pages``, row by row."""
+        return chain.from_iterable(self.pages(table, query, fields, page_size, workers))
 
-    def _pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
+    def pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
                workers: int = 1) -> Iterator[list[dict[str, Any]]]:
         """Every matching row, a page at a time, paged by offset in ``sys_id`` order.
 

@@ -11,6 +11,8 @@ import logging
 import base64
 import json
 from dataclasses import dataclass, field
+from itertools import chain, repeat
+from operator import itemgetter
 from typing import Any, Iterable, Protocol
 
 from ..concurrency import map_in_order
@@ -42,6 +44,14 @@ def _row_fields(row: dict[str, Any]) -> dict[str, str]:
     return {k: _ref(v) if isinstance(v, dict) else ("" if v is None else str(v)) for k, v in row.items()}
 
 
+def _string_rows(page: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """A page of rows in ServiceNow's string form (``_row_fields``), checked in
+    one pass over the page's values: the usual page has nothing to convert."""
+    if all_strings(chain.from_iterable(map(dict.values, page))):
+        return page
+    return list(map(_row_fields, page))
+
+
 def _ref(value) -> str:
     """A reference value as a plain sys_id, whether or not it came as a link object."""
     if isinstance(value, dict):
@@ -57,10 +67,11 @@ class CmdbReader:
 
     def _cis(self, table: str, query: str, fields: Iterable[str]) -> list[ExistingCI]:
         wanted = sorted(set(BASE_FIELDS) | set(fields))
-        return [
-            ExistingCI(table, row["sys_id"], _row_fields(row))
-            for row in self.tables.query(table, query, wanted, workers=self.workers)
-        ]
+        found: list[ExistingCI] = []
+        for page in self.tables.pages(table, query, wanted, workers=self.workers):
+            rows = _string_rows(page)
+            found.extend(map(ExistingCI, repeat(table), map(itemgetter("sys_id"), rows), rows))
+        return found
 
     def owned_cis(self, table: str, fields: Iterable[str]) -> list[ExistingCI]:
         """One paged query for the table's CIs stamped with our discovery_source."""
@@ -98,19 +109,20 @@ class CmdbReader:
         if not type_ids:
             return []
         query = f"parent.discovery_source={self.discovery_source}^typeIN{','.join(type_ids)}"
-        rows = self.tables.query(REL_TABLE, query, ["sys_id", "parent", "child", "type"], workers=self.workers)
         return [
             ExistingRelation(row["sys_id"], row.get("parent", ""), row.get("child", ""), row.get("type", ""))
-            for row in map(_row_fields, rows)
+            for page in self.tables.pages(REL_TABLE, query, ["sys_id", "parent", "child", "type"], workers=self.workers)
+            for row in _string_rows(page)
         ]
 
     def key_values(self) -> list[ExistingKeyValue]:
         """The cmdb_key_value rows (tags) of our CIs."""
         query = f"configuration_item.discovery_source={self.discovery_source}"
-        rows = self.tables.query(KV_TABLE, query, ["sys_id", "configuration_item", "key", "value"], workers=self.workers)
+        fields = ["sys_id", "configuration_item", "key", "value"]
         return [
             ExistingKeyValue(row["sys_id"], row.get("configuration_item", ""), row.get("key", ""), row.get("value", ""))
-            for row in map(_row_fields, rows)
+            for page in self.tables.pages(KV_TABLE, query, fields, workers=self.workers)
+            for row in _string_rows(page)
         ]
 
 

@@ -196,11 +196,14 @@ def test_reader_gives_every_value_in_string_form():
     row = {"sys_id": "s1", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "X",
            "location": {"link": f"{URL}/api/now/table/cmn_location/loc1", "value": "loc1"},
            "ip_address": None, "cpus": 8}
-    responses.get(TABLE_URL, json={"result": [row]}, headers={"X-Total-Count": "1"})
+    plain = {"sys_id": "s2", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "X", "location": "loc2"}
+    # A page is checked as a whole: one odd row among plain ones is still converted.
+    responses.get(TABLE_URL, json={"result": [plain, row]}, headers={"X-Total-Count": "2"})
     tables, _ = client()
-    (ci,) = CmdbReader(tables, "X").owned_cis("cmdb_ci_vm_instance", ["location", "ip_address", "cpus"])
+    same, ci = CmdbReader(tables, "X").owned_cis("cmdb_ci_vm_instance", ["location", "ip_address", "cpus"])
     assert ci.fields == {"sys_id": "s1", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "X",
                          "location": "loc1", "ip_address": "", "cpus": "8"}
+    assert same.fields == plain and same.sys_id == "s2"
 
 
 def test_tls_verification_on_by_default_and_ca_bundle(tmp_path):
@@ -422,7 +425,7 @@ def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
         def __init__(self):
             self.lock, self.now, self.peak, self.queries = threading.Lock(), 0, 0, []
 
-        def query(self, table, query, fields, workers=1):
+        def pages(self, table, query, fields, workers=1):
             with self.lock:
                 self.now += 1
                 self.peak = max(self.peak, self.now)
@@ -431,7 +434,7 @@ def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
             with self.lock:
                 self.now -= 1
             values = query.split("IN", 1)[1].split("^", 1)[0].split(",")
-            return [{"sys_id": f"s-{v}", "correlation_id": v} for v in values]
+            return [[{"sys_id": f"s-{v}", "correlation_id": v} for v in values]]  # one page
 
     tables = SlowTables()
     values = [f"arn-{n:04d}" for n in range(450)]  # 5 chunks of at most 100
