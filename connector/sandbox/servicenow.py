@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -269,6 +269,9 @@ class ServiceNowStandIn:
         self.store = Store(db_path)
         self.faults = Faults(**faults)
         self.stats: Counter[str] = Counter()
+        # the path and query of the latest Table API reads (GET), and how many there have been
+        self.reads: deque[str] = deque(maxlen=10_000)
+        self.reads_total = 0
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}      # access token -> (user, expires at)
         self._refresh: dict[str, tuple[str, str]] = {}       # refresh token -> (user, client id)
@@ -318,6 +321,11 @@ class ServiceNowStandIn:
     def count(self, key: str) -> None:
         with self._lock:
             self.stats[key] += 1
+
+    def log_read(self, target: str) -> None:
+        with self._lock:
+            self.reads.append(target)
+            self.reads_total += 1
 
     def writes(self) -> int:
         return sum(v for k, v in self.stats.items() if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE"))
@@ -462,6 +470,8 @@ class _Handler(BaseHTTPRequestHandler):
         if route is None and not is_batch:
             return self._write(error(400, "Requested URI does not represent any resource", url.path))
         self.app.count(f"{method} {'batch' if is_batch else route[1]}")
+        if method == "GET" and not is_batch:
+            self.app.log_read(self.path)
         session_id, cookie = self._session_id()
         held = self.app.enter_session(session_id)
         if held is None:
@@ -583,6 +593,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _admin(self, method: str, path: str, body: bytes) -> Reply:
         if path == "/sandbox/stats" and method == "GET":
             return Reply(200, {"stats": dict(self.app.stats), "writes": self.app.writes()})
+        if path == "/sandbox/reads" and method == "GET":
+            with self.app._lock:
+                return Reply(200, {"total": self.app.reads_total, "reads": list(self.app.reads)})
         if path == "/sandbox/faults":
             if method == "POST":
                 try:

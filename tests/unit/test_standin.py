@@ -311,3 +311,14 @@ def test_empty_string_clears_and_bad_json_is_400(api):
     bad = api("PATCH", f"cmdb_ci_network/{sys_id}", data="{not json")
     assert bad.status_code == 400 and bad.json()["status"] == "failure"
     assert api("GET", "no_such_table").status_code == 400
+
+
+def test_reads_are_logged_with_their_query_for_a_replay(standin, api):
+    # bench/reconcile_bench.py sends a run's reads again from this log.
+    make(api, "cmdb_ci_network", name="vpc")
+    api("GET", "cmdb_ci_network", params={"sysparm_query": "name=vpc", "sysparm_limit": "5"})
+    api("GET", "cmdb_ci_network", params={"sysparm_offset": "5"})
+    answer = requests.get(f"{standin.url}/sandbox/reads", timeout=10).json()
+    assert answer["total"] == 2  # the POST is not a read
+    assert answer["reads"] == ["/api/now/table/cmdb_ci_network?sysparm_query=name%3Dvpc&sysparm_limit=5",
+                               "/api/now/table/cmdb_ci_network?sysparm_offset=5"]
