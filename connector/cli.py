@@ -183,16 +183,18 @@ def cmd_sandbox(args) -> int:
     from .sandbox.demo import DEMO_USER, sandboxes
 
     with sandboxes(db_path=args.db) as boxes:
-        print("Sandbox running (Ctrl-C to stop). Point the connector at it with:")
-        print(f"  export AWS_ENDPOINT_URL={boxes.aws.url}")
-        print("  export AWS_ACCESS_KEY_ID=AKIDSANDBOXCENTRAL AWS_SECRET_ACCESS_KEY=sandbox-secret")
-        print(f"  export CMDB_SERVICENOW__INSTANCE_URL={boxes.servicenow.url}")
-        print(f"  export CMDB_SERVICENOW__USERNAME={DEMO_USER}")
-        print(f"  export CMDB_SERVICENOW__PASSWORD='{boxes.password}'")
-        print(f"  export CMDB_AWS__EXTERNAL_ID='{boxes.external_id}'")
-        print(f"Accounts: {', '.join(f'{n}={a}' for n, a in boxes.org.accounts.items())}")
-        sys.stdout.flush()
+        # Ctrl-C is caught from the first line printed on: whoever reads the last
+        # one may stop the sandbox at once, before the wait has begun.
         try:
+            print("Sandbox running (Ctrl-C to stop). Point the connector at it with:")
+            print(f"  export AWS_ENDPOINT_URL={boxes.aws.url}")
+            print("  export AWS_ACCESS_KEY_ID=AKIDSANDBOXCENTRAL AWS_SECRET_ACCESS_KEY=sandbox-secret")
+            print(f"  export CMDB_SERVICENOW__INSTANCE_URL={boxes.servicenow.url}")
+            print(f"  export CMDB_SERVICENOW__USERNAME={DEMO_USER}")
+            print(f"  export CMDB_SERVICENOW__PASSWORD='{boxes.password}'")
+            print(f"  export CMDB_AWS__EXTERNAL_ID='{boxes.external_id}'")
+            print(f"Accounts: {', '.join(f'{n}={a}' for n, a in boxes.org.accounts.items())}")
+            sys.stdout.flush()
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
