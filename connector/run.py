@@ -9,16 +9,16 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .aws.collect import collect_inventory
 from .aws.targets import open_account_sessions, open_session_pool, target_accounts
-from .errors import ConnectorError, UsageError
+from .errors import ConnectorError, ServiceNowError, UsageError
 from .inventory import read_inventory
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
@@ -107,6 +107,9 @@ class CmdbState:
     rel_types: dict[str, str]  # relation type name -> cmdb_rel_type sys_id
     relations: list[ExistingRelation]  # relations of those types whose parent is ours
     key_values: list[ExistingKeyValue] | None = None  # tags of our CIs; None when tags are not managed
+    # our active CIs in classes no mapping covers; None when they could not be read (see notes)
+    other_classes: list[ExistingCI] | None = None
+    notes: list[str] = field(default_factory=list)  # warnings from the read
 
 
 def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> CmdbState:
@@ -118,6 +121,7 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
     rel_names = {r.type for m in mappings.mappings.values() for r in m.relations}
     with ThreadPoolExecutor(max_workers=max(1, workers) + 1, thread_name_prefix="read-table") as pool:
         relations = pool.submit(_read_relations, reader, rel_names)
+        others = pool.submit(reader.owned_in_other_classes, mappings.tables)
         tagged = any(ci.tags is not None for ci in mapped.cis)
         key_values = pool.submit(reader.key_values) if tagged else None
         # The largest tables first: their pages are the longest part of the read.
@@ -126,7 +130,17 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         read = dict(zip((table for table, _variants in tables), found))
         cis = {table: read[table] for table in mappings.tables}
         rel_types, rels = relations.result()
-    return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None)
+        other_classes, notes = _other_classes(others)
+    return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None, other_classes, notes)
+
+
+def _other_classes(read: Future) -> tuple[list[ExistingCI] | None, list[str]]:
+    """Our CIs in classes no mapping covers, or a note of why they are not known: a check
+    for the report, which must not fail a run (the user may not read cmdb_ci, say)."""
+    try:
+        return read.result(), []
+    except ServiceNowError as exc:
+        return None, [f"CIs of this connector in classes that no mapping file covers were not looked for: {exc}"]
 
 
 def _read_relations(reader: CmdbReader, names: set[str]) -> tuple[dict[str, str], list[ExistingRelation]]:
@@ -214,8 +228,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             plan = plan_changes(
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
-                cmdb.key_values,
+                cmdb.key_values, cmdb.other_classes,
             )
+            plan.warnings.extend(cmdb.notes)
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):
                 writer = TableApiWriter(tables_client, sn.batch_size)

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable
 
 from ..arn import account_and_region
 from ..mapping.functions import all_strings, snow_string
+from ..mapping.schema import DEFAULT_RETIRE
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
@@ -525,6 +526,51 @@ def _guard_tag_deletes(deletes: dict[str, list[KeyValueChange]], rows_in: Counte
         "collection, then rerun with --force if this is right."))
 
 
+def _plan_other_classes(other_classes: list[ExistingCI], policies: dict[str, TablePolicy], options: PlanOptions,
+                        plan: Plan) -> None:
+    """Our CIs in classes that no mapping covers now: named, and never touched.
+
+    A mapping file removed, or a class renamed, leaves its CIs active and
+    stamped as ours, with nothing to update or retire them any more: each such
+    class gets a warning. A create whose ``correlation_id`` one of them holds
+    (the class moved to another file) would duplicate that resource in a second
+    class: those creates are held, in ``plan.held``, unless ``force``.
+    """
+    stale: dict[str, list[ExistingCI]] = defaultdict(list)
+    for ci in other_classes:
+        fields = ci.fields
+        cls = fields.get("sys_class_name", "")
+        # Re-checked in code: ServiceNow drops the query conditions it cannot use.
+        if fields.get("discovery_source") != options.discovery_source or not cls or cls in policies:
+            continue
+        if DEFAULT_RETIRE.items() <= fields.items():
+            continue  # retired already: not a live CI
+        stale[cls].append(ci)
+    holder = {ci.fields["correlation_id"]: cls for cls, cis in stale.items() for ci in cis if ci.fields.get("correlation_id")}
+    moved: dict[tuple[str, str], list[CIChange]] = defaultdict(list)  # (table, class that holds the resource) -> creates
+    for change in plan.changes:
+        cls = holder.get(change.diff.get("correlation_id", ("", ""))[1]) if change.action == CREATE else None
+        if cls is not None:
+            moved[(change.table, cls)].append(change)
+    for cls, cis in sorted(stale.items()):
+        plan.warnings.append(
+            f"{cls}: {len(cis)} active CI(s) of this connector (discovery_source = {options.discovery_source}) in a "
+            "class that no mapping file covers now: left as they are, neither updated nor retired. Restore its "
+            "mapping file, or retire them in ServiceNow."
+        )
+    if not moved or options.force:
+        return
+    for (table, cls), creates in sorted(moved.items()):
+        plan.guards.append(
+            f"{table}: would create {len(creates)} CIs for resources that CIs of this connector in {cls} (a class "
+            "that no mapping file covers now) already hold (same correlation_id): none of them created, so that no "
+            f"duplicate is made. If the class moved on purpose, retire those CIs of {cls} in ServiceNow, or rerun "
+            "with --force."
+        )
+        plan.held.update((table, change.identity) for change in creates)
+    plan.changes[:] = [c for c in plan.changes if not (c.action == CREATE and (c.table, c.identity) in plan.held)]
+
+
 def plan_changes(
     desired: list[DesiredCI],
     existing: dict[str, list[ExistingCI]],
@@ -535,8 +581,10 @@ def plan_changes(
     policies: dict[str, TablePolicy],
     options: PlanOptions,
     key_values: list[ExistingKeyValue] | None = None,
+    other_classes: list[ExistingCI] | None = None,
 ) -> Plan:
-    """``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed."""
+    """``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed.
+    ``other_classes``: our CIs in classes that no policy covers (see ``_plan_other_classes``)."""
     plan = Plan()
     ok_scopes = _ok_scopes(scopes, problems)
     by_table: dict[str, list[DesiredCI]] = defaultdict(list)
@@ -544,6 +592,8 @@ def plan_changes(
         by_table[ci.table].append(ci)
     for table, policy in policies.items():
         _plan_table(table, by_table.get(table, []), existing.get(table, []), policy, ok_scopes, options, plan)
+    if other_classes:
+        _plan_other_classes(other_classes, policies, options, plan)
     _plan_relations(desired, relations, rel_types, policies, options, plan)
     if key_values is not None:
         _plan_key_values(desired, existing, key_values, ok_scopes, options, plan)

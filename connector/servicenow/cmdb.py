@@ -18,11 +18,13 @@ from typing import Any, Iterable, Protocol
 from ..concurrency import map_in_order
 from ..errors import AmbiguousWriteError, ServiceNowError, ServiceNowNotFound
 from ..mapping.functions import all_strings
+from ..mapping.schema import DEFAULT_RETIRE
 from ..models import ExistingCI, ExistingKeyValue, ExistingRelation
 from .client import TableClient
 
 log = logging.getLogger(__name__)
 
+CI_TABLE = "cmdb_ci"  # the base class: a query on it sees every class
 REL_TABLE = "cmdb_rel_ci"
 REL_TYPE_TABLE = "cmdb_rel_type"
 KV_TABLE = "cmdb_key_value"
@@ -76,6 +78,17 @@ class CmdbReader:
     def owned_cis(self, table: str, fields: Iterable[str]) -> list[ExistingCI]:
         """One paged query for the table's CIs stamped with our discovery_source."""
         return self._cis(table, f"discovery_source={self.discovery_source}^sys_class_name={table}", fields)
+
+    def owned_in_other_classes(self, tables: Iterable[str]) -> list[ExistingCI]:
+        """Our active CIs in any class but ``tables`` (one paged query on cmdb_ci): those of
+        a class whose mapping file was removed or renamed. Each CI's table is its class."""
+        query = (f"discovery_source={self.discovery_source}^sys_class_nameNOT IN{','.join(sorted(set(tables)))}"
+                 f"^install_status!={DEFAULT_RETIRE['install_status']}")
+        return [
+            ExistingCI(row.get("sys_class_name", ""), row["sys_id"], row)
+            for page in self.tables.pages(CI_TABLE, query, list(BASE_FIELDS), workers=self.workers)
+            for row in _string_rows(page)
+        ]
 
     def others_exist(self, table: str) -> bool:
         """Does the class hold any CI that is not ours? (If not, there is nothing to adopt.)"""

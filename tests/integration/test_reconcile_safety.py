@@ -236,3 +236,49 @@ def test_a_mistyped_field_path_empties_no_field_without_force(tmp_path):
         forced = run_pipeline(settings, inventory_file=path, mappings=typo, force=True)
         assert forced.report["tables"]["cmdb_ci_vm_instance"]["updated"] == 12
         assert {r["ip_address"] for r in server.store.rows("cmdb_ci_vm_instance")} == {""}
+
+
+def test_cis_of_a_class_no_mapping_covers_are_named_kept_and_not_made_twice(tmp_path):
+    """A CMDB admin moves the instances to another class: the old CIs are named, kept as they are, and not
+    duplicated in the new class without --force."""
+    import shutil
+
+    from connector.mapping.load import builtin_mappings_dir, load_mappings
+
+    with reconciled_estate(tmp_path) as (server, settings, path):
+        before = {r["sys_id"]: dict(r) for r in server.store.rows("cmdb_ci_vm_instance")}
+        moved = tmp_path / "moved"
+        shutil.copytree(builtin_mappings_dir(), moved)
+        (moved / "cmdb_ci_vm_instance.toml").rename(moved / "cmdb_ci_vm.toml")
+        volumes = moved / "cmdb_ci_storage_volume.toml"
+        volumes.write_text(volumes.read_text().replace("cmdb_ci_vm_instance", "cmdb_ci_vm"))
+
+        held = run_pipeline(settings, inventory_file=path, mappings=load_mappings(moved))
+        assert held.exit_code == 0, held.report["errors"]
+        assert server.store.rows("cmdb_ci_vm") == [] and duplicates(server) == []
+        assert {r["sys_id"]: r for r in server.store.rows("cmdb_ci_vm_instance")} == before  # not retired either
+        [guard] = held.report["guards"]
+        assert guard.startswith("cmdb_ci_vm: would create 12 CIs for resources that CIs of this connector in "
+                                "cmdb_ci_vm_instance (a class that no mapping file covers now) already hold")
+        assert f"cmdb_ci_vm_instance: 12 active CI(s) of this connector (discovery_source = {DS})" in " ".join(
+            held.report["warnings"])
+
+        forced = run_pipeline(settings, inventory_file=path, mappings=load_mappings(moved), force=True)
+        assert forced.exit_code == 0 and forced.report["tables"]["cmdb_ci_vm"]["created"] == 12
+        assert {r["sys_id"]: r for r in server.store.rows("cmdb_ci_vm_instance")} == before
+        assert any(w.startswith("cmdb_ci_vm_instance: 12 active CI(s)") for w in forced.report["warnings"])
+
+
+
+def test_a_refused_look_for_cis_in_other_classes_is_a_warning_not_a_failed_run(tmp_path, monkeypatch):
+    from connector.errors import ServiceNowPermissionError
+
+    def refused(self, tables):
+        raise ServiceNowPermissionError("ServiceNow refused the request: ACL", status=403, method="GET", url="/cmdb_ci")
+
+    with reconciled_estate(tmp_path) as (server, settings, path):
+        monkeypatch.setattr(CmdbReader, "owned_in_other_classes", refused)
+        rerun = run_pipeline(settings, inventory_file=path)
+        assert rerun.exit_code == 0 and rerun.report["changes"] == []
+        assert rerun.report["warnings"] == ["CIs of this connector in classes that no mapping file covers were not "
+                                            "looked for: ServiceNow refused the request: ACL | HTTP 403 | GET /cmdb_ci"]

@@ -434,3 +434,45 @@ def test_tag_guard_stops_a_run_that_would_empty_a_class_of_its_tags():
     some = [tagged_vm(n, {} if n < 3 else {"env": "prod"}) for n in range(12)]
     p = plan_tags(some, vms, rows)
     assert [c.sys_id for c in p.key_value_changes] == ["kv0", "kv1", "kv2"] and p.guards == []
+
+
+# -- our CIs in classes that no mapping covers -------------------------------------------------
+
+OLD = "cmdb_ci_old_vm_class"  # a class whose mapping file was removed, or renamed to VM
+
+
+def in_old_class(n: int, **fields) -> ExistingCI:
+    ci = existing_vm(n, sys_id=f"old{n}", sys_class_name=OLD, **fields)
+    return ci._replace(table=OLD)
+
+
+def plan_with_others(desired, existing, others, options=OPTIONS):
+    by_table = {table: [ci for ci in existing if ci.table == table] for table in POLICIES}
+    return plan_changes(list(desired), by_table, SCOPES, [], [], REL_TYPES, POLICIES, options, None, list(others))
+
+
+def test_our_cis_in_a_class_no_mapping_covers_are_named_and_never_touched():
+    others = [in_old_class(1), in_old_class(2), in_old_class(3, **RETIRE),  # retired already: not named
+              in_old_class(4, discovery_source="ServiceNow"),  # not ours: a dropped query condition
+              existing_vm(5, sys_id="s5")]  # a class that is mapped: planned with its own table
+    p = plan_with_others([desired_vm(9)], [], others)
+    assert [w for w in p.warnings if OLD in w] == [
+        f"{OLD}: 2 active CI(s) of this connector (discovery_source = {DS}) in a class that no mapping file covers "
+        "now: left as they are, neither updated nor retired. Restore its mapping file, or retire them in ServiceNow."]
+    assert actions(p) == [("create", vm_id(9))]  # nothing written to the old class, and no guard
+    assert p.guards == [] and not p.held
+
+
+def test_a_class_moved_to_another_file_creates_no_second_ci_for_a_resource_without_force():
+    desired = [desired_vm(1), desired_vm(2), desired_vm(3)]  # vm3 is a new resource
+    others = [in_old_class(1), in_old_class(2)]
+    p = plan_with_others([*desired, desired_dc()], [dc()], others)
+    assert actions(p) == [("create", vm_id(3))]
+    assert p.held == {(VM, vm_id(1)), (VM, vm_id(2))}
+    [guard] = p.guards
+    assert guard.startswith(f"{VM}: would create 2 CIs for resources that CIs of this connector in {OLD} (a class that "
+                            "no mapping file covers now) already hold (same correlation_id): none of them created")
+    assert [r.parent for r in p.relation_changes] == [(VM, vm_id(3))]  # the held CIs get no relation either
+    forced = plan_with_others([*desired, desired_dc()], [dc()], others, PlanOptions(DS, force=True))
+    assert actions(forced) == [("create", vm_id(n)) for n in (1, 2, 3)] and forced.guards == []
+    assert any(OLD in w for w in forced.warnings)  # the old CIs are still named, for the admin to retire
