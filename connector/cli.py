@@ -39,14 +39,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--shard", metavar="K/N", help=shard_help)
     run.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
     run.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
-    run.add_argument("--force", action="store_true", help="retire even past reconcile.max_retire_fraction")
+    run.add_argument("--force", action="store_true",
+                     help="make the writes a guard held back (the report's guards say which): retires past "
+                          "reconcile.max_retire_fraction, bulk clears and deletions, creates that would duplicate")
     run.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
 
     plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
     plan.add_argument("--shard", metavar="K/N", help=shard_help)
     plan.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
     plan.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
-    plan.add_argument("--force", action="store_true", help="plan retires past the guard, as run --force would")
+    plan.add_argument("--force", action="store_true", help="plan the writes a guard holds back, as run --force would")
     plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
 
     collect = sub.add_parser("collect", help="collect the inventory into a JSON Lines file")

@@ -118,7 +118,7 @@ class TableClient:
         return chain.from_iterable(self.pages(table, query, fields, page_size, workers))
 
     def pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
-               workers: int = 1) -> Iterator[list[dict[str, Any]]]:
+              workers: int = 1) -> Iterator[list[dict[str, Any]]]:
         """Every matching row, a page at a time, paged by offset in ``sys_id`` order.
 
         A short page is not the end: ``sysparm_limit`` applies before ACLs, so
