@@ -163,6 +163,7 @@ def _plan_table(
     plan: Plan,
 ) -> None:
     unique, by_identity, unkeyed = _index(existing)
+    contested = _contested(table, desired, by_identity, unkeyed, plan) if unkeyed else set()
     matched: set[str] = set()  # CIs that match one desired CI
     claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
@@ -170,6 +171,8 @@ def _plan_table(
     updates: list[CIChange] = []  # and revives
     for ci in desired:
         matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
+        if len(matches) == 1 and matches[0].sys_id in contested:
+            matches = []  # one CI to adopt for several resources: adopted by none
         if len(matches) == 1:
             current = matches[0]
             matched.add(current.sys_id)
@@ -253,6 +256,34 @@ def _guard_clears(table: str, updates: list[CIChange], compared: int, options: P
             change = replace(change, diff=diff)
         kept.append(change)
     return kept, len(updates) - len(kept)
+
+
+def _contested(table: str, desired: list[DesiredCI], by_identity: dict[str, list[ExistingCI]],
+               unkeyed: dict[str, list[ExistingCI]], plan: Plan) -> set[str]:
+    """The CIs without an identity that more than one desired CI would adopt by ``object_id``, named in a warning.
+
+    ``object_id`` is unique within an account and region, not always across
+    them: every account's datacenter in us-east-1 has the object_id
+    "us-east-1". One CI made by hand for it cannot become all of them, and
+    which one it stands for is unknown, so none adopts it: each gets a CI of
+    its own.
+    """
+    claims: dict[str, list[str]] = defaultdict(list)  # sys_id -> identities that would adopt it
+    for ci in desired:
+        if ci.identity not in by_identity:
+            matches = unkeyed.get(snow_value(ci.fields.get("object_id")), [])
+            if len(matches) == 1:
+                claims[matches[0].sys_id].append(ci.identity)
+    contested = {sys_id: identities for sys_id, identities in claims.items() if len(identities) > 1}
+    if contested:
+        sys_id, identities = min(contested.items())
+        plan.warnings.append(
+            f"{table}: {len(contested)} CI(s) without correlation_id match several resources by object_id (e.g. "
+            f"{sys_id}, for {len(identities)} resources such as {min(identities)}): adopted by none, and each "
+            "resource gets a CI of its own. Set such a CI's correlation_id to the identity of the resource it "
+            "stands for, to have it adopted, or retire it."
+        )
+    return set(contested)
 
 
 def _change_of_match(

@@ -282,3 +282,27 @@ def test_a_refused_look_for_cis_in_other_classes_is_a_warning_not_a_failed_run(t
         assert rerun.exit_code == 0 and rerun.report["changes"] == []
         assert rerun.report["warnings"] == ["CIs of this connector in classes that no mapping file covers were not "
                                             "looked for: ServiceNow refused the request: ACL | HTTP 403 | GET /cmdb_ci"]
+
+
+def test_a_datacenter_made_by_hand_is_adopted_by_no_account_when_several_match_it(tmp_path):
+    """Two accounts in us-east-1, one datacenter "us-east-1" made by hand: object_id alone cannot say whose."""
+    inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=1, instances=2)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        by_hand = server.store.insert("cmdb_ci_aws_datacenter", {"name": "us-east-1", "object_id": "us-east-1",
+                                                                  "install_status": "1"}, "admin")
+        first = run_pipeline(settings_for(server, tmp_path), inventory_file=path)
+        assert first.exit_code == 0, first.report["errors"]
+        assert server.store.get("cmdb_ci", by_hand["sys_id"]) == by_hand  # untouched
+        ours = [r for r in server.store.rows("cmdb_ci_aws_datacenter") if r["discovery_source"] == DS]
+        assert sorted(r["correlation_id"].split(":")[4] for r in ours) == sorted(a.account_id for a in inventory.accounts)
+        [warning] = [w for w in first.report["warnings"] if "without correlation_id" in w]
+        assert warning.startswith(f"cmdb_ci_aws_datacenter: 1 CI(s) without correlation_id match several resources "
+                                  f"by object_id (e.g. {by_hand['sys_id']}, for 2 resources")
+        # each account's instances hang on their own account's datacenter
+        dc_account = {r["sys_id"]: r["correlation_id"].split(":")[4] for r in ours}
+        rel_parent_dc = {r["parent"]: r["child"] for r in server.store.rows("cmdb_rel_ci") if r["child"] in dc_account}
+        for vm in server.store.rows("cmdb_ci_vm_instance"):
+            assert dc_account[rel_parent_dc[vm["sys_id"]]] == vm["correlation_id"].split(":")[4]
+        assert run_pipeline(settings_for(server, tmp_path), inventory_file=path).report["changes"] == []

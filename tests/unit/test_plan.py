@@ -172,6 +172,25 @@ def test_adopt_a_ci_made_by_another_source():
     assert change.diff == {"correlation_id": ("", vm_id(1)), "discovery_source": ("ServiceNow", DS)}
 
 
+def test_a_ci_to_adopt_that_several_resources_match_by_object_id_is_adopted_by_none():
+    # Every account's datacenter in a region has that region as object_id: one made by hand cannot be all of them.
+    made_by_hand = ExistingCI(DC, "hand", {"sys_id": "hand", "sys_class_name": DC, "discovery_source": "", "name": R,
+                                           "object_id": R, "correlation_id": "", "install_status": "1",
+                                           "operational_status": "1"})
+    other = "444455556666"
+    theirs = DesiredCI(DC, f"arn:aws:ec2:{R}:{other}:region/{R}",
+                       {"name": R, "object_id": R, "region": R, "correlation_id": f"arn:aws:ec2:{R}:{other}:region/{R}"},
+                       (), (other, R, "ec2:region"))
+    p = plan([desired_dc(), theirs], [made_by_hand], scopes=[*SCOPES, Scope(other, R, "ec2:region", OK)])
+    assert actions(p) == sorted([("create", DC_ID), ("create", theirs.identity)])  # no update of "hand"
+    assert p.warnings == [
+        f"{DC}: 1 CI(s) without correlation_id match several resources by object_id (e.g. hand, for 2 resources such "
+        f"as {DC_ID}): adopted by none, and each resource gets a CI of its own. Set such a CI's correlation_id to the "
+        "identity of the resource it stands for, to have it adopted, or retire it."]
+    alone = plan([desired_dc()], [made_by_hand])  # one resource only: adopted, as before
+    assert [(c.action, c.sys_id) for c in alone.changes] == [("update", "hand")] and alone.warnings == []
+
+
 def test_duplicates_are_reported_and_nothing_created():
     p = plan([desired_vm(1)], [existing_vm(1, sys_id="a"), existing_vm(1, sys_id="b")])
     assert p.changes == []
