@@ -168,6 +168,7 @@ def _plan_table(
     claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
     creates: list[CIChange] = []
+    where: dict[str, tuple[str, str]] = {}  # identity of each create -> its (account, region)
     updates: list[CIChange] = []  # and revives
     for ci in desired:
         matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
@@ -194,25 +195,29 @@ def _plan_table(
             full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}
             full = {k: v for k, v in full.items() if v != ""}
             creates.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
+            where[ci.identity] = ci.scope[:2]
     updates, emptied = _guard_clears(table, updates, len(matched), options, plan)
     plan.unchanged[table] += unchanged + emptied
     plan.changes.extend(updates)
     retires, active, unmatched_objects = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
-    plan.changes.extend(_guard_twins(table, creates, unmatched_objects, active, options, plan))
+    plan.changes.extend(_guard_twins(table, creates, where, unmatched_objects, active, options, plan))
     plan.changes.extend(retires)
 
 
-def _guard_twins(table: str, creates: list[CIChange], unmatched_objects: set[str], active: int,
-                 options: PlanOptions, plan: Plan) -> list[CIChange]:
+def _guard_twins(table: str, creates: list[CIChange], where: dict[str, tuple[str, str]], unmatched_objects: set,
+                 active: int, options: PlanOptions, plan: Plan) -> list[CIChange]:
     """The creates, less those that would duplicate a resource, when they are many.
 
-    A create whose resource (``object_id``) an owned CI already holds under
-    another identity would make a twin of it. Many at once means the identity
-    the mapping builds has changed: they are held, in ``plan.held``. New
-    resources (another ``object_id``) are created whatever happens.
+    A create whose resource (``object_id``, in the same account and region:
+    ``where``) an owned CI already holds under another identity would make a
+    twin of it. Many at once means the identity the mapping builds has
+    changed: they are held, in ``plan.held``. New resources are created
+    whatever happens, those of other accounts and regions too (object_id is
+    not unique across them: a Lambda function's is its name).
     """
     def is_twin(change: CIChange) -> bool:
-        return change.diff.get("object_id", ("", ""))[1] in unmatched_objects
+        object_id = change.diff.get("object_id", ("", ""))[1]
+        return (where.get(change.identity), object_id) in unmatched_objects or (None, object_id) in unmatched_objects
 
     twins = [change for change in creates if is_twin(change)]
     if not twins or _within_guard(len(twins), active, options):
@@ -315,13 +320,13 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
 
 
 def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan
-                  ) -> tuple[list[CIChange], int, set[str]]:
-    """The retires of one table: (those to make, owned CIs active, the ``object_id`` of every owned CI that
-    no desired CI matched)."""
+                  ) -> tuple[list[CIChange], int, set[tuple[tuple[str, str] | None, str]]]:
+    """The retires of one table: (those to make, owned CIs active, the (account and region, ``object_id``)
+    of every owned CI that no desired CI matched; None for the first where its identity does not say)."""
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
-    unmatched_objects: set[str] = set()
+    unmatched_objects: set[tuple[tuple[str, str] | None, str]] = set()
     for ci in existing:
         fields = ci.fields
         if fields.get("discovery_source") != source or fields.get("sys_class_name") != table:
@@ -335,13 +340,13 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
             sys_ids.setdefault((table, key), ci.sys_id)  # duplicates too: one of them stands for the key
         if ci.sys_id in claimed:
             continue  # one of duplicates: reported above
-        unmatched_objects.add(fields.get("object_id") or "")
+        if fields.get("object_id"):
+            unmatched_objects.add((account_and_region(key), fields["object_id"]))
         if retired:
             still_retired += 1  # already retired and still gone: unchanged
         elif _retirable(ci, policy, ok_scopes, options):
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
     plan.unchanged[table] += still_retired
-    unmatched_objects.discard("")
     if not retires:
         return [], active, unmatched_objects
     if not options.retire:

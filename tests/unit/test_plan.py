@@ -278,6 +278,17 @@ def test_a_changed_identity_creates_no_duplicates_with_retire_switched_off_eithe
     assert p.guards[1].startswith(f"{VM}: would create 20 CIs for resources its owned CIs already hold")
 
 
+def test_creates_in_another_account_with_the_object_ids_of_unmatched_cis_are_no_twins():
+    # object_id is not unique across accounts (a Lambda function's is its name): account A was not collected in
+    # this run, so its CIs match nothing, and a new account deploys the same 20 names. Nothing is a twin.
+    other = "444455556666"
+    scopes = [Scope(A, R, "ec2:instance", DENIED), Scope(A, R, "ec2:region", OK), Scope(other, R, "ec2:instance", OK)]
+    p = plan([*(desired_vm(n, account=other) for n in range(20)), desired_dc()],
+             [dc(), *(existing_vm(n) for n in range(20))], scopes=scopes)
+    assert sorted(c.action for c in p.changes if c.table == VM) == ["create"] * 20
+    assert p.guards == [] and p.held == set()
+
+
 def test_new_resources_replacing_most_of_a_class_are_created_while_the_retires_wait():
     # an instance refresh: 20 instances gone, 20 new ones (other instance ids): nothing to duplicate
     p = plan([*(desired_vm(n) for n in range(100, 120)), desired_dc()], [dc(), *(existing_vm(n) for n in range(20))])
