@@ -115,13 +115,15 @@ def _ok_scopes(scopes: Iterable[Scope], problems: Iterable[MappingProblem]) -> s
     return ok - {p.scope for p in problems}
 
 
-def _index(existing: Iterable[ExistingCI]) -> tuple[list[ExistingCI], dict[str, list[ExistingCI]], dict[str, list[ExistingCI]]]:
-    """Existing CIs once each (by sys_id), by identity, and the unkeyed ones by ``object_id``."""
+def _index(existing: Iterable[ExistingCI], identity_field: str
+           ) -> tuple[list[ExistingCI], dict[str, list[ExistingCI]], dict[str, list[ExistingCI]]]:
+    """Existing CIs once each (by sys_id), by identity (the value of ``identity_field``), and the unkeyed
+    ones (no identity) by ``object_id``."""
     unique = list({ci.sys_id: ci for ci in existing}.values())
     by_identity: dict[str, list[ExistingCI]] = defaultdict(list)
     unkeyed_by_object: dict[str, list[ExistingCI]] = defaultdict(list)
     for ci in unique:
-        key = ci.fields.get("correlation_id", "")
+        key = ci.fields.get(identity_field, "")
         if key:
             by_identity[key].append(ci)
         elif ci.fields.get("object_id"):
@@ -162,8 +164,8 @@ def _plan_table(
     options: PlanOptions,
     plan: Plan,
 ) -> None:
-    unique, by_identity, unkeyed = _index(existing)
-    contested = _contested(table, desired, by_identity, unkeyed, plan) if unkeyed else set()
+    unique, by_identity, unkeyed = _index(existing, policy.identity_field)
+    contested = _contested(table, policy.identity_field, desired, by_identity, unkeyed, plan) if unkeyed else set()
     matched: set[str] = set()  # CIs that match one desired CI
     claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
@@ -263,7 +265,7 @@ def _guard_clears(table: str, updates: list[CIChange], compared: int, options: P
     return kept, len(updates) - len(kept)
 
 
-def _contested(table: str, desired: list[DesiredCI], by_identity: dict[str, list[ExistingCI]],
+def _contested(table: str, identity_field: str, desired: list[DesiredCI], by_identity: dict[str, list[ExistingCI]],
                unkeyed: dict[str, list[ExistingCI]], plan: Plan) -> set[str]:
     """The CIs without an identity that more than one desired CI would adopt by ``object_id``, named in a warning.
 
@@ -283,9 +285,9 @@ def _contested(table: str, desired: list[DesiredCI], by_identity: dict[str, list
     if contested:
         sys_id, identities = min(contested.items())
         plan.warnings.append(
-            f"{table}: {len(contested)} CI(s) without correlation_id match several resources by object_id (e.g. "
+            f"{table}: {len(contested)} CI(s) without {identity_field} match several resources by object_id (e.g. "
             f"{sys_id}, for {len(identities)} resources such as {min(identities)}): adopted by none, and each "
-            "resource gets a CI of its own. Set such a CI's correlation_id to the identity of the resource it "
+            f"resource gets a CI of its own. Set such a CI's {identity_field} to the identity of the resource it "
             "stands for, to have it adopted, or retire it."
         )
     return set(contested)
@@ -301,7 +303,7 @@ def _change_of_match(
     diff = _diff(current.fields, wanted)
     if not diff:
         return None
-    adopted = current.fields.get("correlation_id", "") != ci.identity or (
+    adopted = current.fields.get(policy.identity_field, "") != ci.identity or (
         current.fields.get("discovery_source") != options.discovery_source
     )
     return CIChange(UPDATE, table, ci.identity, current.sys_id, diff, "adopted: CI of another source, now owned" if adopted else "")
@@ -322,7 +324,7 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
 def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan
                   ) -> tuple[list[CIChange], int, set[tuple[tuple[str, str] | None, str]]]:
     """The retires of one table: (those to make, owned CIs active, the (account and region, ``object_id``)
-    of every owned CI that no desired CI matched; None for the first where its identity does not say)."""
+    of every owned CI that no desired CI matched; None for the first where its correlation_id does not say)."""
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
@@ -335,13 +337,13 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
         active += not retired
         if ci.sys_id in matched:
             continue  # matched one desired CI: planned above
-        key = fields.get("correlation_id", "")
+        key = fields.get(policy.identity_field, "")
         if key:
             sys_ids.setdefault((table, key), ci.sys_id)  # duplicates too: one of them stands for the key
         if ci.sys_id in claimed:
             continue  # one of duplicates: reported above
         if fields.get("object_id"):
-            unmatched_objects.add((account_and_region(key), fields["object_id"]))
+            unmatched_objects.add((account_and_region(fields.get("correlation_id", "")), fields["object_id"]))
         if retired:
             still_retired += 1  # already retired and still gone: unchanged
         elif _retirable(ci, policy, ok_scopes, options):

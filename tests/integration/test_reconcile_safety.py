@@ -306,3 +306,26 @@ def test_a_datacenter_made_by_hand_is_adopted_by_no_account_when_several_match_i
         for vm in server.store.rows("cmdb_ci_vm_instance"):
             assert dc_account[rel_parent_dc[vm["sys_id"]]] == vm["correlation_id"].split(":")[4]
         assert run_pipeline(settings_for(server, tmp_path), inventory_file=path).report["changes"] == []
+
+
+def test_a_class_identified_by_another_field_than_correlation_id_converges(tmp_path):
+    """[target] identity names another field: CIs are matched on it, so a rerun makes nothing twice."""
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=6), path)
+    by_instance_id = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", "\n[fields]\n",
+                                     '\n[target]\nidentity = "vm_inst_id"\n\n[fields]\n')
+    assert by_instance_id.mappings["cmdb_ci_vm_instance"].identity_field == "vm_inst_id"
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        first = run_pipeline(settings, inventory_file=path, mappings=by_instance_id)
+        assert first.exit_code == 0 and first.report["tables"]["cmdb_ci_vm_instance"]["created"] == 6
+        again = run_pipeline(settings, inventory_file=path, mappings=by_instance_id)
+        assert again.report["changes"] == [] and again.report["guards"] == []
+        assert again.report["tables"]["cmdb_ci_vm_instance"]["unchanged"] == 6 and duplicates(server) == []
+        assert again.report["relations"]["unchanged"] == first.report["relations"]["created"]
+
+        # one instance gone: retired under its identity, by its correlation_id's scope
+        write_inventory(synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=5), path)
+        fewer = run_pipeline(settings, inventory_file=path, mappings=by_instance_id)
+        [retired] = [c for c in fewer.report["changes"] if c["action"] == "retire"]
+        assert retired["table"] == "cmdb_ci_vm_instance" and retired["identity"].startswith("i-")

@@ -506,3 +506,15 @@ def test_a_class_moved_to_another_file_creates_no_second_ci_for_a_resource_witho
     forced = plan_with_others([*desired, desired_dc()], [dc()], others, PlanOptions(DS, force=True))
     assert actions(forced) == [("create", vm_id(n)) for n in (1, 2, 3)] and forced.guards == []
     assert any(OLD in w for w in forced.warnings)  # the old CIs are still named, for the admin to retire
+
+
+def test_a_policy_with_another_identity_field_matches_and_retires_on_it():
+    by_name = {VM: replace(POLICIES[VM], identity_field="name"), DC: POLICIES[DC]}
+    named = [replace(desired_vm(n), identity=f"vm{n}") for n in range(1, 5)]
+    existing = [existing_vm(n) for n in range(1, 6)]  # vm5 is gone from AWS
+    p = plan_changes([*named, desired_dc()], {VM: existing, DC: [dc()]}, SCOPES, [], [], REL_TYPES, by_name, OPTIONS)
+    assert [(c.action, c.identity, c.sys_id) for c in p.changes] == [("retire", "vm5", "s5")]
+    assert p.unchanged[VM] == 4 and p.sys_ids[(VM, "vm1")] == "s1" and p.sys_ids[(VM, "vm5")] == "s5"
+    renamed = plan_changes([replace(named[0], fields={**named[0].fields, "short_description": "t3"})], {VM: existing[:1]},
+                           SCOPES, [], [], REL_TYPES, by_name, OPTIONS)
+    assert [(c.action, c.note) for c in renamed.changes] == [("update", "")]  # ours already: not an adoption
