@@ -259,17 +259,26 @@ def _env_name(loc: tuple[Any, ...]) -> str:
     return ENV_PREFIX + "__".join(p.upper() for p in parts[:2])
 
 
+SECTIONS: dict[str, type[BaseModel]] = {
+    "aws": AwsSettings,
+    "servicenow": ServiceNowSettings,
+    "reconcile": ReconcileSettings,
+    "report": ReportSettings,
+}
+
+
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:
-    models: dict[str, type[BaseModel]] = {
-        "aws": AwsSettings,
-        "servicenow": ServiceNowSettings,
-        "reconcile": ReconcileSettings,
-        "report": ReportSettings,
-    }
     if len(loc) == 1:
-        return sorted(models)
-    model = models.get(str(loc[0]))
+        return sorted(SECTIONS)
+    model = SECTIONS.get(str(loc[0]))
     return sorted(model.model_fields) if model else []
+
+
+def _missing(loc: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+    """The keys to set for a missing one: a whole section missing is its required keys."""
+    model = SECTIONS.get(str(loc[0])) if len(loc) == 1 else None
+    required = [name for name, info in model.model_fields.items() if info.is_required()] if model else []
+    return [(loc[0], name) for name in required] or [loc]
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:
@@ -284,7 +293,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
             known = ", ".join(_known_keys(loc))
             lines.append(f"  {key}: unknown key. Fix: remove it or correct the spelling; known keys here: {known}")
         elif kind == "missing":
-            lines.append(f"  {key}: required key is missing. Fix: set it in the file or with {env}")
+            lines.extend(f"  {_key_name(at)}: required key is missing. Fix: set it in the file or with {_env_name(at)}"
+                         for at in _missing(loc))
         else:
             message = err["msg"].removeprefix("Value error, ")
             value = err.get("input")

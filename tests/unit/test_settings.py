@@ -101,6 +101,11 @@ BAD_CASES = [
          "[aws] session_duration_seconds: must be at least 1800"],
     ),
     (
+        # the whole section left out: named by the keys it needs, each with its variable
+        GOOD.replace('[aws]\nexternal_id = "ext-id-123"\nregions = ["us-east-1", "eu-west-1"]', ""),
+        ["[aws] external_id: required key is missing. Fix: set it in the file or with CMDB_AWS__EXTERNAL_ID"],
+    ),
+    (
         GOOD.replace('external_id = "ext-id-123"', 'external_id = "has spaces!"'),
         ["[aws] external_id: must be 2 to 1224 characters"],
     ),
