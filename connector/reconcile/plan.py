@@ -131,6 +131,11 @@ def _index(existing: Iterable[ExistingCI], identity_field: str
     return unique, by_identity, unkeyed_by_object
 
 
+def _by_object(ci: DesiredCI, unkeyed: dict[str, list[ExistingCI]]) -> list[ExistingCI]:
+    """The CIs without identity that hold the desired CI's ``object_id``: those it may adopt."""
+    return unkeyed.get(snow_value(ci.fields.get("object_id")), [])
+
+
 def _desired_payload(ci: DesiredCI, options: PlanOptions) -> dict[str, str]:
     fields = ci.fields
     if all_strings(fields.values()):
@@ -173,7 +178,7 @@ def _plan_table(
     where: dict[str, tuple[str, str]] = {}  # identity of each create -> its (account, region)
     updates: list[CIChange] = []  # and revives
     for ci in desired:
-        matches = by_identity.get(ci.identity) or unkeyed.get(snow_value(ci.fields.get("object_id")), [])
+        matches = by_identity.get(ci.identity) or _by_object(ci, unkeyed)
         if len(matches) == 1 and matches[0].sys_id in contested:
             matches = []  # one CI to adopt for several resources: adopted by none
         if len(matches) == 1:
@@ -278,7 +283,7 @@ def _contested(table: str, identity_field: str, desired: list[DesiredCI], by_ide
     claims: dict[str, list[str]] = defaultdict(list)  # sys_id -> identities that would adopt it
     for ci in desired:
         if ci.identity not in by_identity:
-            matches = unkeyed.get(snow_value(ci.fields.get("object_id")), [])
+            matches = _by_object(ci, unkeyed)
             if len(matches) == 1:
                 claims[matches[0].sys_id].append(ci.identity)
     contested = {sys_id: identities for sys_id, identities in claims.items() if len(identities) > 1}
