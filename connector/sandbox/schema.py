@@ -48,10 +48,35 @@ TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "cmdb_rel_ci": (None, ("parent", "child", "type", "port", "percent_outage")),
     "cmdb_rel_type": (None, ("name", "parent_descriptor", "child_descriptor", "sys_name")),
     "sys_user": (None, ("user_name", "name", "email", "active")),
+    # the dictionary, read-only: served from this module (see Store.rows)
+    "sys_db_object": (None, ("name", "label", "super_class")),
+    "sys_dictionary": (None, ("name", "element", "internal_type", "max_length")),
+}
+SCHEMA_TABLES = ("sys_db_object", "sys_dictionary")
+
+# Fields that are not strings, by their type in sys_dictionary; every other field is a string
+# of 255 characters, unless STRING_LENGTHS says otherwise.
+FIELD_TYPES: dict[str, str] = {
+    **dict.fromkeys(("install_status", "operational_status", "cpus", "memory", "disks_size", "size", "size_bytes",
+                     "available_ip_count", "code_size", "table_size", "item_count", "tcp_port", "percent_outage",
+                     "sys_mod_count", "max_length"), "integer"),
+    **dict.fromkeys(("company", "location", "parent", "child", "type", "configuration_item", "super_class"),
+                    "reference"),
+    **dict.fromkeys(("is_master_account", "active"), "boolean"),
+    **dict.fromkeys(("first_discovered", "last_discovered", "sys_created_on", "sys_updated_on"), "glide_date_time"),
+    "sys_id": "GUID",
+}
+# (table that defines the field, field) -> max_length, where it is not 255
+STRING_LENGTHS: dict[tuple[str, str], int] = {
+    ("cmdb_ci", "short_description"): 1000,
+    ("cmdb_ci", "comments"): 4000,
+    ("cmdb_ci_compute_security_group", "description"): 4000,
+    ("cmdb_key_value", "value"): 4000,
 }
 
 # table -> {field: referenced table}
 REFERENCES: dict[str, dict[str, str]] = {
+    "sys_db_object": {"super_class": "sys_db_object"},
     "cmdb_rel_ci": {"parent": "cmdb_ci", "child": "cmdb_ci", "type": "cmdb_rel_type"},
     "cmdb_key_value": {"configuration_item": "cmdb_ci"},
 }
@@ -107,3 +132,15 @@ def references_of(table: str) -> dict[str, str]:
     for t in ancestors(table):
         refs.update(REFERENCES.get(t, {}))
     return refs
+
+
+def defining_table(table: str, field: str) -> str | None:
+    """The table, ``table`` or one of its ancestors, whose own fields hold ``field``."""
+    for t in ancestors(table):
+        if field in TABLES[t][1] or (field in SYS_FIELDS and TABLES[t][0] is None):
+            return t
+    return None
+
+
+def field_type(field: str) -> str:
+    return FIELD_TYPES.get(field, "string")

@@ -29,7 +29,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlparse
 import orjson
 
 from . import encoded_query
-from .schema import TABLES, fields_of, references_of
+from .schema import SCHEMA_TABLES, TABLES, fields_of, references_of
 from .store import Store
 
 DEFAULT_USERS = {"admin": "admin"}
@@ -131,7 +131,7 @@ class TableApi:
             if record is None:
                 return error(404, "No Record found", NOT_FOUND_DETAIL)
             return Reply(200, {"result": self.render(record, fields, links)})
-        if table in self.faults.acl_denied_tables:
+        if table in self.faults.acl_denied_tables or table in SCHEMA_TABLES:
             return error(403, "Operation Failed", "ACL Exception Insert Failed due to security constraints")
         values: dict[str, Any] = {}
         if method in ("POST", "PUT", "PATCH"):

@@ -10,7 +10,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .schema import REL_TYPES, TABLES, descendants, fields_of, references_of
+from .schema import (
+    REL_TYPES, SCHEMA_TABLES, STRING_LENGTHS, SYS_FIELDS, TABLES, defining_table, descendants, field_type,
+    fields_of, references_of,
+)
+
+DEFAULT_STRING_LENGTH = 255
+_IDS = uuid.UUID("6c1d4ab0-5f2e-4f43-9a53-3b1f0c2d7e11")  # namespace of the dictionary's sys_ids
 
 
 def _now() -> str:
@@ -27,8 +33,16 @@ def _string(value: Any) -> str:
     return str(value)
 
 
+def _schema_id(*parts: str) -> str:
+    return uuid.uuid5(_IDS, ":".join(parts)).hex
+
+
 class Store:
     """Every record, by class; queries on a table see its child classes too.
+
+    String fields hold at most their ``max_length`` characters: a longer value
+    is cut, silently, as a real instance does. ``sys_db_object`` and
+    ``sys_dictionary`` describe the classes and their fields (read-only).
 
     With ``db_path``, every write goes through to SQLite and a new store on
     the same file starts with what the last one held, so a sandbox that runs
@@ -40,6 +54,9 @@ class Store:
         self.by_class: dict[str, dict[str, dict[str, str]]] = {t: {} for t in TABLES}
         self.class_of: dict[str, str] = {}
         self.version = 0
+        # (table that defines the field, field) -> max_length of a string field, where not 255
+        self.lengths: dict[tuple[str, str], int] = dict(STRING_LENGTHS)
+        self._limits: dict[str, dict[str, int]] = {}  # class -> {string field: max_length}
         self._db: sqlite3.Connection | None = None
         if db_path is not None:
             self._db = sqlite3.connect(str(db_path), check_same_thread=False)
@@ -51,6 +68,45 @@ class Store:
             for name in REL_TYPES:
                 parent, child = name.split("::")
                 self.insert("cmdb_rel_type", {"name": name, "parent_descriptor": parent, "child_descriptor": child}, "system")
+
+    def set_length(self, table: str, field: str, max_length: int) -> None:
+        """Change a string field's max_length, as an admin would in the dictionary."""
+        with self.lock:
+            self.lengths[(table, field)] = max_length
+            self._limits.clear()
+            self.version += 1
+
+    def _limits_of(self, table: str) -> dict[str, int]:
+        limits = self._limits.get(table)
+        if limits is None:
+            limits = self._limits[table] = {
+                name: self.lengths.get((defining_table(table, name) or table, name), DEFAULT_STRING_LENGTH)
+                for name in fields_of(table) if field_type(name) == "string"}
+        return limits
+
+    def _fit(self, table: str, values: dict[str, Any]) -> dict[str, str]:
+        """Writable values as the instance stores them: strings, cut to their field's length."""
+        known, limits = fields_of(table), self._limits_of(table)
+        out = {k: _string(v) for k, v in values.items() if k in known and not k.startswith("sys_")}
+        for name, value in out.items():
+            if len(value) > limits.get(name, len(value)):
+                out[name] = value[: limits[name]]
+        return out
+
+    def _schema_rows(self, table: str) -> list[dict[str, str]]:
+        blank = dict.fromkeys(SYS_FIELDS, "")
+        if table == "sys_db_object":
+            return [{**blank, "sys_id": _schema_id("table", name), "sys_class_name": table, "name": name, "label": name,
+                     "super_class": _schema_id("table", parent) if parent else ""}
+                    for name, (parent, _own) in TABLES.items()]
+        rows = []
+        for name, (parent, own) in TABLES.items():
+            for element in (*own, *(SYS_FIELDS if parent is None else ())):
+                kind = field_type(element)
+                length = self.lengths.get((name, element), DEFAULT_STRING_LENGTH) if kind == "string" else 40
+                rows.append({**blank, "sys_id": _schema_id("field", name, element), "sys_class_name": table,
+                             "name": name, "element": element, "internal_type": kind, "max_length": str(length)})
+        return rows
 
     def _persist(self, record: dict[str, str] | None, sys_id: str) -> None:
         self.version += 1  # called on every change: cached query results are stale
@@ -70,11 +126,11 @@ class Store:
                 self._db = None
 
     def insert(self, table: str, values: dict[str, Any], user: str) -> dict[str, str]:
-        known = fields_of(table)
         now = _now()
         sys_id = uuid.uuid4().hex
-        record = {f: "" for f in known}
-        record.update({k: _string(v) for k, v in values.items() if k in known and not k.startswith("sys_")})
+        record = {f: "" for f in fields_of(table)}
+        with self.lock:
+            record.update(self._fit(table, values))
         record.update(sys_id=sys_id, sys_class_name=table, sys_created_on=now, sys_updated_on=now,
                       sys_created_by=user, sys_updated_by=user, sys_mod_count="0")
         with self.lock:
@@ -95,8 +151,7 @@ class Store:
             record = self.get(table, sys_id)
             if record is None:
                 return None
-            known = fields_of(record["sys_class_name"])
-            changes = {k: _string(v) for k, v in values.items() if k in known and not k.startswith("sys_")}
+            changes = self._fit(record["sys_class_name"], values)
             if any(record.get(k) != v for k, v in changes.items()):
                 record.update(changes)
                 record["sys_updated_on"] = _now()
@@ -117,6 +172,8 @@ class Store:
 
     def rows(self, table: str) -> list[dict[str, str]]:
         with self.lock:
+            if table in SCHEMA_TABLES:
+                return self._schema_rows(table)
             out: list[dict[str, str]] = []
             for cls in sorted(descendants(table)):
                 out.extend(self.by_class[cls].values())

@@ -322,3 +322,33 @@ def test_reads_are_logged_with_their_query_for_a_replay(standin, api):
     assert answer["total"] == 2  # the POST is not a read
     assert answer["reads"] == ["/api/now/table/cmdb_ci_network?sysparm_query=name%3Dvpc&sysparm_limit=5",
                                "/api/now/table/cmdb_ci_network?sysparm_offset=5"]
+
+
+def test_string_values_are_cut_to_the_dictionary_length_which_the_dictionary_serves(api, standin):
+    """A real instance cuts a value longer than its field, silently; sys_dictionary says how long each
+    field is, on the class that defines it, and sys_db_object how the classes extend each other."""
+    long_name = "n" * 300
+    body = make(api, "cmdb_ci_vm_instance", name=long_name, short_description="d" * 300, vm_inst_id="i-1")
+    assert body["name"] == long_name[:255] and len(body["short_description"]) == 300
+    standin.store.set_length("cmdb_ci", "name", 12)  # an admin shortens the field
+    changed = api("PATCH", f"cmdb_ci_vm_instance/{body['sys_id']}", json={"name": "abcdefghijklmnopq"}).json()["result"]
+    assert changed["name"] == "abcdefghijkl"
+
+    def rows(table, query, fields):
+        response = api("GET", table, params={"sysparm_query": query, "sysparm_fields": fields,
+                                             "sysparm_exclude_reference_link": "true"})
+        assert response.status_code == 200
+        return response.json()["result"]
+
+    [name] = rows("sys_dictionary", "name=cmdb_ci^element=name", "name,element,internal_type,max_length")
+    assert name == {"name": "cmdb_ci", "element": "name", "internal_type": "string", "max_length": "12"}
+    assert rows("sys_dictionary", "name=cmdb_ci_vm_instance^element=name", "name") == []  # inherited: not its own
+    [own] = rows("sys_dictionary", "name=cmdb_ci_vm_instance^element=cpus", "internal_type")
+    assert own == {"internal_type": "integer"}
+    classes = {r["sys_id"]: r for r in rows("sys_db_object", "nameSTARTSWITHcmdb_ci", "sys_id,name,super_class")}
+    by_name = {r["name"]: r for r in classes.values()}
+    assert classes[by_name["cmdb_ci_vm_instance"]["super_class"]]["name"] == "cmdb_ci_vm_object"
+    assert classes[by_name["cmdb_ci_vm_object"]["super_class"]]["name"] == "cmdb_ci"
+    assert by_name["cmdb_ci"]["super_class"] == ""
+    refused = api("POST", "sys_dictionary", json={"name": "cmdb_ci", "element": "x"})
+    assert refused.status_code == 403
