@@ -12,7 +12,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -85,7 +85,8 @@ def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int,
 
 # -- plan inputs -------------------------------------------------------------
 
-def table_policies(mappings: MappingSet) -> dict[str, TablePolicy]:
+def table_policies(mappings: MappingSet, field_lengths: dict[str, dict[str, int]] | None = None
+                   ) -> dict[str, TablePolicy]:
     return {
         table: TablePolicy(
             table=table,
@@ -94,6 +95,7 @@ def table_policies(mappings: MappingSet) -> dict[str, TablePolicy]:
             retire=variants[0].retire,
             revive=variants[0].revive,
             relations=tuple((r.type, r.to, r.role) for m in variants for r in m.relations),
+            max_lengths=(field_lengths or {}).get(table, {}),
         )
         for table, variants in mappings.tables.items()
     }
@@ -109,6 +111,8 @@ class CmdbState:
     key_values: list[ExistingKeyValue] | None = None  # tags of our CIs; None when tags are not managed
     # our active CIs in classes no mapping covers; None when they could not be read (see notes)
     other_classes: list[ExistingCI] | None = None
+    # table -> {string field the mapping writes: its max_length}; empty when the dictionary could not be read
+    field_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # warnings from the read
 
 
@@ -122,6 +126,8 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
     with ThreadPoolExecutor(max_workers=max(1, workers) + 1, thread_name_prefix="read-table") as pool:
         relations = pool.submit(_read_relations, reader, rel_names)
         others = pool.submit(reader.owned_in_other_classes, mappings.tables)
+        written = {table: {f for m in variants for f in m.fields} for table, variants in mappings.tables.items()}
+        lengths = pool.submit(reader.field_lengths, written)
         tagged = any(ci.tags is not None for ci in mapped.cis)
         key_values = pool.submit(reader.key_values) if tagged else None
         # The largest tables first: their pages are the longest part of the read.
@@ -130,17 +136,22 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         read = dict(zip((table for table, _variants in tables), found))
         cis = {table: read[table] for table in mappings.tables}
         rel_types, rels = relations.result()
-        other_classes, notes = _other_classes(others)
-    return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None, other_classes, notes)
+        other_classes, notes = _optional(
+            others, None, "CIs of this connector in classes that no mapping file covers were not looked for")
+        field_lengths, more_notes = _optional(
+            lengths, {}, "field lengths not read from sys_dictionary and sys_db_object, so a value longer than its "
+            "field is not cut to fit: the instance cuts it, and each run writes it again")
+    return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None, other_classes,
+                     field_lengths, notes + more_notes)
 
 
-def _other_classes(read: Future) -> tuple[list[ExistingCI] | None, list[str]]:
-    """Our CIs in classes no mapping covers, or a note of why they are not known: a check
-    for the report, which must not fail a run (the user may not read cmdb_ci, say)."""
+def _optional(read: Future, unknown, why: str) -> tuple[Any, list[str]]:
+    """The result of a read a run can do without, or ``unknown`` and a note of ``why`` it is missing:
+    it must not fail a run (the user may not read cmdb_ci or the dictionary, say)."""
     try:
         return read.result(), []
     except ServiceNowError as exc:
-        return None, [f"CIs of this connector in classes that no mapping file covers were not looked for: {exc}"]
+        return unknown, [f"{why}: {exc}"]
 
 
 def _read_relations(reader: CmdbReader, names: set[str]) -> tuple[dict[str, str], list[ExistingRelation]]:
@@ -221,9 +232,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
         with clock.stage("map"):
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
-        policies = table_policies(mappings)
         with clock.stage("read"):
             cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
+        policies = table_policies(mappings, cmdb.field_lengths)
         with clock.stage("plan"):
             plan = plan_changes(
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,

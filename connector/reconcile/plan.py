@@ -48,6 +48,8 @@ class TablePolicy:
     revive: dict[str, str]
     # (relation type, other table, role of this table's CI)
     relations: tuple[tuple[str, str, str], ...] = ()
+    # string field -> its max_length in the instance (sys_dictionary): longer values are cut to fit
+    max_lengths: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,46 @@ def _is_retired(ci: ExistingCI, policy: TablePolicy) -> bool:
     return bool(policy.retire) and policy.retire.items() <= ci.fields.items()
 
 
+def _fitted(table: str, desired: list[DesiredCI], policy: TablePolicy, plan: Plan) -> tuple[list[DesiredCI], set[str]]:
+    """The desired CIs with every value longer than its field cut to the field's length, as the
+    instance would store it (so a rerun compares equal, and writes nothing), one warning per
+    field. A CI whose identity is too long is left out and held, with its relations and tags:
+    cut, it would match nothing, and each run would create it again. Returns (the CIs, the
+    identities of those left out, whole and cut, so that the CIs which hold them are not retired)."""
+    limits = policy.max_lengths
+    if not limits:
+        return desired, set()
+    identity_limit = limits.get(policy.identity_field)
+    fitted: list[DesiredCI] = []
+    cut: dict[str, list] = {}  # field -> [count, an identity, the value's length]
+    left_out: set[str] = set()
+    for ci in desired:
+        if identity_limit is not None and len(ci.identity) > identity_limit:
+            cut.setdefault(policy.identity_field, [0, ci.identity, len(ci.identity)])[0] += 1
+            plan.held.add((table, ci.identity))
+            left_out.update((ci.identity, ci.identity[:identity_limit]))  # its CI may hold either
+            continue
+        long = [name for name, value in ci.fields.items()
+                if name in limits and len(snow_value(value)) > limits[name]]
+        if long:
+            for name in long:
+                cut.setdefault(name, [0, ci.identity, len(snow_value(ci.fields[name]))])[0] += 1
+            ci = replace(ci, fields={**ci.fields, **{name: snow_value(ci.fields[name])[: limits[name]] for name in long}})
+        fitted.append(ci)
+    for name, (count, identity, length) in sorted(cut.items()):
+        if name == policy.identity_field:
+            plan.warnings.append(
+                f"{table}.{name}: {count} CI(s) not written: the identity is longer than the field's "
+                f"{limits[name]} characters (sys_dictionary), e.g. {identity} ({length}). Map a shorter identity, "
+                "or lengthen the field.")
+        else:
+            plan.warnings.append(
+                f"{table}.{name}: {count} value(s) longer than the field's {limits[name]} characters "
+                f"(sys_dictionary) cut to fit, e.g. {identity} ({length} characters). To keep the whole value, "
+                f"lengthen the field; to say where it is cut, add truncate:{limits[name]} to the mapping.")
+    return fitted, left_out
+
+
 def _plan_table(
     table: str,
     desired: list[DesiredCI],
@@ -169,6 +211,7 @@ def _plan_table(
     options: PlanOptions,
     plan: Plan,
 ) -> None:
+    desired, left_out = _fitted(table, desired, policy, plan)
     unique, by_identity, unkeyed = _index(existing, policy.identity_field)
     contested = _contested(table, policy.identity_field, desired, by_identity, unkeyed, plan) if unkeyed else set()
     matched: set[str] = set()  # CIs that match one desired CI
@@ -203,6 +246,8 @@ def _plan_table(
             full = {k: v for k, v in full.items() if v != ""}
             creates.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
             where[ci.identity] = ci.scope[:2]
+    for identity in left_out:  # not known this run: their CIs are neither updated nor retired
+        matched.update(current.sys_id for current in by_identity.get(identity, ()))
     updates, emptied = _guard_clears(table, updates, len(matched), options, plan)
     plan.unchanged[table] += unchanged + emptied
     plan.changes.extend(updates)
@@ -393,7 +438,9 @@ def _plan_relations(
     # compared as (type, number, number), which hashes far faster than keys.
     number: dict[CIKey, int] = {}
     mine = [number.setdefault((ci.table, ci.identity), len(number)) for ci in desired]
-    desired_numbers = set(mine)
+    held = plan.held
+    # the CIs whose relations are all known now; a held CI's are not: none of them is deleted
+    desired_numbers = {me for ci, me in zip(desired, mine) if not held or (ci.table, ci.identity) not in held}
     for key in plan.sys_ids:
         number.setdefault(key, len(number))
     keys = list(number)  # number -> key
@@ -402,7 +449,6 @@ def _plan_relations(
     # one warning per kind, with a count and an example: a broken template must not write 20,000 lines
     not_found: dict[tuple[str, str, str], list] = {}  # (table, type, target table) -> [count, CI, target]
     unknown_types: Counter = Counter()
-    held = plan.held
     for ci, me in zip(desired, mine):
         if held and (ci.table, ci.identity) in held:
             continue  # its create is held back: so are its relations

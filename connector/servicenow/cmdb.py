@@ -28,6 +28,9 @@ CI_TABLE = "cmdb_ci"  # the base class: a query on it sees every class
 REL_TABLE = "cmdb_rel_ci"
 REL_TYPE_TABLE = "cmdb_rel_type"
 KV_TABLE = "cmdb_key_value"
+CLASS_TABLE = "sys_db_object"  # the classes, each with its parent (super_class)
+DICTIONARY_TABLE = "sys_dictionary"  # the fields of each class, with type and max_length
+MAX_CLASS_DEPTH = 20  # sys_db_object reads at most, walking up from the mapped classes
 # Fields every CI read carries, whatever the mapping uses.
 BASE_FIELDS = ("sys_id", "sys_class_name", "discovery_source", "correlation_id", "object_id",
                "install_status", "operational_status")
@@ -107,6 +110,56 @@ class CmdbReader:
             return self._cis(table, f"{field}IN{','.join(chunk)}^sys_class_name={table}{extra}", wanted)
 
         return [ci for found in map_in_order(read, chunks, self.workers, "adopt") for ci in found]
+
+    def field_lengths(self, fields: dict[str, Iterable[str]]) -> dict[str, dict[str, int]]:
+        """Each table's string fields among ``fields[table]`` -> their ``max_length``.
+
+        A field's dictionary entry is on the class that defines it: the table
+        itself or one of its ancestors, found by walking ``super_class`` up
+        ``sys_db_object`` (one read per level). Then one read of
+        ``sys_dictionary``; the nearest class's entry wins. What the instance
+        does not say (a class or field not found, a length that is not a
+        number) is left out: such a value is compared uncut.
+        """
+        tables = sorted(fields)
+        if not tables:
+            return {}
+        name_of: dict[str, str] = {}  # sys_db_object sys_id -> class name
+        parent_of: dict[str, str] = {}  # class name -> its super_class's sys_id ("" for a root)
+        query = f"nameIN{','.join(tables)}"
+        for _level in range(MAX_CLASS_DEPTH):
+            for row in self.tables.query(CLASS_TABLE, query, ["sys_id", "name", "super_class"]):
+                name_of[row["sys_id"]] = row.get("name", "")
+                parent_of[row.get("name", "")] = _ref(row.get("super_class"))
+            unknown = sorted({parent for parent in parent_of.values() if parent and parent not in name_of})
+            if not unknown:
+                break
+            query = f"sys_idIN{','.join(unknown)}"
+
+        def lineage(table: str) -> list[str]:  # the table, then its ancestors, nearest first
+            line: list[str] = []
+            while table in parent_of and table not in line:
+                line.append(table)
+                table = name_of.get(parent_of[table], "")
+            return line
+
+        lineages = {table: lineage(table) for table in tables}
+        classes = sorted({c for line in lineages.values() for c in line})
+        names = sorted({f for table in tables for f in fields[table]})
+        if not classes or not names:
+            return {}
+        entries: dict[tuple[str, str], dict[str, str]] = {}
+        query = f"nameIN{','.join(classes)}^elementIN{','.join(names)}"
+        for row in self.tables.query(DICTIONARY_TABLE, query, ["name", "element", "internal_type", "max_length"]):
+            entries[(row.get("name", ""), row.get("element", ""))] = row  # re-checked below: only asked-for pairs count
+        lengths: dict[str, dict[str, int]] = {}
+        for table in tables:
+            for name in fields[table]:
+                entry = next((entries[(c, name)] for c in lineages[table] if (c, name) in entries), None)
+                length = str(entry.get("max_length", "")) if entry else ""
+                if entry and _ref(entry.get("internal_type")) == "string" and length.isdigit() and int(length) > 0:
+                    lengths.setdefault(table, {})[name] = int(length)
+        return lengths
 
     def relation_types(self, names: Iterable[str]) -> dict[str, str]:
         names = sorted(set(names))

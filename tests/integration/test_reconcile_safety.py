@@ -10,6 +10,7 @@ from connector.report.json_report import summary_line
 from connector.run import run_pipeline
 from connector.sandbox.servicenow import ServiceNowStandIn
 from connector.sandbox.synthetic import synthetic_inventory
+from connector.servicenow.client import TableClient
 from connector.servicenow.cmdb import CmdbReader
 from connector.settings import load_settings
 
@@ -329,3 +330,56 @@ def test_a_class_identified_by_another_field_than_correlation_id_converges(tmp_p
         fewer = run_pipeline(settings, inventory_file=path, mappings=by_instance_id)
         [retired] = [c for c in fewer.report["changes"] if c["action"] == "retire"]
         assert retired["table"] == "cmdb_ci_vm_instance" and retired["identity"].startswith("i-")
+
+
+def test_values_longer_than_their_field_are_cut_as_the_dictionary_says_and_a_rerun_writes_nothing(tmp_path):
+    """The instance keeps 3 characters of every CI's name (cmdb_ci.name, inherited by every class): names are
+    cut to fit. Then it keeps 40 of correlation_id: CIs whose ARN is longer are not written at all (cut, their
+    identity would never match again: each run would make them once more), and none of them is retired."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=3)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        reader_lengths = CmdbReader(TableClient(settings.servicenow), DS).field_lengths(
+            {"cmdb_ci_vm_instance": ["name", "vm_inst_id", "cpus", "no_such_field"], "cmdb_ci_aws_datacenter": ["region"]})
+        assert reader_lengths == {"cmdb_ci_vm_instance": {"name": 255, "vm_inst_id": 255},
+                                  "cmdb_ci_aws_datacenter": {"region": 255}}  # cpus is an integer: never cut
+        server.store.set_length("cmdb_ci", "name", 3)
+        first = run_pipeline(settings, inventory_file=path)
+        assert first.exit_code == 0 and duplicates(server) == []
+        names = [r["name"] for r in server.store.rows("cmdb_ci_vm_instance")]
+        assert sorted(names) == ["app"] * 3  # app-0, app-1, app-2
+        assert any(w.startswith("cmdb_ci_vm_instance.name: 3 value(s) longer than the field's 3 characters")
+                   for w in first.report["warnings"])
+        second = run_pipeline(settings, inventory_file=path)
+        assert second.exit_code == 0
+        assert second.report["changes"] == [] and not second.report["relations"]["created"]
+        assert not any("written again" in w for w in second.report["warnings"])
+
+        before = {r["sys_id"]: dict(r) for r in server.store.rows("cmdb_ci")}
+        relations = len(server.store.rows("cmdb_rel_ci"))
+        server.store.set_length("cmdb_ci", "correlation_id", 40)  # every ARN here is longer
+        third = run_pipeline(settings, inventory_file=path)
+        assert third.report["changes"] == [] and not third.report["relations"]["deleted"]  # nothing made, nothing retired
+        assert any(w.startswith("cmdb_ci_vm_instance.correlation_id: 3 CI(s) not written: the identity is longer")
+                   for w in third.report["warnings"])
+        assert {r["sys_id"]: r for r in server.store.rows("cmdb_ci")} == before
+        assert len(server.store.rows("cmdb_rel_ci")) == relations
+
+
+def test_a_refused_read_of_the_dictionary_is_a_warning_not_a_failed_run(tmp_path, monkeypatch):
+    from connector.errors import ServiceNowPermissionError
+
+    def refused(self, fields):
+        raise ServiceNowPermissionError("ServiceNow refused the request: ACL", status=403, method="GET",
+                                        url="/sys_db_object")
+
+    with reconciled_estate(tmp_path) as (server, settings, path):
+        monkeypatch.setattr(CmdbReader, "field_lengths", refused)
+        rerun = run_pipeline(settings, inventory_file=path)
+        assert rerun.exit_code == 0 and rerun.report["changes"] == []
+        assert rerun.report["warnings"] == [
+            "field lengths not read from sys_dictionary and sys_db_object, so a value longer than its field is not "
+            "cut to fit: the instance cuts it, and each run writes it again: ServiceNow refused the request: ACL | "
+            "HTTP 403 | GET /sys_db_object"]

@@ -518,3 +518,52 @@ def test_a_policy_with_another_identity_field_matches_and_retires_on_it():
     renamed = plan_changes([replace(named[0], fields={**named[0].fields, "short_description": "t3"})], {VM: existing[:1]},
                            SCOPES, [], [], REL_TYPES, by_name, OPTIONS)
     assert [(c.action, c.note) for c in renamed.changes] == [("update", "")]  # ours already: not an adoption
+
+
+def lengths(**max_lengths) -> dict[str, TablePolicy]:
+    return {**POLICIES, VM: replace(POLICIES[VM], max_lengths=max_lengths)}
+
+
+def test_a_value_longer_than_its_field_is_cut_to_fit_once_and_then_compares_equal():
+    """The instance keeps 10 characters of name: written cut, the rerun compares equal and writes nothing."""
+    policies = lengths(name=10, correlation_id=255)
+    first = plan_changes([desired_vm(1, name="a-very-long-name"), desired_vm(2)], {}, SCOPES, [], [], REL_TYPES,
+                         policies, OPTIONS)
+    creates = {c.identity: c.payload for c in first.changes}
+    assert creates[vm_id(1)]["name"] == "a-very-lon" and creates[vm_id(2)]["name"] == "vm2"
+    assert [w for w in first.warnings if w.startswith(f"{VM}.")] == [f"{VM}.name: 1 value(s) longer than the field's 10 characters (sys_dictionary) cut to "
+                              f"fit, e.g. {vm_id(1)} (16 characters). To keep the whole value, lengthen the field; "
+                              "to say where it is cut, add truncate:10 to the mapping."]
+    rerun = plan_changes([desired_vm(1, name="a-very-long-name")], {VM: [existing_vm(1, name="a-very-lon")]}, SCOPES,
+                         [], [], REL_TYPES, policies, OPTIONS)
+    assert rerun.changes == [] and rerun.unchanged[VM] == 1
+    # without the length, the same CMDB is written again on every run
+    assert actions(plan([desired_vm(1, name="a-very-long-name")], [existing_vm(1, name="a-very-lon")])) == [
+        ("update", vm_id(1))]
+
+
+def test_a_ci_whose_identity_is_longer_than_its_field_is_not_written_and_its_cut_twin_is_kept():
+    """Cut, the identity would match nothing on the next run: every run would create the CI again."""
+    policies = lengths(correlation_id=len(vm_id(1)) - 1)
+    cut = vm_id(1)[:-1]
+    p = plan_changes([desired_vm(1)], {VM: [existing_vm(1, correlation_id=cut)]}, SCOPES, [], [], REL_TYPES, policies,
+                     OPTIONS)
+    assert p.changes == [] and p.relation_changes == []  # no create, no relation, and the CI with the cut identity stays
+    assert (VM, vm_id(1)) in p.held
+    assert p.warnings == [f"{VM}.correlation_id: 1 CI(s) not written: the identity is longer than the field's "
+                          f"{len(cut)} characters (sys_dictionary), e.g. {vm_id(1)} ({len(vm_id(1))}). Map a shorter "
+                          "identity, or lengthen the field."]
+
+
+def test_a_ci_left_out_for_its_long_identity_keeps_its_ci_and_relations():
+    """The field was shortened after the CI was made: the CI (whole identity) is neither retired nor unlinked,
+    even with --force (which lifts the guards that would otherwise hide a wrong retire or delete)."""
+    policies = lengths(correlation_id=len(vm_id(1)) - 1)
+    p = plan_changes([desired_vm(1), desired_dc()], {VM: [existing_vm(1)], DC: [dc()]}, SCOPES, [],
+                     [ExistingRelation("r1", "s1", "dc1", "type-hosted")], REL_TYPES, policies,
+                     replace(OPTIONS, force=True))
+    assert p.changes == [] and p.relation_changes == []
+    # the same with the field as long as the identity: the relation is known, and kept as it is
+    known = plan_changes([desired_vm(1), desired_dc()], {VM: [existing_vm(1)], DC: [dc()]}, SCOPES, [],
+                         [ExistingRelation("r1", "s1", "dc1", "type-hosted")], REL_TYPES, POLICIES, OPTIONS)
+    assert known.changes == [] and known.relation_changes == [] and known.relations_unchanged == 1
