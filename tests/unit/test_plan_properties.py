@@ -56,9 +56,11 @@ def inventories(draw):
 
 
 class MemoryCmdb:
-    """Applies a plan to plain dicts, the way the Table API would."""
+    """Applies a plan to plain dicts, the way the Table API would: a name longer than ``name_length``
+    is cut, as the instance cuts a value longer than its field."""
 
-    def __init__(self):
+    def __init__(self, name_length: int | None = None):
+        self.name_length = name_length
         self.cis: dict[str, dict[str, str]] = {}
         self.relations: dict[str, tuple[str, str, str]] = {}
         self.key_values: dict[str, tuple[str, str, str]] = {}  # sys_id -> (CI sys_id, key, value)
@@ -80,10 +82,10 @@ class MemoryCmdb:
         for change in plan.changes:
             if change.action == CREATE:
                 sys_id = self.new_id("s")
-                self.cis[sys_id] = {"sys_id": sys_id, "sys_class_name": change.table, **change.payload}
+                self.cis[sys_id] = {"sys_id": sys_id, "sys_class_name": change.table, **self.fit(change.payload)}
                 sys_ids[(change.table, change.identity)] = sys_id
             else:
-                self.cis[change.sys_id].update(change.payload)
+                self.cis[change.sys_id].update(self.fit(change.payload))
             self.written.append(change.identity)
         for rel in plan.relation_changes:
             if rel.action == "delete":
@@ -100,6 +102,11 @@ class MemoryCmdb:
             else:
                 self.key_values[self.new_id("k")] = (sys_ids[kv.ci], kv.key, kv.new)
 
+    def fit(self, payload: dict[str, str]) -> dict[str, str]:
+        if self.name_length is None or "name" not in payload:
+            return payload
+        return {**payload, "name": payload["name"][: self.name_length]}
+
     def existing_relations(self) -> list[ExistingRelation]:
         return [ExistingRelation(k, p, c, t) for k, (p, c, t) in self.relations.items()]
 
@@ -109,14 +116,17 @@ class MemoryCmdb:
 
 def plan_for(inventory: Inventory, cmdb: MemoryCmdb):
     mapped = map_inventory(inventory, SUBSET, tags=True)
+    # the lengths the connector reads from sys_dictionary: the same as the CMDB's own
+    policies = POLICIES if cmdb.name_length is None else table_policies(
+        SUBSET, {table: {"name": cmdb.name_length} for table in POLICIES})
     return plan_changes(mapped.cis, cmdb.existing(), inventory.scopes, mapped.problems, cmdb.existing_relations(),
-                        REL_TYPES, POLICIES, PlanOptions(DS, max_retire_fraction=1.0), cmdb.existing_key_values())
+                        REL_TYPES, policies, PlanOptions(DS, max_retire_fraction=1.0), cmdb.existing_key_values())
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(inventories(), min_size=1, max_size=4))
-def test_apply_then_plan_again_is_empty_and_unknown_scopes_are_never_written(runs):
-    cmdb = MemoryCmdb()
+@given(st.lists(inventories(), min_size=1, max_size=4), st.sampled_from([None, None, 2, 4]))
+def test_apply_then_plan_again_is_empty_and_unknown_scopes_are_never_written(runs, name_length):
+    cmdb = MemoryCmdb(name_length)
     foreign = {"sys_id": "foreign", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "ServiceNow Discovery",
                "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNTS[0]}:instance/i-foreign", "install_status": "1"}
     cmdb.cis["foreign"] = dict(foreign)
