@@ -30,7 +30,7 @@ from .report.json_report import build_report, summary_line, write_report
 from .ops import EXIT_INTERRUPTED, fewer_gc_passes, set_run_id, stop_requested
 from .report.outputs import write_outputs
 from .servicenow.client import TableClient
-from .servicenow.cmdb import CmdbReader, TableApiWriter
+from .servicenow.cmdb import KV_TABLE, CmdbReader, TableApiWriter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -126,9 +126,11 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
     with ThreadPoolExecutor(max_workers=max(1, workers) + 1, thread_name_prefix="read-table") as pool:
         relations = pool.submit(_read_relations, reader, rel_names)
         others = pool.submit(reader.owned_in_other_classes, mappings.tables)
-        written = {table: {f for m in variants for f in m.fields} for table, variants in mappings.tables.items()}
-        lengths = pool.submit(reader.field_lengths, written)
         tagged = any(ci.tags is not None for ci in mapped.cis)
+        written = {table: {f for m in variants for f in m.fields} for table, variants in mappings.tables.items()}
+        if tagged:
+            written[KV_TABLE] = {"key", "value"}
+        lengths = pool.submit(reader.field_lengths, written)
         key_values = pool.submit(reader.key_values) if tagged else None
         # The largest tables first: their pages are the longest part of the read.
         tables = sorted(mappings.tables.items(), key=lambda item: -len(desired_by_table.get(item[0], ())))
@@ -239,7 +241,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             plan = plan_changes(
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
-                cmdb.key_values, cmdb.other_classes,
+                cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE),
             )
             plan.warnings.extend(cmdb.notes)
         if mode == "run" and not stop_requested():

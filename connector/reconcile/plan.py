@@ -27,6 +27,7 @@ CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
 # resources replaced, is an everyday change.
 GUARD_FLOOR = 10
 CIKey = tuple[str, str]  # (table, identity)
+KEY_VALUE_TABLE = "cmdb_key_value"
 
 
 def snow_value(value: object) -> str:
@@ -541,6 +542,7 @@ def _plan_key_values(
     ok_scopes: set[tuple[str, str, str]],
     options: PlanOptions,
     plan: Plan,
+    lengths: dict[str, int],
 ) -> None:
     """Tags: each CI's cmdb_key_value rows made equal to its AWS tags, one row per tag.
 
@@ -554,6 +556,10 @@ def _plan_key_values(
     than ``max_retire_fraction`` of a class's tag rows (and more than
     ``GUARD_FLOOR`` of them) deletes none in that class without ``force``:
     a ``[tags]`` path that finds nothing would otherwise empty them all.
+
+    A value longer than its field (``lengths``) is cut to fit, as the
+    instance would cut it; a tag whose key is too long is not written (cut,
+    it would never match), and its row, if one exists, is kept.
     """
     owned = {ci.sys_id: table for table, cis in existing.items() for ci in cis
              if ci.fields.get("discovery_source") == options.discovery_source}
@@ -561,6 +567,7 @@ def _plan_key_values(
     duplicated = {(d["table"], d["identity"]) for d in plan.duplicates}
     changes, unchanged = plan.key_value_changes, 0
     deletes: dict[str, list[KeyValueChange]] = defaultdict(list)  # table -> tag rows to delete
+    cut: dict[str, list] = {}  # "key" or "value" -> [count, an example]
     for ci in desired:
         key = (ci.table, ci.identity)
         if ci.tags is None or key in duplicated or key in plan.held:
@@ -569,8 +576,9 @@ def _plan_key_values(
         if sys_id is not None and sys_id not in owned:
             continue  # adopted in this run
         have = rows_of.get(sys_id, {}) if sys_id is not None else {}
+        tags, kept = _fitted_tags(ci, lengths, cut) if lengths else (ci.tags, ())
         found = 0
-        for name, value in ci.tags.items():
+        for name, value in tags.items():
             row = have.get(name)
             if row is None:
                 changes.append(KeyValueChange("create", key, name, "", value))
@@ -581,11 +589,37 @@ def _plan_key_values(
             else:
                 changes.append(KeyValueChange("update", key, name, row.value, value, row.sys_id))
         if (found < len(have) or sys_id in repeated) and ci.scope in ok_scopes:  # unknown is not empty
-            surplus = [row for name, row in have.items() if name not in ci.tags] + repeated.get(sys_id, [])
+            surplus = [row for name, row in have.items() if name not in tags and name not in kept]
+            surplus += repeated.get(sys_id, [])
             deletes[ci.table].extend(KeyValueChange("delete", key, row.key, row.value, "", row.sys_id) for row in surplus)
     plan.key_values_unchanged += unchanged
+    for name, (count, example) in sorted(cut.items()):
+        plan.warnings.append(
+            f"{KEY_VALUE_TABLE}.{name}: {count} tag(s) " + (
+                f"not written: the key is longer than the field's {lengths[name]} characters (sys_dictionary), "
+                f"e.g. {example}. Lengthen the field to keep them." if name == "key" else
+                f"with a value longer than the field's {lengths[name]} characters (sys_dictionary), cut to fit, "
+                f"e.g. {example}. Lengthen the field to keep whole values."))
     if deletes:
         _guard_tag_deletes(deletes, Counter(owned[row.ci] for row in key_values if row.ci in owned), options, plan)
+
+
+def _fitted_tags(ci: DesiredCI, lengths: dict[str, int], cut: dict[str, list]) -> tuple[dict[str, str], set[str]]:
+    """A CI's tags as the instance would store them: (the tags to write, values cut to fit; the keys,
+    whole and cut, of those left out because their key is too long: their rows are kept)."""
+    key_limit, value_limit = lengths.get("key"), lengths.get("value")
+    tags: dict[str, str] = {}
+    kept: set[str] = set()
+    for name, value in (ci.tags or {}).items():
+        if key_limit is not None and len(name) > key_limit:
+            cut.setdefault("key", [0, f"{ci.identity} tag {name[:40]!r}..."])[0] += 1
+            kept.update((name, name[:key_limit]))
+            continue
+        if value_limit is not None and len(value) > value_limit:
+            cut.setdefault("value", [0, f"{ci.identity} tag {name!r} ({len(value)} characters)"])[0] += 1
+            value = value[:value_limit]
+        tags[name] = value
+    return tags, kept
 
 
 def _tag_rows(key_values: list[ExistingKeyValue], owned: dict[str, str]
@@ -671,9 +705,11 @@ def plan_changes(
     options: PlanOptions,
     key_values: list[ExistingKeyValue] | None = None,
     other_classes: list[ExistingCI] | None = None,
+    tag_lengths: dict[str, int] | None = None,
 ) -> Plan:
     """``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed.
-    ``other_classes``: our CIs in classes that no policy covers (see ``_plan_other_classes``)."""
+    ``other_classes``: our CIs in classes that no policy covers (see ``_plan_other_classes``).
+    ``tag_lengths``: the max_length of cmdb_key_value's ``key`` and ``value``, where known."""
     plan = Plan()
     ok_scopes = _ok_scopes(scopes, problems)
     by_table: dict[str, list[DesiredCI]] = defaultdict(list)
@@ -685,5 +721,5 @@ def plan_changes(
         _plan_other_classes(other_classes, policies, options, plan)
     _plan_relations(desired, relations, rel_types, policies, options, plan)
     if key_values is not None:
-        _plan_key_values(desired, existing, key_values, ok_scopes, options, plan)
+        _plan_key_values(desired, existing, key_values, ok_scopes, options, plan, tag_lengths or {})
     return plan

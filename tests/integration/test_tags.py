@@ -139,3 +139,22 @@ def test_kill_9_while_writing_tags_then_the_next_run_completes_them_once(tmp_pat
         tags = finished.report["key_values"]
         assert tags["unchanged"] >= written and tags["created"] == 82 - tags["unchanged"]  # none written twice
         assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+
+def test_tag_values_longer_than_the_field_are_cut_once_and_then_left_alone(tmp_path):
+    """cmdb_key_value.value shortened to 3 characters: the values are cut to fit, and a rerun writes no tag."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=2)
+    for record in instances(inventory):
+        record.resource["Tags"].append({"Key": "env", "Value": "production"})
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        server.store.set_length("cmdb_key_value", "value", 3)
+        settings = settings_for(server, tmp_path, tags=True)
+        first = run_pipeline(settings, inventory_file=path)
+        assert first.exit_code == 0, first.report["errors"]
+        assert {value for (arn, key), value in tags_in_cmdb(server).items() if key == "env"} == {"pro"}
+        assert any(w.startswith("cmdb_key_value.value: ") for w in first.report["warnings"])
+        second = run_pipeline(settings, inventory_file=path).report
+        assert second["changes"] == [] and second["key_values"]["created"] == second["key_values"]["updated"] == 0
+        assert second["key_values"]["deleted"] == 0 and second["key_values"]["unchanged"] > 0

@@ -567,3 +567,29 @@ def test_a_ci_left_out_for_its_long_identity_keeps_its_ci_and_relations():
     known = plan_changes([desired_vm(1), desired_dc()], {VM: [existing_vm(1)], DC: [dc()]}, SCOPES, [],
                          [ExistingRelation("r1", "s1", "dc1", "type-hosted")], REL_TYPES, POLICIES, OPTIONS)
     assert known.changes == [] and known.relation_changes == [] and known.relations_unchanged == 1
+
+
+def test_tag_values_longer_than_their_field_are_cut_and_keys_too_long_are_left_with_their_rows():
+    lengths = {"key": 8, "value": 5}
+    tags = {"env": "production", "cost-centre-code": "42", "team": "red"}
+
+    def tags_plan(rows, options=OPTIONS):
+        return plan_changes([tagged_vm(1, tags)], {VM: [existing_vm(1)]}, SCOPES, [], [], REL_TYPES, POLICIES, options,
+                            rows, None, lengths)
+
+    first = tags_plan([])
+    assert tag_actions(first) == [("create", vm_id(1), "env", "", "produ", None),
+                                  ("create", vm_id(1), "team", "", "red", None)]
+    assert [w for w in first.warnings if w.startswith("cmdb_key_value")] == [
+        "cmdb_key_value.key: 1 tag(s) not written: the key is longer than the field's 8 characters (sys_dictionary), "
+        f"e.g. {vm_id(1)} tag 'cost-centre-code'.... Lengthen the field to keep them.",
+        "cmdb_key_value.value: 1 tag(s) with a value longer than the field's 5 characters (sys_dictionary), cut to "
+        f"fit, e.g. {vm_id(1)} tag 'env' (10 characters). Lengthen the field to keep whole values."]
+    # the rerun, against what the instance kept (and a row made under the long key before the field was cut
+    # shorter, and one under the cut key): nothing to write, nothing deleted, even with --force
+    rows = [ExistingKeyValue("kv1", "s1", "env", "produ"), ExistingKeyValue("kv2", "s1", "team", "red"),
+            ExistingKeyValue("kv3", "s1", "cost-centre-code", "42"), ExistingKeyValue("kv4", "s1", "cost-cen", "42")]
+    assert tag_actions(tags_plan(rows, replace(OPTIONS, force=True))) == []
+    # without the lengths, the same rows are written again
+    assert tag_actions(plan_tags([tagged_vm(1, tags)], [existing_vm(1)], rows[:2])) == [
+        ("create", vm_id(1), "cost-centre-code", "", "42", None), ("update", vm_id(1), "env", "produ", "production", "kv1")]
