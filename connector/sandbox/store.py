@@ -131,9 +131,8 @@ class Store:
         record = {f: "" for f in fields_of(table)}
         with self.lock:
             record.update(self._fit(table, values))
-        record.update(sys_id=sys_id, sys_class_name=table, sys_created_on=now, sys_updated_on=now,
-                      sys_created_by=user, sys_updated_by=user, sys_mod_count="0")
-        with self.lock:
+            record.update(sys_id=sys_id, sys_class_name=table, sys_created_on=now, sys_updated_on=now,
+                          sys_created_by=user, sys_updated_by=user, sys_mod_count="0")
             self.by_class[table][sys_id] = record
             self.class_of[sys_id] = table
             self._persist(record, sys_id)
