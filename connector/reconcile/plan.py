@@ -20,6 +20,7 @@ from ..arn import account_and_region
 from ..mapping.functions import all_strings, snow_string
 from ..mapping.schema import DEFAULT_RETIRE
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
+from ..servicenow.cmdb import KV_TABLE  # a table's name, no client
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
 # The guards on tag and relation deletions, and on creates beside held retires,
@@ -27,7 +28,6 @@ CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
 # resources replaced, is an everyday change.
 GUARD_FLOOR = 10
 CIKey = tuple[str, str]  # (table, identity)
-KEY_VALUE_TABLE = "cmdb_key_value"
 
 
 def snow_value(value: object) -> str:
@@ -182,12 +182,12 @@ def _fitted(table: str, desired: list[DesiredCI], policy: TablePolicy, plan: Pla
             plan.held.add((table, ci.identity))
             left_out.update((ci.identity, ci.identity[:identity_limit]))  # its CI may hold either
             continue
-        long = [name for name, value in ci.fields.items()
-                if name in limits and len(snow_value(value)) > limits[name]]
+        long = {name: text for name, value in ci.fields.items()
+                if name in limits and len(text := snow_value(value)) > limits[name]}
         if long:
-            for name in long:
-                cut.setdefault(name, [0, ci.identity, len(snow_value(ci.fields[name]))])[0] += 1
-            ci = replace(ci, fields={**ci.fields, **{name: snow_value(ci.fields[name])[: limits[name]] for name in long}})
+            for name, text in long.items():
+                cut.setdefault(name, [0, ci.identity, len(text)])[0] += 1
+            ci = replace(ci, fields={**ci.fields, **{name: text[: limits[name]] for name, text in long.items()}})
         fitted.append(ci)
     for name, (count, identity, length) in sorted(cut.items()):
         if name == policy.identity_field:
@@ -595,7 +595,7 @@ def _plan_key_values(
     plan.key_values_unchanged += unchanged
     for name, (count, example) in sorted(cut.items()):
         plan.warnings.append(
-            f"{KEY_VALUE_TABLE}.{name}: {count} tag(s) " + (
+            f"{KV_TABLE}.{name}: {count} tag(s) " + (
                 f"not written: the key is longer than the field's {lengths[name]} characters (sys_dictionary), "
                 f"e.g. {example}. Lengthen the field to keep them." if name == "key" else
                 f"with a value longer than the field's {lengths[name]} characters (sys_dictionary), cut to fit, "
