@@ -44,12 +44,18 @@ def instance_arn(record) -> str:
     return f"arn:aws:ec2:{record.region}:{record.account_id}:instance/{record.resource['InstanceId']}"
 
 
-def test_tags_are_written_kept_in_step_and_predicted_by_plan(tmp_path):
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=3)
+def with_env_tag(tmp_path, count: int, value: str):
+    """One account's inventory of ``count`` instances, each also tagged env = ``value``, and its file."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=count)
     for record in instances(inventory):
-        record.resource["Tags"].append({"Key": "env", "Value": "prod"})
+        record.resource["Tags"].append({"Key": "env", "Value": value})
     path = tmp_path / "inventory.jsonl"
     write_inventory(inventory, path)
+    return inventory, path
+
+
+def test_tags_are_written_kept_in_step_and_predicted_by_plan(tmp_path):
+    inventory, path = with_env_tag(tmp_path, 3, "prod")
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         settings = settings_for(server, tmp_path, tags=True)
         first = run_pipeline(settings, inventory_file=path)
@@ -143,11 +149,7 @@ def test_kill_9_while_writing_tags_then_the_next_run_completes_them_once(tmp_pat
 
 def test_tag_values_longer_than_the_field_are_cut_once_and_then_left_alone(tmp_path):
     """cmdb_key_value.value shortened to 3 characters: the values are cut to fit, and a rerun writes no tag."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=2)
-    for record in instances(inventory):
-        record.resource["Tags"].append({"Key": "env", "Value": "production"})
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    _inventory, path = with_env_tag(tmp_path, 2, "production")
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         server.store.set_length("cmdb_key_value", "value", 3)
         settings = settings_for(server, tmp_path, tags=True)
