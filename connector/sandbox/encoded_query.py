@@ -122,18 +122,23 @@ def _tester(op: str, expected: str) -> Callable[[str], bool]:
     return _ordering(op, expected)
 
 
-# resolve(row, field) -> a dot-walked field's string value, or None when a field on the way is unknown
-Resolver = Callable[[dict, str], "str | None"]
-# (field, is dot-walked, test)
-_Compiled = list[list[list[tuple[str, bool, Callable[[str], bool]]]]]
+# walker(field) -> a function of a row: the dot-walked field's string value, or None when a field on the way is unknown
+Walker = Callable[[str], Callable[[dict], "str | None"]]
+# (field, the row's value of it, test)
+_Compiled = list[list[list[tuple[str, Callable[[dict], "str | None"], Callable[[str], bool]]]]]
 
 
-def compile_query(query: EncodedQuery, fields: frozenset[str], resolve: Resolver) -> Callable[[dict], bool]:
+def _plain(name: str) -> Callable[[dict], "str | None"]:
+    return lambda row: row.get(name)  # None where the row's class lacks the field: its condition is dropped
+
+
+def compile_query(query: EncodedQuery, fields: frozenset[str], walker: Walker) -> Callable[[dict], bool]:
     """The query as a row predicate, built once per query rather than interpreted per row.
 
     ``fields`` are the queried table's fields: a condition on any other
     (not dot-walked) field is dropped, and so is an OR group of nothing but
-    such conditions, as a real instance does without a word.
+    such conditions, as a real instance does without a word. A dot-walked
+    field is read through ``walker(field)``, made once per query.
     """
     if not query.queries:
         return lambda row: True
@@ -141,19 +146,19 @@ def compile_query(query: EncodedQuery, fields: frozenset[str], resolve: Resolver
     for one in query.queries:
         groups = []
         for group in one.groups:
-            tests = [(c.field, "." in c.field, _tester(c.op, c.value))
+            tests = [(c.field, walker(c.field) if "." in c.field else _plain(c.field), _tester(c.op, c.value))
                      for c in group if c.field and ("." in c.field or c.field in fields)]
             if tests:
                 groups.append(tests)
         compiled.append(groups)
 
     if len(compiled) == 1 and all(len(tests) == 1 for tests in compiled[0]):
-        return _conjunction([tests[0] for tests in compiled[0]], resolve)
+        return _conjunction([tests[0] for tests in compiled[0]])
 
     def group_holds(row: dict, tests: list) -> bool:
         seen = False
-        for name, walked, test in tests:
-            value = resolve(row, name) if walked else row.get(name)
+        for _name, value_of, test in tests:
+            value = value_of(row)
             if value is None:
                 continue  # unknown for this row: the condition is dropped
             if test(value):
@@ -167,16 +172,17 @@ def compile_query(query: EncodedQuery, fields: frozenset[str], resolve: Resolver
     return predicate
 
 
-def _conjunction(conditions: list[tuple[str, bool, Callable[[str], bool]]], resolve: Resolver) -> Callable[[dict], bool]:
+def _conjunction(conditions: list[tuple[str, Callable[[dict], "str | None"], Callable[[str], bool]]]
+                 ) -> Callable[[dict], bool]:
     """The usual query, conditions joined by ``^`` alone: each must hold where it is known.
 
     Plain fields are tested before dot-walked ones, which cost a lookup each.
     """
-    conditions = sorted(conditions, key=lambda c: c[1])
+    conditions = sorted(conditions, key=lambda c: "." in c[0])
 
     def predicate(row: dict) -> bool:
-        for name, walked, test in conditions:
-            value = resolve(row, name) if walked else row.get(name)
+        for _name, value_of, test in conditions:
+            value = value_of(row)
             if value is not None and not test(value):
                 return False
         return True

@@ -8,7 +8,7 @@ import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .schema import (
     REL_TYPES, SCHEMA_TABLES, STRING_LENGTHS, SYS_FIELDS, TABLES, defining_table, descendants, field_type,
@@ -178,18 +178,33 @@ class Store:
                 out.extend(self.by_class[cls].values())
             return out
 
-    def resolve(self, row: dict[str, str], field: str) -> str | None:
-        """A field's value, following dot-walks through reference fields."""
+    def walker(self, field: str) -> Callable[[dict[str, str]], str | None]:
+        """A function of a row: ``field``'s value, following dot-walks through reference fields
+        (``parent.discovery_source``); None where a field on the way is unknown, "" where the
+        reference is empty or points at nothing. Made once per query: what depends only on the
+        row's class is looked up once per class, not once per row."""
         head, _, rest = field.partition(".")
         if not rest:
-            return row.get(head)
-        target_table = references_of(row["sys_class_name"]).get(head)
-        if target_table is None:
-            return None
-        target = self.get(target_table, row.get(head, ""))
-        if target is None:
-            return "" if field.split(".")[-1] in fields_of(target_table) else None
-        return self.resolve(target, rest)
+            return lambda row: row.get(head)
+        inner = self.walker(rest)
+        last = field.rsplit(".", 1)[1]
+        targets: dict[str, tuple[frozenset[str], str | None] | None] = {}  # row class -> (classes it may point at, ...)
+        class_of, by_class = self.class_of, self.by_class
+
+        def walk(row: dict[str, str]) -> str | None:
+            cls = row["sys_class_name"]
+            if cls not in targets:
+                table = references_of(cls).get(head)
+                targets[cls] = None if table is None else (descendants(table), "" if last in fields_of(table) else None)
+            target = targets[cls]
+            if target is None:
+                return None  # not a reference field of this class
+            ref = row.get(head, "")
+            target_class = class_of.get(ref)
+            record = by_class[target_class].get(ref) if target_class in target[0] else None
+            return target[1] if record is None else inner(record)
+
+        return walk
 
     def dump(self) -> dict[str, dict[str, dict[str, str]]]:
         with self.lock:
