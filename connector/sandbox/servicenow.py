@@ -101,6 +101,9 @@ class TableApi:
         # one paged read cost one scan, as an index would make them on a real instance
         self._results: dict[tuple[str, str], tuple[int, list[dict[str, str]]]] = {}
         self._results_lock = threading.Lock()
+        # (sysparm_fields, links) -> sys_id -> (the record, its sys_mod_count, how it was rendered): a
+        # record is rendered again for a list only once it has changed (every change counts up sys_mod_count)
+        self._rendered: dict[tuple[str, bool], dict[str, tuple[dict[str, str], str, dict[str, Any]]]] = {}
 
     def _matching(self, table: str, text: str, query, known) -> list[dict[str, str]]:
         version = self.store.version
@@ -108,7 +111,7 @@ class TableApi:
             cached = self._results.get((table, text))
         if cached is not None and cached[0] == version:
             return cached[1]
-        rows = list(filter(encoded_query.compile_query(query, known, self.store.resolve), self.store.rows(table)))
+        rows = list(filter(encoded_query.compile_query(query, known, self.store.walker), self.store.rows(table)))
         for name, descending in reversed(query.order):
             if name in known:
                 rows.sort(key=lambda r: r.get(name, ""), reverse=descending)
@@ -207,7 +210,27 @@ class TableApi:
         if one("sysparm_suppress_pagination_header").lower() != "true" and limit > 0:
             headers["Link"] = self._links(table, params, offset, limit, total)
         links = one("sysparm_exclude_reference_link").lower() != "true"
-        return Reply(200, {"result": list(map(self.renderer(one("sysparm_fields"), links), page))}, headers)
+        return Reply(200, {"result": self._rendered_rows(table, page, one("sysparm_fields"), links)}, headers)
+
+    def _rendered_rows(self, table: str, page: list[dict[str, str]], fields: str, links: bool) -> list[dict[str, Any]]:
+        """The page's records as ``renderer`` renders them, each rendered once per change of it."""
+        render = self.renderer(fields, links)
+        if table in SCHEMA_TABLES:
+            return list(map(render, page))  # made anew on every read: nothing to keep
+        with self._results_lock:
+            if len(self._rendered) > 64:
+                self._rendered.clear()  # many field lists asked for: start again
+            cache = self._rendered.setdefault((fields, links), {})
+            if len(cache) > 2 * len(self.store.class_of) + 1000:
+                cache.clear()  # mostly records deleted since: start again
+        out = []
+        for record in page:
+            revision = record.get("sys_mod_count")  # read before the values: a change meanwhile renders it again next time
+            kept = cache.get(record["sys_id"])
+            if kept is None or kept[0] is not record or kept[1] != revision:
+                kept = cache[record["sys_id"]] = (record, revision, render(record))
+            out.append(kept[2])
+        return out
 
     def _links(self, table: str, params: dict[str, list[str]], offset: int, limit: int, total: int) -> str:
         def link(rel: str, at: int) -> str:

@@ -184,6 +184,40 @@ def test_dot_walked_query_through_a_reference(api):
     assert [r["parent"] for r in rows] == [mine]
 
 
+def test_dot_walks_through_empty_and_dangling_references(api):
+    """An empty reference, or one to a record that is gone, walks to "" (so ISEMPTY holds for it); a walk to
+    a field the referenced table lacks is dropped, as any unknown field is."""
+    vm = make(api, "cmdb_ci_vm_instance", name="vm", discovery_source="X")["sys_id"]
+    dc = make(api, "cmdb_ci_aws_datacenter", name="dc")["sys_id"]
+    gone = make(api, "cmdb_ci_aws_datacenter", name="gone")["sys_id"]
+    kept = make(api, "cmdb_rel_ci", parent=vm, child=dc)["sys_id"]
+    empty = make(api, "cmdb_rel_ci", parent=vm)["sys_id"]
+    dangling = make(api, "cmdb_rel_ci", parent=vm, child=gone)["sys_id"]
+    assert api("DELETE", f"cmdb_ci_aws_datacenter/{gone}").status_code == 204
+    tag = make(api, "cmdb_key_value", configuration_item=vm, key="k", value="v")["sys_id"]
+
+    def found(table, query):
+        return sorted(r["sys_id"] for r in api("GET", table, params={"sysparm_query": query}).json()["result"])
+
+    assert found("cmdb_rel_ci", "child.nameISEMPTY") == sorted([empty, dangling])
+    assert found("cmdb_rel_ci", "child.name=dc") == [kept]
+    assert found("cmdb_rel_ci", "child.no_such_field=dc") == sorted([kept, empty, dangling])  # dropped
+    assert found("cmdb_key_value", "configuration_item.discovery_source=X") == [tag]
+    assert found("cmdb_key_value", "configuration_item.discovery_source=Y") == []
+
+
+def test_a_list_shows_each_change_of_a_record_at_once(api):
+    """Lists render a record once per change (sys_mod_count): a change is never served stale."""
+    vm = make(api, "cmdb_ci_vm_instance", name="before")["sys_id"]
+    fields = {"sysparm_fields": "sys_id,name,sys_mod_count", "sysparm_query": "nameSTARTSWITHbe"}
+    assert [r["name"] for r in api("GET", "cmdb_ci_vm_instance", params=fields).json()["result"]] == ["before"]
+    assert api("PATCH", f"cmdb_ci_vm_instance/{vm}", json={"name": "bent"}).status_code == 200
+    assert api("GET", "cmdb_ci_vm_instance", params=fields).json()["result"] == [
+        {"sys_id": vm, "name": "bent", "sys_mod_count": "1"}]
+    assert api("PATCH", f"cmdb_ci_vm_instance/{vm}", json={"name": "best"}).status_code == 200
+    assert [r["name"] for r in api("GET", "cmdb_ci_vm_instance", params=fields).json()["result"]] == ["best"]
+
+
 def test_faults_html_outage_429_and_session_cookie(standin, api):
     first = api("GET", "cmdb_ci")
     assert first.cookies.get("JSESSIONID")
