@@ -75,7 +75,8 @@ class CmdbReader:
         found: list[ExistingCI] = []
         for page in self.tables.pages(table, query, wanted, workers=self.workers):
             rows = _string_rows(page)
-            found.extend(map(ExistingCI, repeat(table), map(itemgetter("sys_id"), rows), rows))
+            # ExistingCI(table, sys_id, row), built in C: tuple.__new__ skips the named tuple's Python __new__
+            found.extend(map(tuple.__new__, repeat(ExistingCI), zip(repeat(table), map(itemgetter("sys_id"), rows), rows)))
         return found
 
     def owned_cis(self, table: str, fields: Iterable[str]) -> list[ExistingCI]:
@@ -175,11 +176,16 @@ class CmdbReader:
         if not type_ids:
             return []
         query = f"parent.discovery_source={self.discovery_source}^typeIN{','.join(type_ids)}"
-        return [
-            ExistingRelation(row["sys_id"], row.get("parent", ""), row.get("child", ""), row.get("type", ""))
-            for page in self.tables.pages(REL_TABLE, query, ["sys_id", "parent", "child", "type"], workers=self.workers)
-            for row in _string_rows(page)
-        ]
+        fields = ("sys_id", "parent", "child", "type")
+        found: list[ExistingRelation] = []
+        for page in self.tables.pages(REL_TABLE, query, list(fields), workers=self.workers):
+            rows = _string_rows(page)
+            try:  # the usual page, every field there: built in C, as in _cis
+                built = list(map(tuple.__new__, repeat(ExistingRelation), map(itemgetter(*fields), rows)))
+            except KeyError:  # a field left out of a row (an ACL on the field, say): "" for it
+                built = [ExistingRelation(*(row.get(name, "") for name in fields)) for row in rows]
+            found.extend(built)
+        return found
 
     def key_values(self) -> list[ExistingKeyValue]:
         """The cmdb_key_value rows (tags) of our CIs."""

@@ -206,6 +206,21 @@ def test_reader_gives_every_value_in_string_form():
     assert same.fields == plain and same.sys_id == "s2"
 
 
+@responses.activate
+def test_relations_are_read_whole_and_a_field_left_out_of_a_row_is_empty():
+    """A row without one of the fields asked for (an ACL on the field, say) reads as "" there; the rows
+    before it on the page are read once, not twice."""
+    rows = [{"sys_id": "r1", "parent": "p1", "child": "c1", "type": "t1"},
+            {"sys_id": "r2", "parent": {"link": f"{URL}/api/now/table/cmdb_ci/p2", "value": "p2"}, "child": "c2", "type": "t1"},
+            {"sys_id": "r3", "parent": "p3", "type": "t1"}]
+    responses.get(f"{URL}/api/now/table/cmdb_rel_ci", json={"result": rows}, headers={"X-Total-Count": "3"})
+    tables, _ = client()
+    found = CmdbReader(tables, "X").relations(["t1"])
+    assert [tuple(r) for r in found] == [("r1", "p1", "c1", "t1"), ("r2", "p2", "c2", "t1"), ("r3", "p3", "", "t1")]
+    assert found[0].parent == "p1" and type(found[0]).__name__ == "ExistingRelation"
+    assert params(responses.calls[0])["sysparm_query"] == "parent.discovery_source=X^typeINt1^ORDERBYsys_id"
+
+
 def test_tls_verification_on_by_default_and_ca_bundle(tmp_path):
     tables, _ = client()
     assert tables._new_session().verify is True
