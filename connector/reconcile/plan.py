@@ -221,16 +221,18 @@ def _plan_table(
     creates: list[CIChange] = []
     where: dict[str, tuple[str, str]] = {}  # identity of each create -> its (account, region)
     updates: list[CIChange] = []  # and revives
+    retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in this hot loop
     for ci in desired:
         matches = by_identity.get(ci.identity) or _by_object(ci, unkeyed)
-        if len(matches) == 1 and matches[0].sys_id in contested:
+        if contested and len(matches) == 1 and matches[0].sys_id in contested:
             matches = []  # one CI to adopt for several resources: adopted by none
         if len(matches) == 1:
             current = matches[0]
             matched.add(current.sys_id)
             sys_ids[(table, ci.identity)] = current.sys_id
-            if (ci.fields.items() <= current.fields.items() and current.fields.get("discovery_source") == source
-                    and not _is_retired(current, policy)):
+            have = current.fields.items()
+            if (ci.fields.items() <= have and current.fields.get("discovery_source") == source
+                    and not (retired_when and retired_when <= have)):
                 unchanged += 1  # the common case: every value there already, as the same string
                 continue
             change = _change_of_match(table, ci, current, _desired_payload(ci, options), policy, options)
@@ -380,11 +382,12 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
     active = still_retired = 0
     retires: list[CIChange] = []
     unmatched_objects: set[tuple[tuple[str, str] | None, str]] = set()
+    retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in this hot loop
     for ci in existing:
         fields = ci.fields
         if fields.get("discovery_source") != source or fields.get("sys_class_name") != table:
             continue  # not owned: never retired
-        retired = _is_retired(ci, policy)
+        retired = bool(retired_when) and retired_when <= fields.items()
         active += not retired
         if ci.sys_id in matched:
             continue  # matched one desired CI: planned above
