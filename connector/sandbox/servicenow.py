@@ -218,11 +218,11 @@ class TableApi:
         if table in SCHEMA_TABLES:
             return list(map(render, page))  # made anew on every read: nothing to keep
         with self._results_lock:
-            if len(self._rendered) > 64:
-                self._rendered.clear()  # many field lists asked for: start again
+            # Bounded: about four renderings a record (a run asks for a field list per table, each
+            # of a table's records), however many field lists are asked for and records deleted.
+            if sum(map(len, self._rendered.values())) > 4 * len(self.store.class_of) + 10_000:
+                self._rendered.clear()
             cache = self._rendered.setdefault((fields, links), {})
-            if len(cache) > 2 * len(self.store.class_of) + 1000:
-                cache.clear()  # mostly records deleted since: start again
         out = []
         for record in page:
             revision = record.get("sys_mod_count")  # read before the values: a change meanwhile renders it again next time
