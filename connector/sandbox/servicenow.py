@@ -77,6 +77,7 @@ class Faults:
         self.batch_serviced_limit = 0    # at most this many items of a batch are run (0 = all)
         self.session_queue_limit = 0     # more waiting on one JSESSIONID than this: empty 202 (0 = off)
         self.acl_denied_tables: list = []  # writes to these tables: 403 from an ACL
+        self.missing_tables: list = []   # tables the instance lacks (a class whose plugin is not installed): 400
         self.acl_hidden_prefix = ""      # rows whose name starts with this are hidden by ACL, after paging
         self.update(settings)
 
@@ -123,7 +124,7 @@ class TableApi:
 
     def handle(self, method: str, table: str, sys_id: str | None, version: str,
                params: dict[str, list[str]], body: bytes, user: str) -> Reply:
-        if table not in TABLES:
+        if table not in TABLES or table in self.faults.missing_tables:
             return error(400, f"Invalid table {table}")
         one = lambda key: (params.get(key) or [""])[0]  # noqa: E731
         fields, links = one("sysparm_fields"), one("sysparm_exclude_reference_link").lower() != "true"
