@@ -18,7 +18,9 @@ from pathlib import Path
 
 from .aws.collect import collect_inventory
 from .aws.targets import open_account_sessions, open_session_pool, target_accounts
-from .errors import ConnectorError, ServiceNowError, UsageError
+from .errors import (
+    ConnectorError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound, ServiceNowPermissionError, UsageError,
+)
 from .inventory import read_inventory
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
@@ -105,7 +107,7 @@ def table_policies(mappings: MappingSet, field_lengths: dict[str, dict[str, int]
 class CmdbState:
     """What the CMDB holds now, as far as the mappings are concerned."""
 
-    cis: dict[str, list[ExistingCI]]  # table -> owned CIs, plus the CIs to adopt
+    cis: dict[str, list[ExistingCI] | None]  # table -> owned CIs, plus the CIs to adopt; None: not read (unread)
     rel_types: dict[str, str]  # relation type name -> cmdb_rel_type sys_id
     relations: list[ExistingRelation]  # relations of those types whose parent is ours
     key_values: list[ExistingKeyValue] | None = None  # tags of our CIs; None when tags are not managed
@@ -114,6 +116,8 @@ class CmdbState:
     # table -> {string field the mapping writes: its max_length}; empty when the dictionary could not be read
     field_lengths: dict[str, dict[str, int]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # warnings from the read
+    # table -> why its CIs could not be read (the instance lacks the class, an ACL refuses it): left untouched
+    unread: dict[str, str] = field(default_factory=dict)
 
 
 def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> CmdbState:
@@ -134,9 +138,10 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         key_values = pool.submit(reader.key_values) if tagged else None
         # The largest tables first: their pages are the longest part of the read.
         tables = sorted(mappings.tables.items(), key=lambda item: -len(desired_by_table.get(item[0], ())))
-        found = pool.map(lambda item: _read_table(reader, item[0], item[1], desired_by_table.get(item[0], [])), tables)
+        found = pool.map(lambda item: _read_class(reader, item[0], item[1], desired_by_table.get(item[0], [])), tables)
         read = dict(zip((table for table, _variants in tables), found))
-        cis = {table: read[table] for table in mappings.tables}
+        cis = {table: read[table][0] for table in mappings.tables}
+        unread = {table: read[table][1] for table in mappings.tables if read[table][0] is None}
         rel_types, rels = relations.result()
         other_classes, notes = _optional(
             others, None, "CIs of this connector in classes that no mapping file covers were not looked for")
@@ -144,7 +149,7 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
             lengths, {}, "field lengths not read from sys_dictionary and sys_db_object, so a value longer than its "
             "field is not cut to fit: the instance cuts it, and each run writes it again")
     return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None, other_classes,
-                     field_lengths, notes + more_notes)
+                     field_lengths, notes + more_notes, unread)
 
 
 def _optional(read: Future, unknown, why: str) -> tuple[Any, list[str]]:
@@ -159,6 +164,17 @@ def _optional(read: Future, unknown, why: str) -> tuple[Any, list[str]]:
 def _read_relations(reader: CmdbReader, names: set[str]) -> tuple[dict[str, str], list[ExistingRelation]]:
     rel_types = reader.relation_types(names)
     return rel_types, reader.relations(rel_types.values())
+
+
+def _read_class(reader: CmdbReader, table: str, variants: list, desired: list[DesiredCI]
+                ) -> tuple[list[ExistingCI] | None, str]:
+    """``_read_table``, or (None, why) when the instance refuses the class for good: it lacks the class
+    (a plugin not installed: 400 "Invalid table") or an ACL refuses it. The other classes are reconciled;
+    this one is left as it is. A failure that may pass (throttling, an outage) still fails the run."""
+    try:
+        return _read_table(reader, table, variants, desired), ""
+    except (ServiceNowBadRequest, ServiceNowPermissionError, ServiceNowNotFound) as exc:
+        return None, str(exc)
 
 
 def _read_table(reader: CmdbReader, table: str, variants: list, desired: list[DesiredCI]) -> list[ExistingCI]:
@@ -192,8 +208,9 @@ def _writes_that_did_not_stick(report: dict, output_dir: Path) -> list[str]:
     return repeated
 
 
-def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None) -> int:
-    if applied is not None and applied.failed:
+def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None,
+                  unread: dict[str, str] | None = None) -> int:
+    if (applied is not None and applied.failed) or unread:
         return EXIT_FAILED
     partial = (
         any(a.status in NOT_COLLECTED for a in inventory.accounts)
@@ -236,6 +253,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
         with clock.stage("read"):
             cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
+        errors.extend(f"{table}: its CIs could not be read from ServiceNow, so none of them was written or "
+                      f"retired (does the instance have this class? may the user read it?): {why}"
+                      for table, why in sorted(cmdb.unread.items()))
         policies = table_policies(mappings, cmdb.field_lengths)
         with clock.stage("plan"):
             plan = plan_changes(
@@ -248,7 +268,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             with clock.stage("apply"):
                 writer = TableApiWriter(tables_client, sn.batch_size)
                 applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)
-        exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied)
+        exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied, cmdb.unread)
         if stop_requested():
             errors.append("interrupted by a stop signal: writes not yet started were left for the next run")
     except UsageError:

@@ -259,6 +259,17 @@ def _plan_table(
     plan.changes.extend(retires)
 
 
+def _hold_unread(table: str, desired: list[DesiredCI], plan: Plan) -> None:
+    """A class whose CIs could not be read (``existing[table]`` is None): unknown is not empty. None of
+    its CIs is created (it may hold them already), updated or retired, and so none of their relations or
+    tags is touched."""
+    plan.held.update((table, ci.identity) for ci in desired)
+    plan.guards.append(
+        f"{table}: its CIs could not be read from ServiceNow (see errors): none of its {len(desired)} CI(s) "
+        "written, none retired, and their relations and tags left as they are."
+    )
+
+
 def _guard_twins(table: str, creates: list[CIChange], where: dict[str, tuple[str, str]], unmatched_objects: set,
                  active: int, options: PlanOptions, plan: Plan) -> list[CIChange]:
     """The creates, less those that would duplicate a resource, when they are many.
@@ -540,7 +551,7 @@ def _guarded(groups: dict, totals: Counter, options: PlanOptions, plan: Plan, ou
 
 def _plan_key_values(
     desired: list[DesiredCI],
-    existing: dict[str, list[ExistingCI]],
+    existing: dict[str, list[ExistingCI] | None],
     key_values: list[ExistingKeyValue],
     ok_scopes: set[tuple[str, str, str]],
     options: PlanOptions,
@@ -564,7 +575,7 @@ def _plan_key_values(
     instance would cut it; a tag whose key is too long is not written (cut,
     it would never match), and its row, if one exists, is kept.
     """
-    owned = {ci.sys_id: table for table, cis in existing.items() for ci in cis
+    owned = {ci.sys_id: table for table, cis in existing.items() for ci in cis or ()
              if ci.fields.get("discovery_source") == options.discovery_source}
     rows_of, repeated = _tag_rows(key_values, owned)
     duplicated = {(d["table"], d["identity"]) for d in plan.duplicates}
@@ -699,7 +710,7 @@ def _plan_other_classes(other_classes: list[ExistingCI], policies: dict[str, Tab
 
 def plan_changes(
     desired: list[DesiredCI],
-    existing: dict[str, list[ExistingCI]],
+    existing: dict[str, list[ExistingCI] | None],
     scopes: list[Scope],
     problems: list[MappingProblem],
     relations: list[ExistingRelation],
@@ -710,7 +721,9 @@ def plan_changes(
     other_classes: list[ExistingCI] | None = None,
     tag_lengths: dict[str, int] | None = None,
 ) -> Plan:
-    """``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed.
+    """``existing``: what the CMDB holds of each table; None for a table that could not be read
+    (unknown, which is not empty: see ``_hold_unread``).
+    ``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed.
     ``other_classes``: our CIs in classes that no policy covers (see ``_plan_other_classes``).
     ``tag_lengths``: the max_length of cmdb_key_value's ``key`` and ``value``, where known."""
     plan = Plan()
@@ -719,7 +732,10 @@ def plan_changes(
     for ci in desired:
         by_table[ci.table].append(ci)
     for table, policy in policies.items():
-        _plan_table(table, by_table.get(table, []), existing.get(table, []), policy, ok_scopes, options, plan)
+        if table in existing and existing[table] is None:
+            _hold_unread(table, by_table.get(table, []), plan)
+        else:
+            _plan_table(table, by_table.get(table, []), existing.get(table) or [], policy, ok_scopes, options, plan)
     if other_classes:
         _plan_other_classes(other_classes, policies, options, plan)
     _plan_relations(desired, relations, rel_types, policies, options, plan)

@@ -383,3 +383,47 @@ def test_a_refused_read_of_the_dictionary_is_a_warning_not_a_failed_run(tmp_path
             "field lengths not read from sys_dictionary and sys_db_object, so a value longer than its field is not "
             "cut to fit: the instance cuts it, and each run writes it again: ServiceNow refused the request: ACL | "
             "HTTP 403 | GET /sys_db_object"]
+
+
+def test_a_class_the_instance_lacks_is_left_as_it_is_and_the_others_are_reconciled(tmp_path):
+    """An instance without one class (its plugin not installed: 400 "Invalid table") or whose ACLs refuse
+    it: that class is named in the errors and the run exits 1, none of its CIs is created, updated or
+    retired and their relations are kept; every other class is reconciled. Once the class is there, the
+    next run creates its CIs and converges."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=2, instances=3)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    subnets = "cmdb_ci_cloud_subnet"
+    with ServiceNowStandIn(users={"svc": PASSWORD}, missing_tables=[subnets]) as server:
+        settings = settings_for(server, tmp_path)
+        first = run_pipeline(settings, inventory_file=path)
+        assert first.exit_code == 1
+        [error] = first.report["errors"]
+        assert error.startswith(f"{subnets}: its CIs could not be read from ServiceNow") and "Invalid table" in error
+        assert any(g.startswith(f"{subnets}: its CIs could not be read") for g in first.report["guards"])
+        assert server.stats.get(f"POST {subnets}", 0) == 0 and not any(k.endswith(f" {subnets}") and "batch" in k
+                                                                          for k in server.stats)
+        assert len(server.store.rows("cmdb_ci_vm_instance")) == 6  # every other class made
+        assert first.report["tables"][subnets]["created"] == 0
+
+        server.faults.update({"missing_tables": []})  # the class installed
+        second = run_pipeline(settings, inventory_file=path)
+        assert second.exit_code == 0, second.report["errors"]
+        assert second.report["tables"][subnets]["created"] == 2 and duplicates(server) == []
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+        relations = len(server.store.rows("cmdb_rel_ci"))
+
+        # Unreadable again, and a subnet and an instance gone from AWS: the instance is retired, the
+        # subnet's CI and every relation stay as they are.
+        server.faults.update({"missing_tables": [subnets]})
+        gone_subnet = next(r for r in inventory.records if r.source == "ec2:subnet")
+        gone_vm = next(r for r in inventory.records if r.source == "ec2:instance" and r.resource["SubnetId"] != gone_subnet.resource["SubnetId"])
+        inventory.records = [r for r in inventory.records if r is not gone_subnet and r is not gone_vm]
+        write_inventory(inventory, path)
+        before = {r["sys_id"]: dict(r) for r in server.store.rows(subnets)}
+        third = run_pipeline(settings, inventory_file=path)
+        assert third.exit_code == 1
+        assert [c["action"] for c in third.report["changes"]] == ["retire"]
+        assert third.report["changes"][0]["identity"].endswith(gone_vm.resource["InstanceId"])
+        assert {r["sys_id"]: dict(r) for r in server.store.rows(subnets)} == before
+        assert len(server.store.rows("cmdb_rel_ci")) == relations and third.report["relations"]["deleted"] == 0

@@ -233,6 +233,22 @@ def test_relations_of_unmanaged_cis_or_absent_declarers_are_kept():
     assert p.relation_changes == []
 
 
+def test_a_class_that_could_not_be_read_is_unknown_not_empty():
+    """existing[DC] is None (the instance refused the class): no datacenter is created, none retired, and no
+    relation to one is created or deleted, even with --force; the other classes are planned as usual."""
+    relations = [ExistingRelation("r1", "s1", "dc1", "type-hosted")]
+    for options in (OPTIONS, PlanOptions(DS, force=True)):
+        desired = [*(desired_vm(n) for n in (1, 2, 3, 4, 6)), desired_dc()]
+        p = plan_changes(desired, {VM: [existing_vm(n) for n in range(1, 6)], DC: None},
+                         SCOPES, [], relations, REL_TYPES, POLICIES, options)
+        assert actions(p) == [("create", vm_id(6)), ("retire", vm_id(5))]
+        assert p.relation_changes == [] and (DC, DC_ID) in p.held
+        assert p.guards == [f"{DC}: its CIs could not be read from ServiceNow (see errors): none of its 1 CI(s) written, "
+                            "none retired, and their relations and tags left as they are."]
+    # an empty class is not an unknown one: there the datacenter is created
+    assert ("create", DC_ID) in actions(plan_changes([desired_dc()], {DC: []}, SCOPES, [], [], REL_TYPES, POLICIES, OPTIONS))
+
+
 def test_the_guard_holds_relation_deletions_of_a_class_that_lost_most_of_them():
     """A [[relations]] identity that finds nothing (a typo in a template) would delete them all."""
     gone_dc = f"arn:aws:ec2:{R}:{A}:region/typo"  # every VM now points at a datacenter that is nowhere
