@@ -128,17 +128,14 @@ Walker = Callable[[str], Callable[[dict], "str | None"]]
 _Compiled = list[list[list[tuple[str, Callable[[dict], "str | None"], Callable[[str], bool]]]]]
 
 
-def _plain(name: str) -> Callable[[dict], "str | None"]:
-    return lambda row: row.get(name)  # None where the row's class lacks the field: its condition is dropped
-
-
 def compile_query(query: EncodedQuery, fields: frozenset[str], walker: Walker) -> Callable[[dict], bool]:
     """The query as a row predicate, built once per query rather than interpreted per row.
 
     ``fields`` are the queried table's fields: a condition on any other
     (not dot-walked) field is dropped, and so is an OR group of nothing but
-    such conditions, as a real instance does without a word. A dot-walked
-    field is read through ``walker(field)``, made once per query.
+    such conditions, as a real instance does without a word. Each field,
+    dot-walked or not, is read through ``walker(field)``, made once per query
+    (None where the row's class lacks the field: its condition is dropped).
     """
     if not query.queries:
         return lambda row: True
@@ -146,7 +143,7 @@ def compile_query(query: EncodedQuery, fields: frozenset[str], walker: Walker) -
     for one in query.queries:
         groups = []
         for group in one.groups:
-            tests = [(c.field, walker(c.field) if "." in c.field else _plain(c.field), _tester(c.op, c.value))
+            tests = [(c.field, walker(c.field), _tester(c.op, c.value))
                      for c in group if c.field and ("." in c.field or c.field in fields)]
             if tests:
                 groups.append(tests)

@@ -188,7 +188,9 @@ class Store:
             return lambda row: row.get(head)
         inner = self.walker(rest)
         last = field.rsplit(".", 1)[1]
-        targets: dict[str, tuple[frozenset[str], str | None] | None] = {}  # row class -> (classes it may point at, ...)
+        # row class -> (the classes the reference may point at, the value of an empty or dangling one),
+        # or None where the class has no such reference field
+        targets: dict[str, tuple[frozenset[str], str | None] | None] = {}
         class_of, by_class = self.class_of, self.by_class
 
         def walk(row: dict[str, str]) -> str | None:
