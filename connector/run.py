@@ -22,6 +22,7 @@ from .errors import (
     ConnectorError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound, ServiceNowPermissionError, UsageError,
 )
 from .inventory import read_inventory
+from .mapping.functions import SNOW_TIMESTAMP
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
 from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory
@@ -68,6 +69,11 @@ class RunOutcome:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _snow_time(iso: str) -> str:
+    """A UTC ISO time (the run's start) as ServiceNow writes its times: "YYYY-MM-DD HH:MM:SS"."""
+    return datetime.fromisoformat(iso).astimezone(timezone.utc).strftime(SNOW_TIMESTAMP)
 
 
 def new_run_id() -> str:
@@ -260,7 +266,8 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         with clock.stage("plan"):
             plan = plan_changes(
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
-                PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force),
+                PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force,
+                            _snow_time(started), settings.reconcile.last_discovered_days),
                 cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE),
             )
             plan.warnings.extend(cmdb.notes)

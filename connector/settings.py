@@ -142,6 +142,9 @@ class ReconcileSettings(_Section):
     max_retire_fraction: float = Field(0.25, ge=0, le=1)
     # write AWS tags to cmdb_key_value, for the classes whose mapping has [tags]
     tags: bool = False
+    # stamp last_discovered on every CI written, and again on an unchanged CI once its stamp is older
+    # than this many days (between half and all of it, spread by sys_id); 0 never stamps it
+    last_discovered_days: float = Field(7, ge=0, le=3650)
 
 
 class ReportSettings(_Section):

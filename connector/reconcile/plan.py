@@ -14,15 +14,18 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
 from ..arn import account_and_region
-from ..mapping.functions import all_strings, snow_string
+from ..mapping.functions import SNOW_TIMESTAMP, all_strings, snow_string
 from ..mapping.schema import DEFAULT_RETIRE
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 from ..servicenow.cmdb import KV_TABLE  # a table's name, no client
 
 CREATE, UPDATE, RETIRE, REVIVE = "create", "update", "retire", "revive"
+REFRESH = "refresh"  # an unchanged CI's last_discovered stamped again, when it has grown old
+LAST_DISCOVERED, FIRST_DISCOVERED = "last_discovered", "first_discovered"
 # The guards on tag and relation deletions, and on creates beside held retires,
 # trip only above this many in a class: a few tags or links removed, or a few
 # resources replaced, is an everyday change.
@@ -59,6 +62,15 @@ class PlanOptions:
     retire: bool = True
     max_retire_fraction: float = 0.25
     force: bool = False
+    # The run's time, ServiceNow's UTC "YYYY-MM-DD HH:MM:SS"; with last_discovered_days > 0, every CI
+    # written is stamped with it (last_discovered; first_discovered too on a create), and an unchanged CI
+    # whose last_discovered is older than that many days is stamped again (see _stale_before).
+    now: str = ""
+    last_discovered_days: float = 0.0
+
+    @property
+    def stamps(self) -> bool:
+        return bool(self.now) and self.last_discovered_days > 0
 
 
 @dataclass(frozen=True)
@@ -149,6 +161,41 @@ def _desired_payload(ci: DesiredCI, options: PlanOptions) -> dict[str, str]:
     return payload
 
 
+def _stale_before(options: PlanOptions) -> dict[str, str] | None:
+    """When an unchanged CI's ``last_discovered`` is old enough to stamp again: the last hex digit of its
+    sys_id -> the time before which it is (compared as strings, which ServiceNow's form sorts in time
+    order), and "" -> the time for any other sys_id. None when nothing is stamped.
+
+    A CI is stamped again once its stamp is older than between half and all of
+    ``last_discovered_days``, by its sys_id: CIs made in one run do not all come
+    due in one later run, but over half the period, and stay spread after that.
+    """
+    if not options.stamps:
+        return None
+    try:
+        now = datetime.strptime(options.now, SNOW_TIMESTAMP).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ValueError(f"PlanOptions.now is not ServiceNow's UTC time (YYYY-MM-DD HH:MM:SS): {options.now!r}") from None
+    period = timedelta(days=options.last_discovered_days)
+
+    def before(fraction: float) -> str:
+        return (now - period * fraction).strftime(SNOW_TIMESTAMP)
+
+    return {"": before(1.0), **{digit: before(1 - int(digit, 16) / 32) for digit in "0123456789abcdefABCDEF"}}
+
+
+def _is_stale(ci: ExistingCI, stale_before: dict[str, str]) -> bool:
+    return ci.fields.get(LAST_DISCOVERED, "") < (stale_before.get(ci.sys_id[-1:]) or stale_before[""])
+
+
+def _stamped(change: CIChange, options: PlanOptions, current: dict[str, str], desired: dict[str, Any]) -> CIChange:
+    """A write to a CI, with last_discovered set to the run's time (a CI written was seen now), unless
+    its mapping gives last_discovered a value of its own: that one is the CI's, on every run."""
+    if not options.stamps or LAST_DISCOVERED in desired or current.get(LAST_DISCOVERED) == options.now:
+        return change
+    return replace(change, diff={**change.diff, LAST_DISCOVERED: (snow_value(current.get(LAST_DISCOVERED)), options.now)})
+
+
 def _diff(current: dict[str, str], wanted: dict[str, str]) -> dict[str, tuple[str, str]]:
     if wanted.items() <= current.items():
         return {}  # every wanted value is there already, as the same string
@@ -222,6 +269,9 @@ def _plan_table(
     where: dict[str, tuple[str, str]] = {}  # identity of each create -> its (account, region)
     updates: list[CIChange] = []  # and revives
     retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in this hot loop
+    stale_before = _stale_before(options)
+    refreshes: list[CIChange] = []
+    current_of: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}  # sys_id of each CI updated -> (held, desired)
     for ci in desired:
         matches = by_identity.get(ci.identity) or _by_object(ci, unkeyed)
         if contested and len(matches) == 1 and matches[0].sys_id in contested:
@@ -233,18 +283,24 @@ def _plan_table(
             have = current.fields.items()
             if (ci.fields.items() <= have and current.fields.get("discovery_source") == source
                     and not (retired_when and retired_when <= have)):
-                unchanged += 1  # the common case: every value there already, as the same string
-                continue
-            change = _change_of_match(table, ci, current, _desired_payload(ci, options), policy, options)
-            if change is None:
-                unchanged += 1
+                change = None  # the common case: every value there already, as the same string
             else:
+                change = _change_of_match(table, ci, current, _desired_payload(ci, options), policy, options)
+            if change is not None:
                 updates.append(change)
+                current_of[current.sys_id] = (current.fields, ci.fields)
+            elif stale_before is not None and LAST_DISCOVERED not in ci.fields and _is_stale(current, stale_before):
+                refreshes.append(CIChange(REFRESH, table, ci.identity, current.sys_id, {
+                    LAST_DISCOVERED: (current.fields.get(LAST_DISCOVERED, ""), options.now)}))
+            else:
+                unchanged += 1
         elif matches:
             claimed.update(m.sys_id for m in matches)
             plan.duplicates.append({"table": table, "identity": ci.identity, "sys_ids": sorted(m.sys_id for m in matches)})
         else:
             wanted = _desired_payload(ci, options)
+            if options.stamps:
+                wanted = {FIRST_DISCOVERED: options.now, LAST_DISCOVERED: options.now, **wanted}
             full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}
             full = {k: v for k, v in full.items() if v != ""}
             creates.append(CIChange(CREATE, table, ci.identity, None, {k: ("", v) for k, v in full.items()}))
@@ -253,7 +309,8 @@ def _plan_table(
         matched.update(current.sys_id for current in by_identity.get(identity, ()))
     updates, emptied = _guard_clears(table, updates, len(matched), options, plan)
     plan.unchanged[table] += unchanged + emptied
-    plan.changes.extend(updates)
+    plan.changes.extend(_stamped(change, options, *current_of[change.sys_id]) for change in updates)
+    plan.changes.extend(refreshes)
     retires, active, unmatched_objects = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
     plan.changes.extend(_guard_twins(table, creates, where, unmatched_objects, active, options, plan))
     plan.changes.extend(retires)

@@ -15,7 +15,10 @@ from ..reconcile.apply import ApplyResult
 from ..reconcile.plan import CIChange, KeyValueChange, Plan, RelationChange
 from ..servicenow.cmdb import KV_TABLE, REL_TABLE
 
-ACTIONS_COUNTED = {"create": "created", "update": "updated", "retire": "retired", "revive": "revived"}
+ACTIONS_COUNTED = {"create": "created", "update": "updated", "retire": "retired", "revive": "revived",
+                   "refresh": "refreshed"}
+# per table: each CI once (a refreshed CI is unchanged but for its last_discovered stamp)
+COUNTS = ("created", "updated", "retired", "revived", "refreshed", "unchanged")
 KV_COUNTED = {"create": "created", "update": "updated", "delete": "deleted"}
 
 
@@ -104,7 +107,7 @@ def build_report(
     cpu_timings: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {
-        t: {"created": 0, "updated": 0, "retired": 0, "revived": 0, "unchanged": 0} for t in tables
+        t: dict.fromkeys(COUNTS, 0) for t in tables
     }
     relations = {"created": 0, "deleted": 0, "unchanged": 0}
     key_values = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
@@ -112,7 +115,7 @@ def build_report(
     errors = list(errors)
     if plan is not None:
         for table, n in plan.unchanged.items():
-            counts.setdefault(table, dict.fromkeys(("created", "updated", "retired", "revived", "unchanged"), 0))
+            counts.setdefault(table, dict.fromkeys(COUNTS, 0))
             counts[table]["unchanged"] += n
         relations["unchanged"] = plan.relations_unchanged
         key_values["unchanged"] = plan.key_values_unchanged
@@ -207,7 +210,8 @@ def summary_line(report: dict[str, Any]) -> str:
     failed = sum(1 for a in accounts if a["status"] not in (OK, SKIPPED))
     rel = report["relations"]
     verb = "would be" if report["mode"] == "plan" else ""
-    parts = ", ".join(f"{totals[k]} {k}" for k in ("created", "updated", "retired", "revived", "unchanged"))
+    # refreshed (last_discovered stamped again) only when some were: it is no drift from AWS
+    parts = ", ".join(f"{totals[k]} {k}" for k in COUNTS if k != "refreshed" or totals[k])
     tags = tag_totals(report)
     return (
         f"run {report['run_id']} {report['mode']}: exit {report['exit_code']}; "

@@ -13,17 +13,18 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .json_report import tag_totals, write_text_atomic
+from .json_report import COUNTS, tag_totals, write_text_atomic
 
-ACTIONS = ("created", "updated", "retired", "revived", "unchanged")
-COLORS = {"created": "#2e7d32", "updated": "#1565c0", "retired": "#c62828", "revived": "#6a1b9a", "unchanged": "#9e9e9e"}
+ACTIONS = COUNTS
+COLORS = {"created": "#2e7d32", "updated": "#1565c0", "retired": "#c62828", "revived": "#6a1b9a",
+          "refreshed": "#78909c", "unchanged": "#9e9e9e"}
 HEADLINES = {
     0: ("OK", "#2e7d32", "Every scope was collected and every write succeeded."),
     3: ("PARTIAL", "#ef6c00", "Some accounts or regions were not collected, or some of their items did not map; "
                               "their CIs were left exactly as they were. See the accounts table (then run "
                               "check-access) and the mapping problems."),
-    1: ("FAILED", "#c62828", "Some writes failed or ServiceNow could not be reached. See the errors below; the next run "
-                             "finishes what this one could not."),
+    1: ("FAILED", "#c62828", "Some writes failed, a class could not be read, or ServiceNow could not be reached. See "
+                             "the errors below; the next run finishes what this one could not."),
 }
 
 
@@ -61,8 +62,8 @@ def _chart(tables: dict[str, dict[str, int]]) -> str:
         parts.append(f'<text x="{x + 4:.1f}" y="{y + 13}" font-size="11">{sum(counts.values())}</text>')
     y = len(rows) * (bar + 6) + 14
     for i, action in enumerate(ACTIONS):
-        parts.append(f'<rect x="{label + i * 100}" y="{y}" width="10" height="10" fill="{COLORS[action]}"/>'
-                     f'<text x="{label + i * 100 + 14}" y="{y + 9}" font-size="11">{action}</text>')
+        parts.append(f'<rect x="{label + i * 88}" y="{y}" width="10" height="10" fill="{COLORS[action]}"/>'
+                     f'<text x="{label + i * 88 + 14}" y="{y + 9}" font-size="11">{action}</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -151,7 +152,8 @@ def render_html(report: dict[str, Any]) -> str:
                                          ("Mapping problems", problems),
                                          ("Duplicates", report.get("duplicates", [])), ("Warnings", report.get("warnings", [])))
                     if items)
-    options = "".join(f'<option value="{a}">{a}</option>' for a in ("create", "update", "retire", "revive", "delete"))
+    options = "".join(f'<option value="{a}">{a}</option>'
+                      for a in ("create", "update", "retire", "revive", "refresh", "delete"))
     rel, tags = report["relations"], tag_totals(report)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cmdb-connector {escape(report['mode'])} {escape(report['run_id'])}</title>

@@ -33,7 +33,7 @@ DICTIONARY_TABLE = "sys_dictionary"  # the fields of each class, with type and m
 MAX_CLASS_DEPTH = 20  # sys_db_object reads at most, walking up from the mapped classes
 # Fields every CI read carries, whatever the mapping uses.
 BASE_FIELDS = ("sys_id", "sys_class_name", "discovery_source", "correlation_id", "object_id",
-               "install_status", "operational_status")
+               "install_status", "operational_status", "last_discovered")
 IN_CHUNK = 100
 
 

@@ -427,3 +427,46 @@ def test_a_class_the_instance_lacks_is_left_as_it_is_and_the_others_are_reconcil
         assert third.report["changes"][0]["identity"].endswith(gone_vm.resource["InstanceId"])
         assert {r["sys_id"]: dict(r) for r in server.store.rows(subnets)} == before
         assert len(server.store.rows("cmdb_rel_ci")) == relations and third.report["relations"]["deleted"] == 0
+
+
+def test_last_discovered_is_stamped_on_writes_and_again_once_old_then_nothing(tmp_path):
+    """Over HTTP: a create stamps first_discovered and last_discovered with the run's time (in ServiceNow's
+    UTC form); a rerun writes nothing; once every stamp is older than reconcile.last_discovered_days, each
+    CI is stamped again (refreshed: no other field written, nothing else counted), and the next run
+    writes nothing. With last_discovered_days = 0 nothing is stamped."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=4)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        first = run_pipeline(settings, inventory_file=path)
+        assert first.exit_code == 0
+        started = first.report["started_at"].replace("T", " ")[:19]
+        cis = server.store.rows("cmdb_ci")
+        assert {(r["first_discovered"], r["last_discovered"]) for r in cis} == {(started, started)}
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+        for row in cis:
+            server.store.update(row["sys_class_name"], row["sys_id"], {"last_discovered": "2020-01-01 00:00:00"}, "admin")
+        before = {r["sys_id"]: dict(r) for r in server.store.rows("cmdb_ci")}
+        aged = run_pipeline(settings, inventory_file=path)
+        assert aged.exit_code == 0
+        assert {c["action"] for c in aged.report["changes"]} == {"refresh"} and len(aged.report["changes"]) == len(cis)
+        assert all(list(c["fields"]) == ["last_discovered"] for c in aged.report["changes"])
+        counts = aged.report["tables"]["cmdb_ci_vm_instance"]
+        assert counts["refreshed"] == 4 and counts["unchanged"] == counts["updated"] == 0
+        assert f"{len(cis)} refreshed" in summary_line(aged.report) and not aged.report["warnings"]
+        for row in server.store.rows("cmdb_ci"):
+            was = before[row["sys_id"]]
+            assert row["last_discovered"] > "2020-01-01 00:00:00" and row["first_discovered"] == was["first_discovered"]
+            assert {k: v for k, v in row.items() if not k.startswith("sys_") and k != "last_discovered"} == {
+                k: v for k, v in was.items() if not k.startswith("sys_") and k != "last_discovered"}
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        never = load_settings(None, {"aws": {"external_id": "not-used-here"},
+                                     "servicenow": {"instance_url": server.url, "username": "svc", "password": PASSWORD},
+                                     "reconcile": {"last_discovered_days": 0},
+                                     "report": {"output_dir": str(tmp_path / "never")}})
+        assert run_pipeline(never, inventory_file=path).exit_code == 0
+        assert {(r["first_discovered"], r["last_discovered"]) for r in server.store.rows("cmdb_ci")} == {("", "")}

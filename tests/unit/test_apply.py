@@ -83,7 +83,8 @@ def test_report_counts_applied_and_lists_failures():
     inventory = Inventory(accounts=[Account("111122223333", "a")], scopes=[Scope("111122223333", "r", "s", OK)])
     report = build_report(run_id="r", mode="run", started_at="t0", finished_at="t1", exit_code=1, inventory=inventory,
                           plan=plan, applied=result, problems=[], errors=[], tables=[VM, DC])
-    assert report["tables"][VM] == {"created": 1, "updated": 1, "retired": 0, "revived": 0, "unchanged": 0}
+    assert report["tables"][VM] == {"created": 1, "updated": 1, "retired": 0, "revived": 0, "refreshed": 0,
+                                 "unchanged": 0}
     assert report["relations"] == {"created": 1, "deleted": 1, "unchanged": 0}
     assert len(report["errors"]) == 2
     statuses = sorted(c["status"] for c in report["changes"])

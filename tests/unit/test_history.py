@@ -116,3 +116,13 @@ def test_the_run_files_pattern_knows_the_run_id_of_a_run():
 
     run_id = new_run_id()
     assert all(RUN_FILE.fullmatch(f"report-{run_id}.{ext}") for ext in ("json", "html", "csv"))
+
+
+def test_a_refresh_repeated_run_after_run_is_named_though_its_time_differs():
+    """A refreshed last_discovered is due again only days later: refreshed again by the next run, the
+    instance did not keep it (each run would then write every such CI)."""
+    before = previous(change("refresh", "arn:1", last_discovered=("2026-11-01 00:00:00", "2026-12-01 06:00:00")))
+    now = [change("refresh", "arn:1", "planned", last_discovered=("2026-11-01 00:00:00", "2026-12-01 12:00:00")),
+           change("refresh", "arn:2", "planned", last_discovered=("2026-11-01 00:00:00", "2026-12-01 12:00:00"))]
+    [warning] = repeated_writes(before, now)
+    assert warning.startswith(f"{VM}: refresh repeated on 1 record(s) as in the previous run") and "arn:1" in warning

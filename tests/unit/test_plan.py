@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from connector.models import OK, DENIED, DesiredCI, ExistingCI, ExistingRelation, MappingProblem, RelationRef, Scope
 from connector.reconcile.plan import PlanOptions, TablePolicy, plan_changes
 
@@ -609,3 +611,76 @@ def test_tag_values_longer_than_their_field_are_cut_and_keys_too_long_are_left_w
     # without the lengths, the same rows are written again
     assert tag_actions(plan_tags([tagged_vm(1, tags)], [existing_vm(1)], rows[:2])) == [
         ("create", vm_id(1), "cost-centre-code", "", "42", None), ("update", vm_id(1), "env", "produ", "production", "kv1")]
+
+
+NOW = "2026-12-01 08:00:00"
+STAMPING = PlanOptions(DS, now=NOW, last_discovered_days=8)
+
+
+def test_writes_stamp_last_discovered_and_creates_first_discovered_too():
+    """Every CI written was seen now: a create gets first_discovered and last_discovered, an update and a revive
+    last_discovered; a retire keeps the last time it was seen. Without stamping (the default), none of them."""
+    existing = [existing_vm(n, last_discovered="2026-11-30 08:00:00") for n in range(1, 6)]
+    existing[1] = existing_vm(2, install_status="7", operational_status="6", last_discovered="2026-11-30 08:00:00")
+    desired = [desired_vm(1, name="renamed"), desired_vm(2), desired_vm(3), desired_vm(4), desired_vm(6)]
+    p = plan(desired, existing, options=STAMPING)
+    by_action = {c.action: c for c in p.changes}
+    assert set(by_action) == {"create", "update", "revive", "retire"}
+    assert by_action["create"].payload["first_discovered"] == NOW == by_action["create"].payload["last_discovered"]
+    assert by_action["update"].diff["last_discovered"] == ("2026-11-30 08:00:00", NOW)
+    assert by_action["revive"].diff["last_discovered"] == ("2026-11-30 08:00:00", NOW)
+    assert "last_discovered" not in by_action["retire"].diff
+    assert p.unchanged[VM] == 2  # vm3 and vm4: seen a day ago, not due
+    unstamped = plan(desired, existing)
+    assert not any("discovered" in name for c in unstamped.changes for name in c.diff)
+
+
+def test_an_unchanged_ci_is_stamped_again_once_its_stamp_is_old_spread_by_sys_id():
+    """Due once older than between half and all of the period (8 days here), by the sys_id's last hex digit:
+    ...0 at 8 days, ...f at 17/32 of them (4.25 days). A CI never stamped is due at once."""
+    def p(sys_id: str, last: str):
+        return plan([desired_vm(1)], [existing_vm(1, sys_id=sys_id, last_discovered=last)], options=STAMPING)
+
+    assert [c.action for c in p("abc0", "2026-11-23 07:59:59").changes] == ["refresh"]  # 8 days and a second ago
+    assert p("abc0", "2026-11-23 08:00:01").changes == []
+    assert p("abcf", "2026-11-23 08:00:01").changes[0].diff == {"last_discovered": ("2026-11-23 08:00:01", NOW)}
+    assert p("abcf", "2026-11-27 01:59:59").changes[0].action == "refresh"  # 4.25 days and a second ago
+    assert p("abcf", "2026-11-27 02:00:01").changes == []
+    assert p("ABCF", "2026-11-27 01:59:59").changes[0].action == "refresh"  # hex in either case
+    assert p("s-not-hex", "2026-11-24 08:00:00").changes == []  # any other sys_id: the whole period
+    assert [c.action for c in p("abc0", "").changes] == ["refresh"]
+    refresh = p("abc0", "").changes[0]
+    assert (refresh.table, refresh.identity, refresh.sys_id, refresh.payload) == (VM, vm_id(1), "abc0",
+                                                                                  {"last_discovered": NOW})
+
+
+def test_a_plan_applied_then_planned_again_at_the_same_time_is_empty_with_stamping():
+    existing = [existing_vm(n, sys_id=f"{n:031x}0", last_discovered="2026-01-01 00:00:00") for n in range(1, 5)]
+    desired = [desired_vm(1, name="renamed"), desired_vm(2), desired_vm(3), desired_vm(4), desired_vm(5)]
+    first = plan(desired, existing, options=STAMPING)
+    assert sorted(c.action for c in first.changes) == ["create", "refresh", "refresh", "refresh", "update"]
+    after = {ci.sys_id: ExistingCI(VM, ci.sys_id, dict(ci.fields)) for ci in existing}
+    for change in first.changes:
+        if change.action == "create":
+            after["new"] = ExistingCI(VM, "new", {"sys_id": "new", "sys_class_name": VM, **change.payload})
+        else:
+            after[change.sys_id].fields.update(change.payload)
+    assert plan(desired, list(after.values()), options=STAMPING).changes == []
+
+
+def test_a_time_not_in_servicenow_form_is_refused():
+    with pytest.raises(ValueError, match="YYYY-MM-DD HH:MM:SS"):
+        plan([desired_vm(1)], [existing_vm(1)], options=PlanOptions(DS, now="2026-12-01T08:00:00Z", last_discovered_days=7))
+
+
+def test_a_mapping_that_gives_last_discovered_a_value_of_its_own_keeps_it():
+    """Were it stamped too, each run would write the mapping's value back, and the next the stamp: never still."""
+    launched = "2026-06-01 10:00:00"
+    desired = [desired_vm(1, last_discovered=launched), desired_vm(2, name="renamed", last_discovered=launched),
+               desired_vm(3, last_discovered=launched)]
+    existing = [existing_vm(n, last_discovered=launched) for n in (1, 2)]
+    p = plan(desired, existing, options=STAMPING)
+    assert sorted((c.action, c.payload.get("last_discovered")) for c in p.changes) == [
+        ("create", launched), ("update", None)]
+    assert next(c for c in p.changes if c.action == "create").payload["first_discovered"] == NOW
+    assert p.unchanged[VM] == 1  # old as it is, no refresh
