@@ -20,9 +20,10 @@ PASSWORD = "safety-password"
 DS = "AWS CMDB Connector"
 
 
-def settings_for(server, tmp_path, **servicenow):
+def settings_for(server, tmp_path, reconcile=None, **servicenow):
     return load_settings(None, {"aws": {"external_id": "not-used-here"},
                                 "servicenow": {"instance_url": server.url, "username": "svc", "password": PASSWORD, **servicenow},
+                                "reconcile": reconcile or {},
                                 "report": {"output_dir": str(tmp_path / "reports")}})
 
 
@@ -464,9 +465,6 @@ def test_last_discovered_is_stamped_on_writes_and_again_once_old_then_nothing(tm
         assert run_pipeline(settings, inventory_file=path).report["changes"] == []
 
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
-        never = load_settings(None, {"aws": {"external_id": "not-used-here"},
-                                     "servicenow": {"instance_url": server.url, "username": "svc", "password": PASSWORD},
-                                     "reconcile": {"last_discovered_days": 0},
-                                     "report": {"output_dir": str(tmp_path / "never")}})
+        never = settings_for(server, tmp_path / "never", reconcile={"last_discovered_days": 0})
         assert run_pipeline(never, inventory_file=path).exit_code == 0
         assert {(r["first_discovered"], r["last_discovered"]) for r in server.store.rows("cmdb_ci")} == {("", "")}
