@@ -39,6 +39,10 @@ HTML_OUTAGE = (
     b"<h1>Your instance is hibernating</h1><p>Log in to wake it up.</p></body></html>"
 )
 NOT_FOUND_DETAIL = "Record doesn't exist or ACL restricts the record retrieval"
+# A request line and headers longer than this are refused, as Tomcat's default maxHttpHeaderSize does
+MAX_HEAD_BYTES = 8192
+HEAD_TOO_LARGE = (b"<!doctype html><html lang=\"en\"><head><title>HTTP Status 400 - Bad Request</title></head>"
+                  b"<body><h1>HTTP Status 400 - Bad Request</h1><p>Request header is too large</p></body></html>")
 STATUS_TEXT = {200: "OK", 201: "Created", 204: "No Content", 400: "Bad Request", 401: "Unauthorized",
                403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed"}
 
@@ -478,6 +482,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
+        if len(self.requestline) + sum(len(k) + len(v) + 4 for k, v in self.headers.items()) > MAX_HEAD_BYTES:
+            # Tomcat, in front of a real instance, refuses the request before it reaches the API.
+            self.close_connection = True
+            return self._write(Reply(400, raw=HEAD_TOO_LARGE, content_type="text/html;charset=utf-8"))
         url = urlparse(self.path)
         body = self._body()
         if body is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
 from typing import Any, Iterable, Protocol
+from urllib.parse import quote
 
 from ..concurrency import map_in_order
 from ..errors import AmbiguousWriteError, ServiceNowError, ServiceNowNotFound
@@ -35,11 +36,26 @@ MAX_CLASS_DEPTH = 20  # sys_db_object reads at most, walking up from the mapped 
 BASE_FIELDS = ("sys_id", "sys_class_name", "discovery_source", "correlation_id", "object_id",
                "install_status", "operational_status", "last_discovered")
 IN_CHUNK = 100
+# The most bytes of values, URL-encoded, that one IN query carries. Instances refuse a request whose
+# request line and headers pass 8 KB (Tomcat: 400 "Request header is too large"); 100 ARNs, encoded,
+# are some 8 KB alone. This leaves room for the rest of the URL and the headers.
+IN_QUERY_BYTES = 4000
 
 
-def _chunks(values: list[str], size: int = IN_CHUNK) -> Iterable[list[str]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
+def _chunks(values: list[str], size: int = IN_CHUNK, budget: int = IN_QUERY_BYTES) -> Iterable[list[str]]:
+    """``values`` in chunks of at most ``size`` values and ``budget`` bytes once URL-encoded (a value
+    longer than that alone goes in a chunk of its own)."""
+    chunk: list[str] = []
+    used = 0
+    for value in values:
+        cost = len(quote(value, safe="")) + 3  # and the comma after it, %2C
+        if chunk and (len(chunk) >= size or used + cost > budget):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(value)
+        used += cost
+    if chunk:
+        yield chunk
 
 
 def _row_fields(row: dict[str, Any]) -> dict[str, str]:
@@ -102,7 +118,7 @@ class CmdbReader:
 
     def cis_where_in(self, table: str, field: str, values: list[str], fields: Iterable[str], extra: str = "") -> list[ExistingCI]:
         """CIs whose ``field`` is one of ``values`` (for adoption), in chunks of
-        ``IN_CHUNK``, up to ``workers`` chunks at once (a first run into a CMDB
+        ``IN_CHUNK`` values and ``IN_QUERY_BYTES``, up to ``workers`` chunks at once (a first run into a CMDB
         that Discovery filled asks for every CI of a class)."""
         chunks = list(_chunks(sorted(set(values))))
         wanted = list(fields)

@@ -112,6 +112,9 @@ def validate_response(response: requests.Response, *args: Any, **kwargs: Any) ->
         response.json = lambda **_kwargs: parsed  # type: ignore[method-assign]
         return response
     message, detail = _error_body(response)
+    if not message and b"request header is too large" in response.content[:4096].lower():
+        message = ("Request header is too large: the request's URL and headers are longer than the instance's "
+                   "web server takes")
     if not message and "json" not in response.headers.get("Content-Type", ""):
         message = "answer is not JSON (an HTML error page?)"
     if status == 401:

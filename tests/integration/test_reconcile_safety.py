@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
+from urllib.parse import unquote_plus
 
 from connector.inventory import write_inventory
 from connector.report.json_report import summary_line
@@ -468,3 +469,20 @@ def test_last_discovered_is_stamped_on_writes_and_again_once_old_then_nothing(tm
         never = settings_for(server, tmp_path / "never", reconcile={"last_discovered_days": 0})
         assert run_pipeline(never, inventory_file=path).exit_code == 0
         assert {(r["first_discovered"], r["last_discovered"]) for r in server.store.rows("cmdb_ci")} == {("", "")}
+
+
+def test_a_first_run_into_a_class_others_fill_looks_up_hundreds_of_resources_in_requests_an_instance_takes(tmp_path):
+    """The adoption lookups of a first run into a class that Discovery fills ask for every resource's
+    identity: in chunks that the stand-in, refusing request heads over 8 KB as Tomcat does, still takes."""
+    inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=2, instances=60)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        discovered = server.store.insert("cmdb_ci_vm_instance", {"name": "by discovery", "discovery_source": "ServiceNow",
+                                                                 "object_id": "i-not-in-aws"}, "discovery")
+        first = run_pipeline(settings_for(server, tmp_path), inventory_file=path)
+        assert first.exit_code == 0, first.report["errors"]
+        assert first.report["tables"]["cmdb_ci_vm_instance"]["created"] == 240 and duplicates(server) == []
+        lookups = [r for r in map(unquote_plus, server.reads) if "correlation_idIN" in r and "vm_instance" in r]
+        assert len(lookups) >= 3  # 240 ARNs: more than two chunks of the size an instance takes
+        assert server.store.get("cmdb_ci_vm_instance", discovered["sys_id"])["discovery_source"] == "ServiceNow"

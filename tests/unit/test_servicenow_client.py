@@ -430,6 +430,22 @@ def test_lost_batch_answer_is_finished_one_by_one_creates_looked_up_first():
     assert [c.request.method for c in responses.calls] == ["POST", "GET", "PATCH"]
 
 
+def test_adoption_lookups_are_chunked_by_their_encoded_size_as_well_as_by_count():
+    """100 ARNs are some 8 KB once URL-encoded: past what an instance takes in a request line."""
+    from urllib.parse import quote
+
+    from connector.servicenow.cmdb import IN_CHUNK, IN_QUERY_BYTES, _chunks
+
+    arns = [f"arn:aws:elasticloadbalancing:eu-west-1:123456789012:loadbalancer/app/web-{n:04d}/0123456789abcdef"
+            for n in range(500)]
+    chunks = list(_chunks(arns))
+    assert [v for chunk in chunks for v in chunk] == arns  # every value, once, in order
+    assert all(len(quote(",".join(chunk), safe="")) <= IN_QUERY_BYTES for chunk in chunks)
+    assert 30 < len(chunks[0]) < IN_CHUNK  # the size, not the count, cut these
+    assert [len(c) for c in _chunks([f"i-{n}" for n in range(250)])] == [100, 100, 50]  # short ones: by count
+    assert list(_chunks(["x" * 5000, "y", "z"])) == [["x" * 5000], ["y", "z"]]  # too long alone: its own chunk
+
+
 def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
     import threading
     import time

@@ -386,3 +386,24 @@ def test_string_values_are_cut_to_the_dictionary_length_which_the_dictionary_ser
     assert by_name["cmdb_ci"]["super_class"] == ""
     refused = api("POST", "sys_dictionary", json={"name": "cmdb_ci", "element": "x"})
     assert refused.status_code == 403
+
+
+def test_a_request_head_over_8_kb_is_refused_as_tomcat_refuses_it(api):
+    """A real instance sits behind Tomcat, which answers a request line and headers over 8 KB with a 400
+    HTML page before the Table API sees it: the stand-in does the same, so the connector is held to it."""
+    make(api, "cmdb_ci_network", name="n")
+    fits = api("GET", "cmdb_ci_network", params={"sysparm_query": "nameIN" + ",".join(["n"] * 1500)})  # 6 KB, encoded
+    assert fits.status_code == 200 and [r["name"] for r in fits.json()["result"]] == ["n"]
+    refused = api("GET", "cmdb_ci_network", params={"sysparm_query": "nameIN" + ",".join(["n"] * 2500)})  # 10 KB
+    assert refused.status_code == 400 and "Request header is too large" in refused.text
+    assert refused.headers["Content-Type"].startswith("text/html")
+
+
+def test_the_client_names_a_request_head_too_large(standin):
+    from connector.errors import ServiceNowBadRequest
+    from connector.servicenow.client import TableClient
+    from connector.settings import ServiceNowSettings
+
+    tables = TableClient(ServiceNowSettings(instance_url=standin.url, username=AUTH[0], password=AUTH[1]))
+    with pytest.raises(ServiceNowBadRequest, match="Request header is too large: the request's URL and headers"):
+        list(tables.query("cmdb_ci_network", "nameIN" + ",".join(["n"] * 2500), ["name"]))
