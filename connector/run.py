@@ -19,7 +19,7 @@ from pathlib import Path
 from .aws.collect import collect_inventory
 from .aws.targets import open_account_sessions, open_session_pool, target_accounts
 from .errors import (
-    ConnectorError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound, ServiceNowPermissionError, UsageError,
+    ConfigError, ConnectorError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound, ServiceNowPermissionError, UsageError,
 )
 from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
@@ -137,7 +137,9 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         relations = pool.submit(_read_relations, reader, rel_names)
         others = pool.submit(reader.owned_in_other_classes, mappings.tables)
         tagged = any(ci.tags is not None for ci in mapped.cis)
-        written = {table: {f for m in variants for f in m.fields} for table, variants in mappings.tables.items()}
+        # the fields each class is written: the mappings', and discovery_source, which marks the CIs ours
+        written = {table: {f for m in variants for f in m.fields} | {"discovery_source"}
+                   for table, variants in mappings.tables.items()}
         if tagged:
             written[KV_TABLE] = {"key", "value"}
         lengths = pool.submit(reader.field_lengths, written)
@@ -197,6 +199,21 @@ def _read_table(reader: CmdbReader, table: str, variants: list, desired: list[De
     if object_ids:
         found += reader.cis_where_in(table, "object_id", object_ids, fields, f"^{mapping.identity_field}ISEMPTY")
     return found
+
+
+def _check_discovery_source(source: str, field_lengths: dict[str, dict[str, int]]) -> None:
+    """Refuse a discovery_source longer than the instance keeps (its field's max_length): cut, it would
+    mark no CI as this connector's, and every run would create every CI again."""
+    kept = {table: lengths["discovery_source"] for table, lengths in field_lengths.items()
+            if lengths.get("discovery_source", len(source)) < len(source)}
+    if kept:
+        table, length = min(kept.items(), key=lambda item: item[1])
+        raise ConfigError(
+            f"[servicenow] discovery_source: {source!r} is {len(source)} characters, and the instance keeps "
+            f"{length} of it ({table}.discovery_source in sys_dictionary): cut, it would mark no CI as this "
+            "connector's, and each run would create every CI again. Fix: a discovery_source of at most "
+            f"{length} characters (nothing was written)."
+        )
 
 
 def _writes_that_did_not_stick(report: dict, output_dir: Path) -> list[str]:
@@ -259,6 +276,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
         with clock.stage("read"):
             cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
+        _check_discovery_source(sn.discovery_source, cmdb.field_lengths)
         errors.extend(f"{table}: its CIs could not be read from ServiceNow, so none of them was written or "
                       f"retired (does the instance have this class? may the user read it?): {why}"
                       for table, why in sorted(cmdb.unread.items()))

@@ -6,6 +6,9 @@ from collections import Counter
 from contextlib import contextmanager
 from urllib.parse import unquote_plus
 
+import pytest
+
+from connector.errors import ConfigError
 from connector.inventory import write_inventory
 from connector.report.json_report import summary_line
 from connector.run import run_pipeline
@@ -486,3 +489,23 @@ def test_a_first_run_into_a_class_others_fill_looks_up_hundreds_of_resources_in_
         lookups = [r for r in map(unquote_plus, server.reads) if "correlation_idIN" in r and "vm_instance" in r]
         assert len(lookups) >= 3  # 240 ARNs: more than two chunks of the size an instance takes
         assert server.store.get("cmdb_ci_vm_instance", discovered["sys_id"])["discovery_source"] == "ServiceNow"
+
+
+def test_a_discovery_source_longer_than_the_instance_keeps_is_refused_before_any_write(tmp_path):
+    """Cut by the instance, the stamp would mark no CI as ours: every run would create every CI again. The
+    dictionary says how long the field is: a longer discovery_source is a config error (exit 2), nothing
+    written; one that fits runs as usual."""
+    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=2)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        server.store.set_length("cmdb_ci", "discovery_source", 10)
+        with pytest.raises(ConfigError) as refused:
+            run_pipeline(settings_for(server, tmp_path), inventory_file=path)
+        message = str(refused.value)
+        assert message.startswith("[servicenow] discovery_source: 'AWS CMDB Connector' is 18 characters, and the "
+                                  "instance keeps 10 of it") and "Fix: a discovery_source of at most 10" in message
+        assert refused.value.exit_code == 2 and server.writes() == 0
+        fits = settings_for(server, tmp_path, discovery_source="AWS CMDB")
+        assert run_pipeline(fits, inventory_file=path).exit_code == 0
+        assert run_pipeline(fits, inventory_file=path).report["changes"] == []
