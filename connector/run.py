@@ -33,7 +33,7 @@ from .report.json_report import build_report, summary_line, write_report
 from .ops import EXIT_INTERRUPTED, fewer_gc_passes, set_run_id, stop_requested
 from .report.outputs import write_outputs
 from .servicenow.client import TableClient
-from .servicenow.cmdb import KV_TABLE, CmdbReader, TableApiWriter
+from .servicenow.cmdb import KV_TABLE, CmdbReader, Dictionary, TableApiWriter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int,
 
 # -- plan inputs -------------------------------------------------------------
 
-def table_policies(mappings: MappingSet, field_lengths: dict[str, dict[str, int]] | None = None
-                   ) -> dict[str, TablePolicy]:
+def table_policies(mappings: MappingSet, field_lengths: dict[str, dict[str, int]] | None = None,
+                   missing_fields: dict[str, set[str]] | None = None) -> dict[str, TablePolicy]:
     return {
         table: TablePolicy(
             table=table,
@@ -104,6 +104,7 @@ def table_policies(mappings: MappingSet, field_lengths: dict[str, dict[str, int]
             revive=variants[0].revive,
             relations=tuple((r.type, r.to, r.role) for m in variants for r in m.relations),
             max_lengths=(field_lengths or {}).get(table, {}),
+            missing_fields=frozenset((missing_fields or {}).get(table, ())),
         )
         for table, variants in mappings.tables.items()
     }
@@ -124,6 +125,8 @@ class CmdbState:
     notes: list[str] = field(default_factory=list)  # warnings from the read
     # table -> why its CIs could not be read (the instance lacks the class, an ACL refuses it): left untouched
     unread: dict[str, str] = field(default_factory=dict)
+    # table -> the fields written to it that the class does not have (sys_dictionary)
+    missing_fields: dict[str, set[str]] = field(default_factory=dict)
 
 
 def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> CmdbState:
@@ -142,7 +145,7 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
                    for table, variants in mappings.tables.items()}
         if tagged:
             written[KV_TABLE] = {"key", "value"}
-        lengths = pool.submit(reader.field_lengths, written)
+        dictionary = pool.submit(reader.dictionary, written)
         key_values = pool.submit(reader.key_values) if tagged else None
         # The largest tables first: their pages are the longest part of the read.
         tables = sorted(mappings.tables.items(), key=lambda item: -len(desired_by_table.get(item[0], ())))
@@ -153,11 +156,12 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         rel_types, rels = relations.result()
         other_classes, notes = _optional(
             others, None, "CIs of this connector in classes that no mapping file covers were not looked for")
-        field_lengths, more_notes = _optional(
-            lengths, {}, "field lengths not read from sys_dictionary and sys_db_object, so a value longer than its "
-            "field is not cut to fit: the instance cuts it, and each run writes it again")
+        (field_lengths, missing_fields), more_notes = _optional(
+            dictionary, Dictionary({}, {}), "field lengths not read from sys_dictionary and sys_db_object, so a value "
+            "longer than its field is not cut to fit (the instance cuts it, and each run writes it again), and a "
+            "mapped field the class lacks is not found")
     return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None, other_classes,
-                     field_lengths, notes + more_notes, unread)
+                     field_lengths, notes + more_notes, unread, missing_fields)
 
 
 def _optional(read: Future, unknown, why: str) -> tuple[Any, list[str]]:
@@ -280,7 +284,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         errors.extend(f"{table}: its CIs could not be read from ServiceNow, so none of them was written or "
                       f"retired (does the instance have this class? may the user read it?): {why}"
                       for table, why in sorted(cmdb.unread.items()))
-        policies = table_policies(mappings, cmdb.field_lengths)
+        policies = table_policies(mappings, cmdb.field_lengths, cmdb.missing_fields)
         with clock.stage("plan"):
             plan = plan_changes(
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,

@@ -54,6 +54,8 @@ class TablePolicy:
     relations: tuple[tuple[str, str, str], ...] = ()
     # string field -> its max_length in the instance (sys_dictionary): longer values are cut to fit
     max_lengths: dict[str, int] = field(default_factory=dict)
+    # fields the mapping writes that the class does not have on the instance (sys_dictionary)
+    missing_fields: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -210,6 +212,20 @@ def _is_retired(ci: ExistingCI, policy: TablePolicy) -> bool:
     return bool(policy.retire) and policy.retire.items() <= ci.fields.items()
 
 
+def _without_missing_fields(table: str, desired: list[DesiredCI], policy: TablePolicy, plan: Plan) -> list[DesiredCI]:
+    """The desired CIs less the fields the class does not have: the instance ignores them on write, so they
+    would be written again on every run, on every CI. One warning per field."""
+    missing = policy.missing_fields
+    found = Counter(name for ci in desired for name in ci.fields if name in missing)
+    if not found:
+        return desired
+    plan.warnings.extend(
+        f"{table}.{name}: the class has no such field on this instance (sys_dictionary), so it is not written "
+        f"({count} CI(s)). Check the field's name in its mapping, or add the field to the class."
+        for name, count in sorted(found.items()))
+    return [replace(ci, fields={k: v for k, v in ci.fields.items() if k not in missing}) for ci in desired]
+
+
 def _fitted(table: str, desired: list[DesiredCI], policy: TablePolicy, plan: Plan) -> tuple[list[DesiredCI], set[str]]:
     """The desired CIs with every value longer than its field cut to the field's length, as the
     instance would store it (so a rerun compares equal, and writes nothing), one warning per
@@ -259,6 +275,16 @@ def _plan_table(
     options: PlanOptions,
     plan: Plan,
 ) -> None:
+    if policy.identity_field in policy.missing_fields:
+        plan.held.update((table, ci.identity) for ci in desired)
+        plan.guards.append(
+            f"{table}: the class has no field {policy.identity_field} on this instance (sys_dictionary), and it is "
+            f"the mapping's identity: no CI could be matched, and each run would create them all again. None of its "
+            f"{len(desired)} CI(s) written, none retired. Check [target] identity in its mapping, or add the field "
+            "to the class.")
+        return
+    if policy.missing_fields:
+        desired = _without_missing_fields(table, desired, policy, plan)
     desired, left_out = _fitted(table, desired, policy, plan)
     unique, by_identity, unkeyed = _index(existing, policy.identity_field)
     contested = _contested(table, policy.identity_field, desired, by_identity, unkeyed, plan) if unkeyed else set()

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, NamedTuple, Protocol
 from urllib.parse import quote
 
 from ..concurrency import map_in_order
@@ -129,18 +129,23 @@ class CmdbReader:
         return [ci for found in map_in_order(read, chunks, self.workers, "adopt") for ci in found]
 
     def field_lengths(self, fields: dict[str, Iterable[str]]) -> dict[str, dict[str, int]]:
-        """Each table's string fields among ``fields[table]`` -> their ``max_length``.
+        """Each table's string fields among ``fields[table]`` -> their ``max_length`` (see ``dictionary``)."""
+        return self.dictionary(fields).lengths
+
+    def dictionary(self, fields: dict[str, Iterable[str]]) -> "Dictionary":
+        """What the instance's dictionary says of ``fields[table]``, for each table: the ``max_length``
+        of its string fields, and which of them the class does not have at all.
 
         A field's dictionary entry is on the class that defines it: the table
         itself or one of its ancestors, found by walking ``super_class`` up
         ``sys_db_object`` (one read per level). Then one read of
         ``sys_dictionary``; the nearest class's entry wins. What the instance
-        does not say (a class or field not found, a length that is not a
-        number) is left out: such a value is compared uncut.
+        does not say (a class not found, a length that is not a number) is
+        left out: such a value is compared uncut, such a field taken to exist.
         """
         tables = sorted(fields)
         if not tables:
-            return {}
+            return Dictionary({}, {})
         name_of: dict[str, str] = {}  # sys_db_object sys_id -> class name
         parent_of: dict[str, str] = {}  # class name -> its super_class's sys_id ("" for a root)
         query = f"nameIN{','.join(tables)}"
@@ -164,19 +169,22 @@ class CmdbReader:
         classes = sorted({c for line in lineages.values() for c in line})
         names = sorted({f for table in tables for f in fields[table]})
         if not classes or not names:
-            return {}
+            return Dictionary({}, {})
         entries: dict[tuple[str, str], dict[str, str]] = {}
         query = f"nameIN{','.join(classes)}^elementIN{','.join(names)}"
         for row in self.tables.query(DICTIONARY_TABLE, query, ["name", "element", "internal_type", "max_length"]):
             entries[(row.get("name", ""), row.get("element", ""))] = row  # re-checked below: only asked-for pairs count
         lengths: dict[str, dict[str, int]] = {}
+        missing: dict[str, set[str]] = {}
         for table in tables:
             for name in fields[table]:
                 entry = next((entries[(c, name)] for c in lineages[table] if (c, name) in entries), None)
+                if entry is None and lineages[table]:  # the class is known, and neither it nor an ancestor has it
+                    missing.setdefault(table, set()).add(name)
                 length = str(entry.get("max_length", "")) if entry else ""
                 if entry and _ref(entry.get("internal_type")) == "string" and length.isdigit() and int(length) > 0:
                     lengths.setdefault(table, {})[name] = int(length)
-        return lengths
+        return Dictionary(lengths, missing)
 
     def relation_types(self, names: Iterable[str]) -> dict[str, str]:
         names = sorted(set(names))
@@ -212,6 +220,13 @@ class CmdbReader:
             for page in self.tables.pages(KV_TABLE, query, fields, workers=self.workers)
             for row in _string_rows(page)
         ]
+
+
+class Dictionary(NamedTuple):
+    """What ``CmdbReader.dictionary`` found."""
+
+    lengths: dict[str, dict[str, int]]  # table -> string field -> max_length
+    missing: dict[str, set[str]]  # table -> fields asked for that the class does not have
 
 
 @dataclass(frozen=True)

@@ -381,13 +381,13 @@ def test_a_refused_read_of_the_dictionary_is_a_warning_not_a_failed_run(tmp_path
                                         url="/sys_db_object")
 
     with reconciled_estate(tmp_path) as (server, settings, path):
-        monkeypatch.setattr(CmdbReader, "field_lengths", refused)
+        monkeypatch.setattr(CmdbReader, "dictionary", refused)
         rerun = run_pipeline(settings, inventory_file=path)
         assert rerun.exit_code == 0 and rerun.report["changes"] == []
         assert rerun.report["warnings"] == [
             "field lengths not read from sys_dictionary and sys_db_object, so a value longer than its field is not "
-            "cut to fit: the instance cuts it, and each run writes it again: ServiceNow refused the request: ACL | "
-            "HTTP 403 | GET /sys_db_object"]
+            "cut to fit (the instance cuts it, and each run writes it again), and a mapped field the class lacks is "
+            "not found: ServiceNow refused the request: ACL | HTTP 403 | GET /sys_db_object"]
 
 
 def test_a_class_the_instance_lacks_is_left_as_it_is_and_the_others_are_reconciled(tmp_path):
@@ -509,3 +509,37 @@ def test_a_discovery_source_longer_than_the_instance_keeps_is_refused_before_any
         fits = settings_for(server, tmp_path, discovery_source="AWS CMDB")
         assert run_pipeline(fits, inventory_file=path).exit_code == 0
         assert run_pipeline(fits, inventory_file=path).report["changes"] == []
+
+
+def test_a_mapped_field_the_class_lacks_is_named_and_not_written_again_on_every_run(tmp_path):
+    """An admin maps a field the instance's class does not have (a typo, or a custom field not made yet). The
+    instance ignores it on write, so each run would write it on every CI again. The dictionary says the class
+    lacks it: it is left out, with one warning, and the estate stays still."""
+    with reconciled_estate(tmp_path) as (server, settings, path):
+        typo = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", 'ip_address = "PrivateIpAddress"',
+                               'ip_adress = "PrivateIpAddress"\nip_address = "PrivateIpAddress"')
+        writes = server.writes()
+        again = run_pipeline(settings, inventory_file=path, mappings=typo)
+        assert again.exit_code == 0 and again.report["changes"] == [] and server.writes() == writes
+        assert again.report["warnings"] == [
+            "cmdb_ci_vm_instance.ip_adress: the class has no such field on this instance (sys_dictionary), so it is "
+            "not written (12 CI(s)). Check the field's name in its mapping, or add the field to the class."]
+
+
+def test_an_identity_field_the_class_lacks_holds_the_class_and_makes_no_duplicate(tmp_path):
+    """Were its identity missing on the instance, no CI of the class would ever match: each run would create them
+    all again. The class is held, with a guard that says why; the rest is reconciled."""
+    with reconciled_estate(tmp_path) as (server, settings, path):
+        rows = {r["sys_id"]: dict(r) for r in server.store.rows("cmdb_ci_vm_instance")}
+        typo = edited_mappings(tmp_path, "cmdb_ci_vm_instance.toml", 'vm_inst_id = "InstanceId"',
+                               'vm_inst_id = "InstanceId"\nvm_instance_id = "InstanceId"')
+        path_of = tmp_path / "mappings" / "cmdb_ci_vm_instance.toml"
+        path_of.write_text(path_of.read_text() + '\n[target]\nidentity = "vm_instance_id"\n')
+        from connector.mapping.load import load_mappings
+
+        typo = load_mappings(tmp_path / "mappings")
+        held = run_pipeline(settings, inventory_file=path, mappings=typo)
+        assert held.exit_code == 0 and held.report["changes"] == [] and duplicates(server) == []
+        assert {r["sys_id"]: r for r in server.store.rows("cmdb_ci_vm_instance")} == rows
+        [guard] = held.report["guards"]
+        assert guard.startswith("cmdb_ci_vm_instance: the class has no field vm_instance_id on this instance")
