@@ -19,7 +19,13 @@ from pathlib import Path
 from .aws.collect import collect_inventory
 from .aws.targets import open_account_sessions, open_session_pool, target_accounts
 from .errors import (
-    ConfigError, ConnectorError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound, ServiceNowPermissionError, UsageError,
+    ConfigError,
+    ConnectorError,
+    ServiceNowBadRequest,
+    ServiceNowError,
+    ServiceNowNotFound,
+    ServiceNowPermissionError,
+    UsageError,
 )
 from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
