@@ -276,12 +276,11 @@ def _plan_table(
     plan: Plan,
 ) -> None:
     if policy.identity_field in policy.missing_fields:
-        plan.held.update((table, ci.identity) for ci in desired)
-        plan.guards.append(
+        _hold_class(table, desired, plan, (
             f"{table}: the class has no field {policy.identity_field} on this instance (sys_dictionary), and it is "
             f"the mapping's identity: no CI could be matched, and each run would create them all again. None of its "
             f"{len(desired)} CI(s) written, none retired. Check [target] identity in its mapping, or add the field "
-            "to the class.")
+            "to the class."))
         return
     if policy.missing_fields:
         desired = _without_missing_fields(table, desired, policy, plan)
@@ -342,15 +341,12 @@ def _plan_table(
     plan.changes.extend(retires)
 
 
-def _hold_unread(table: str, desired: list[DesiredCI], plan: Plan) -> None:
-    """A class whose CIs could not be read (``existing[table]`` is None): unknown is not empty. None of
-    its CIs is created (it may hold them already), updated or retired, and so none of their relations or
-    tags is touched."""
+def _hold_class(table: str, desired: list[DesiredCI], plan: Plan, why: str) -> None:
+    """A class whose CIs cannot be known (not read, or no identity to match them by): unknown is not
+    empty. None of its CIs is created (it may hold them already), updated or retired, and so none of their
+    relations or tags is touched; ``why`` goes to the guards."""
     plan.held.update((table, ci.identity) for ci in desired)
-    plan.guards.append(
-        f"{table}: its CIs could not be read from ServiceNow (see errors): none of its {len(desired)} CI(s) "
-        "written, none retired, and their relations and tags left as they are."
-    )
+    plan.guards.append(why)
 
 
 def _guard_twins(table: str, creates: list[CIChange], where: dict[str, tuple[str, str]], unmatched_objects: set,
@@ -805,7 +801,7 @@ def plan_changes(
     tag_lengths: dict[str, int] | None = None,
 ) -> Plan:
     """``existing``: what the CMDB holds of each table; None for a table that could not be read
-    (unknown, which is not empty: see ``_hold_unread``).
+    (unknown, which is not empty: see ``_hold_class``).
     ``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed.
     ``other_classes``: our CIs in classes that no policy covers (see ``_plan_other_classes``).
     ``tag_lengths``: the max_length of cmdb_key_value's ``key`` and ``value``, where known."""
@@ -816,7 +812,10 @@ def plan_changes(
         by_table[ci.table].append(ci)
     for table, policy in policies.items():
         if table in existing and existing[table] is None:
-            _hold_unread(table, by_table.get(table, []), plan)
+            unknown = by_table.get(table, [])
+            _hold_class(table, unknown, plan, (
+                f"{table}: its CIs could not be read from ServiceNow (see errors): none of its {len(unknown)} CI(s) "
+                "written, none retired, and their relations and tags left as they are."))
         else:
             _plan_table(table, by_table.get(table, []), existing.get(table) or [], policy, ok_scopes, options, plan)
     if other_classes:
