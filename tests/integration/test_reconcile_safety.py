@@ -31,15 +31,21 @@ def settings_for(server, tmp_path, reconcile=None, **servicenow):
                                 "report": {"output_dir": str(tmp_path / "reports")}})
 
 
+def inventory_file(tmp_path, **sizes):
+    """A synthetic inventory of ``sizes`` (see synthetic_inventory), and the file it is written to."""
+    inventory = synthetic_inventory(**sizes)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    return inventory, path
+
+
 def duplicates(server) -> list[str]:
     keys = Counter(r["correlation_id"] for r in server.store.rows("cmdb_ci"))
     return [k for k, n in keys.items() if n > 1]
 
 
 def test_kill_9_during_apply_then_the_next_run_converges(tmp_path):
-    inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=2, instances=20)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=2, vpcs=1, subnets=2, instances=20)
     with ServiceNowStandIn(users={"svc": PASSWORD}, latency=0.02) as server:
         kill_9_run_when(server, PASSWORD, tmp_path, path, until=lambda: server.writes() >= 25)
         half = server.writes()
@@ -57,9 +63,7 @@ def test_kill_9_during_apply_then_the_next_run_converges(tmp_path):
 
 def test_a_dropped_query_condition_never_retires_what_is_not_ours(tmp_path, monkeypatch):
     """ServiceNow drops conditions on unknown fields: a typo returns every row. Nothing wrong is retired."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=4)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=1, vpcs=1, subnets=1, instances=4)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         settings = settings_for(server, tmp_path)
         assert run_pipeline(settings, inventory_file=path).exit_code == 0
@@ -128,9 +132,7 @@ def test_adoption_duplicates_revive_and_the_guard_over_http(tmp_path):
 def test_writes_the_instance_undoes_between_runs_are_named_in_the_report(tmp_path):
     """A business rule that renames a CI after each run, an identity edited by hand: each run would
     write the same again for ever, and the report says so."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=2)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=1, vpcs=1, subnets=1, instances=2)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         settings = settings_for(server, tmp_path)
         first = run_pipeline(settings, inventory_file=path)
@@ -292,9 +294,7 @@ def test_a_refused_look_for_cis_in_other_classes_is_a_warning_not_a_failed_run(t
 
 def test_a_datacenter_made_by_hand_is_adopted_by_no_account_when_several_match_it(tmp_path):
     """Two accounts in us-east-1, one datacenter "us-east-1" made by hand: object_id alone cannot say whose."""
-    inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=1, instances=2)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=2, vpcs=1, subnets=1, instances=2)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         by_hand = server.store.insert("cmdb_ci_aws_datacenter", {"name": "us-east-1", "object_id": "us-east-1",
                                                                   "install_status": "1"}, "admin")
@@ -341,9 +341,7 @@ def test_values_longer_than_their_field_are_cut_as_the_dictionary_says_and_a_rer
     """The instance keeps 3 characters of every CI's name (cmdb_ci.name, inherited by every class): names are
     cut to fit. Then it keeps 40 of correlation_id: CIs whose ARN is longer are not written at all (cut, their
     identity would never match again: each run would make them once more), and none of them is retired."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=3)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=1, vpcs=1, subnets=1, instances=3)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         settings = settings_for(server, tmp_path)
         reader_lengths = CmdbReader(TableClient(settings.servicenow), DS).field_lengths(
@@ -395,9 +393,7 @@ def test_a_class_the_instance_lacks_is_left_as_it_is_and_the_others_are_reconcil
     it: that class is named in the errors and the run exits 1, none of its CIs is created, updated or
     retired and their relations are kept; every other class is reconciled. Once the class is there, the
     next run creates its CIs and converges."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=2, instances=3)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=1, vpcs=1, subnets=2, instances=3)
     subnets = "cmdb_ci_cloud_subnet"
     with ServiceNowStandIn(users={"svc": PASSWORD}, missing_tables=[subnets]) as server:
         settings = settings_for(server, tmp_path)
@@ -439,9 +435,7 @@ def test_last_discovered_is_stamped_on_writes_and_again_once_old_then_nothing(tm
     UTC form); a rerun writes nothing; once every stamp is older than reconcile.last_discovered_days, each
     CI is stamped again (refreshed: no other field written, nothing else counted), and the next run
     writes nothing. With last_discovered_days = 0 nothing is stamped."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=4)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=1, vpcs=1, subnets=1, instances=4)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         settings = settings_for(server, tmp_path)
         first = run_pipeline(settings, inventory_file=path)
@@ -477,9 +471,7 @@ def test_last_discovered_is_stamped_on_writes_and_again_once_old_then_nothing(tm
 def test_a_first_run_into_a_class_others_fill_looks_up_hundreds_of_resources_in_requests_an_instance_takes(tmp_path):
     """The adoption lookups of a first run into a class that Discovery fills ask for every resource's
     identity: in chunks that the stand-in, refusing request heads over 8 KB as Tomcat does, still takes."""
-    inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=2, instances=60)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=2, vpcs=1, subnets=2, instances=60)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         discovered = server.store.insert("cmdb_ci_vm_instance", {"name": "by discovery", "discovery_source": "ServiceNow",
                                                                  "object_id": "i-not-in-aws"}, "discovery")
@@ -495,9 +487,7 @@ def test_a_discovery_source_longer_than_the_instance_keeps_is_refused_before_any
     """Cut by the instance, the stamp would mark no CI as ours: every run would create every CI again. The
     dictionary says how long the field is: a longer discovery_source is a config error (exit 2), nothing
     written; one that fits runs as usual."""
-    inventory = synthetic_inventory(accounts=1, vpcs=1, subnets=1, instances=2)
-    path = tmp_path / "inventory.jsonl"
-    write_inventory(inventory, path)
+    inventory, path = inventory_file(tmp_path, accounts=1, vpcs=1, subnets=1, instances=2)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         server.store.set_length("cmdb_ci", "discovery_source", 10)
         with pytest.raises(ConfigError) as refused:
