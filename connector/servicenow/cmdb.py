@@ -140,8 +140,9 @@ class CmdbReader:
         itself or one of its ancestors, found by walking ``super_class`` up
         ``sys_db_object`` (one read per level). Then one read of
         ``sys_dictionary``; the nearest class's entry wins. What the instance
-        does not say (a class not found, a length that is not a number) is
-        left out: such a value is compared uncut, such a field taken to exist.
+        does not say (a class not found, or an ancestor, a length that is not a
+        number) is left out: such a value is compared uncut, such a field taken
+        to exist.
         """
         tables = sorted(fields)
         if not tables:
@@ -166,6 +167,8 @@ class CmdbReader:
             return line
 
         lineages = {table: lineage(table) for table in tables}
+        # a class whose line of ancestors reaches a root: only there can a field be known to be missing
+        whole = {table for table, line in lineages.items() if line and parent_of.get(line[-1]) == ""}
         classes = sorted({c for line in lineages.values() for c in line})
         names = sorted({f for table in tables for f in fields[table]})
         if not classes or not names:
@@ -179,7 +182,7 @@ class CmdbReader:
         for table in tables:
             for name in fields[table]:
                 entry = next((entries[(c, name)] for c in lineages[table] if (c, name) in entries), None)
-                if entry is None and lineages[table]:  # the class is known, and neither it nor an ancestor has it
+                if entry is None and table in whole:  # neither the class nor any of its ancestors has it
                     missing.setdefault(table, set()).add(name)
                 length = str(entry.get("max_length", "")) if entry else ""
                 if entry and _ref(entry.get("internal_type")) == "string" and length.isdigit() and int(length) > 0:

@@ -446,6 +446,32 @@ def test_adoption_lookups_are_chunked_by_their_encoded_size_as_well_as_by_count(
     assert list(_chunks(["x" * 5000, "y", "z"])) == [["x" * 5000], ["y", "z"]]  # too long alone: its own chunk
 
 
+@responses.activate
+def test_a_field_is_missing_only_where_the_whole_line_of_classes_is_known():
+    """The dictionary says a class lacks a field only when its every ancestor was read (an ACL that hides one
+    hides the fields it defines): unknown is not empty."""
+    classes, dictionary = f"{URL}/api/now/table/sys_db_object", f"{URL}/api/now/table/sys_dictionary"
+
+    def rows(request):
+        query = parse_qs(urlparse(request.url).query)["sysparm_query"][0]
+        if query.startswith("nameIN"):  # the mapped classes: one a root, one whose parent cannot be read
+            found = [{"sys_id": "t1", "name": "u_root_class", "super_class": ""},
+                     {"sys_id": "t2", "name": "u_child_class", "super_class": "hidden"}]
+        else:
+            found = []  # the parent "hidden": not readable
+        return 200, {"X-Total-Count": str(len(found))}, json.dumps({"result": found})
+
+    responses.add_callback(responses.GET, classes, callback=rows)
+    responses.get(dictionary, json={"result": [
+        {"name": "u_root_class", "element": "name", "internal_type": "string", "max_length": "100"},
+        {"name": "u_child_class", "element": "name", "internal_type": "string", "max_length": "80"}]},
+        headers={"X-Total-Count": "2"})
+    tables, _ = client()
+    found = CmdbReader(tables, "X").dictionary({"u_root_class": ["name", "u_typo"], "u_child_class": ["name", "u_typo"]})
+    assert found.lengths == {"u_root_class": {"name": 100}, "u_child_class": {"name": 80}}
+    assert found.missing == {"u_root_class": {"u_typo"}}  # u_child_class's u_typo may be on its hidden parent
+
+
 def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
     import threading
     import time
