@@ -274,7 +274,9 @@ def _plan_table(
     ok_scopes: set[tuple[str, str, str]],
     options: PlanOptions,
     plan: Plan,
+    stale_before: dict[str, str] | None = None,
 ) -> None:
+    """One class's plan; ``stale_before``: ``_stale_before(options)``, made once for every class."""
     if policy.identity_field in policy.missing_fields:
         _hold_class(table, desired, plan, (
             f"{table}: the class has no field {policy.identity_field} on this instance (sys_dictionary), and it is "
@@ -294,7 +296,6 @@ def _plan_table(
     where: dict[str, tuple[str, str]] = {}  # identity of each create -> its (account, region)
     updates: list[CIChange] = []  # and revives
     retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in this hot loop
-    stale_before = _stale_before(options)
     refreshes: list[CIChange] = []
     current_of: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}  # sys_id of each CI updated -> (held, desired)
     for ci in desired:
@@ -807,6 +808,7 @@ def plan_changes(
     ``tag_lengths``: the max_length of cmdb_key_value's ``key`` and ``value``, where known."""
     plan = Plan()
     ok_scopes = _ok_scopes(scopes, problems)
+    stale_before = _stale_before(options)
     by_table: dict[str, list[DesiredCI]] = defaultdict(list)
     for ci in desired:
         by_table[ci.table].append(ci)
@@ -817,7 +819,8 @@ def plan_changes(
                 f"{table}: its CIs could not be read from ServiceNow (see errors): none of its {len(unknown)} CI(s) "
                 "written, none retired, and their relations and tags left as they are."))
         else:
-            _plan_table(table, by_table.get(table, []), existing.get(table) or [], policy, ok_scopes, options, plan)
+            _plan_table(table, by_table.get(table, []), existing.get(table) or [], policy, ok_scopes, options, plan,
+                        stale_before)
     if other_classes:
         _plan_other_classes(other_classes, policies, options, plan)
     _plan_relations(desired, relations, rel_types, policies, options, plan)
