@@ -69,7 +69,14 @@ class Faults:
     """What the stand-in does wrong, on purpose."""
 
     def __init__(self, **settings: Any):
-        self.latency = 0.0               # seconds added to every API request
+        # Seconds of network latency per API request. An answer leaves no sooner than
+        # that, plus the CPU the stand-in itself spent on the request, after the
+        # request came in: the model is a server that serves its requests in
+        # parallel, as an instance's nodes and API semaphore threads do. Sleeping
+        # the latency first, then serving, would make the requests in flight queue
+        # for this one Python process's GIL after their common wait, and add the
+        # stand-in's own CPU to every round of them.
+        self.latency = 0.0
         self.rate_429 = 0.0              # share of API requests answered 429
         self.retry_after = 1.0           # the Retry-After of those 429s
         self.rate_5xx = 0.0              # share answered 503
@@ -518,8 +525,6 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _fault(self) -> Reply | None:
         faults, number = self.app.faults, self.app.next_api_request()
-        if faults.latency:
-            time.sleep(faults.latency)
         if number == faults.expire_tokens_at:
             self.app.expire_tokens()
         in_window = faults.outage_after >= 0 and faults.outage_after <= number < faults.outage_after + faults.outage_requests
@@ -542,6 +547,16 @@ class _Handler(BaseHTTPRequestHandler):
         if user is None:
             return error(401, "User Not Authenticated", "Required to provide Auth information",
                          {"WWW-Authenticate": 'Basic realm="Service-now"'})
+        latency = self.app.faults.latency
+        if not latency:
+            return self._served(method, url, body, route, is_batch, user)
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return self._served(method, url, body, route, is_batch, user)
+        finally:  # see Faults.latency; the session, if shared, stays held meanwhile
+            time.sleep(max(0.0, started + latency + (time.thread_time() - cpu) - time.perf_counter()))
+
+    def _served(self, method: str, url, body: bytes, route, is_batch: bool, user: str) -> Reply:
         fault = self._fault()
         if fault is not None:
             return fault

@@ -184,6 +184,19 @@ def test_dot_walked_query_through_a_reference(api):
     assert [r["parent"] for r in rows] == [mine]
 
 
+def test_relations_by_the_name_of_their_type(api):
+    """What the connector asks for the relations by: parent.discovery_source and type.nameIN."""
+    mine = make(api, "cmdb_ci_vm_instance", name="mine", discovery_source="X")["sys_id"]
+    dc = make(api, "cmdb_ci_aws_datacenter", name="dc")["sys_id"]
+    types = {row["name"]: row["sys_id"] for row in api("GET", "cmdb_rel_type").json()["result"]}
+    hosted = make(api, "cmdb_rel_ci", parent=mine, child=dc, type=types["Hosted on::Hosts"])["sys_id"]
+    make(api, "cmdb_rel_ci", parent=mine, child=dc, type=types["Depends on::Used by"])
+    located = make(api, "cmdb_rel_ci", parent=mine, child=dc, type=types["Located in::Houses"])["sys_id"]
+    query = "parent.discovery_source=X^type.nameINHosted on::Hosts,Located in::Houses^ORDERBYsys_id"
+    rows = api("GET", "cmdb_rel_ci", params={"sysparm_query": query}).json()["result"]
+    assert sorted(r["sys_id"] for r in rows) == sorted([hosted, located])
+
+
 def test_dot_walks_through_empty_and_dangling_references(api):
     """An empty reference, or one to a record that is gone, walks to "" (so ISEMPTY holds for it); a walk to
     a field the referenced table lacks is dropped, as any unknown field is."""
@@ -315,6 +328,27 @@ def test_sqlite_persistence_keeps_the_cmdb_between_runs(tmp_path):
         row = requests.get(f"{second.url}/api/now/table/cmdb_ci_network/{sys_id}", auth=("admin", "pw")).json()["result"]
         assert (row["name"], row["cidr"]) == ("kept", "10.1.0.0/16")
         assert len([r for r in second.store.rows("cmdb_rel_type") if r["name"] == "Hosted on::Hosts"]) == 1
+
+
+def test_latency_is_spent_after_the_work_a_write_lands_before_its_answer(standin):
+    """The stand-in serves a request, then holds its answer until the latency (plus its own CPU) is up, as a
+    server that serves requests in parallel, behind that much network, would: a write is in the table while
+    its answer is still on its way (what a run killed then leaves behind)."""
+    import threading
+    import time
+
+    standin.faults.update({"latency": 0.5})
+    answer = {}
+    thread = threading.Thread(target=lambda: answer.setdefault("r", requests.post(
+        f"{standin.url}/api/now/table/cmdb_ci_network", json={"name": "in flight"}, auth=AUTH)))
+    started = time.monotonic()
+    thread.start()
+    while not [r for r in standin.store.rows("cmdb_ci_network") if r["name"] == "in flight"]:
+        assert time.monotonic() - started < 10, "the write never landed"
+        time.sleep(0.005)
+    assert "r" not in answer  # written, answer not yet back
+    thread.join()
+    assert answer["r"].status_code == 201 and time.monotonic() - started >= 0.5
 
 
 def test_requests_of_one_session_are_served_one_at_a_time(standin):
