@@ -12,6 +12,7 @@ from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from operator import attrgetter, methodcaller
 from typing import Any, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -143,7 +144,8 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         desired_by_table[ci.table].append(ci)
     rel_names = {r.type for m in mappings.mappings.values() for r in m.relations}
     with ThreadPoolExecutor(max_workers=max(1, workers) + 1, thread_name_prefix="read-table") as pool:
-        relations = pool.submit(_read_relations, reader, rel_names)
+        rel_types_read = pool.submit(reader.relation_types, rel_names)
+        relations = pool.submit(reader.relations, rel_names)
         others = pool.submit(reader.owned_in_other_classes, mappings.tables)
         tagged = any(ci.tags is not None for ci in mapped.cis)
         # the fields each class is written: the mappings', and discovery_source, which marks the CIs ours
@@ -159,7 +161,7 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         read = dict(zip((table for table, _variants in tables), found))
         cis = {table: read[table][0] for table in mappings.tables}
         unread = {table: read[table][1] for table in mappings.tables if read[table][0] is None}
-        rel_types, rels = relations.result()
+        rel_types, rels = rel_types_read.result(), relations.result()
         other_classes, notes = _optional(
             others, None, "CIs of this connector in classes that no mapping file covers were not looked for")
         (field_lengths, missing_fields), more_notes = _optional(
@@ -179,11 +181,6 @@ def _optional(read: Future, unknown, why: str) -> tuple[Any, list[str]]:
         return unknown, [f"{why}: {exc}"]
 
 
-def _read_relations(reader: CmdbReader, names: set[str]) -> tuple[dict[str, str], list[ExistingRelation]]:
-    rel_types = reader.relation_types(names)
-    return rel_types, reader.relations(rel_types.values())
-
-
 def _read_class(reader: CmdbReader, table: str, variants: list, desired: list[DesiredCI]
                 ) -> tuple[list[ExistingCI] | None, str]:
     """``_read_table``, or (None, why) when the instance refuses the class for good: it lacks the class
@@ -199,10 +196,11 @@ def _read_table(reader: CmdbReader, table: str, variants: list, desired: list[De
     mapping = variants[0]
     fields = sorted({f for m in variants for f in m.fields} | set(mapping.retire) | set(mapping.revive))
     found = reader.owned_cis(table, fields)
-    known = {ci.fields.get(mapping.identity_field) for ci in found}
-    missing = [ci for ci in desired if ci.identity not in known]
-    if not missing or not reader.others_exist(table):
+    # after the class's last page, so in C: the identities held, and whether any desired one is not
+    known = set(map(methodcaller("get", mapping.identity_field), map(attrgetter("fields"), found)))
+    if set(map(attrgetter("identity"), desired)) <= known or not reader.others_exist(table):
         return found
+    missing = [ci for ci in desired if ci.identity not in known]
     found += reader.cis_where_in(table, mapping.identity_field, [ci.identity for ci in missing], fields)
     known |= {ci.fields.get(mapping.identity_field) for ci in found}
     object_ids = [str(ci.fields.get("object_id")) for ci in missing if ci.identity not in known and ci.fields.get("object_id")]

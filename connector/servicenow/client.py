@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import uuid
 from contextlib import contextmanager
 from itertools import chain
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
 import pysnow
@@ -107,10 +107,12 @@ class TableClient:
             session.close()
 
     # -- reads --------------------------------------------------------------
-    def _page(self, table: str, ordered: str, fields: list[str], limit: int, offset: int) -> tuple[list[dict], str | None]:
+    def _page(self, table: str, ordered: str, fields: list[str], limit: int, offset: int,
+              convert: Callable[[list[dict]], list] | None = None) -> tuple[list, str | None]:
         with self._client() as client:
             response = self._resource(client, table).get(query=ordered, limit=limit, offset=offset, fields=list(fields))
-            return response.all(), response.headers.get("X-Total-Count")
+            rows, total = response.all(), response.headers.get("X-Total-Count")
+        return (rows if convert is None else convert(rows)), total
 
     def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1) -> Iterator[dict[str, Any]]:
@@ -118,31 +120,40 @@ class TableClient:
         return chain.from_iterable(self.pages(table, query, fields, page_size, workers))
 
     def pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
-              workers: int = 1) -> Iterator[list[dict[str, Any]]]:
+              workers: int = 1, convert: Callable[[list[dict]], list] | None = None) -> Iterator[list]:
         """Every matching row, a page at a time, paged by offset in ``sys_id`` order.
 
         A short page is not the end: ``sysparm_limit`` applies before ACLs, so
         the count in ``X-Total-Count`` decides; without it, an empty page does.
         Once the first page has given the count, the other pages are fetched
         by up to ``workers`` sessions at once, and yielded in order.
+
+        ``convert``, if given, makes each page into what is yielded, in the
+        thread that fetched it, as soon as it is in: pages come in out of order,
+        and a page's work is then done while the pages before it are still on
+        their way, not all at once after the last one.
         """
         limit = page_size or self._settings.page_size
         ordered = f"{query}^ORDERBYsys_id" if query else "ORDERBYsys_id"
-        rows, total = self._page(table, ordered, fields, limit, 0)
+
+        def page(at: int) -> tuple[list, str | None]:
+            return self._page(table, ordered, fields, limit, at, convert)
+
+        rows, total = page(0)
         yield rows
         if total is not None and total.isdigit():
             offsets = list(range(limit, int(total), limit))
             if workers > 1 and len(offsets) > 1:
                 with ThreadPoolExecutor(max_workers=min(workers, len(offsets)), thread_name_prefix="read") as pool:
-                    for page, _count in pool.map(lambda at: self._page(table, ordered, fields, limit, at), offsets):
-                        yield page
+                    for rows, _count in pool.map(page, offsets):
+                        yield rows
             else:
                 for at in offsets:
-                    yield self._page(table, ordered, fields, limit, at)[0]
+                    yield page(at)[0]
             return
         offset = limit
         while rows:
-            rows, _count = self._page(table, ordered, fields, limit, offset)
+            rows, _count = page(offset)
             yield rows
             offset += limit
 

@@ -88,11 +88,15 @@ class CmdbReader:
 
     def _cis(self, table: str, query: str, fields: Iterable[str]) -> list[ExistingCI]:
         wanted = sorted(set(BASE_FIELDS) | set(fields))
-        found: list[ExistingCI] = []
-        for page in self.tables.pages(table, query, wanted, workers=self.workers):
+
+        def cis(page: list[dict[str, Any]]) -> list[ExistingCI]:
             rows = _string_rows(page)
             # ExistingCI(table, sys_id, row), built in C: tuple.__new__ skips the named tuple's Python __new__
-            found.extend(map(tuple.__new__, repeat(ExistingCI), zip(repeat(table), map(itemgetter("sys_id"), rows), rows)))
+            return list(map(tuple.__new__, repeat(ExistingCI), zip(repeat(table), map(itemgetter("sys_id"), rows), rows)))
+
+        found: list[ExistingCI] = []
+        for page in self.tables.pages(table, query, wanted, workers=self.workers, convert=cis):
+            found.extend(page)
         return found
 
     def owned_cis(self, table: str, fields: Iterable[str]) -> list[ExistingCI]:
@@ -197,21 +201,28 @@ class CmdbReader:
         # Re-check in code: a dropped condition would return every type.
         return {row["name"]: row["sys_id"] for row in rows if row.get("name") in names}
 
-    def relations(self, type_ids: Iterable[str]) -> list[ExistingRelation]:
-        """Relations of the managed types whose parent is one of our CIs."""
-        type_ids = sorted(set(type_ids))
-        if not type_ids:
+    def relations(self, type_names: Iterable[str]) -> list[ExistingRelation]:
+        """Relations of the managed types (by name) whose parent is one of our CIs.
+
+        The types are named through the reference (``type.name``), so that this
+        query need not wait for ``relation_types``: the two run at once. Plan
+        keeps only the relations whose type is one of those it found."""
+        type_names = sorted(set(type_names))
+        if not type_names:
             return []
-        query = f"parent.discovery_source={self.discovery_source}^typeIN{','.join(type_ids)}"
+        query = f"parent.discovery_source={self.discovery_source}^type.nameIN{','.join(type_names)}"
         fields = ("sys_id", "parent", "child", "type")
-        found: list[ExistingRelation] = []
-        for page in self.tables.pages(REL_TABLE, query, list(fields), workers=self.workers):
+
+        def relations(page: list[dict[str, Any]]) -> list[ExistingRelation]:
             rows = _string_rows(page)
             try:  # the usual page, every field there: built in C, as in _cis
-                built = list(map(tuple.__new__, repeat(ExistingRelation), map(itemgetter(*fields), rows)))
+                return list(map(tuple.__new__, repeat(ExistingRelation), map(itemgetter(*fields), rows)))
             except KeyError:  # a field left out of a row (an ACL on the field, say): "" for it
-                built = [ExistingRelation(*(row.get(name, "") for name in fields)) for row in rows]
-            found.extend(built)
+                return [ExistingRelation(*(row.get(name, "") for name in fields)) for row in rows]
+
+        found: list[ExistingRelation] = []
+        for page in self.tables.pages(REL_TABLE, query, list(fields), workers=self.workers, convert=relations):
+            found.extend(page)
         return found
 
     def key_values(self) -> list[ExistingKeyValue]:

@@ -228,6 +228,15 @@ def test_stale_relation_of_a_present_ci_is_deleted():
     assert [(r.action, r.sys_id) for r in p.relation_changes] == [("delete", "r2")]
 
 
+def test_relations_of_a_type_no_mapping_names_are_never_deleted():
+    """The relations are asked for by type name (type.name), a dot-walk the instance may drop: then
+    relations of every type come back. Only those of the types plan knows (rel_types) are managed."""
+    p = plan([desired_vm(1), desired_dc()], [dc(), existing_vm(1)],
+             relations=[ExistingRelation("r1", "s1", "dc1", "type-hosted"),
+                        ExistingRelation("r2", "s1", "dc1", "type-depends-on")])  # both ends ours, another type
+    assert p.relation_changes == [] and p.relations_unchanged == 1
+
+
 def test_relations_of_unmanaged_cis_or_absent_declarers_are_kept():
     p = plan([desired_dc()], [dc()],
              relations=[ExistingRelation("r1", "s1", "dc1", "type-hosted"),          # s1 absent from this run

@@ -215,10 +215,10 @@ def test_relations_are_read_whole_and_a_field_left_out_of_a_row_is_empty():
             {"sys_id": "r3", "parent": "p3", "type": "t1"}]
     responses.get(f"{URL}/api/now/table/cmdb_rel_ci", json={"result": rows}, headers={"X-Total-Count": "3"})
     tables, _ = client()
-    found = CmdbReader(tables, "X").relations(["t1"])
+    found = CmdbReader(tables, "X").relations(["Runs on::Runs"])
     assert [tuple(r) for r in found] == [("r1", "p1", "c1", "t1"), ("r2", "p2", "c2", "t1"), ("r3", "p3", "", "t1")]
     assert found[0].parent == "p1" and type(found[0]).__name__ == "ExistingRelation"
-    assert params(responses.calls[0])["sysparm_query"] == "parent.discovery_source=X^typeINt1^ORDERBYsys_id"
+    assert params(responses.calls[0])["sysparm_query"] == "parent.discovery_source=X^type.nameINRuns on::Runs^ORDERBYsys_id"
 
 
 def test_tls_verification_on_by_default_and_ca_bundle(tmp_path):
@@ -242,6 +242,27 @@ def test_against_the_standin_create_read_update_and_paging(standin):
     tables.update("cmdb_ci_vm_instance", made[0], {"name": "renamed"})
     assert {ci.fields["name"] for ci in reader.owned_cis("cmdb_ci_vm_instance", ["name"])} >= {"renamed"}
     assert standin.stats["GET cmdb_ci_vm_instance"] == 6  # ceil(7 / 3) pages, twice
+
+
+def test_each_page_is_converted_in_the_thread_that_fetched_it_and_yielded_in_order(standin):
+    import threading
+
+    tables = TableClient(ServiceNowSettings(instance_url=standin.url, username="admin", password="s3cret-pw",
+                                            page_size=2, workers=3))
+    names = sorted(f"vm{i}" for i in range(7))
+    for name in names:
+        tables.create("cmdb_ci_vm_instance", {"name": name, "discovery_source": "X"})
+    threads = set()
+
+    def convert(rows):
+        threads.add(threading.current_thread().name)
+        return [row["name"] for row in rows]
+
+    pages = list(tables.pages("cmdb_ci_vm_instance", "discovery_source=X", ["name", "sys_id"], workers=3, convert=convert))
+    in_order = [row["name"] for row in tables.query("cmdb_ci_vm_instance", "discovery_source=X", ["name", "sys_id"])]
+    assert [name for page in pages for name in page] == in_order and sorted(in_order) == names and len(pages) == 4
+    assert any(name.startswith("read") for name in threads)  # the pages after the first: by the pool's threads
+    tables.close()
 
 
 def test_connections_are_kept_alive_and_reused_across_reads_and_writes(standin):
@@ -482,7 +503,7 @@ def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
         def __init__(self):
             self.lock, self.now, self.peak, self.queries = threading.Lock(), 0, 0, []
 
-        def pages(self, table, query, fields, workers=1):
+        def pages(self, table, query, fields, workers=1, convert=lambda page: page):
             with self.lock:
                 self.now += 1
                 self.peak = max(self.peak, self.now)
@@ -491,7 +512,7 @@ def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
             with self.lock:
                 self.now -= 1
             values = query.split("IN", 1)[1].split("^", 1)[0].split(",")
-            return [[{"sys_id": f"s-{v}", "correlation_id": v} for v in values]]  # one page
+            return [convert([{"sys_id": f"s-{v}", "correlation_id": v} for v in values])]  # one page
 
     tables = SlowTables()
     values = [f"arn-{n:04d}" for n in range(450)]  # 5 chunks of at most 100
