@@ -190,6 +190,12 @@ def _is_stale(ci: ExistingCI, stale_before: dict[str, str]) -> bool:
     return ci.fields.get(LAST_DISCOVERED, "") < (stale_before.get(ci.sys_id[-1:]) or stale_before[""])
 
 
+def _refresh(table: str, ci: DesiredCI, current: ExistingCI, options: PlanOptions) -> CIChange:
+    """An unchanged CI's last_discovered, grown old, stamped again."""
+    return CIChange(REFRESH, table, ci.identity, current.sys_id, {
+        LAST_DISCOVERED: (current.fields.get(LAST_DISCOVERED, ""), options.now)})
+
+
 def _stamped(change: CIChange, options: PlanOptions, current: dict[str, str], desired: dict[str, Any]) -> CIChange:
     """A write to a CI, with last_discovered set to the run's time (a CI written was seen now), unless
     its mapping gives last_discovered a value of its own: that one is the CI's, on every run."""
@@ -284,19 +290,45 @@ def _plan_table(
             f"{len(desired)} CI(s) written, none retired. Check [target] identity in its mapping, or add the field "
             "to the class."))
         return
-    if policy.missing_fields:
-        desired = _without_missing_fields(table, desired, policy, plan)
-    desired, left_out = _fitted(table, desired, policy, plan)
     unique, by_identity, unkeyed = _index(existing, policy.identity_field)
-    contested = _contested(table, policy.identity_field, desired, by_identity, unkeyed, plan) if unkeyed else set()
     matched: set[str] = set()  # CIs that match one desired CI
     claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
+    retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in these hot loops
+    refreshes: list[CIChange] = []
+    stamps = stale_before is not None
+    # First, the common case: the one CI of the identity holds every value already, as the same string, and
+    # is ours and active. Such a CI needs neither fitting to the field lengths (the instance keeps no value
+    # longer than its field) nor the missing fields left out (a field the class lacks is never held), so those
+    # run on the rest only.
+    rest: list[DesiredCI] = []
+    for ci in desired:
+        matches = by_identity.get(ci.identity)
+        if matches is None or len(matches) != 1:
+            rest.append(ci)
+            continue
+        current = matches[0]
+        fields = current.fields
+        have = fields.items()
+        if not (ci.fields.items() <= have and fields.get("discovery_source") == source
+                and not (retired_when and retired_when <= have)):
+            rest.append(ci)
+            continue
+        matched.add(current.sys_id)
+        sys_ids[(table, ci.identity)] = current.sys_id
+        if stamps and LAST_DISCOVERED not in ci.fields and (  # _is_stale, inlined
+                fields.get(LAST_DISCOVERED, "") < (stale_before.get(current.sys_id[-1:]) or stale_before[""])):
+            refreshes.append(_refresh(table, ci, current, options))
+        else:
+            unchanged += 1
+    desired = rest
+    if policy.missing_fields:
+        desired = _without_missing_fields(table, desired, policy, plan)
+    desired, left_out = _fitted(table, desired, policy, plan)
+    contested = _contested(table, policy.identity_field, desired, by_identity, unkeyed, plan) if unkeyed else set()
     creates: list[CIChange] = []
     where: dict[str, tuple[str, str]] = {}  # identity of each create -> its (account, region)
     updates: list[CIChange] = []  # and revives
-    retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in this hot loop
-    refreshes: list[CIChange] = []
     current_of: dict[str, tuple[dict[str, str], dict[str, Any]]] = {}  # sys_id of each CI updated -> (held, desired)
     for ci in desired:
         matches = by_identity.get(ci.identity) or _by_object(ci, unkeyed)
@@ -315,9 +347,8 @@ def _plan_table(
             if change is not None:
                 updates.append(change)
                 current_of[current.sys_id] = (current.fields, ci.fields)
-            elif stale_before is not None and LAST_DISCOVERED not in ci.fields and _is_stale(current, stale_before):
-                refreshes.append(CIChange(REFRESH, table, ci.identity, current.sys_id, {
-                    LAST_DISCOVERED: (current.fields.get(LAST_DISCOVERED, ""), options.now)}))
+            elif stamps and LAST_DISCOVERED not in ci.fields and _is_stale(current, stale_before):
+                refreshes.append(_refresh(table, ci, current, options))
             else:
                 unchanged += 1
         elif matches:
