@@ -37,7 +37,7 @@ from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.history import previous_run_report, prune_reports, repeated_writes
 from .report.json_report import build_report, summary_line, write_report
-from .ops import EXIT_INTERRUPTED, fewer_gc_passes, set_run_id, stop_requested
+from .ops import EXIT_INTERRUPTED, fewer_gc_passes, freeze_long_lived, set_run_id, stop_requested
 from .report.outputs import write_outputs
 from .servicenow.client import TableClient
 from .servicenow.cmdb import KV_TABLE, CmdbReader, Dictionary, TableApiWriter
@@ -282,6 +282,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
         with clock.stage("map"):
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
+        freeze_long_lived()
         with clock.stage("read"):
             cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
         _check_discovery_source(sn.discovery_source, cmdb.field_lengths)

@@ -67,3 +67,29 @@ def test_fewer_gc_passes_during_a_run_and_the_threshold_restored_after():
     except RuntimeError:
         pass
     assert gc.get_threshold() == before
+
+
+def test_the_mapped_inventory_is_set_aside_from_the_collector_during_read_and_plan(tmp_path, monkeypatch):
+    """Frozen once mapped (gc.freeze), so that collections during the read and plan do not walk it again;
+    unfrozen when the run ends, whatever its outcome."""
+    import gc
+
+    import connector.run as run
+    from connector.settings import load_settings
+
+    frozen = {}
+
+    def read_cmdb(*args, **kwargs):
+        frozen["during read"] = gc.get_freeze_count()
+        raise RuntimeError("a read that fails")
+
+    monkeypatch.setattr(run, "read_cmdb", read_cmdb)
+    settings = load_settings(None, {"aws": {"external_id": "not-used-here"},
+                                        "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "svc",
+                                                       "password": "not-used"},
+                                        "report": {"output_dir": str(tmp_path)}})
+    inventory = tmp_path / "inventory.jsonl"
+    inventory.write_text("")
+    outcome = run.run_pipeline(settings, inventory_file=inventory)
+    assert outcome.exit_code != 0
+    assert frozen["during read"] > 0 and gc.get_freeze_count() == 0
