@@ -1,6 +1,9 @@
 """Reconciliation benchmark: about 20,000 CIs against the stand-in, 20 ms per request.
 
-The stand-in runs in a process of its own and adds 20 ms to every request.
+The stand-in runs in a process of its own, with 20 ms of latency on every
+request: an answer leaves 20 ms, plus the CPU the stand-in spent on it, after
+its request came in (a server that serves requests in parallel, behind that
+much network).
 Runs: the first (everything created), then, three times over (--repeat), a
 run with nothing changed and a run where 1% of the instances changed (the same
 1% changed, then changed back), so that the medians stand above the noise of
