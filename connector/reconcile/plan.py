@@ -190,6 +190,14 @@ def _is_stale(ci: ExistingCI, stale_before: dict[str, str]) -> bool:
     return ci.fields.get(LAST_DISCOVERED, "") < (stale_before.get(ci.sys_id[-1:]) or stale_before[""])
 
 
+def _on_file(ci: DesiredCI, current: ExistingCI, source: str, retired_when) -> bool:
+    """Does ``current`` hold every value of ``ci`` already, as the same string, and is it ours and active
+    (``retired_when``: the retire values' items, see _is_retired)? Then there is nothing to write."""
+    have = current.fields.items()
+    return (ci.fields.items() <= have and current.fields.get("discovery_source") == source
+            and not (retired_when and retired_when <= have))
+
+
 def _refresh(table: str, ci: DesiredCI, current: ExistingCI, options: PlanOptions) -> CIChange:
     """An unchanged CI's last_discovered, grown old, stamped again."""
     return CIChange(REFRESH, table, ci.identity, current.sys_id, {
@@ -294,7 +302,7 @@ def _plan_table(
     matched: set[str] = set()  # CIs that match one desired CI
     claimed: set[str] = set()  # and those that match it with others (duplicates)
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
-    retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in these hot loops
+    retired_when = policy.retire.items() if policy.retire else None  # for _on_file
     refreshes: list[CIChange] = []
     stamps = stale_before is not None
     # First, the common case: the one CI of the identity holds every value already, as the same string, and
@@ -308,16 +316,12 @@ def _plan_table(
             rest.append(ci)
             continue
         current = matches[0]
-        fields = current.fields
-        have = fields.items()
-        if not (ci.fields.items() <= have and fields.get("discovery_source") == source
-                and not (retired_when and retired_when <= have)):
+        if not _on_file(ci, current, source, retired_when):
             rest.append(ci)
             continue
         matched.add(current.sys_id)
         sys_ids[(table, ci.identity)] = current.sys_id
-        if stamps and LAST_DISCOVERED not in ci.fields and (  # _is_stale, inlined
-                fields.get(LAST_DISCOVERED, "") < (stale_before.get(current.sys_id[-1:]) or stale_before[""])):
+        if stamps and LAST_DISCOVERED not in ci.fields and _is_stale(current, stale_before):
             refreshes.append(_refresh(table, ci, current, options))
         else:
             unchanged += 1
@@ -338,10 +342,8 @@ def _plan_table(
             current = matches[0]
             matched.add(current.sys_id)
             sys_ids[(table, ci.identity)] = current.sys_id
-            have = current.fields.items()
-            if (ci.fields.items() <= have and current.fields.get("discovery_source") == source
-                    and not (retired_when and retired_when <= have)):
-                change = None  # the common case: every value there already, as the same string
+            if _on_file(ci, current, source, retired_when):
+                change = None  # every value there already, now that they are cut to fit
             else:
                 change = _change_of_match(table, ci, current, _desired_payload(ci, options), policy, options)
             if change is not None:
