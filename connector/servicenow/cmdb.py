@@ -229,11 +229,13 @@ class CmdbReader:
         """The cmdb_key_value rows (tags) of our CIs."""
         query = f"configuration_item.discovery_source={self.discovery_source}"
         fields = ["sys_id", "configuration_item", "key", "value"]
-        return [
-            ExistingKeyValue(row["sys_id"], row.get("configuration_item", ""), row.get("key", ""), row.get("value", ""))
-            for page in self.tables.pages(KV_TABLE, query, fields, workers=self.workers)
-            for row in _string_rows(page)
-        ]
+
+        def rows(page: list[dict[str, Any]]) -> list[ExistingKeyValue]:
+            return [ExistingKeyValue(row["sys_id"], row.get("configuration_item", ""), row.get("key", ""),
+                                     row.get("value", "")) for row in _string_rows(page)]
+
+        return [row for page in self.tables.pages(KV_TABLE, query, fields, workers=self.workers, convert=rows)
+                for row in page]
 
 
 class Dictionary(NamedTuple):
