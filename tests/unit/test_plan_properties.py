@@ -114,18 +114,21 @@ class MemoryCmdb:
         return [ExistingKeyValue(k, ci, key, value) for k, (ci, key, value) in self.key_values.items()]
 
 
-def plan_for(inventory: Inventory, cmdb: MemoryCmdb):
+def plan_for(inventory: Inventory, cmdb: MemoryCmdb, now: str = ""):
     mapped = map_inventory(inventory, SUBSET, tags=True)
     # the lengths the connector reads from sys_dictionary: the same as the CMDB's own
     policies = POLICIES if cmdb.name_length is None else table_policies(
         SUBSET, {table: {"name": cmdb.name_length} for table in POLICIES})
     return plan_changes(mapped.cis, cmdb.existing(), inventory.scopes, mapped.problems, cmdb.existing_relations(),
-                        REL_TYPES, policies, PlanOptions(DS, max_retire_fraction=1.0), cmdb.existing_key_values())
+                        REL_TYPES, policies, PlanOptions(DS, max_retire_fraction=1.0, now=now, last_discovered_days=7),
+                        cmdb.existing_key_values())
 
 
 @settings(max_examples=150, deadline=None)
-@given(st.lists(inventories(), min_size=1, max_size=4), st.sampled_from([None, None, 2, 4]))
-def test_apply_then_plan_again_is_empty_and_unknown_scopes_are_never_written(runs, name_length):
+@given(st.lists(inventories(), min_size=1, max_size=4), st.sampled_from([None, None, 2, 4]), st.booleans())
+def test_apply_then_plan_again_is_empty_and_unknown_scopes_are_never_written(runs, name_length, stamped):
+    """``stamped``: with last_discovered stamped, each run 8 days after the one before (so that the CIs
+    a run leaves alone are stale at the next)."""
     cmdb = MemoryCmdb(name_length)
     foreign = {"sys_id": "foreign", "sys_class_name": "cmdb_ci_vm_instance", "discovery_source": "ServiceNow Discovery",
                "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNTS[0]}:instance/i-foreign", "install_status": "1"}
@@ -136,19 +139,24 @@ def test_apply_then_plan_again_is_empty_and_unknown_scopes_are_never_written(run
     for sys_id, table, object_id in (("hand-dc", "cmdb_ci_aws_datacenter", REGION), ("hand-vm", "cmdb_ci_vm_instance", "i-0")):
         cmdb.cis[sys_id] = {"sys_id": sys_id, "sys_class_name": table, "discovery_source": "", "correlation_id": "",
                             "object_id": object_id, "name": "by hand", "install_status": "1"}
-    for inventory in runs:
+    for number, inventory in enumerate(runs):
+        now = f"2026-12-{1 + 8 * number:02d} 00:00:00" if stamped else ""
         denied = {s.account_id for s in inventory.scopes if s.status != OK}
         before = {k: dict(v) for k, v in cmdb.cis.items()}
         tags_before = dict(cmdb.key_values)
-        plan = plan_for(inventory, cmdb)
+        plan = plan_for(inventory, cmdb, now)
         cmdb.apply(plan)
         if any(change.note.startswith("adopted") for change in plan.changes):
             # An adopted CI gets its tags from the next run on (README): that run writes tags, and nothing else.
-            tags_round = plan_for(inventory, cmdb)
+            tags_round = plan_for(inventory, cmdb, now)
             assert tags_round.changes == [] and tags_round.relation_changes == []
             cmdb.apply(tags_round)
+        if stamped:  # every CI of the run's resources was seen now
+            stamps = {f.get("correlation_id"): f.get("last_discovered") for f in cmdb.cis.values()}
+            assert all(stamps[ci.identity] == now for ci in map_inventory(inventory, SUBSET).cis
+                       if (ci.table, ci.identity) not in plan.held)
         # convergence: the same inventory plans nothing more
-        again = plan_for(inventory, cmdb)
+        again = plan_for(inventory, cmdb, now)
         assert again.changes == [] and again.relation_changes == [] and again.key_value_changes == []
         # every tag of every instance in the run is in the CMDB, once
         tags = {(cmdb.cis[ci]["correlation_id"], key): value for ci, key, value in cmdb.key_values.values()}
