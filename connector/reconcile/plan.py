@@ -186,8 +186,11 @@ def _stale_before(options: PlanOptions) -> dict[str, str] | None:
     return {"": before(1.0), **{digit: before(1 - int(digit, 16) / 32) for digit in "0123456789abcdefABCDEF"}}
 
 
-def _is_stale(ci: ExistingCI, stale_before: dict[str, str]) -> bool:
-    return ci.fields.get(LAST_DISCOVERED, "") < (stale_before.get(ci.sys_id[-1:]) or stale_before[""])
+def _due_refresh(ci: DesiredCI, current: ExistingCI, stale_before: dict[str, str] | None) -> bool:
+    """Is the unchanged ``current``'s last_discovered old enough to stamp again? Never where nothing is
+    stamped, nor where the mapping gives last_discovered a value of its own."""
+    return (stale_before is not None and LAST_DISCOVERED not in ci.fields
+            and current.fields.get(LAST_DISCOVERED, "") < (stale_before.get(current.sys_id[-1:]) or stale_before[""]))
 
 
 def _on_file(ci: DesiredCI, current: ExistingCI, source: str, retired_when) -> bool:
@@ -304,7 +307,6 @@ def _plan_table(
     sys_ids, source, unchanged = plan.sys_ids, options.discovery_source, 0
     retired_when = policy.retire.items() if policy.retire else None  # for _on_file
     refreshes: list[CIChange] = []
-    stamps = stale_before is not None
     # First, the common case: the one CI of the identity holds every value already, as the same string, and
     # is ours and active. Such a CI needs neither fitting to the field lengths (the instance keeps no value
     # longer than its field) nor the missing fields left out (a field the class lacks is never held), so those
@@ -321,7 +323,7 @@ def _plan_table(
             continue
         matched.add(current.sys_id)
         sys_ids[(table, ci.identity)] = current.sys_id
-        if stamps and LAST_DISCOVERED not in ci.fields and _is_stale(current, stale_before):
+        if _due_refresh(ci, current, stale_before):
             refreshes.append(_refresh(table, ci, current, options))
         else:
             unchanged += 1
@@ -349,7 +351,7 @@ def _plan_table(
             if change is not None:
                 updates.append(change)
                 current_of[current.sys_id] = (current.fields, ci.fields)
-            elif stamps and LAST_DISCOVERED not in ci.fields and _is_stale(current, stale_before):
+            elif _due_refresh(ci, current, stale_before):
                 refreshes.append(_refresh(table, ci, current, options))
             else:
                 unchanged += 1
