@@ -201,8 +201,9 @@ def _read_table(reader: CmdbReader, table: str, variants: list, desired: list[De
     if set(map(attrgetter("identity"), desired)) <= known or not reader.others_exist(table):
         return found
     missing = [ci for ci in desired if ci.identity not in known]
-    found += reader.cis_where_in(table, mapping.identity_field, [ci.identity for ci in missing], fields)
-    known |= {ci.fields.get(mapping.identity_field) for ci in found}
+    theirs = reader.cis_where_in(table, mapping.identity_field, [ci.identity for ci in missing], fields)
+    found += theirs  # CIs of other sources that hold the missing identities
+    known.update(ci.fields.get(mapping.identity_field) for ci in theirs)
     object_ids = [str(ci.fields.get("object_id")) for ci in missing if ci.identity not in known and ci.fields.get("object_id")]
     if object_ids:
         found += reader.cis_where_in(table, "object_id", object_ids, fields, f"^{mapping.identity_field}ISEMPTY")

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from operator import itemgetter
-from typing import Any, Iterable, NamedTuple, Protocol
+from typing import Any, Callable, Iterable, NamedTuple, Protocol
 from urllib.parse import quote
 
 from ..concurrency import map_in_order
@@ -94,10 +94,11 @@ class CmdbReader:
             # ExistingCI(table, sys_id, row), built in C: tuple.__new__ skips the named tuple's Python __new__
             return list(map(tuple.__new__, repeat(ExistingCI), zip(repeat(table), map(itemgetter("sys_id"), rows), rows)))
 
-        found: list[ExistingCI] = []
-        for page in self.tables.pages(table, query, wanted, workers=self.workers, convert=cis):
-            found.extend(page)
-        return found
+        return self._read(table, query, wanted, cis)
+
+    def _read(self, table: str, query: str, fields: list[str], convert: Callable[[list[dict[str, Any]]], list]) -> list:
+        """Every row of the query, each page made by ``convert`` in the thread that fetched it."""
+        return list(chain.from_iterable(self.tables.pages(table, query, fields, workers=self.workers, convert=convert)))
 
     def owned_cis(self, table: str, fields: Iterable[str]) -> list[ExistingCI]:
         """One paged query for the table's CIs stamped with our discovery_source."""
@@ -220,10 +221,7 @@ class CmdbReader:
             except KeyError:  # a field left out of a row (an ACL on the field, say): "" for it
                 return [ExistingRelation(*(row.get(name, "") for name in fields)) for row in rows]
 
-        found: list[ExistingRelation] = []
-        for page in self.tables.pages(REL_TABLE, query, list(fields), workers=self.workers, convert=relations):
-            found.extend(page)
-        return found
+        return self._read(REL_TABLE, query, list(fields), relations)
 
     def key_values(self) -> list[ExistingKeyValue]:
         """The cmdb_key_value rows (tags) of our CIs."""
@@ -234,8 +232,7 @@ class CmdbReader:
             return [ExistingKeyValue(row["sys_id"], row.get("configuration_item", ""), row.get("key", ""),
                                      row.get("value", "")) for row in _string_rows(page)]
 
-        return [row for page in self.tables.pages(KV_TABLE, query, fields, workers=self.workers, convert=rows)
-                for row in page]
+        return self._read(KV_TABLE, query, fields, rows)
 
 
 class Dictionary(NamedTuple):
