@@ -1,7 +1,9 @@
-"""One way to run a call over many items on a few threads."""
+"""One way to run a call over many items on a few threads, and a fair gate for a few at a time."""
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Sequence, TypeVar
 
@@ -19,3 +21,35 @@ def map_in_order(call: Callable[[T], R], items: Sequence[T], width: int, name: s
         return [call(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(width, len(items)), thread_name_prefix=name) as pool:
         return list(pool.map(call, items))
+
+
+class FairSlots:
+    """At most ``size`` holders at once, like a semaphore, but the waiters get in first come, first served.
+
+    ``threading.Semaphore`` wakes any waiter: under load, a request queued
+    early can wait behind every one queued after it. The pages of a query are
+    queued in order; served in order, its first pages are in first, and
+    whoever reads them in order can start.
+    """
+
+    def __init__(self, size: int):
+        self._lock = threading.Lock()
+        self._free = max(1, size)
+        self._waiting: deque[threading.Lock] = deque()
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._free and not self._waiting:
+                self._free -= 1
+                return
+            turn = threading.Lock()
+            turn.acquire()
+            self._waiting.append(turn)
+        turn.acquire()  # released by the holder that hands its slot over
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            if self._waiting:
+                self._waiting.popleft().release()  # the slot passes straight to the next in line
+            else:
+                self._free += 1

@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import pysnow
 import requests
 
+from ..concurrency import FairSlots
 from ..settings import ServiceNowSettings
 from .auth import make_auth
 from .transport import ServiceNowSession
@@ -46,7 +47,7 @@ class TableClient:
         self._lock = threading.Lock()
         # servicenow.workers is the most requests in flight at once, over every
         # table and page: an instance has only so many API semaphores.
-        self._in_flight = threading.BoundedSemaphore(max(1, settings.workers))
+        self._in_flight = FairSlots(settings.workers)
 
     # -- sessions ---------------------------------------------------------
     def _new_session(self) -> ServiceNowSession:
@@ -69,7 +70,7 @@ class TableClient:
     def _client(self) -> Iterator[pysnow.Client]:
         """An idle pysnow client (and session) for one request, returned afterwards.
 
-        Waits while ``workers`` requests are already in flight.
+        Waits while ``workers`` requests are already in flight; waiters go first come, first served.
         """
         with self._in_flight:
             with self._lock:

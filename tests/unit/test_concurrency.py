@@ -1,0 +1,67 @@
+"""The fair gate that bounds the requests in flight."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from connector.concurrency import FairSlots
+
+
+def _wait_until(condition, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def test_waiters_get_in_first_come_first_served():
+    gate = FairSlots(1)
+    order: list[int] = []
+    threads = []
+    with gate:  # the one slot held: everyone after this waits
+        for n in range(8):
+            thread = threading.Thread(target=lambda n=n: gate.__enter__() or order.append(n) or gate.__exit__())
+            thread.start()
+            threads.append(thread)
+            _wait_until(lambda: len(gate._waiting) == n + 1)  # queued, in this order
+    for thread in threads:
+        thread.join(5)
+    assert order == list(range(8))  # a plain Semaphore may wake them in any order
+
+
+def test_never_more_holders_than_slots_and_a_failure_gives_its_slot_back():
+    gate = FairSlots(3)
+    lock = threading.Lock()
+    holding, most = 0, 0
+
+    def hold(n: int) -> None:
+        nonlocal holding, most
+        with pytest.raises(RuntimeError) if n % 2 else _nothing():
+            with gate:
+                with lock:
+                    holding += 1
+                    most = max(most, holding)
+                time.sleep(0.002)
+                with lock:
+                    holding -= 1
+                if n % 2:
+                    raise RuntimeError("a failed request")
+
+    threads = [threading.Thread(target=hold, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert most == 3
+    assert gate._free == 3 and not gate._waiting  # every slot back, failures too
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
