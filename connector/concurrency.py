@@ -32,24 +32,38 @@ class FairSlots:
     whoever reads them in order can start.
     """
 
+    _new_turn = threading.Lock  # a waiter's turn: locked while it waits
+
     def __init__(self, size: int):
         self._lock = threading.Lock()
         self._free = max(1, size)
-        self._waiting: deque[threading.Lock] = deque()
+        self._waiting: deque = deque()
 
     def __enter__(self) -> None:
         with self._lock:
             if self._free and not self._waiting:
                 self._free -= 1
                 return
-            turn = threading.Lock()
+            turn = self._new_turn()
             turn.acquire()
             self._waiting.append(turn)
-        turn.acquire()  # released by the holder that hands its slot over
+        try:
+            turn.acquire()  # released by the holder that hands its slot over
+        except BaseException:  # a KeyboardInterrupt while waiting: the slot must not be lost
+            with self._lock:
+                if turn in self._waiting:
+                    self._waiting.remove(turn)
+                else:
+                    self._give_back()  # handed over meanwhile: on to the next in line
+            raise
 
     def __exit__(self, *exc: object) -> None:
         with self._lock:
-            if self._waiting:
-                self._waiting.popleft().release()  # the slot passes straight to the next in line
-            else:
-                self._free += 1
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """A slot freed (the caller holds ``_lock``): straight to the next in line, or back to the free ones."""
+        if self._waiting:
+            self._waiting.popleft().release()
+        else:
+            self._free += 1

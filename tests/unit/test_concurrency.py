@@ -65,3 +65,30 @@ class _nothing:
 
     def __exit__(self, *exc):
         return False
+
+
+def test_a_waiter_interrupted_while_waiting_leaves_the_slots_as_they_were():
+    gate = FairSlots(1)
+
+    class Interrupted:
+        """A turn whose wait is cut short, as a KeyboardInterrupt would."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def acquire(self):
+            self.calls += 1
+            if self.calls == 2:  # the first locks it; the second is the wait
+                raise KeyboardInterrupt
+
+        def release(self):
+            pass
+
+    gate._new_turn = Interrupted
+    with gate:
+        with pytest.raises(KeyboardInterrupt):
+            gate.__enter__()
+        assert not gate._waiting  # no turn left behind for a holder to hand its slot to
+    assert gate._free == 1
+    with gate:  # and the slot is usable again
+        assert gate._free == 0
