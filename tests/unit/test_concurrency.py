@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import nullcontext
 
 import pytest
 
@@ -39,7 +40,7 @@ def test_never_more_holders_than_slots_and_a_failure_gives_its_slot_back():
 
     def hold(n: int) -> None:
         nonlocal holding, most
-        with pytest.raises(RuntimeError) if n % 2 else _nothing():
+        with pytest.raises(RuntimeError) if n % 2 else nullcontext():
             with gate:
                 with lock:
                     holding += 1
@@ -58,13 +59,6 @@ def test_never_more_holders_than_slots_and_a_failure_gives_its_slot_back():
     assert most == 3
     assert gate._free == 3 and not gate._waiting  # every slot back, failures too
 
-
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def test_a_waiter_interrupted_while_waiting_leaves_the_slots_as_they_were():
