@@ -22,17 +22,31 @@ from .settings import Settings, find_config, load_settings
 log = logging.getLogger("connector")
 
 
+def _common_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
+    """--config, -v and --log-format; after the command, without defaults (see _parser)."""
+    def default(value):
+        return argparse.SUPPRESS if after_command else value
+
+    parser.add_argument("--config", metavar="PATH", default=default(None),
+                        help="config file (default ./config.toml, then $CMDB_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", default=default(False), help="debug logging")
+    parser.add_argument("--log-format", choices=("auto", "text", "json"), default=default("auto"),
+                        help="auto: text on a terminal, JSON lines otherwise")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdb-connector",
         description="Keep a ServiceNow CMDB true to what runs in AWS, across an AWS Organization.",
     )
-    parser.add_argument("--config", metavar="PATH", help="config file (default ./config.toml, then $CMDB_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--log-format", choices=("auto", "text", "json"), default="auto",
-                        help="auto: text on a terminal, JSON lines otherwise")
+    _common_options(parser)
     parser.add_argument("--version", action="version", version=f"cmdb-connector {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    # The same options after the command too (cmdb-connector run --config F): there they have no
+    # default of their own, so that one given before the command is not undone.
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, after_command=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
 
     shard_help = "only the accounts of shard K of N (a stable hash of the account id)"
     run = sub.add_parser("run", help="collect, map, plan, apply, report")

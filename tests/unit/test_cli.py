@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 
-from connector.cli import main
+from connector.cli import _parser, main
 
 
 def test_demo_without_moto_says_what_to_install(monkeypatch, capsys):
@@ -34,3 +34,21 @@ def test_bad_duration_and_shard_are_usage_errors(tmp_path, capsys):
     assert "a duration is a whole number and a unit" in capsys.readouterr().err
     assert main(["--config", str(config), "plan", "--shard", "5/4"]) == 2
     assert "--shard '5/4': K must be between 1 and N" in capsys.readouterr().err
+
+
+def test_config_and_logging_options_after_the_command_too(tmp_path, capsys):
+    """cmdb-connector run --config F works as cmdb-connector --config F run does; an option given
+    before the command is not undone by the command's own, absent, one."""
+    parse = _parser().parse_args
+    after = parse(["plan", "--config", "a.toml", "-v", "--log-format", "json", "--shard", "1/2"])
+    assert (after.config, after.verbose, after.log_format, after.shard) == ("a.toml", True, "json", "1/2")
+    before = parse(["--config", "b.toml", "-v", "--log-format", "text", "validate"])
+    assert (before.config, before.verbose, before.log_format) == ("b.toml", True, "text")
+    neither = parse(["validate"])
+    assert (neither.config, neither.verbose, neither.log_format) == (None, False, "auto")
+    assert parse(["--config", "b.toml", "run", "--config", "c.toml"]).config == "c.toml"  # the later one
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[servicenow\n")
+    assert main(["validate", "--config", str(bad)]) == 2
+    assert f"{bad}: invalid TOML" in capsys.readouterr().err
