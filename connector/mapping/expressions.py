@@ -11,7 +11,7 @@ import re
 from typing import Any, Callable
 
 import jmespath
-from jmespath.exceptions import JMESPathError
+from jmespath.exceptions import IncompleteExpressionError, JMESPathError, LexerError, ParseError
 
 from .functions import TRANSFORMS, make_transform, snow_string
 
@@ -31,8 +31,25 @@ def compile_path(path: str) -> Callable[[Any], Any]:
     try:
         compiled = jmespath.compile(path)
     except JMESPathError as exc:
-        raise ValueError(f"JMESPath does not compile: {str(exc).splitlines()[0]}") from None
+        raise ValueError(f"JMESPath does not compile: {_jmespath_reason(exc, path)}") from None
     return _fast(compiled.parsed) or compiled.search
+
+
+def _jmespath_reason(exc: JMESPathError, path: str) -> str:
+    """jmespath's reason on one line, with the expression and where in it: its own message spreads
+    the expression and a caret over two more lines, which a list of problems would cut off."""
+    if not path.strip():
+        return "the expression is empty"
+    if isinstance(exc, LexerError):
+        reason = exc.message
+    elif isinstance(exc, IncompleteExpressionError):
+        return f"incomplete expression: {path!r} ends too soon"
+    elif isinstance(exc, ParseError):
+        reason = exc.msg
+    else:
+        reason = str(exc).splitlines()[0]
+    position = getattr(exc, "lex_position", None)
+    return f"{reason}" + (f" at character {position + 1}" if isinstance(position, int) else "") + f" of {path!r}"
 
 
 def _dotted(keys: list[str]) -> Callable[[Any], Any]:
