@@ -251,17 +251,22 @@ def load_mappings(folder: Path | None = None) -> MappingSet:
         raise MappingError(f"{folder}: no mapping files (*.toml) in this folder")
     problems: list[str] = []
     result = MappingSet()
+    broken: set[str] = set()  # the classes of files with problems of their own
     for path in files:
         mapping = _compile_one(path, problems)
         if mapping is not None:
             result.mappings[mapping.name] = mapping
-    _check_across_files(result, problems)
+        else:
+            broken.add(path.stem.split(".")[0])
+    _check_across_files(result, problems, broken)
     if problems:
         raise MappingError(f"{len(problems)} problem(s) in the mapping files:\n  " + "\n  ".join(problems), problems)
     return result
 
 
-def _check_across_files(result: MappingSet, problems: list[str]) -> None:
+def _check_across_files(result: MappingSet, problems: list[str], broken: set[str]) -> None:
+    """Problems between files. A relation to a class whose file has problems of its own is not one
+    more: that file's problems are listed, and the class is defined once they are mended."""
     by_source: dict[str, Mapping] = {}
     tables = result.tables
     for variants in tables.values():
@@ -279,7 +284,7 @@ def _check_across_files(result: MappingSet, problems: list[str]) -> None:
                             "two classes would claim the same identities")
     for mapping in result.mappings.values():
         for i, rel in enumerate(mapping.relations):
-            if rel.to not in tables:
+            if rel.to not in tables and rel.to not in broken:
                 problems.append(f"{mapping.file}: relations[{i}].to: no mapping file defines class {rel.to!r}")
         first = by_source.setdefault(mapping.source.name, mapping)
         if first is not mapping and first.source.call_signature() != mapping.source.call_signature():

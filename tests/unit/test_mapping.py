@@ -275,7 +275,9 @@ INVALID_CASES = [
     ("syntax", VALID + "oops = [", "cmdb_ci_network.toml: invalid TOML: "),
     ("unknown key", VALID.replace("[fields]", "colour = 1\n[fields]"), "cmdb_ci_network.toml: source.colour: unknown key"),
     ("bad jmespath", VALID.replace('name = "VpcId"', 'name = "Tags[?Key=="'),
-     "cmdb_ci_network.toml: fields.name: JMESPath does not compile"),
+     "cmdb_ci_network.toml: fields.name: JMESPath does not compile: incomplete expression: 'Tags[?Key==' ends too soon"),
+    ("bad jmespath token", VALID.replace('name = "VpcId"', 'name = "VpcId ~ Name"'),
+     "cmdb_ci_network.toml: fields.name: JMESPath does not compile: Unknown token ~ at character 7 of 'VpcId ~ Name'"),
     ("unknown transform", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", transform = ["shout"] }'),
      "cmdb_ci_network.toml: fields.name: unknown transform 'shout'"),
     ("truncate without a length", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", transform = ["truncate:x"] }'),
@@ -294,7 +296,7 @@ INVALID_CASES = [
     ("api without operation", VALID.replace('operation = "describe_vpcs"\n', ""),
      "cmdb_ci_network.toml: source: kind = 'api' needs operation"),
     ("bad detail expression", VALID.replace("[fields]", '[source.detail]\noperation = "x"\nparams = { A = "B[" }\n[fields]'),
-     "cmdb_ci_network.toml: source.detail: JMESPath does not compile"),
+     "cmdb_ci_network.toml: source.detail: JMESPath does not compile: incomplete expression: 'B[' ends too soon"),
     ("detail unknown key", VALID.replace("[fields]", '[source.detail]\noperation = "x"\nparams = {}\nmerge = 1\n[fields]'),
      "cmdb_ci_network.toml: source.detail.merge: unknown key"),
 ]
@@ -318,6 +320,23 @@ def test_invalid_mapping_file_error(tmp_path, name, text, expected):
         load_mappings(tmp_path)
     assert any(expected in p for p in info.value.problems), info.value.problems
     assert all(str(tmp_path) in p for p in info.value.problems)
+
+
+def test_a_broken_file_is_named_once_not_again_by_the_relations_to_its_class(tmp_path):
+    """A subnet's relation to cmdb_ci_network, whose own file does not compile: one problem, in that
+    file, not a second one saying that no file defines the class."""
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID.replace('name = "VpcId"', 'name = "Tags[?"'))
+    subnet = (VALID.replace('name = "ec2:vpc"', 'name = "ec2:subnet"').replace("vpc/{VpcId}", "subnet/{VpcId}")
+              + '\n[[relations]]\ntype = "Contains::Contained by"\nto = "cmdb_ci_network"\nrole = "child"\n'
+              'identity = "VpcId"\n')
+    (tmp_path / "cmdb_ci_cloud_subnet.toml").write_text(subnet)
+    with pytest.raises(MappingError) as info:
+        load_mappings(tmp_path)
+    assert [p.split(": ", 2)[:2] for p in info.value.problems] == [[str(tmp_path / "cmdb_ci_network.toml"), "fields.name"]]
+    (tmp_path / "cmdb_ci_network.toml").unlink()  # no file for the class at all: that is the problem
+    with pytest.raises(MappingError, match=r"cmdb_ci_cloud_subnet.toml: relations\[0\].to: no mapping file defines class "
+                                           r"'cmdb_ci_network'"):
+        load_mappings(tmp_path)
 
 
 def test_valid_custom_folder_loads(tmp_path):
