@@ -240,6 +240,23 @@ def _writes_that_did_not_stick(report: dict, output_dir: Path) -> list[str]:
     return repeated
 
 
+def _log_findings(report: dict) -> None:
+    """What the report holds that someone should act on, in the log as well, for whoever reads the log
+    (journald, a log shipper) and not the report: each guard and each warning (they are few: one per
+    kind, with a count), and the items not mapped, counted, with the first of them. The errors are
+    logged as they happen."""
+    for guard in report["guards"]:
+        log.warning("guard: %s", guard)
+    for warning in report["warnings"]:
+        log.warning("%s", warning)
+    problems = report["mapping_problems"]
+    if problems:
+        first = problems[0]
+        log.warning("%d item(s) could not be mapped, so nothing is retired in their account, region and source; "
+                    "e.g. %s in %s: %s (all of them in the report's mapping_problems)",
+                    len(problems), first["table"], "/".join(first["scope"]), first["message"])
+
+
 def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None,
                   unread: dict[str, str] | None = None) -> int:
     if (applied is not None and applied.failed) or unread:
@@ -287,9 +304,10 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         with clock.stage("read"):
             cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
         _check_discovery_source(sn.discovery_source, cmdb.field_lengths)
-        errors.extend(f"{table}: its CIs could not be read from ServiceNow, so none of them was written or "
-                      f"retired (does the instance have this class? may the user read it?): {why}"
-                      for table, why in sorted(cmdb.unread.items()))
+        for table, why in sorted(cmdb.unread.items()):
+            errors.append(f"{table}: its CIs could not be read from ServiceNow, so none of them was written or "
+                          f"retired (does the instance have this class? may the user read it?): {why}")
+            log.error("%s", errors[-1])
         policies = table_policies(mappings, cmdb.field_lengths, cmdb.missing_fields)
         with clock.stage("plan"):
             plan = plan_changes(
@@ -323,6 +341,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
         timings=clock.seconds, cpu_timings=clock.cpu,
     )
+    _log_findings(report)
     output_dir = settings.path(settings.report.output_dir)
     report["warnings"] = [*report["warnings"], *_writes_that_did_not_stick(report, output_dir)]
     path = write_report(report, output_dir)

@@ -192,8 +192,14 @@ def edited_mappings(tmp_path, file: str, old: str, new: str):
     return load_mappings(edited)
 
 
-def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_path):
-    """A CMDB admin mistypes the datacenter identity of the instances' mapping: nothing points anywhere any more."""
+def run_log(caplog) -> list[tuple[str, str]]:
+    """What the runs so far logged, as (level, message)."""
+    return [(r.levelname, r.getMessage()) for r in caplog.records if r.name.startswith("connector")]
+
+
+def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_path, caplog):
+    """A CMDB admin mistypes the datacenter identity of the instances' mapping: nothing points anywhere any more.
+    The guard and the warning are in the log too, for whoever reads the log and not the report."""
     with reconciled_estate(tmp_path) as (server, settings, path):
         before = sorted((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci"))
 
@@ -206,6 +212,7 @@ def test_a_typo_in_a_relation_template_deletes_no_relation_without_force(tmp_pat
         assert lost.startswith("cmdb_ci_vm_instance: Hosted on::Hosts target cmdb_ci_aws_datacenter not found for "
                                "12 CI(s), e.g. arn:aws:ec2:") and ":regoin/" in lost
         assert summary_line(held.report).endswith(", 1 guard(s), 1 warning(s)")
+        assert {("WARNING", f"guard: {guard}"), ("WARNING", lost)} <= set(run_log(caplog))
 
         forced = run_pipeline(settings, inventory_file=path, mappings=typo, force=True)
         assert forced.report["relations"]["deleted"] == 12 and forced.report["guards"] == []
@@ -388,7 +395,7 @@ def test_a_refused_read_of_the_dictionary_is_a_warning_not_a_failed_run(tmp_path
             "not found: ServiceNow refused the request: ACL | HTTP 403 | GET /sys_db_object"]
 
 
-def test_a_class_the_instance_lacks_is_left_as_it_is_and_the_others_are_reconciled(tmp_path):
+def test_a_class_the_instance_lacks_is_left_as_it_is_and_the_others_are_reconciled(tmp_path, caplog):
     """An instance without one class (its plugin not installed: 400 "Invalid table") or whose ACLs refuse
     it: that class is named in the errors and the run exits 1, none of its CIs is created, updated or
     retired and their relations are kept; every other class is reconciled. Once the class is there, the
@@ -401,6 +408,7 @@ def test_a_class_the_instance_lacks_is_left_as_it_is_and_the_others_are_reconcil
         assert first.exit_code == 1
         [error] = first.report["errors"]
         assert error.startswith(f"{subnets}: its CIs could not be read from ServiceNow") and "Invalid table" in error
+        assert ("ERROR", error) in run_log(caplog)
         assert any(g.startswith(f"{subnets}: its CIs could not be read") for g in first.report["guards"])
         assert server.stats.get(f"POST {subnets}", 0) == 0 and not any(k.endswith(f" {subnets}") and "batch" in k
                                                                           for k in server.stats)
