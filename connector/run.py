@@ -296,13 +296,15 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     sn = settings.servicenow
     tables_client = TableClient(sn)
     try:
+        reader = CmdbReader(tables_client, sn.discovery_source, sn.workers)
+        reader.check_login(tables[0])  # before any AWS call
         with clock.stage("collect"):
             inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
         with clock.stage("map"):
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
         freeze_long_lived()
         with clock.stage("read"):
-            cmdb = read_cmdb(CmdbReader(tables_client, sn.discovery_source, sn.workers), mappings, mapped, sn.workers)
+            cmdb = read_cmdb(reader, mappings, mapped, sn.workers)
         _check_discovery_source(sn.discovery_source, cmdb.field_lengths)
         for table, why in sorted(cmdb.unread.items()):
             errors.append(f"{table}: its CIs could not be read from ServiceNow, so none of them was written or "

@@ -17,7 +17,8 @@ from typing import Any, Callable, Iterable, NamedTuple, Protocol
 from urllib.parse import quote
 
 from ..concurrency import map_in_order
-from ..errors import AmbiguousWriteError, ServiceNowError, ServiceNowNotFound
+from ..errors import (AmbiguousWriteError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound,
+                      ServiceNowPermissionError)
 from ..mapping.functions import all_strings
 from ..mapping.schema import DEFAULT_RETIRE
 from ..models import ExistingCI, ExistingKeyValue, ExistingRelation
@@ -114,6 +115,16 @@ class CmdbReader:
             for page in self.tables.pages(CI_TABLE, query, list(BASE_FIELDS), workers=self.workers)
             for row in _string_rows(page)
         ]
+
+    def check_login(self, table: str) -> None:
+        """One row of one class (``table``) counted in cmdb_ci, before anything else is done: an instance
+        out of reach or asleep, or a login it refuses, fails the run at once rather than after the
+        collection (minutes of AWS calls, all for nothing). A refusal of this one read (an ACL on
+        cmdb_ci, a class not installed) is not the run's: each class's own read deals with it."""
+        try:
+            self.tables.count(CI_TABLE, f"sys_class_name={table}")
+        except (ServiceNowBadRequest, ServiceNowPermissionError, ServiceNowNotFound):
+            pass
 
     def others_exist(self, table: str) -> bool:
         """Does the class hold any CI that is not ours? (If not, there is nothing to adopt.)"""

@@ -124,12 +124,48 @@ def test_client_credentials_grant(tmp_path, inventory_file):
         assert {r["sys_created_by"] for r in server.store.rows("cmdb_ci")} == {"cmdb"}
 
 
-def test_wrong_password_fails_with_exit_1_and_no_write(tmp_path, inventory_file):
+def test_wrong_password_fails_with_exit_1_and_no_write(tmp_path, inventory_file, monkeypatch):
+    """And before any AWS call: the login is checked first, not after minutes of collection."""
+    import connector.run as run
+
+    collected = []
+    monkeypatch.setattr(run, "collect_from_aws", lambda *args: collected.append(args))
     with ServiceNowStandIn(users={"svc": "the-real-one"}) as server:
         outcome = run_pipeline(settings_for(server, tmp_path), inventory_file=inventory_file)
         assert outcome.exit_code == 1
         assert any("User Not Authenticated" in e for e in outcome.report["errors"])
         assert server.writes() == 0 and PASSWORD not in str(outcome.report)
+
+        live = run_pipeline(settings_for(server, tmp_path))  # from AWS, not from a file
+        assert live.exit_code == 1 and collected == [] and live.report["accounts"] == []
+        [error] = live.report["errors"]
+        assert error.startswith("ServiceNow refused the credentials") and "GET /api/now/table/cmdb_ci" in error
+        assert server.stats["GET cmdb_ci"] == 2  # one look at cmdb_ci per run, and nothing else
+        assert sum(n for kind, n in server.stats.items() if kind.startswith(("GET", "POST", "PATCH", "DELETE"))) == 2
+
+
+@pytest.mark.parametrize("refusal", ["ServiceNowPermissionError", "ServiceNowNotFound", "ServiceNowBadRequest"])
+def test_a_login_check_refused_for_cmdb_ci_alone_is_left_to_each_class(tmp_path, inventory_file, monkeypatch, refusal):
+    """The user may not read cmdb_ci itself (an ACL: 403, or 404 for rows it hides), only the classes:
+    the login check on cmdb_ci is then no reason to fail. The run reconciles every class."""
+    import connector.errors as errors
+    from connector.servicenow.client import TableClient
+
+    count = TableClient.count
+
+    def refused_on_cmdb_ci(self, table, query):
+        if table == "cmdb_ci":
+            raise getattr(errors, refusal)("refused", status=403, method="GET", url="/api/now/table/cmdb_ci")
+        return count(self, table, query)
+
+    monkeypatch.setattr(TableClient, "count", refused_on_cmdb_ci)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        outcome = run_pipeline(settings_for(server, tmp_path), inventory_file=inventory_file)
+        assert outcome.exit_code == 0, outcome.report["errors"]
+        assert_cmdb_right(server)
+    with ServiceNowStandIn(users={"svc": "the-real-one"}) as server:  # a refused login still fails the run
+        assert run_pipeline(settings_for(server, tmp_path), inventory_file=inventory_file).exit_code == 1
+        assert server.writes() == 0
 
 
 def test_deep_session_queue_drops_requests_with_an_empty_202(tmp_path):

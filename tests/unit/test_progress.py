@@ -84,6 +84,7 @@ def test_the_mapped_inventory_is_set_aside_from_the_collector_during_read_and_pl
         raise RuntimeError("a read that fails")
 
     monkeypatch.setattr(run, "read_cmdb", read_cmdb)
+    monkeypatch.setattr(run.CmdbReader, "check_login", lambda self, table: None)  # no instance here
     settings = load_settings(None, {"aws": {"external_id": "not-used-here"},
                                         "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "svc",
                                                        "password": "not-used"},
