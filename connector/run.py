@@ -297,9 +297,16 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     tables_client = TableClient(sn)
     try:
         reader = CmdbReader(tables_client, sn.discovery_source, sn.workers)
-        reader.check_login(tables[0])  # before any AWS call
-        with clock.stage("collect"):
-            inventory = read_inventory(inventory_file) if inventory_file else collect_from_aws(settings, mappings, shard)
+        # The login checked before the collection, which may take minutes; after a saved inventory is
+        # read (quick), so that a file that cannot be read is named first.
+        if inventory_file:
+            with clock.stage("collect"):
+                inventory = read_inventory(inventory_file)
+            reader.check_login(tables[0])
+        else:
+            reader.check_login(tables[0])
+            with clock.stage("collect"):
+                inventory = collect_from_aws(settings, mappings, shard)
         with clock.stage("map"):
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
         freeze_long_lived()

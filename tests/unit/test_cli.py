@@ -52,3 +52,13 @@ def test_config_and_logging_options_after_the_command_too(tmp_path, capsys):
     bad.write_text("[servicenow\n")
     assert main(["validate", "--config", str(bad)]) == 2
     assert f"{bad}: invalid TOML" in capsys.readouterr().err
+
+
+def test_a_saved_inventory_that_cannot_be_read_is_named_before_servicenow_is_asked(tmp_path, capsys):
+    """The login check comes after a saved inventory is read: a wrong path is a usage error (exit 2) at
+    once, not a failed run once the (here unreachable) instance has been tried."""
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\n[servicenow]\ninstance_url = "http://127.0.0.1:9"\n'
+                      f'username = "u"\npassword = "p"\n[report]\noutput_dir = "{tmp_path / "reports"}"\n')
+    assert main(["--config", str(config), "run", "--inventory", str(tmp_path / "nope.jsonl")]) == 2
+    assert f"{tmp_path / 'nope.jsonl'}: cannot read the inventory" in capsys.readouterr().err
