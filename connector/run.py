@@ -32,7 +32,7 @@ from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
-from .models import DENIED, ERROR, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory
+from .models import DENIED, ERROR, OK, SKIPPED, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.history import previous_run_report, prune_reports, repeated_writes
@@ -257,9 +257,16 @@ def _log_findings(report: dict) -> None:
                     len(problems), first["table"], "/".join(first["scope"]), first["message"])
 
 
+def nothing_collected(inventory: Inventory) -> bool:
+    """Were accounts targeted, and not one scope of theirs collected (every account denied, say: an
+    ExternalId changed on one side only)? Then the run failed: nothing was learnt, nothing written."""
+    targeted = any(a.status != SKIPPED for a in inventory.accounts)
+    return targeted and not any(s.status == OK for s in inventory.scopes)
+
+
 def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None,
                   unread: dict[str, str] | None = None) -> int:
-    if (applied is not None and applied.failed) or unread:
+    if (applied is not None and applied.failed) or unread or nothing_collected(inventory):
         return EXIT_FAILED
     partial = (
         any(a.status in NOT_COLLECTED for a in inventory.accounts)
@@ -333,6 +340,10 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied, cmdb.unread)
         if stop_requested():
             errors.append("interrupted by a stop signal: writes not yet started were left for the next run")
+        elif nothing_collected(inventory):
+            errors.append("nothing was collected: no scope of any targeted account was read in full (see the "
+                          "accounts and scopes), so no CI was written or retired")
+            log.error("%s", errors[-1])
     except UsageError:
         raise
     except ConnectorError as exc:

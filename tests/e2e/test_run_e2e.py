@@ -259,8 +259,10 @@ def test_wrong_external_id_is_denied_everywhere(world):
     aws, sn, org, config = world
     aws.set_external_id("some-other-id")
     code, report, output = run_cli(aws.url, config, "run")
-    assert code == 3
+    assert code == 1  # nothing collected at all: failed, not partial
     assert {a["status"] for a in report["accounts"]} == {"denied"}
+    assert report["errors"] == ["nothing was collected: no scope of any targeted account was read in full (see the "
+                                "accounts and scopes), so no CI was written or retired"]
     assert cis(sn) == []
 
 

@@ -95,11 +95,18 @@ def test_report_counts_applied_and_lists_failures():
 def test_exit_codes():
     ok = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", OK)])
     assert exit_code_for(ok, MapResult(), None) == EXIT_OK
+    one_denied = Inventory(accounts=[Account("1", "a"), Account("2", "b", "denied", "AccessDenied")],
+                           scopes=[Scope("1", "r", "s", OK)])
+    assert exit_code_for(one_denied, MapResult(), None) == EXIT_PARTIAL
+    # nothing collected at all (every account denied, or every scope throttled): not partial, failed
     denied = Inventory(accounts=[Account("1", "a", "denied", "AccessDenied")])
-    assert exit_code_for(denied, MapResult(), None) == EXIT_PARTIAL
+    assert exit_code_for(denied, MapResult(), None) == EXIT_FAILED
+    all_throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled")] * 2)
+    assert exit_code_for(all_throttled, MapResult(), None) == EXIT_FAILED
+    assert exit_code_for(Inventory(), MapResult(), None) == EXIT_OK  # no account targeted (an empty shard)
     skipped = Inventory(accounts=[Account("1", "a", "skipped", "SUSPENDED")], scopes=[Scope("2", "r", "s", "skipped")])
     assert exit_code_for(skipped, MapResult(), None) == EXIT_OK
-    throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled")])
+    throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled"), Scope("1", "q", "s", OK)])
     assert exit_code_for(throttled, MapResult(), None) == EXIT_PARTIAL
 
 
