@@ -154,15 +154,16 @@ def cmd_report(args) -> int:
 
 def cmd_collect(args) -> int:
     from .inventory import write_inventory
-    from .run import EXIT_OK, EXIT_PARTIAL, NOT_COLLECTED, collect_from_aws
+    from .mapping.transform import MapResult
+    from .run import collect_from_aws, exit_code_for, nothing_collected
 
     settings = _settings(args)
     inventory = collect_from_aws(settings, load_mappings(settings.mappings_folder()), parse_shard(args.shard))
     write_inventory(inventory, args.output)
     print(f"inventory: {args.output} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes)")
-    failed = any(s.status in NOT_COLLECTED for s in inventory.scopes) or any(
-        a.status in NOT_COLLECTED for a in inventory.accounts)
-    return EXIT_PARTIAL if failed else EXIT_OK
+    if nothing_collected(inventory):
+        print("failed: nothing was collected: no scope of any targeted account was read in full", file=sys.stderr)
+    return exit_code_for(inventory, MapResult(), None)  # as run's: 0 ok, 3 partial, 1 nothing collected
 
 
 def cmd_check_access(args) -> int:

@@ -255,7 +255,7 @@ def test_tags_of_every_tagged_class_reach_cmdb_key_value(tmp_path):
         assert again.exit_code == 0 and again.report["changes"] == [] and sn.writes() == writes
 
 
-def test_wrong_external_id_is_denied_everywhere(world):
+def test_wrong_external_id_is_denied_everywhere(world, tmp_path):
     aws, sn, org, config = world
     aws.set_external_id("some-other-id")
     code, report, output = run_cli(aws.url, config, "run")
@@ -264,6 +264,12 @@ def test_wrong_external_id_is_denied_everywhere(world):
     assert report["errors"] == ["nothing was collected: no scope of any targeted account was read in full (see the "
                                 "accounts and scopes), so no CI was written or retired"]
     assert cis(sn) == []
+    inventory = tmp_path / "inventory.jsonl"
+    proc = subprocess.run([*CLI, "--config", str(config), "collect", "--output", str(inventory)],
+                          capture_output=True, text=True, env={**os.environ, "AWS_ENDPOINT_URL": aws.url,
+                          "CMDB_AWS__EXTERNAL_ID": EXTERNAL_ID, "CMDB_SERVICENOW__PASSWORD": PASSWORD})
+    assert proc.returncode == 1 and "failed: nothing was collected" in proc.stderr, proc.stderr
+    assert inventory.exists()  # written all the same: its accounts say why
 
 
 def test_demo_command_works_from_any_folder(tmp_path):
