@@ -23,8 +23,10 @@ HEADLINES = {
     3: ("PARTIAL", "#ef6c00", "Some accounts or regions were not collected, or some of their items did not map; "
                               "their CIs were left exactly as they were. See the accounts table (then run "
                               "check-access) and the mapping problems."),
-    1: ("FAILED", "#c62828", "Some writes failed, a class could not be read, or ServiceNow could not be reached. See "
-                             "the errors below; the next run finishes what this one could not."),
+    1: ("FAILED", "#c62828", "Some writes failed, a class could not be read, ServiceNow could not be reached or "
+                             "refused the login, or no account at all could be collected (see the accounts table, "
+                             "then run check-access). See the errors below; the next run finishes what this one "
+                             "could not."),
 }
 
 
