@@ -240,13 +240,30 @@ def load_settings(path: Path | None, data: dict[str, Any] | None = None) -> Sett
         data = read_toml(path)
     source = str(path) if path else "built-in settings"
     base_dir = path.resolve().parent if path else Path.cwd()
+    stray = _unknown_env_sections()
     token = _TOML_DATA.set(data)
     try:
-        return Settings(base_dir=base_dir)
+        settings = Settings(base_dir=base_dir)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from None
+        raise ConfigError("\n".join([format_validation_error(source, exc), *stray])) from None
     finally:
         _TOML_DATA.reset(token)
+    if stray:
+        raise ConfigError("\n".join([f"{source}: invalid configuration", *stray]))
+    return settings
+
+
+def _unknown_env_sections() -> list[str]:
+    """A ``CMDB_<SECTION>__<KEY>`` variable whose section does not exist (``CMDB_SERVICENOWW__PASSWORD``):
+    the environment is not checked key by key as the file is, so it would be ignored without a word."""
+    lines = []
+    for name in sorted(os.environ):
+        if name.upper().startswith(ENV_PREFIX) and "__" in name:
+            section = name[len(ENV_PREFIX):].split("__", 1)[0].lower()
+            if section not in SECTIONS:
+                lines.append(f"  {name}: there is no section [{section}]. Fix: correct the variable's name "
+                             f"(CMDB_<SECTION>__<KEY>); the sections are {', '.join(sorted(SECTIONS))}")
+    return lines
 
 
 def _key_name(loc: tuple[Any, ...]) -> str:
@@ -294,7 +311,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         kind = err["type"]
         if kind == "extra_forbidden":
             known = ", ".join(_known_keys(loc))
-            lines.append(f"  {key}: unknown key. Fix: remove it or correct the spelling; known keys here: {known}")
+            where = f" from {env}" if len(loc) == 2 and env in os.environ else ""
+            lines.append(f"  {key}{where}: unknown key. Fix: remove it or correct the spelling; known keys here: {known}")
         elif kind == "missing":
             lines.extend(f"  {_key_name(at)}: required key is missing. Fix: set it in the file or with {_env_name(at)}"
                          for at in _missing(loc))

@@ -145,6 +145,31 @@ def test_bad_value_from_env_names_the_variable(tmp_path, monkeypatch):
     assert "[servicenow] page_size from CMDB_SERVICENOW__PAGE_SIZE" in str(info.value)
 
 
+def test_a_misspelled_variable_is_named_whether_its_key_or_its_section_is_wrong(tmp_path, monkeypatch):
+    """The file is checked key by key; so is the environment: a variable that would be ignored is an error."""
+    monkeypatch.setenv("CMDB_SERVICENOW__PASWORD", "s3cret-value")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD))
+    assert "[servicenow] pasword from CMDB_SERVICENOW__PASWORD: unknown key" in str(info.value)
+    monkeypatch.delenv("CMDB_SERVICENOW__PASWORD")
+    monkeypatch.setenv("CMDB_SERVICENOWW__PASSWORD", "s3cret-value")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD))
+    message = str(info.value)
+    assert message.splitlines()[1] == ("  CMDB_SERVICENOWW__PASSWORD: there is no section [servicenoww]. Fix: correct "
+                                       "the variable's name (CMDB_<SECTION>__<KEY>); the sections are aws, reconcile, "
+                                       "report, servicenow")
+    assert "s3cret-value" not in message
+    monkeypatch.setenv("CMDB_SERVICENOW__PAGE_SIZE", "lots")  # with an error of the file's keys: both are listed
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD))
+    assert "CMDB_SERVICENOW__PAGE_SIZE" in str(info.value) and "CMDB_SERVICENOWW__PASSWORD" in str(info.value)
+    monkeypatch.delenv("CMDB_SERVICENOWW__PASSWORD")
+    monkeypatch.delenv("CMDB_SERVICENOW__PAGE_SIZE")
+    monkeypatch.setenv("CMDB_CONFIG", "elsewhere.toml")  # not a setting: no "__", never refused
+    assert load_settings(write(tmp_path, GOOD)).servicenow.page_size > 0
+
+
 def test_config_lookup_order(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="no config: pass --config PATH"):
