@@ -39,6 +39,8 @@ def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
         advice += " The blast-radius guard held writes back: see Guards."
         if code == 0:  # every write made succeeded, but not every write was made: not a green page
             word, color = "OK, WRITES HELD BACK", "#ef6c00"
+    if report.get("warnings"):  # a field not written, a write the instance undid: worth reading, if not red
+        advice += f" {len(report['warnings'])} warning(s) to read: see Warnings."
     return word, color, advice
 
 
@@ -144,9 +146,10 @@ def render_html(report: dict[str, Any]) -> str:
     totals = {a: sum(c.get(a, 0) for c in report["tables"].values()) for a in ACTIONS}
     accounts = _table(["account", "name", "status", "reason"],
                       [[a["account_id"], a["name"], a["status"], a.get("error")] for a in report["accounts"]], "accounts")
-    scopes = _table(["account", "region", "source", "status", "reason"],
-                    [[s["account_id"], s["region"], s["source"], s["status"], s.get("error")]
-                     for s in report.get("scopes", []) if s["status"] != "ok"], "scopes")
+    missed = [[s["account_id"], s["region"], s["source"], s["status"], s.get("error")]
+              for s in report.get("scopes", []) if s["status"] != "ok"]
+    scopes = (_table(["account", "region", "source", "status", "reason"], missed, "scopes") if missed
+              else '<p id="scopes">None: every scope was collected.</p>')
     counts = _table(["class", *ACTIONS], [[t, *(c.get(a, 0) for a in ACTIONS)] for t, c in report["tables"].items()], "counts")
     problems = [f"{p['table']} {'/'.join(p['scope'])}: {p['message']}" for p in report.get("mapping_problems", [])]
     notes = "".join(_notes(title, items)

@@ -42,3 +42,17 @@ def test_a_run_whose_guard_held_writes_back_is_not_a_green_page():
 def test_no_section_for_what_did_not_happen():
     page = render_html(report_with(0, []))
     assert "Mapping problems" not in page and "Guards" not in page
+
+
+def test_warnings_are_named_in_the_headline_and_no_empty_table_of_scopes_not_collected():
+    report = report_with(0, [])
+    report["exit_code"] = 0
+    report["scopes"] = [{"account_id": "111122223333", "region": "us-east-1", "source": "ec2:instance", "status": "ok"}]
+    report["warnings"] = ["cmdb_ci_vm_instance.ipaddress: the class has no such field on this instance"]
+    page = render_html(report)
+    assert "<h1>OK</h1>" in page and "1 warning(s) to read: see Warnings." in page  # still green
+    assert '<p id="scopes">None: every scope was collected.</p>' in page and '<table id="scopes">' not in page
+    report["scopes"][0]["status"] = "throttled"
+    report["warnings"] = []
+    page = render_html(report)
+    assert '<table id="scopes">' in page and "<td>throttled</td>" in page and "warning(s) to read" not in page
