@@ -32,7 +32,8 @@ from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
-from .models import DENIED, ERROR, OK, SKIPPED, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, Inventory
+from .models import (DENIED, ERROR, OK, SKIPPED, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation,
+                     Inventory)
 from .reconcile.apply import ApplyResult, apply_plan
 from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
 from .report.history import previous_run_report, prune_reports, repeated_writes
@@ -258,10 +259,12 @@ def _log_findings(report: dict) -> None:
 
 
 def nothing_collected(inventory: Inventory) -> bool:
-    """Were accounts targeted, and not one scope of theirs collected (every account denied, say: an
-    ExternalId changed on one side only)? Then the run failed: nothing was learnt, nothing written."""
-    targeted = any(a.status != SKIPPED for a in inventory.accounts)
-    return targeted and not any(s.status == OK for s in inventory.scopes)
+    """Was there something to collect, and not one scope of it collected (every account denied, say: an
+    ExternalId changed on one side only)? Then the run failed: nothing was learnt, nothing written. Skipped
+    accounts and scopes (suspended, a region not enabled) were nothing to collect."""
+    to_collect = any(a.status in NOT_COLLECTED for a in inventory.accounts) or any(
+        s.status != SKIPPED for s in inventory.scopes)
+    return to_collect and not any(s.status == OK for s in inventory.scopes)
 
 
 def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None,

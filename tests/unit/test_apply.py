@@ -104,6 +104,10 @@ def test_exit_codes():
     all_throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled")] * 2)
     assert exit_code_for(all_throttled, MapResult(), None) == EXIT_FAILED
     assert exit_code_for(Inventory(), MapResult(), None) == EXIT_OK  # no account targeted (an empty shard)
+    no_accounts = Inventory(scopes=[Scope("1", "r", "s", "denied")])  # a saved inventory without its accounts
+    assert exit_code_for(no_accounts, MapResult(), None) == EXIT_FAILED
+    only_skipped = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "skipped")])  # a region not enabled
+    assert exit_code_for(only_skipped, MapResult(), None) == EXIT_OK
     skipped = Inventory(accounts=[Account("1", "a", "skipped", "SUSPENDED")], scopes=[Scope("2", "r", "s", "skipped")])
     assert exit_code_for(skipped, MapResult(), None) == EXIT_OK
     throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled"), Scope("1", "q", "s", OK)])
