@@ -125,6 +125,7 @@ def cmd_init_mappings(args) -> int:
 
 def cmd_run(args) -> int:
     from .ops import RunLock, install_stop_handlers, parse_duration, run_every
+    from .report.json_report import change_lines
     from .run import run_pipeline
 
     settings = _settings(args)
@@ -134,6 +135,8 @@ def cmd_run(args) -> int:
 
     def once() -> int:
         outcome = run_pipeline(settings, mode=args.command, force=args.force, inventory_file=args.inventory, shard=shard)
+        for line in change_lines(outcome.report):
+            print(line)
         print(f"report: {outcome.report_path}")
         print(f"html: {outcome.report_path.with_suffix('.html')}", flush=True)
         return outcome.exit_code

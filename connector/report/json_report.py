@@ -201,6 +201,23 @@ def tag_totals(report: dict[str, Any]) -> str:
     return ", ".join(f"{n} {k}" for k, n in tags.items()) if any(tags.values()) else ""
 
 
+def change_lines(report: dict[str, Any]) -> list[str]:
+    """One line per class with writes (planned, for a plan), then relations and tags: the drift at a
+    glance on the terminal. Nothing for a run that writes nothing."""
+    lines = []
+    for table, counts in report["tables"].items():
+        done = [f"{counts[k]} {k}" for k in COUNTS if k != "unchanged" and counts.get(k)]
+        if done:
+            lines.append(f"  {table}: {', '.join(done)}")
+    for name, counts in (("relations", report["relations"]), ("tags", report.get("key_values") or {})):
+        done = [f"{n} {k}" for k, n in counts.items() if k != "unchanged" and n]
+        if done:
+            lines.append(f"  {name}: {', '.join(done)}")
+    if lines:
+        lines.insert(0, "would change:" if report["mode"] == "plan" else "changed:")
+    return lines
+
+
 def summary_line(report: dict[str, Any]) -> str:
     totals = defaultdict(int)
     for counts in report["tables"].values():

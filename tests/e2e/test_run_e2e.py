@@ -142,6 +142,8 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
     created = sum(t["created"] for t in report["tables"].values())
     assert created == len(cis(sn)) and report["relations"]["created"] == len(sn.store.rows("cmdb_rel_ci"))
     assert f"run {report['run_id']} run: exit 3" in output  # the one-line summary
+    vms = report["tables"]["cmdb_ci_vm_instance"]["created"]
+    assert "changed:\n" in output and f"\n  cmdb_ci_vm_instance: {vms} created\n" in output  # per class, on stdout
     # where the time went, stage by stage
     assert set(report["timings"]) == {"collect", "map", "read", "plan", "apply"}
     assert all(isinstance(s, float) and s >= 0 for s in report["timings"].values())
@@ -154,6 +156,7 @@ def test_run_reconciles_the_organization_and_keeps_the_denied_account_untouched(
     assert sn.writes() == writes
     assert report["changes"] == []
     assert sum(t["unchanged"] for t in report["tables"].values()) == created
+    assert "changed:" not in output  # no list of changes when there are none
 
     # 3. bravo's role comes back: its CIs are created.
     aws.allow(bravo)

@@ -56,3 +56,24 @@ def test_warnings_are_named_in_the_headline_and_no_empty_table_of_scopes_not_col
     report["warnings"] = []
     page = render_html(report)
     assert '<table id="scopes">' in page and "<td>throttled</td>" in page and "warning(s) to read" not in page
+
+
+def test_the_terminal_lists_the_classes_with_writes_and_nothing_for_a_run_that_writes_none():
+    from connector.report.json_report import change_lines
+
+    report = report_with(0, [])
+    report["tables"] = {"cmdb_ci_network": {"created": 0, "updated": 0, "retired": 0, "revived": 0, "refreshed": 0,
+                                            "unchanged": 4},
+                        "cmdb_ci_vm_instance": {"created": 2, "updated": 1, "retired": 3, "revived": 0, "refreshed": 0,
+                                                "unchanged": 9}}
+    report["relations"] = {"created": 5, "deleted": 1, "unchanged": 7}
+    assert change_lines(report) == ["changed:", "  cmdb_ci_vm_instance: 2 created, 1 updated, 3 retired",
+                                    "  relations: 5 created, 1 deleted"]
+    report["mode"] = "plan"
+    report["key_values"] = {"created": 0, "updated": 2, "deleted": 0, "unchanged": 1}
+    assert change_lines(report)[0] == "would change:" and change_lines(report)[-1] == "  tags: 2 updated"
+    report["tables"]["cmdb_ci_vm_instance"] = {"created": 0, "updated": 0, "retired": 0, "revived": 0,
+                                               "refreshed": 0, "unchanged": 15}
+    report["relations"] = {"created": 0, "deleted": 0, "unchanged": 12}
+    report["key_values"] = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 3}
+    assert change_lines(report) == []
