@@ -172,12 +172,25 @@ def parse_duration(text: str, allow_zero: bool = False) -> float:
 
 def run_every(period: float, jitter: float, once: Callable[[], int]) -> int:
     """Call ``once`` every ``period`` seconds (after a random start delay up to
-    ``jitter``), until a stop signal; then return "interrupted"."""
+    ``jitter``), until a stop signal; then return "interrupted".
+
+    A bad mapping file or inventory (a ``UsageError``) in the first run ends the
+    schedule, so that a wrong deployment shows at once; in a later run (a mapping
+    file edited meanwhile) it is logged and the schedule goes on, as a MID Server
+    would: the next run reads the files again."""
     log = logging.getLogger(__name__)
     delay = random.uniform(0, jitter) if jitter else 0.0
+    runs = 0
     while not _STOP.wait(delay):
         started = time.monotonic()
-        code = once()
+        try:
+            code = once()
+        except UsageError as exc:
+            if not runs:
+                raise
+            log.error("run not made: %s; fix it before the next run", exc)
+            code = exc.exit_code
+        runs += 1
         log.info("run ended with exit code %d", code)
         if _STOP.is_set():
             return EXIT_INTERRUPTED
