@@ -93,8 +93,11 @@ def _settings(args) -> Settings:
 
 
 def cmd_validate(args) -> int:
+    from .aws.operations import check_operations
+
     settings = _settings(args)
     mappings = load_mappings(settings.mappings_folder())
+    check_operations(mappings)  # the AWS calls they name: botocore knows them?
     print(f"config OK: {args.config or 'config.toml'}")
     tables = mappings.tables
     print(f"mappings OK: {len(mappings.mappings)} files, {len(tables)} classes: {', '.join(tables)}")

@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .aws.collect import collect_inventory
+from .aws.operations import check_operations
 from .aws.targets import open_account_sessions, open_session_pool, target_accounts
 from .errors import (
     ConfigError,
@@ -91,6 +92,7 @@ def new_run_id() -> str:
 
 def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int, int] | None = None) -> Inventory:
     """accounts -> sessions -> collect."""
+    check_operations(mappings)  # before the first AWS call: a misspelled operation is the mapping's error
     pool = open_session_pool(settings)
     accounts = open_account_sessions(pool, target_accounts(settings, pool, shard), settings.aws.max_workers)
     return collect_inventory(

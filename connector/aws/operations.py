@@ -1,0 +1,68 @@
+"""The AWS calls the mapping files name, checked against botocore's service models.
+
+A mapping file is TOML that a CMDB admin edits: a misspelled service or
+operation (``describe_instancez``) would otherwise pass ``validate`` and fail
+every unit of its source at run time, with botocore's bare ``KeyError``. Checked
+before the first AWS call of a run and by ``validate``, it is one problem per
+name, with the file, the key and the nearest real name.
+"""
+
+from __future__ import annotations
+
+from difflib import get_close_matches
+from functools import lru_cache
+
+import botocore.session
+from botocore import xform_name
+from botocore.exceptions import UnknownServiceError
+
+from ..errors import MappingError
+from ..mapping.load import MappingSet
+
+
+@lru_cache(maxsize=1)
+def _services() -> frozenset[str]:
+    return frozenset(botocore.session.get_session().get_available_services())
+
+
+@lru_cache(maxsize=None)
+def _operations(service: str) -> frozenset[str]:
+    """The service's operations as boto3 names them (describe_instances)."""
+    model = botocore.session.get_session().get_service_model(service)
+    return frozenset(xform_name(name) for name in model.operation_names)
+
+
+def _nearest(name: str, names: frozenset[str]) -> str:
+    close = get_close_matches(name, sorted(names), n=3)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
+def unknown_operations(mappings: MappingSet) -> list[str]:
+    """One problem per service or operation of the mapping files that botocore does not know."""
+    problems: list[str] = []
+    for mapping in mappings.mappings.values():
+        source = mapping.source
+        if source.kind != "api" or not source.service:
+            continue
+        if source.service not in _services():
+            problems.append(f"{mapping.file}: source.service: {source.service!r} is not an AWS service botocore "
+                            f"knows{_nearest(source.service, _services())}")
+            continue
+        try:
+            operations = _operations(source.service)
+        except UnknownServiceError:  # listed, but no model to load: say so rather than fail
+            continue
+        calls = [("source.operation", source.operation),
+                 ("source.detail.operation", source.detail.operation if source.detail else None),
+                 ("tags.operation", source.tags_call.operation if source.tags_call else None)]
+        problems.extend(f"{mapping.file}: {key}: {operation!r} is not an operation of {source.service}"
+                        f"{_nearest(operation, operations)}"
+                        for key, operation in calls if operation and operation not in operations)
+    return problems
+
+
+def check_operations(mappings: MappingSet) -> None:
+    """``unknown_operations``, raised as one MappingError (exit 2) when there are any."""
+    problems = unknown_operations(mappings)
+    if problems:
+        raise MappingError(f"{len(problems)} problem(s) in the mapping files:\n  " + "\n  ".join(problems), problems)
