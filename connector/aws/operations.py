@@ -1,10 +1,11 @@
 """The AWS calls the mapping files name, checked against botocore's service models.
 
-A mapping file is TOML that a CMDB admin edits: a misspelled service or
-operation (``describe_instancez``) would otherwise pass ``validate`` and fail
-every unit of its source at run time, with botocore's bare ``KeyError``. Checked
-before the first AWS call of a run and by ``validate``, it is one problem per
-name, with the file, the key and the nearest real name.
+A mapping file is TOML that a CMDB admin edits: a misspelled service,
+operation (``describe_instancez``) or parameter (``Fliters``) would otherwise
+pass ``validate`` and fail every unit of its source at run time, with
+botocore's bare ``KeyError`` or ``ParamValidationError``. Checked before the
+first AWS call of a run and by ``validate``, it is one problem per name, with
+the file, the key and the nearest real name.
 """
 
 from __future__ import annotations
@@ -26,10 +27,14 @@ def _services() -> frozenset[str]:
 
 
 @lru_cache(maxsize=None)
-def _operations(service: str) -> frozenset[str]:
-    """The service's operations as boto3 names them (describe_instances)."""
+def _operations(service: str) -> dict[str, frozenset[str]]:
+    """The service's operations as boto3 names them (describe_instances) -> the names of their parameters."""
     model = botocore.session.get_session().get_service_model(service)
-    return frozenset(xform_name(name) for name in model.operation_names)
+    operations = {}
+    for name in model.operation_names:
+        shape = model.operation_model(name).input_shape
+        operations[xform_name(name)] = frozenset(shape.members) if shape is not None else frozenset()
+    return operations
 
 
 def _nearest(name: str, names: frozenset[str]) -> str:
@@ -38,7 +43,7 @@ def _nearest(name: str, names: frozenset[str]) -> str:
 
 
 def unknown_operations(mappings: MappingSet) -> list[str]:
-    """One problem per service or operation of the mapping files that botocore does not know."""
+    """One problem per service, operation or parameter of the mapping files that botocore does not know."""
     problems: list[str] = []
     for mapping in mappings.mappings.values():
         source = mapping.source
@@ -52,12 +57,21 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
             operations = _operations(source.service)
         except UnknownServiceError:  # listed, but no model to load: say so rather than fail
             continue
-        calls = [("source.operation", source.operation),
-                 ("source.detail.operation", source.detail.operation if source.detail else None),
-                 ("tags.operation", source.tags_call.operation if source.tags_call else None)]
-        problems.extend(f"{mapping.file}: {key}: {operation!r} is not an operation of {source.service}"
-                        f"{_nearest(operation, operations)}"
-                        for key, operation in calls if operation and operation not in operations)
+        calls = [("source", source.operation, source.params)]
+        if source.detail:
+            calls.append(("source.detail", source.detail.operation, source.detail.params))
+        if source.tags_call:
+            calls.append(("tags", source.tags_call.operation, source.tags_call.params))
+        for key, operation, params in calls:
+            if not operation:
+                continue
+            if operation not in operations:
+                problems.append(f"{mapping.file}: {key}.operation: {operation!r} is not an operation of "
+                                f"{source.service}{_nearest(operation, frozenset(operations))}")
+                continue
+            known = operations[operation]
+            problems.extend(f"{mapping.file}: {key}.params.{name}: not a parameter of {source.service} {operation}"
+                            f"{_nearest(name, known)}" for name in params if name not in known)
     return problems
 
 

@@ -30,6 +30,11 @@ def test_every_call_of_the_built_in_mappings_is_known():
      "(did you mean 'describe_vpc_attribute'"),
     (("[fields]", '[tags]\npath = "Tags"\noperation = "describe_tagz"\nparams = { Resources = "[VpcId]" }\n[fields]'),
      "cmdb_ci_network.toml: tags.operation: 'describe_tagz' is not an operation of ec2 (did you mean 'describe_tags'"),
+    (('id = "VpcId"', 'id = "VpcId"\nparams = { Fliters = [] }'),
+     "cmdb_ci_network.toml: source.params.Fliters: not a parameter of ec2 describe_vpcs (did you mean 'Filters'"),
+    (("[fields]", '[source.detail]\noperation = "describe_vpc_attribute"\nparams = { VpcID = "VpcId" }\n[fields]'),
+     "cmdb_ci_network.toml: source.detail.params.VpcID: not a parameter of ec2 describe_vpc_attribute (did you "
+     "mean 'VpcId'"),
 ])
 def test_a_misspelled_service_or_operation_is_named_with_the_nearest_real_one(tmp_path, edit, expected):
     mappings = folder_with(tmp_path, VALID.replace(*edit))
