@@ -131,6 +131,20 @@ td { word-break: break-all; }
 
 
 NOTES_SHOWN = 100
+# A first run into a large CMDB makes tens of thousands of changes: a page with a row for each takes a
+# browser tens of seconds to open (44 MB and some 40 s for 40,000). The page shows this many, those to look
+# at first; the CSV and the JSON report hold them all.
+CHANGES_SHOWN = 2000
+# failed writes first, then what removes (retire, delete), revives, updates, creates, and the stamps refreshed
+CHANGE_ORDER = {"retire": 0, "delete": 1, "revive": 2, "update": 3, "create": 4, "refresh": 5}
+
+
+def _shown_changes(changes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every change, in the report's order, or past ``CHANGES_SHOWN`` the first of them by ``CHANGE_ORDER``."""
+    if len(changes) <= CHANGES_SHOWN:
+        return changes
+    return sorted(changes, key=lambda c: (c.get("status") != "failed",
+                                          CHANGE_ORDER.get(c["action"], len(CHANGE_ORDER))))[:CHANGES_SHOWN]
 
 
 def _notes(title: str, items: list) -> str:
@@ -160,6 +174,11 @@ def render_html(report: dict[str, Any]) -> str:
     options = "".join(f'<option value="{a}">{a}</option>'
                       for a in ("create", "update", "retire", "revive", "refresh", "delete"))
     rel, tags = report["relations"], tag_totals(report)
+    changes = _shown_changes(report["changes"])
+    left_out = len(report["changes"]) - len(changes)
+    cut = (f" (the first {len(changes)} of {len(report['changes'])}: failed writes, then retires and deletes, "
+           f"revives, updates, creates; every change is in report-{escape(report['run_id'])}.csv and the JSON "
+           "report)") if left_out else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>cmdb-connector {escape(report['mode'])} {escape(report['run_id'])}</title>
 <style>{STYLE}</style></head><body>
@@ -175,8 +194,8 @@ def render_html(report: dict[str, Any]) -> str:
 <h2>Change list</h2>
 <p><input id="search" type="search" placeholder="filter: class, identity, field, value..." size="50">
 <select id="action"><option value="">every action</option>{options}</select>
-<span id="shown"></span> of {len(report['changes'])} shown</p>
-{_changes(report['changes'])}
+<span id="shown"></span> of {len(changes)} shown{cut}</p>
+{_changes(changes)}
 <script>{SCRIPT}</script>
 </body></html>
 """

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from connector.models import MappingProblem
 from connector.report.json_report import build_report
 from connector.report.outputs import render_html
@@ -77,3 +79,29 @@ def test_the_terminal_lists_the_classes_with_writes_and_nothing_for_a_run_that_w
     report["relations"] = {"created": 0, "deleted": 0, "unchanged": 12}
     report["key_values"] = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 3}
     assert change_lines(report) == []
+
+
+def test_a_long_change_list_shows_those_to_look_at_first_and_says_where_the_rest_are():
+    from connector.report.outputs import CHANGES_SHOWN
+
+    def change(action, n, status="applied"):
+        return {"action": action, "table": "cmdb_ci_vm_instance", "identity": f"i-{action}-{n}", "sys_id": None,
+                "fields": {}, "note": "", "status": status}
+
+    report = report_with(0, [])
+    report["changes"] = ([change("create", n) for n in range(CHANGES_SHOWN)] + [change("retire", n) for n in range(3)]
+                         + [change("update", 0, "failed"), change("refresh", 0)])
+    page = render_html(report)
+    rows = re.findall(r'<tr class="change" data-action="(\w+)" data-search="(\w+) cmdb_ci_vm_instance (\S+)', page)
+    assert len(rows) == CHANGES_SHOWN
+    assert [identity for _a, _b, identity in rows[:4]] == ["i-update-0", "i-retire-0", "i-retire-1", "i-retire-2"]
+    assert "i-refresh-0" not in page and f"i-create-{CHANGES_SHOWN - 5}" in page and f"i-create-{CHANGES_SHOWN - 4}" not in page
+    assert (f"of {CHANGES_SHOWN} shown (the first {CHANGES_SHOWN} of {CHANGES_SHOWN + 5}: failed writes, then "
+            "retires and deletes") in page and "every change is in report-20261125T000000Z-abcdef.csv" in page
+
+    report["changes"] = report["changes"][-5:]  # few: all of them, in the report's order, and no note
+    page = render_html(report)
+    assert [i for _a, _b, i in re.findall(r'<tr class="change" data-action="(\w+)" data-search="(\w+) '
+                                          r'cmdb_ci_vm_instance (\S+)', page)] == [
+        "i-retire-0", "i-retire-1", "i-retire-2", "i-update-0", "i-refresh-0"]
+    assert "of 5 shown</p>" in page
