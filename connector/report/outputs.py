@@ -275,9 +275,14 @@ def load_report(path: Path) -> dict[str, Any]:
     from ..errors import UsageError
 
     try:
-        report = json.loads(path.read_text())
-        for key in ("run_id", "mode", "tables", "relations", "changes", "accounts"):
-            report[key]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        text = path.read_text()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the report: {exc.strerror or exc}") from None
+    try:
+        report = json.loads(text)
+        missing = [key for key in ("run_id", "mode", "tables", "relations", "changes", "accounts") if key not in report]
+    except (ValueError, TypeError) as exc:
         raise UsageError(f"{path}: not a cmdb-connector JSON report ({type(exc).__name__}: {exc})") from None
+    if missing:
+        raise UsageError(f"{path}: not a cmdb-connector JSON report (no {', '.join(missing)})")
     return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from connector.models import MappingProblem
 from connector.report.json_report import build_report
 from connector.report.outputs import render_html
@@ -105,3 +107,21 @@ def test_a_long_change_list_shows_those_to_look_at_first_and_says_where_the_rest
                                           r'cmdb_ci_vm_instance (\S+)', page)] == [
         "i-retire-0", "i-retire-1", "i-retire-2", "i-update-0", "i-refresh-0"]
     assert "of 5 shown</p>" in page
+
+
+@pytest.mark.parametrize("text, expected", [
+    (None, "cannot read the report: No such file or directory"),
+    ('{"run_id": "x"}', "not a cmdb-connector JSON report (no mode, tables, relations, changes, accounts)"),
+    ("5", "not a cmdb-connector JSON report (TypeError: "),
+    ("{oops", "not a cmdb-connector JSON report (JSONDecodeError: "),
+])
+def test_a_report_file_that_cannot_be_rendered_says_why(tmp_path, text, expected):
+    from connector.errors import UsageError
+    from connector.report.outputs import load_report
+
+    path = tmp_path / "report.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        load_report(path)
+    assert str(info.value).startswith(f"{path}: {expected}")
