@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextvars
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,6 +24,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from .errors import ConfigError
+from .tomlfile import read_toml_file
 
 ENV_PREFIX = "CMDB_"
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -225,10 +225,9 @@ def find_config(explicit: str | None) -> Path:
 
 def read_toml(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        return read_toml_file(path)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
 

@@ -6,7 +6,6 @@ path, and all problems of all files are reported together.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from importlib import resources
@@ -16,6 +15,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from ..errors import MappingError
+from ..tomlfile import read_toml_file
 from .expressions import Evaluator, compile_field, compile_path
 from .schema import MappingFile
 
@@ -185,10 +185,12 @@ def _compile_source(spec, tags=None) -> CompiledSource:
 
 def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
     try:
-        with path.open("rb") as handle:
-            raw = tomllib.load(handle)
-    except tomllib.TOMLDecodeError as exc:
-        problems.append(f"{path}: invalid TOML: {exc}")
+        raw = read_toml_file(path)
+    except ValueError as exc:
+        problems.append(f"{path}: {exc}")
+        return None
+    except OSError as exc:
+        problems.append(f"{path}: cannot read: {exc.strerror}")
         return None
     try:
         spec = MappingFile.model_validate(raw)

@@ -456,3 +456,15 @@ def test_truncate_cuts_a_text_to_the_length_a_field_keeps():
     assert name({"Name": "web"}, {}) == "web"  # shorter: as it is
     assert name({}, {}) is None  # absent stays absent
     assert compile_field(FieldSpec(path="Size", transform=["truncate:1"]))({"Size": 80}, {}) == "80"  # text only
+
+
+def test_a_file_saved_by_windows_notepad_loads_and_one_not_in_utf8_is_named(tmp_path):
+    """Notepad puts a byte order mark before UTF-8 text (tomllib reads it as "Invalid statement"), or saves
+    "Unicode" as UTF-16."""
+    (tmp_path / "cmdb_ci_network.toml").write_bytes(b"\xef\xbb\xbf" + VALID.replace("\n", "\r\n").encode())
+    assert list(load_mappings(tmp_path).mappings) == ["cmdb_ci_network"]
+    (tmp_path / "cmdb_ci_network.toml").write_bytes(VALID.encode("utf-16"))
+    with pytest.raises(MappingError) as info:
+        load_mappings(tmp_path)
+    assert info.value.problems == [f"{tmp_path / 'cmdb_ci_network.toml'}: not UTF-8 text (byte 1 is not UTF-8): "
+                                   "save the file as UTF-8"]

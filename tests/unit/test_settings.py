@@ -214,3 +214,12 @@ def test_example_config_lists_every_key():
     for model in (AwsSettings, ServiceNowSettings, ReconcileSettings, ReportSettings):
         for name in model.model_fields:
             assert name in text, f"config.example.toml does not mention {name}"
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    assert load_settings(path).servicenow.page_size > 0
+    path.write_bytes(GOOD.encode("utf-16"))
+    with pytest.raises(ConfigError, match=r"config.toml: not UTF-8 text \(byte 1 is not UTF-8\): save the file as UTF-8"):
+        load_settings(path)
