@@ -7,6 +7,7 @@ that names the file, the key and the fix, and never shows a secret's value.
 from __future__ import annotations
 
 import contextvars
+import logging
 import os
 import re
 from pathlib import Path
@@ -237,6 +238,7 @@ def load_settings(path: Path | None, data: dict[str, Any] | None = None) -> Sett
     if data is None:
         assert path is not None
         data = read_toml(path)
+        _warn_of_secrets_others_may_read(path, data)
     source = str(path) if path else "built-in settings"
     base_dir = path.resolve().parent if path else Path.cwd()
     stray = _unknown_env_sections()
@@ -250,6 +252,22 @@ def load_settings(path: Path | None, data: dict[str, Any] | None = None) -> Sett
     if stray:
         raise ConfigError("\n".join([f"{source}: invalid configuration", *stray]))
     return settings
+
+
+def _warn_of_secrets_others_may_read(path: Path, data: dict[str, Any]) -> None:
+    """A secret in a config file that other users of the host may read (its group or others have read
+    permission) is logged as a warning, named by key, never by value."""
+    held = [f"{section}.{key}" for section, key in sorted(SECRET_KEYS)
+            if isinstance(data.get(section), dict) and data[section].get(key)]
+    try:
+        readable = path.stat().st_mode & 0o044
+    except OSError:
+        return
+    if held and readable:
+        logging.getLogger(__name__).warning(
+            "%s holds %s and other users of this host may read it (mode %o): chmod 600 it, or set the secret "
+            "in the environment instead (%s)", path, ", ".join(held), path.stat().st_mode & 0o777,
+            ", ".join(_env_name(tuple(name.split("."))) for name in held))
 
 
 def _unknown_env_sections() -> list[str]:

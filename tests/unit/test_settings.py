@@ -223,3 +223,19 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
     path.write_bytes(GOOD.encode("utf-16"))
     with pytest.raises(ConfigError, match=r"config.toml: not UTF-8 text \(byte 1 is not UTF-8\): save the file as UTF-8"):
         load_settings(path)
+
+
+def test_a_secret_in_a_file_others_may_read_is_warned_of_by_key_never_by_value(tmp_path, caplog):
+    path = tmp_path / "config.toml"
+    path.write_text(GOOD)  # its ExternalId and password in the file
+    path.chmod(0o644)
+    load_settings(path)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "connector.settings"]
+    assert warning.startswith(f"{path} holds aws.external_id, servicenow.password and other users of this host may "
+                              "read it (mode 644): chmod 600 it")
+    assert "CMDB_AWS__EXTERNAL_ID, CMDB_SERVICENOW__PASSWORD" in warning
+    assert "hunter2-secret" not in warning and "ext-id-123" not in warning
+    caplog.clear()
+    path.chmod(0o600)
+    load_settings(path)
+    assert [r for r in caplog.records if r.name == "connector.settings"] == []
