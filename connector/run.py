@@ -283,6 +283,21 @@ def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult 
 
 # -- the flow ----------------------------------------------------------------
 
+class _Stopped(Exception):
+    """A stop signal came before ``stage``: it and the stages after it are not begun."""
+
+    def __init__(self, stage: str):
+        super().__init__(stage)
+        self.stage = stage
+
+
+def _stop_before(stage: str) -> None:
+    """Between stages: a stop signal (SIGTERM from systemd, Ctrl-C) ends the run here, with its report,
+    rather than after minutes more of reading and planning that no write would follow."""
+    if stop_requested():
+        raise _Stopped(stage)
+
+
 def run_pipeline(
     settings: Settings,
     *,
@@ -319,11 +334,14 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             reader.check_login(tables[0])
             with clock.stage("collect"):
                 inventory = collect_from_aws(settings, mappings, shard)
+        _stop_before("map")
         with clock.stage("map"):
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
+        _stop_before("read")
         freeze_long_lived()
         with clock.stage("read"):
             cmdb = read_cmdb(reader, mappings, mapped, sn.workers)
+        _stop_before("plan")
         _check_discovery_source(sn.discovery_source, cmdb.field_lengths)
         for table, why in sorted(cmdb.unread.items()):
             errors.append(f"{table}: its CIs could not be read from ServiceNow, so none of them was written or "
@@ -349,6 +367,10 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             errors.append("nothing was collected: no scope of any targeted account was read in full (see the "
                           "accounts and scopes), so no CI was written or retired")
             log.error("%s", errors[-1])
+    except _Stopped as stop:
+        errors.append(f"interrupted by a stop signal before {stop.stage}: nothing was written; the next run does "
+                      "it all")
+        exit_code = EXIT_INTERRUPTED
     except UsageError:
         raise
     except ConnectorError as exc:

@@ -22,6 +22,7 @@ from ..concurrency import map_in_order
 from ..mapping.load import CompiledDetail, CompiledSource
 from ..progress import bar
 from ..models import ERROR, GLOBAL_REGION, OK, SKIPPED, Account, Inventory, Record, Scope
+from ..ops import stop_requested
 from .sessions import SessionPool, classify_error
 
 log = logging.getLogger(__name__)
@@ -174,6 +175,8 @@ class Collector:
 
     def run_unit(self, unit: Unit) -> tuple[Scope, list[Record]]:
         source = unit.source
+        if stop_requested():  # a stop signal: the units not begun are left, unknown (nothing in them retired)
+            return Scope(unit.account_id, unit.region, source.name, SKIPPED, "not collected: the run was stopped"), []
         region = unit.region if unit.region != GLOBAL_REGION else self.pool.default_region
         calls = self._calls(unit.account_id)
         try:

@@ -27,6 +27,9 @@ HEADLINES = {
                              "refused the login, or no account at all could be collected (see the accounts table, "
                              "then run check-access). See the errors below; the next run finishes what this one "
                              "could not."),
+    130: ("INTERRUPTED", "#ef6c00", "A stop signal (SIGTERM, Ctrl-C) ended the run: writes in flight finished, "
+                                    "those not begun are left for the next run, which finishes them. See the errors "
+                                    "below for where it stopped."),
 }
 
 

@@ -125,3 +125,10 @@ def test_a_report_file_that_cannot_be_rendered_says_why(tmp_path, text, expected
     with pytest.raises(UsageError) as info:
         load_report(path)
     assert str(info.value).startswith(f"{path}: {expected}")
+
+
+def test_an_interrupted_run_has_a_page_of_its_own():
+    report = report_with(0, [])
+    report["exit_code"] = 130
+    page = render_html(report)
+    assert "<h1>INTERRUPTED</h1>" in page and "those not begun are left for the next run" in page

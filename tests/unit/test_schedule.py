@@ -43,3 +43,46 @@ def test_a_bad_mapping_in_the_first_run_ends_the_schedule():
 
     with pytest.raises(MappingError, match="invalid TOML"):
         ops.run_every(0.01, 0, once)
+
+
+def test_a_stop_signal_before_the_read_ends_the_run_at_once_with_its_report(tmp_path, monkeypatch):
+    """SIGTERM while the inventory is collected: neither the CMDB read nor the plan is begun (minutes, on a
+    large CMDB, that no write would follow); the report says where the run stopped."""
+    import connector.run as run
+    from connector.inventory import write_inventory
+    from connector.sandbox.servicenow import ServiceNowStandIn
+    from connector.sandbox.synthetic import synthetic_inventory
+    from connector.settings import load_settings
+
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(synthetic_inventory(accounts=1, instances=2), path)
+    read_inventory = run.read_inventory
+
+    def read_then_stopped(file):
+        inventory = read_inventory(file)
+        ops.request_stop()  # as the signal handler does
+        return inventory
+
+    monkeypatch.setattr(run, "read_inventory", read_then_stopped)
+    with ServiceNowStandIn(users={"svc": "pw"}) as server:
+        settings = load_settings(None, {"aws": {"external_id": "not-used-here"},
+                                        "servicenow": {"instance_url": server.url, "username": "svc", "password": "pw"},
+                                        "report": {"output_dir": str(tmp_path / "reports")}})
+        outcome = run.run_pipeline(settings, inventory_file=path)
+        assert outcome.exit_code == ops.EXIT_INTERRUPTED
+        assert outcome.report["errors"] == ["interrupted by a stop signal before map: nothing was written; the next "
+                                            "run does it all"]
+        assert set(outcome.report["timings"]) == {"collect"} and outcome.report_path.exists()
+        gets = {kind: n for kind, n in server.stats.items() if kind.startswith("GET ")}
+        assert gets == {"GET cmdb_ci": 1} and server.writes() == 0  # the login check, and nothing more
+
+
+def test_units_not_begun_when_a_stop_signal_comes_are_left_unknown():
+    from connector.aws.collect import Collector, Unit
+    from connector.mapping.load import load_mappings
+    from connector.models import SKIPPED
+
+    source = load_mappings().sources["ec2:instance"]
+    ops.request_stop()
+    scope, records = Collector(pool=None, max_per_account=1).run_unit(Unit("111122223333", "eu-west-1", source))
+    assert (scope.status, scope.error, records) == (SKIPPED, "not collected: the run was stopped", [])
