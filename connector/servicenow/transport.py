@@ -133,11 +133,25 @@ def validate_response(response: requests.Response, *args: Any, **kwargs: Any) ->
     raise ServiceNowBadRequest(f"ServiceNow rejected the request: {message or response.reason}", detail=detail, **where)
 
 
+def _tls_reason(exc: requests.exceptions.SSLError) -> str:
+    """What the TLS layer said ("certificate verify failed: self-signed certificate in certificate chain")."""
+    text = str(exc)
+    start = text.find("certificate verify failed")
+    return text[start:].split(" (_ssl")[0].rstrip("')\" ") if start >= 0 else type(exc).__name__
+
+
 def _connection_failure(exc: requests.RequestException, method: str, url: str) -> ServiceNowError:
+    path = requests.utils.urlparse(url).path
+    if isinstance(exc, requests.exceptions.SSLError):  # not a failure that passes: no retry, and the fix
+        return ServiceNowError(
+            f"the instance's TLS certificate was not accepted: {_tls_reason(exc)}. If a TLS-inspecting proxy "
+            "sits in between, set servicenow.ca_bundle to its CA certificate (PEM)", method=method, url=path)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return ServiceNowUnavailable("cannot reach ServiceNow through the proxy (HTTPS_PROXY): it refused or is out "
+                                     "of reach", method=method, url=path)
     not_sent = isinstance(exc, requests.ConnectTimeout) or (
         isinstance(exc, requests.ConnectionError) and "NewConnectionError" in repr(exc)
     )
-    path = requests.utils.urlparse(url).path
     if method == "POST" and not not_sent:
         return AmbiguousWriteError(f"connection lost during a create: {type(exc).__name__}", method=method, url=path)
     return ServiceNowUnavailable(f"cannot reach ServiceNow: {type(exc).__name__}", method=method, url=path)
