@@ -11,7 +11,6 @@ import responses
 from connector.errors import (
     ServiceNowAuthError,
     ServiceNowBadResponse,
-    ServiceNowError,
     ServiceNowNotFound,
     ServiceNowPermissionError,
     ServiceNowUnavailable,
@@ -240,29 +239,6 @@ def test_a_proxy_that_refuses_is_named_and_retried():
         tables.count("cmdb_ci_vm_instance", "")
     assert str(info.value).startswith("cannot reach ServiceNow through the proxy (HTTPS_PROXY)")
     assert len(sleeps) == 2  # it may pass: retried
-
-
-def test_a_certificate_the_client_does_not_trust_fails_at_once_and_says_what_to_set(standin_tls, tmp_path):
-    """A self-signed instance (or a TLS-inspecting proxy's certificate): no retry, since waiting will not
-    change it, and the fix named; with servicenow.ca_bundle, the same instance is read."""
-    server, cert = standin_tls
-    tables, sleeps = client(server.url)
-    with pytest.raises(ServiceNowError) as info:
-        tables.count("cmdb_ci", "")
-    assert str(info.value).startswith("the instance's TLS certificate was not accepted: certificate verify failed: ")
-    assert "set servicenow.ca_bundle to its CA certificate (PEM)" in str(info.value) and sleeps == []
-    trusted, _ = client(server.url, ca_bundle=cert)
-    assert trusted.count("cmdb_ci", "") == 0
-
-
-@pytest.fixture
-def standin_tls(tmp_path):
-    from connector.sandbox.servicenow import ServiceNowStandIn
-    from connector.sandbox.tls import self_signed_certificate
-
-    cert, key = self_signed_certificate(tmp_path / "tls")
-    with ServiceNowStandIn(users={"svc": PASSWORD}, tls=(cert, key)) as server:
-        yield server, cert
 
 
 # -- against the stand-in, over real HTTP ------------------------------------------
