@@ -186,7 +186,7 @@ def cmd_check_access(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .report.json_report import summary_line
+    from .report.json_report import change_lines, summary_line
     from .run import run_pipeline
     from .sandbox.demo import sandboxes
 
@@ -196,6 +196,8 @@ def cmd_demo(args) -> int:
         print(f"  ServiceNow stand-in: {boxes.servicenow.url}")
         settings = load_settings(None, boxes.settings_data(args.output_dir.resolve()))
         outcome = run_pipeline(settings, mode="run")
+    for line in change_lines(outcome.report):
+        print(line)
     print(summary_line(outcome.report))
     print(f"report: {outcome.report_path}")
     print(f"html: {outcome.report_path.with_suffix('.html')}")

@@ -233,7 +233,7 @@ def _writes_that_did_not_stick(report: dict, output_dir: Path) -> list[str]:
     if not report["changes"]:
         return []  # nothing written: nothing to compare (and no report to read)
     try:
-        previous = previous_run_report(output_dir)
+        previous = previous_run_report(output_dir, report["instance"])
         repeated = repeated_writes(previous, report["changes"]) if previous else []
     except Exception as exc:  # noqa: BLE001 - a hint only: it must never cost the run its report
         log.warning("previous run's report not compared: %s: %s", type(exc).__name__, exc)
@@ -386,7 +386,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     report = build_report(
         run_id=run_id, mode=mode, started_at=started, finished_at=_now(), exit_code=exit_code,
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
-        timings=clock.seconds, cpu_timings=clock.cpu,
+        timings=clock.seconds, cpu_timings=clock.cpu, instance=str(sn.instance_url),
     )
     _log_findings(report)
     output_dir = settings.path(settings.report.output_dir)

@@ -40,12 +40,15 @@ LOOK_BACK = 5
 RUN_FILE = re.compile(r"report-\d{8}T\d{6}Z-[0-9a-f]+\.(json|html|csv)")
 
 
-def previous_run_report(output_dir: Path) -> dict[str, Any] | None:
-    """The newest report of a `run` (not a `plan`) in ``output_dir``, or None.
+def previous_run_report(output_dir: Path, instance: str | None = None) -> dict[str, Any] | None:
+    """The newest report of a `run` (not a `plan`) in ``output_dir`` against ``instance``, or None.
 
     Called before this run's report is written. Newest by the time the file
     was written (two runs may start within one second). Never fails the run:
-    an unreadable report is skipped, with a log line.
+    an unreadable report is skipped, with a log line. A run against another
+    instance (the demo's stand-in of a previous demo, a dev instance and then
+    prod in one folder) is no history of this one: its creates are not made
+    again here; nor is a report that names no instance (from before reports did).
     """
     try:
         written = sorted(((p.stat().st_mtime_ns, p) for p in output_dir.glob("report-*.json")), reverse=True)
@@ -57,7 +60,8 @@ def previous_run_report(output_dir: Path) -> dict[str, Any] | None:
         except (OSError, ValueError) as exc:
             log.warning("previous report %s cannot be read (%s); skipped", path, type(exc).__name__)
             continue
-        if isinstance(report, dict) and report.get("mode") == "run":
+        if isinstance(report, dict) and report.get("mode") == "run" and (
+                instance is None or report.get("instance") == instance):
             return report
     return None
 

@@ -105,6 +105,7 @@ def build_report(
     tables: list[str],
     timings: dict[str, float] | None = None,
     cpu_timings: dict[str, float] | None = None,
+    instance: str = "",
 ) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {
         t: dict.fromkeys(COUNTS, 0) for t in tables
@@ -150,6 +151,7 @@ def build_report(
         "started_at": started_at,
         "finished_at": finished_at,
         "exit_code": exit_code,
+        "instance": instance,  # the ServiceNow instance reconciled (its URL)
         "accounts": account_statuses(inventory) if inventory else [],
         "scopes": scopes,
         "tables": counts,

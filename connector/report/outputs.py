@@ -177,6 +177,7 @@ def render_html(report: dict[str, Any]) -> str:
     options = "".join(f'<option value="{a}">{a}</option>'
                       for a in ("create", "update", "retire", "revive", "refresh", "delete"))
     rel, tags = report["relations"], tag_totals(report)
+    against = f", against <code>{escape(report['instance'])}</code>" if report.get("instance") else ""
     changes = _shown_changes(report["changes"])
     left_out = len(report["changes"]) - len(changes)
     cut = (f" (the first {len(changes)} of {len(report['changes'])}: failed writes, then retires and deletes, "
@@ -187,7 +188,7 @@ def render_html(report: dict[str, Any]) -> str:
 <style>{STYLE}</style></head><body>
 <div class="headline" id="headline" style="background:{color}"><h1>{word}</h1><p>{escape(advice)}</p></div>
 <p>Run <code>{escape(report['run_id'])}</code> ({escape(report['mode'])}), {escape(report['started_at'])} to
-{escape(report['finished_at'])}, exit code {report['exit_code']}.</p>
+{escape(report['finished_at'])}, exit code {report['exit_code']}{against}.</p>
 <p id="totals">CIs: {', '.join(f'{totals[a]} {a}' for a in ACTIONS)}. Relations: {rel['created']} created,
 {rel['deleted']} deleted, {rel['unchanged']} unchanged.{f' Tags: {tags}.' if tags else ''}</p>
 <h2>Changes per class</h2>{_chart(report['tables'])}{counts}

@@ -286,8 +286,13 @@ def test_demo_command_works_from_any_folder(tmp_path):
     assert report["exit_code"] == 0 and len(report["accounts"]) == 4
     assert report["tables"]["cmdb_ci_vm_instance"]["created"] > 0
     assert "created" in proc.stdout and "Traceback" not in proc.stderr
+    created = report["tables"]["cmdb_ci_vm_instance"]["created"]
+    assert "changed:\n" in proc.stdout and f"\n  cmdb_ci_vm_instance: {created} created\n" in proc.stdout
     html = [line for line in proc.stdout.splitlines() if line.startswith("html: ")]
     assert Path(html[0].split(": ", 1)[1]).read_text().startswith("<!DOCTYPE html>")
+    # Again, in the same folder: a new stand-in, so the same creates are no writes that did not stick.
+    again = subprocess.run([*command, "demo"], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert again.returncode == 0 and "warning(s)" not in again.stdout, again.stdout + again.stderr
 
 
 def test_collected_inventory_reconciles_like_live_aws(world, tmp_path):

@@ -126,3 +126,18 @@ def test_a_refresh_repeated_run_after_run_is_named_though_its_time_differs():
            change("refresh", "arn:2", "planned", last_discovered=("2026-11-01 00:00:00", "2026-12-01 12:00:00"))]
     [warning] = repeated_writes(before, now)
     assert warning.startswith(f"{VM}: refresh repeated on 1 record(s) as in the previous run") and "arn:1" in warning
+
+
+def test_a_run_against_another_instance_is_no_history_of_this_one(tmp_path):
+    """The demo's stand-in of the demo before, or a dev instance and then prod in one folder: the
+    creates of that run are no repeat of this one's."""
+    write(tmp_path / "report-prod.json", {"mode": "run", "run_id": "prod", "instance": "https://prod.example"},
+          1_000_000_000)
+    write(tmp_path / "report-dev.json", {"mode": "run", "run_id": "dev", "instance": "https://dev.example"},
+          2_000_000_000)
+    assert previous_run_report(tmp_path, "https://prod.example")["run_id"] == "prod"
+    assert previous_run_report(tmp_path, "https://test.example") is None
+    assert previous_run_report(tmp_path)["run_id"] == "dev"
+    write(tmp_path / "report-old.json", {"mode": "run", "run_id": "old"}, 3_000_000_000)  # names no instance
+    assert previous_run_report(tmp_path, "https://test.example") is None
+    assert previous_run_report(tmp_path, "https://prod.example")["run_id"] == "prod"
