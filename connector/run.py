@@ -355,7 +355,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
                             _snow_time(started), settings.reconcile.last_discovered_days),
                 cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE),
             )
-            plan.warnings.extend(cmdb.notes)
+            plan.warnings.extend([*mapped.warnings, *cmdb.notes])
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):
                 writer = TableApiWriter(tables_client, sn.batch_size)

@@ -13,6 +13,8 @@ from .load import Mapping, MappingSet
 class MapResult:
     cis: list[DesiredCI] = field(default_factory=list)
     problems: list[MappingProblem] = field(default_factory=list)
+    # resources that map to an identity another resource has, with other values: one line per class
+    warnings: list[str] = field(default_factory=list)
 
 
 def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredCI:
@@ -47,8 +49,12 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
 
 
 def map_inventory(inventory: Inventory, mappings: MappingSet, tags: bool = False) -> MapResult:
+    """Every record through its mappings. A CI met again under its identity is kept once: the same
+    resource seen twice is nothing to say, but another resource with other values under that identity
+    (a template that leaves out the region, say) would be lost without a word, so it is a warning."""
     result = MapResult()
-    seen: set[tuple[str, str]] = set()
+    kept: dict[tuple[str, str], DesiredCI] = {}
+    clashes: dict[str, list] = {}  # table -> [count, the identity, the mapping file]
     by_source = {name: mappings.for_source(name) for name in mappings.sources}
     for record in inventory.records:
         for mapping in by_source.get(record.source, ()):
@@ -59,7 +65,14 @@ def map_inventory(inventory: Inventory, mappings: MappingSet, tags: bool = False
                 result.problems.append(MappingProblem(scope, mapping.table, f"{mapping.file.name}: {exc}"))
                 continue
             key = (ci.table, ci.identity)
-            if key not in seen:
-                seen.add(key)
+            first = kept.setdefault(key, ci)
+            if first is ci:
                 result.cis.append(ci)
+            elif first.fields != ci.fields or first.relations != ci.relations:
+                clashes.setdefault(ci.table, [0, ci.identity, mapping.file.name])[0] += 1
+    result.warnings.extend(
+        f"{table}: {count} resource(s) map to an identity that another resource has already, with other values "
+        f"(e.g. {identity}): only the first of each is written. Make the identity unique in {file} (a "
+        "correlation_id template without the region or the account?)"
+        for table, (count, identity, file) in sorted(clashes.items()))
     return result

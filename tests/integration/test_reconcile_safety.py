@@ -541,3 +541,16 @@ def test_an_identity_field_the_class_lacks_holds_the_class_and_makes_no_duplicat
         assert {r["sys_id"]: r for r in server.store.rows("cmdb_ci_vm_instance")} == rows
         [guard] = held.report["guards"]
         assert guard.startswith("cmdb_ci_vm_instance: the class has no field vm_instance_id on this instance")
+
+
+def test_resources_that_clash_on_one_identity_are_named_in_the_report(tmp_path):
+    """A datacenter template without the region: each account's regions map to one identity."""
+    _inventory, path = inventory_file(tmp_path, accounts=1, regions=("us-east-1", "eu-west-1"), vpcs=1, subnets=1,
+                                      instances=1)
+    clashing = edited_mappings(tmp_path, "cmdb_ci_aws_datacenter.toml", "ec2:{$region}:{$account_id}:region/{RegionName}",
+                               "ec2::{$account_id}:region")
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        plan = run_pipeline(settings_for(server, tmp_path), mode="plan", inventory_file=path, mappings=clashing)
+        assert plan.report["tables"]["cmdb_ci_aws_datacenter"]["created"] == 1
+        assert any(w.startswith("cmdb_ci_aws_datacenter: 1 resource(s) map to an identity that another resource has "
+                                "already") for w in plan.report["warnings"]), plan.report["warnings"]

@@ -468,3 +468,25 @@ def test_a_file_saved_by_windows_notepad_loads_and_one_not_in_utf8_is_named(tmp_
         load_mappings(tmp_path)
     assert info.value.problems == [f"{tmp_path / 'cmdb_ci_network.toml'}: not UTF-8 text (byte 1 is not UTF-8): "
                                    "save the file as UTF-8"]
+
+
+def test_two_resources_under_one_identity_are_a_warning_and_one_resource_seen_twice_is_not(tmp_path):
+    """An identity template that leaves out the region: the VPCs of two regions clash, and the second would
+    be lost without a word."""
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID.replace(":{$region}:", "::"))
+    mappings = load_mappings(tmp_path)
+    vpc = {"VpcId": "vpc-1", "CidrBlock": "10.0.0.0/16"}
+    twice = Inventory(records=[Record(ACCOUNT, "us-east-1", "ec2:vpc", vpc), Record(ACCOUNT, "us-east-1", "ec2:vpc", vpc)])
+    result = map_inventory(twice, mappings)
+    assert len(result.cis) == 1 and result.warnings == []
+    clash = Inventory(records=[Record(ACCOUNT, "us-east-1", "ec2:vpc", vpc),
+                               Record(ACCOUNT, "eu-west-1", "ec2:vpc", {**vpc, "VpcId": "vpc-1"}),
+                               Record(ACCOUNT, "ap-south-1", "ec2:vpc", {**vpc, "VpcId": "vpc-1"})])
+    VALUED = VALID.replace(":{$region}:", "::").replace('name = "VpcId"', 'name = { template = "{VpcId} in {$region}" }')
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALUED)
+    result = map_inventory(clash, load_mappings(tmp_path))
+    assert [ci.fields["name"] for ci in result.cis] == ["vpc-1 in us-east-1"]
+    assert result.warnings == [
+        f"cmdb_ci_network: 2 resource(s) map to an identity that another resource has already, with other values "
+        f"(e.g. arn:aws:ec2::{ACCOUNT}:vpc/vpc-1): only the first of each is written. Make the identity unique in "
+        "cmdb_ci_network.toml (a correlation_id template without the region or the account?)"]
