@@ -36,6 +36,11 @@ class MappingError(UsageError):
         super().__init__(message)
         self.problems = problems or [message]
 
+    @classmethod
+    def listing(cls, problems: list[str]) -> "MappingError":
+        """One error for ``problems`` (each naming its file and key), one per line."""
+        return cls(f"{len(problems)} problem(s) in the mapping files:\n  " + "\n  ".join(problems), problems)
+
 
 class InventoryError(UsageError):
     """A saved inventory file cannot be read."""

@@ -55,7 +55,7 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
             continue
         try:
             operations = _operations(source.service)
-        except UnknownServiceError:  # listed, but no model to load: say so rather than fail
+        except UnknownServiceError:  # listed, but no model to load: nothing to check it against
             continue
         calls = [("source", source.operation, source.params)]
         if source.detail:
@@ -79,4 +79,4 @@ def check_operations(mappings: MappingSet) -> None:
     """``unknown_operations``, raised as one MappingError (exit 2) when there are any."""
     problems = unknown_operations(mappings)
     if problems:
-        raise MappingError(f"{len(problems)} problem(s) in the mapping files:\n  " + "\n  ".join(problems), problems)
+        raise MappingError.listing(problems)

@@ -262,7 +262,7 @@ def load_mappings(folder: Path | None = None) -> MappingSet:
             broken.add(path.stem.split(".")[0])
     _check_across_files(result, problems, broken)
     if problems:
-        raise MappingError(f"{len(problems)} problem(s) in the mapping files:\n  " + "\n  ".join(problems), problems)
+        raise MappingError.listing(problems)
     return result
 
 
