@@ -161,14 +161,14 @@ def cmd_report(args) -> int:
 def cmd_collect(args) -> int:
     from .inventory import write_inventory
     from .mapping.transform import MapResult
-    from .run import collect_from_aws, exit_code_for, nothing_collected
+    from .run import NOTHING_COLLECTED, collect_from_aws, exit_code_for, nothing_collected
 
     settings = _settings(args)
     inventory = collect_from_aws(settings, load_mappings(settings.mappings_folder()), parse_shard(args.shard))
     write_inventory(inventory, args.output)
     print(f"inventory: {args.output} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes)")
     if nothing_collected(inventory):
-        print("failed: nothing was collected: no scope of any targeted account was read in full", file=sys.stderr)
+        print(f"failed: {NOTHING_COLLECTED}", file=sys.stderr)
     return exit_code_for(inventory, MapResult(), None)  # as run's: 0 ok, 3 partial, 1 nothing collected
 
 

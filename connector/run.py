@@ -260,6 +260,9 @@ def _log_findings(report: dict) -> None:
                     len(problems), first["table"], "/".join(first["scope"]), first["message"])
 
 
+NOTHING_COLLECTED = "nothing was collected: no scope of any targeted account was read in full"
+
+
 def nothing_collected(inventory: Inventory) -> bool:
     """Was there something to collect, and not one scope of it collected (every account denied, say: an
     ExternalId changed on one side only)? Then the run failed: nothing was learnt, nothing written. Skipped
@@ -364,8 +367,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if stop_requested():
             errors.append("interrupted by a stop signal: writes not yet started were left for the next run")
         elif nothing_collected(inventory):
-            errors.append("nothing was collected: no scope of any targeted account was read in full (see the "
-                          "accounts and scopes), so no CI was written or retired")
+            errors.append(f"{NOTHING_COLLECTED} (see the accounts and scopes), so no CI was written or retired")
             log.error("%s", errors[-1])
     except _Stopped as stop:
         errors.append(f"interrupted by a stop signal before {stop.stage}: nothing was written; the next run does "

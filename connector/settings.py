@@ -260,13 +260,13 @@ def _warn_of_secrets_others_may_read(path: Path, data: dict[str, Any]) -> None:
     held = [f"{section}.{key}" for section, key in sorted(SECRET_KEYS)
             if isinstance(data.get(section), dict) and data[section].get(key)]
     try:
-        readable = path.stat().st_mode & 0o044
+        mode = path.stat().st_mode & 0o777
     except OSError:
         return
-    if held and readable:
+    if held and mode & 0o044:
         logging.getLogger(__name__).warning(
             "%s holds %s and other users of this host may read it (mode %o): chmod 600 it, or set the secret "
-            "in the environment instead (%s)", path, ", ".join(held), path.stat().st_mode & 0o777,
+            "in the environment instead (%s)", path, ", ".join(held), mode,
             ", ".join(_env_name(tuple(name.split("."))) for name in held))
 
 
