@@ -115,13 +115,18 @@ def cmd_init_mappings(args) -> int:
     from .mapping.load import builtin_mappings_dir
 
     folder: Path = args.folder
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{folder}: exists and is not a folder; choose a new folder")
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder}: folder exists and is not empty; choose a new folder")
-    folder.mkdir(parents=True, exist_ok=True)
     source = builtin_mappings_dir()
     files = sorted(source.glob("*.toml")) + [source / "README.md"]
-    for path in files:
-        shutil.copyfile(path, folder / path.name)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in files:
+            shutil.copyfile(path, folder / path.name)
+    except OSError as exc:
+        raise UsageError(f"{folder}: cannot write the mapping files there: {exc.strerror or exc}") from None
     print(f"{len(files) - 1} mapping files copied to {folder}. Set reconcile.mappings_dir = \"{folder}\" to use them.")
     return 0
 

@@ -62,3 +62,13 @@ def test_a_saved_inventory_that_cannot_be_read_is_named_before_servicenow_is_ask
                       f'username = "u"\npassword = "p"\n[report]\noutput_dir = "{tmp_path / "reports"}"\n')
     assert main(["--config", str(config), "run", "--inventory", str(tmp_path / "nope.jsonl")]) == 2
     assert f"{tmp_path / 'nope.jsonl'}: cannot read the inventory" in capsys.readouterr().err
+
+
+def test_init_mappings_into_a_file_or_a_folder_it_cannot_write_is_a_usage_error(tmp_path, capsys):
+    taken = tmp_path / "config.toml"
+    taken.write_text("")
+    assert main(["init-mappings", str(taken)]) == 2
+    assert f"{taken}: exists and is not a folder; choose a new folder" in capsys.readouterr().err
+    assert main(["init-mappings", str(taken / "maps")]) == 2  # under a file: no folder can be made there
+    assert f"{taken / 'maps'}: cannot write the mapping files there: " in capsys.readouterr().err
+    assert main(["init-mappings", str(tmp_path / "maps")]) == 0 and (tmp_path / "maps" / "README.md").exists()
