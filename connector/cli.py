@@ -7,6 +7,7 @@ Exit codes: 0 ok; 3 partial (some scope not collected, its CIs untouched);
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import sys
 import time
@@ -20,6 +21,8 @@ from .mapping.load import load_mappings
 from .settings import Settings, find_config, load_settings
 
 log = logging.getLogger("connector")
+# what a wrong path gives: a usage error (exit 2); any other OSError (a full disk, say) fails the command (1)
+PATH_MISTAKES = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EEXIST}
 
 
 def _common_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
@@ -256,6 +259,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectorError as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a file or folder of the config or the command line: named, without a traceback
+        log.debug("%s", exc, exc_info=True)
+        where = f"{exc.filename}: " if exc.filename else ""
+        if exc.errno in PATH_MISTAKES:
+            print(f"error: {where}{exc.strerror} (check the path: the command line, report.output_dir, "
+                  "reconcile.mappings_dir)", file=sys.stderr)
+            return UsageError.exit_code
+        print(f"failed: {where}{exc.strerror or exc}", file=sys.stderr)
+        return ConnectorError.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

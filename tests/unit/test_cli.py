@@ -72,3 +72,14 @@ def test_init_mappings_into_a_file_or_a_folder_it_cannot_write_is_a_usage_error(
     assert main(["init-mappings", str(taken / "maps")]) == 2  # under a file: no folder can be made there
     assert f"{taken / 'maps'}: cannot write the mapping files there: " in capsys.readouterr().err
     assert main(["init-mappings", str(tmp_path / "maps")]) == 0 and (tmp_path / "maps" / "README.md").exists()
+
+
+def test_a_path_that_cannot_be_written_is_named_without_a_traceback(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\n[servicenow]\ninstance_url = "http://127.0.0.1:9"\n'
+                      f'username = "u"\npassword = "p"\n[report]\noutput_dir = "{blocker / "reports"}"\n')
+    assert main(["plan", "--config", str(config), "--inventory", str(tmp_path / "inventory.jsonl")]) == 2
+    err = capsys.readouterr().err
+    assert f"\nerror: {blocker / 'reports'}: Not a directory (check the path" in f"\n{err}" and "Traceback" not in err
