@@ -31,15 +31,19 @@ def write_inventory(inventory: Inventory, path: Path) -> None:
 def read_inventory(path: Path) -> Inventory:
     inventory = Inventory()
     try:
-        handle = path.open(encoding="utf-8")
+        handle = path.open("rb")  # orjson checks the UTF-8 of each line itself
     except OSError as exc:
         raise InventoryError(f"{path}: cannot read the inventory: {exc.strerror}") from None
     with handle:
         for number, line in enumerate(handle, 1):
+            if number == 1 and line.startswith(b"\xef\xbb\xbf"):
+                line = line[3:]  # a byte order mark, as an editor on Windows saves UTF-8
             if not line.strip():
                 continue
             try:
                 row = orjson.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"not a JSON object but {type(row).__name__}")
                 kind = row["kind"]
                 if kind == "scope":
                     if row["status"] not in SCOPE_STATUSES:
@@ -52,8 +56,11 @@ def read_inventory(path: Path) -> Inventory:
                                                       row.get("status", "ok"), row.get("error"), row.get("raw") or {}))
                 else:
                     raise ValueError(f"unknown kind {kind!r}")
-            except (ValueError, KeyError, TypeError) as exc:
-                raise InventoryError(f"{path}: line {number}: {exc}") from None
+            except KeyError as exc:
+                raise InventoryError(f"{path}: line {number}: no {exc.args[0]!r} in this line") from None
+            except (ValueError, TypeError) as exc:
+                reason = "not UTF-8 text: save the file as UTF-8" if "UTF-8" in str(exc) else str(exc)
+                raise InventoryError(f"{path}: line {number}: {reason}") from None
     if not inventory.accounts:
         # An inventory written by another tool may list only scopes.
         seen = dict.fromkeys(s.account_id for s in inventory.scopes)
