@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import UsageError
 from .schema import (
     REL_TYPES, SCHEMA_TABLES, STRING_LENGTHS, SYS_FIELDS, TABLES, defining_table, descendants, field_type,
     fields_of, references_of,
@@ -59,9 +60,14 @@ class Store:
         self._limits: dict[str, dict[str, int]] = {}  # class -> {string field: max_length}
         self._db: sqlite3.Connection | None = None
         if db_path is not None:
-            self._db = sqlite3.connect(str(db_path), check_same_thread=False)
-            self._db.execute("CREATE TABLE IF NOT EXISTS records (sys_id TEXT PRIMARY KEY, class TEXT, data TEXT)")
-            for sys_id, cls, data in self._db.execute("SELECT sys_id, class, data FROM records"):
+            try:
+                self._db = sqlite3.connect(str(db_path), check_same_thread=False)
+                self._db.execute("CREATE TABLE IF NOT EXISTS records (sys_id TEXT PRIMARY KEY, class TEXT, data TEXT)")
+                rows = self._db.execute("SELECT sys_id, class, data FROM records").fetchall()
+            except sqlite3.Error as exc:  # --db names a file that is no stand-in database, or cannot be made
+                raise UsageError(f"{db_path}: cannot keep the stand-in's CMDB there ({exc}); remove the file or "
+                                 "choose another --db") from None
+            for sys_id, cls, data in rows:
                 self.by_class.setdefault(cls, {})[sys_id] = json.loads(data)
                 self.class_of[sys_id] = cls
         if not self.by_class["cmdb_rel_type"]:

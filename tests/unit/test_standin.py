@@ -441,3 +441,15 @@ def test_the_client_names_a_request_head_too_large(standin):
     tables = TableClient(ServiceNowSettings(instance_url=standin.url, username=AUTH[0], password=AUTH[1]))
     with pytest.raises(ServiceNowBadRequest, match="Request header is too large: the request's URL and headers"):
         list(tables.query("cmdb_ci_network", "nameIN" + ",".join(["n"] * 2500), ["name"]))
+
+
+def test_a_db_file_that_is_no_stand_in_database_is_a_usage_error(tmp_path):
+    from connector.errors import UsageError
+    from connector.sandbox.store import Store
+
+    garbage = tmp_path / "cmdb.db"
+    garbage.write_text("not a database")
+    with pytest.raises(UsageError, match=r"cmdb.db: cannot keep the stand-in's CMDB there \(file is not a database\)"):
+        Store(garbage)
+    with pytest.raises(UsageError, match="cannot keep the stand-in's CMDB there"):
+        Store(tmp_path / "no-such-folder" / "cmdb.db")
