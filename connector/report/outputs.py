@@ -231,7 +231,7 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
     lines = [
         "# HELP cmdb_connector_runs_total Runs written to this file.", "# TYPE cmdb_connector_runs_total counter",
         f"cmdb_connector_runs_total {runs}",
-        "# HELP cmdb_connector_last_run_exit_code 0 ok, 3 partial, 1 failed.", "# TYPE cmdb_connector_last_run_exit_code gauge",
+        "# HELP cmdb_connector_last_run_exit_code 0 ok, 3 partial, 1 failed, 130 interrupted.", "# TYPE cmdb_connector_last_run_exit_code gauge",
         f'cmdb_connector_last_run_exit_code{{mode="{_label(report["mode"])}"}} {report["exit_code"]}',
         "# HELP cmdb_connector_last_run_timestamp_seconds When the last run started.",
         "# TYPE cmdb_connector_last_run_timestamp_seconds gauge",
