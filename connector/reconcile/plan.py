@@ -163,14 +163,21 @@ def _desired_payload(ci: DesiredCI, options: PlanOptions) -> dict[str, str]:
     return payload
 
 
+HEX_DIGITS = "0123456789abcdef"
+
+
 def _stale_before(options: PlanOptions) -> dict[str, str] | None:
     """When an unchanged CI's ``last_discovered`` is old enough to stamp again: the last hex digit of its
     sys_id -> the time before which it is (compared as strings, which ServiceNow's form sorts in time
-    order), and "" -> the time for any other sys_id. None when nothing is stamped.
+    order), and "" -> the time for any other sys_id; and UNSTAMPED -> the last digits of the CIs never
+    stamped that are due today ("*" for any other sys_id). None when nothing is stamped.
 
     A CI is stamped again once its stamp is older than between half and all of
     ``last_discovered_days``, by its sys_id: CIs made in one run do not all come
     due in one later run, but over half the period, and stay spread after that.
+    CIs that were never stamped (stamping just turned on, with
+    ``last_discovered_days`` from 0) come due over the same half period, a share
+    each day by the last digit of their sys_id, rather than all in one run.
     """
     if not options.stamps:
         return None
@@ -183,14 +190,26 @@ def _stale_before(options: PlanOptions) -> dict[str, str] | None:
     def before(fraction: float) -> str:
         return (now - period * fraction).strftime(SNOW_TIMESTAMP)
 
-    return {"": before(1.0), **{digit: before(1 - int(digit, 16) / 32) for digit in "0123456789abcdefABCDEF"}}
+    days = max(1, -(-options.last_discovered_days // 2))  # half the period, in whole days
+    today = now.toordinal() % days
+    unstamped = "".join(d for d in HEX_DIGITS if int(d, 16) % days == today) + ("*" if today == 0 else "")
+    return {"": before(1.0), **{digit: before(1 - int(digit, 16) / 32) for digit in HEX_DIGITS + HEX_DIGITS.upper()},
+            UNSTAMPED: unstamped}
+
+
+UNSTAMPED = "unstamped"  # the key of _stale_before for the CIs never stamped
 
 
 def _due_refresh(ci: DesiredCI, current: ExistingCI, stale_before: dict[str, str] | None) -> bool:
-    """Is the unchanged ``current``'s last_discovered old enough to stamp again? Never where nothing is
-    stamped, nor where the mapping gives last_discovered a value of its own."""
-    return (stale_before is not None and LAST_DISCOVERED not in ci.fields
-            and current.fields.get(LAST_DISCOVERED, "") < (stale_before.get(current.sys_id[-1:]) or stale_before[""]))
+    """Is the unchanged ``current``'s last_discovered old enough to stamp again, or, never stamped, is it
+    its day? Never where nothing is stamped, nor where the mapping gives last_discovered a value of its own."""
+    if stale_before is None or LAST_DISCOVERED in ci.fields:
+        return False
+    stamp = current.fields.get(LAST_DISCOVERED, "")
+    if not stamp:
+        digit = current.sys_id[-1:].lower()
+        return (digit if digit and digit in HEX_DIGITS else "*") in stale_before[UNSTAMPED]
+    return stamp < (stale_before.get(current.sys_id[-1:]) or stale_before[""])
 
 
 def _on_file(ci: DesiredCI, current: ExistingCI, source: str, retired_when) -> bool:

@@ -646,7 +646,7 @@ def test_writes_stamp_last_discovered_and_creates_first_discovered_too():
 
 def test_an_unchanged_ci_is_stamped_again_once_its_stamp_is_old_spread_by_sys_id():
     """Due once older than between half and all of the period (8 days here), by the sys_id's last hex digit:
-    ...0 at 8 days, ...f at 17/32 of them (4.25 days). A CI never stamped is due at once."""
+    ...0 at 8 days, ...f at 17/32 of them (4.25 days). (For a CI never stamped, see the next test.)"""
     def p(sys_id: str, last: str):
         return plan([desired_vm(1)], [existing_vm(1, sys_id=sys_id, last_discovered=last)], options=STAMPING)
 
@@ -657,10 +657,26 @@ def test_an_unchanged_ci_is_stamped_again_once_its_stamp_is_old_spread_by_sys_id
     assert p("abcf", "2026-11-27 02:00:01").changes == []
     assert p("ABCF", "2026-11-27 01:59:59").changes[0].action == "refresh"  # hex in either case
     assert p("s-not-hex", "2026-11-24 08:00:00").changes == []  # any other sys_id: the whole period
-    assert [c.action for c in p("abc0", "").changes] == ["refresh"]
-    refresh = p("abc0", "").changes[0]
-    assert (refresh.table, refresh.identity, refresh.sys_id, refresh.payload) == (VM, vm_id(1), "abc0",
-                                                                                  {"last_discovered": NOW})
+
+
+def test_cis_never_stamped_are_stamped_over_half_the_period_not_all_in_one_run():
+    """Stamping turned on (last_discovered_days from 0 to 8): the CIs without a stamp come due over 4 days, a
+    quarter a day by the sys_id's last hex digit (any other sys_id on one of those days), each on one day."""
+    from datetime import datetime, timedelta
+
+    sys_ids = [f"{n:031x}{d}" for n, d in enumerate("0123456789abcdeF")] + ["s-not-hex"]
+    existing = [existing_vm(n, sys_id=sys_id, last_discovered="") for n, sys_id in enumerate(sys_ids)]
+    desired = [desired_vm(n) for n in range(len(sys_ids))]
+    start = datetime.strptime(NOW, "%Y-%m-%d %H:%M:%S")
+    due_on: dict[str, list[int]] = {sys_id: [] for sys_id in sys_ids}
+    for day in range(8):  # two spreads of 4 days
+        now = (start + timedelta(days=day)).strftime("%Y-%m-%d %H:%M:%S")
+        changes = plan(desired, existing, options=replace(STAMPING, now=now)).changes
+        assert {c.action for c in changes} <= {"refresh"} and all(c.payload == {"last_discovered": now} for c in changes)
+        assert len(changes) in (4, 5)  # a quarter of the 16 digits, and on one day the other sys_id too
+        for change in changes:
+            due_on[change.sys_id].append(day)
+    assert all(len(days) == 2 and days[1] - days[0] == 4 for days in due_on.values())  # once per 4 days, until stamped
 
 
 def test_a_plan_applied_then_planned_again_at_the_same_time_is_empty_with_stamping():
