@@ -205,6 +205,18 @@ def render_html(report: dict[str, Any]) -> str:
 """
 
 
+# What a spreadsheet takes for a formula at the start of a cell. The values come from AWS, where anyone who
+# may tag a resource writes them: "=HYPERLINK(...)" in a tag must not run in the CMDB admin's spreadsheet.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: Any) -> str:
+    """A CSV cell that a spreadsheet shows as text: one that would start a formula gets a leading "'"
+    (OWASP's advice for CSV injection). The JSON report keeps every value as it is."""
+    text = "" if value is None else str(value)
+    return f"'{text}" if text.startswith(FORMULA_START) else text
+
+
 def render_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
@@ -212,8 +224,9 @@ def render_csv(report: dict[str, Any]) -> str:
     for change in report["changes"]:
         fields = change.get("fields") or {"": {"old": "", "new": ""}}
         for name, diff in fields.items():
-            writer.writerow([change["action"], change["table"], change["identity"], change.get("sys_id") or "",
-                             change.get("status", ""), name, diff.get("old", ""), diff.get("new", ""), change.get("error", "")])
+            writer.writerow(map(_cell, [change["action"], change["table"], change["identity"], change.get("sys_id") or "",
+                                        change.get("status", ""), name, diff.get("old", ""), diff.get("new", ""),
+                                        change.get("error", "")]))
     return out.getvalue()
 
 

@@ -132,3 +132,21 @@ def test_an_interrupted_run_has_a_page_of_its_own():
     report["exit_code"] = 130
     page = render_html(report)
     assert "<h1>INTERRUPTED</h1>" in page and "those not begun are left for the next run" in page
+
+
+def test_a_value_a_spreadsheet_would_take_for_a_formula_is_text_in_the_csv():
+    import csv
+    import io
+
+    from connector.report.outputs import render_csv
+
+    report = report_with(0, [])
+    report["changes"] = [{"action": "update", "table": "cmdb_ci_vm_instance", "identity": "arn:aws:ec2:1",
+                          "sys_id": "abc", "status": "applied", "note": "",
+                          "fields": {"name": {"old": "web-01", "new": '=HYPERLINK("http://x","y")'},
+                                     "short_description": {"old": "@SUM(A1)", "new": "-1+2"},
+                                     "state": {"old": "on", "new": "off"}}}]
+    rows = list(csv.DictReader(io.StringIO(render_csv(report))))
+    assert [(r["field"], r["old"], r["new"]) for r in rows] == [
+        ("name", "web-01", '\'=HYPERLINK("http://x","y")'), ("short_description", "'@SUM(A1)", "'-1+2"),
+        ("state", "on", "off")]
