@@ -164,6 +164,7 @@ def _desired_payload(ci: DesiredCI, options: PlanOptions) -> dict[str, str]:
 
 
 HEX_DIGITS = "0123456789abcdef"
+UNSTAMPED = "unstamped"  # the key of _stale_before for the CIs never stamped
 
 
 def _stale_before(options: PlanOptions) -> dict[str, str] | None:
@@ -195,9 +196,6 @@ def _stale_before(options: PlanOptions) -> dict[str, str] | None:
     unstamped = "".join(d for d in HEX_DIGITS if int(d, 16) % days == today) + ("*" if today == 0 else "")
     return {"": before(1.0), **{digit: before(1 - int(digit, 16) / 32) for digit in HEX_DIGITS + HEX_DIGITS.upper()},
             UNSTAMPED: unstamped}
-
-
-UNSTAMPED = "unstamped"  # the key of _stale_before for the CIs never stamped
 
 
 def _due_refresh(ci: DesiredCI, current: ExistingCI, stale_before: dict[str, str] | None) -> bool:
