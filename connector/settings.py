@@ -33,6 +33,7 @@ CONFIG_ENV = "CMDB_CONFIG"
 SECRET_KEYS = {("aws", "external_id"), ("servicenow", "password"), ("servicenow", "client_secret")}
 
 _ACCOUNT_ID = re.compile(r"^\d{12}$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, us-gov-west-1, eu-isoe-west-1
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 
 
@@ -64,6 +65,19 @@ class AwsSettings(_Section):
             raise ValueError(
                 "must be 2 to 1224 characters of letters, digits and +=,.@:/-"
             )
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _region_names(cls, value: list[str]) -> list[str]:
+        if "all" in value and len(value) > 1:
+            raise ValueError('"all" stands alone (every region enabled for each account), not beside region names')
+        bad = [v for v in value if v != "all" and not _REGION.match(v)]
+        if bad:
+            raise ValueError(f"not region names: {bad}; a region is named like us-east-1 (or \"all\")")
+        twice = sorted({v for v in value if value.count(v) > 1})
+        if twice:
+            raise ValueError(f"listed more than once: {twice}")
         return value
 
     @field_validator("accounts", "exclude_accounts")

@@ -121,6 +121,19 @@ BAD_CASES = [
         GOOD.replace("[aws]", "[aws]\naccounts = [123]"),
         ["[aws] accounts.0: Input should be a valid string"],
     ),
+    # a region misspelled would be collected as one not enabled (skipped): every run, nothing there
+    (
+        GOOD.replace('regions = ["us-east-1", "eu-west-1"]', 'regions = ["us-east1", "eu-west-1"]'),
+        ["[aws] regions: not region names: ['us-east1']; a region is named like us-east-1"],
+    ),
+    (
+        GOOD.replace('regions = ["us-east-1", "eu-west-1"]', 'regions = ["all", "eu-west-1"]'),
+        ['[aws] regions: "all" stands alone'],
+    ),
+    (
+        GOOD.replace('regions = ["us-east-1", "eu-west-1"]', 'regions = ["eu-west-1", "eu-west-1"]'),
+        ["[aws] regions: listed more than once: ['eu-west-1']"],
+    ),
 ]
 
 
@@ -239,3 +252,9 @@ def test_a_secret_in_a_file_others_may_read_is_warned_of_by_key_never_by_value(t
     path.chmod(0o600)
     load_settings(path)
     assert [r for r in caplog.records if r.name == "connector.settings"] == []
+
+
+def test_region_names_of_every_partition_and_all_are_taken(tmp_path):
+    for regions in ('["all"]', '["us-gov-west-1", "cn-north-1", "eu-isoe-west-1", "ap-southeast-5"]'):
+        text = GOOD.replace('regions = ["us-east-1", "eu-west-1"]', f"regions = {regions}")
+        assert load_settings(write(tmp_path, text)).aws.regions
