@@ -9,12 +9,13 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from . import __version__
-from .errors import ConnectorError, UsageError
+from .errors import ConfigError, ConnectorError, UsageError, did_you_mean
 from .aws.targets import parse_shard
 from .ops import setup_logging
 from .mapping.load import load_mappings
@@ -77,6 +78,18 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("validate", help="check the config and every mapping file")
 
+    preview = sub.add_parser("map", help="what the mapping files make of a saved inventory, offline: CIs, "
+                                         "relations, empty fields, targets not found")
+    preview.add_argument("--inventory", metavar="FILE", type=Path, required=True,
+                         help="an inventory saved by collect --output")
+    preview.add_argument("--class", dest="classes", metavar="CLASS", action="append",
+                         help="only this class (may be given again)")
+    preview.add_argument("--mappings", metavar="DIR", type=Path,
+                         help="the mapping files of this folder, and no config needed (default: the config's)")
+    preview.add_argument("--tags", action="store_true", help="map the tags too, as reconcile.tags = true does")
+    preview.add_argument("--output", metavar="FILE", type=Path,
+                         help="write every CI there as JSON Lines, as it would be written ('-': standard output)")
+
     init = sub.add_parser("init-mappings", help="copy the built-in mapping files into a folder, to edit them")
     init.add_argument("folder", type=Path)
 
@@ -110,6 +123,54 @@ def cmd_validate(args) -> int:
     else:
         print(f"tags: off (reconcile.tags = false); {len(tagged)} classes map them")
     return 0
+
+
+def cmd_map(args) -> int:
+    import json
+
+    from .inventory import read_inventory
+    from .mapping.preview import ci_row, preview, preview_lines
+    from .mapping.transform import map_inventory
+
+    if args.mappings is not None:
+        folder, tags = args.mappings, args.tags
+    else:
+        try:
+            path = find_config(args.config)
+        except ConfigError as exc:
+            raise ConfigError(f"{exc} Or pass --mappings DIR: map needs only the mapping files.") from None
+        settings = load_settings(path)
+        folder, tags = settings.mappings_folder(), args.tags or settings.reconcile.tags
+    mappings = load_mappings(folder)
+    tables = set(args.classes) if args.classes else None
+    for name in sorted(tables or ()):
+        if name not in mappings.tables:
+            raise UsageError(f"--class {name}: no mapping file defines this class{did_you_mean(name, mappings.tables)}; "
+                             f"the classes: {', '.join(mappings.tables)}")
+    inventory = read_inventory(args.inventory)
+    mapped = map_inventory(inventory, mappings, tags=tags)
+    chosen = [ci for ci in mapped.cis if tables is None or ci.table in tables]
+    summary_out = sys.stdout
+    if args.output is not None:
+        rows = (json.dumps(ci_row(ci), ensure_ascii=False) + "\n" for ci in chosen)
+        if str(args.output) == "-":
+            sys.stdout.writelines(rows)
+            summary_out = sys.stderr  # standard output is the CIs'
+        else:
+            args.output.parent.mkdir(parents=True, exist_ok=True)
+            with args.output.open("w", encoding="utf-8") as out:
+                out.writelines(rows)
+    result = preview(inventory, mappings, mapped, tables)
+    not_ok = sum(scope.status != "ok" for scope in inventory.scopes)
+    print(f"mappings: {folder or 'built-in'} ({len(mappings.mappings)} files){', tags on' if tags else ''}; "
+          f"inventory: {args.inventory} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes"
+          + (f", {not_ok} not collected ok: their resources are not in it" if not_ok else "") + ")", file=summary_out)
+    for line in preview_lines(result):
+        print(line, file=summary_out)
+    if args.output is not None and str(args.output) != "-":
+        print(f"CIs: {args.output} ({len(chosen)})", file=summary_out)
+    # 1 when some item of the classes shown could not be mapped: a run would leave its scope untouched
+    return 1 if any(c.not_mapped for c in result.classes) else 0
 
 
 def cmd_init_mappings(args) -> int:
@@ -242,6 +303,7 @@ COMMANDS = {
     "check-access": cmd_check_access,
     "report": cmd_report,
     "validate": cmd_validate,
+    "map": cmd_map,
     "init-mappings": cmd_init_mappings,
     "demo": cmd_demo,
     "sandbox": cmd_sandbox,
@@ -259,6 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConnectorError as exc:
         print(f"failed: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # the reader of standard output went away (| head): nothing more to say to it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the flush at exit is quiet
+        return 1
     except OSError as exc:  # a file or folder of the config or the command line: named, without a traceback
         log.debug("%s", exc, exc_info=True)
         where = f"{exc.filename}: " if exc.filename else ""

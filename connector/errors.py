@@ -13,6 +13,14 @@ values of secret settings.
 from __future__ import annotations
 
 
+def did_you_mean(name: str, names) -> str:
+    """`` (did you mean 'x'?)`` for the names nearest ``name``, or "" when none is near."""
+    from difflib import get_close_matches
+
+    close = get_close_matches(name, sorted(names), n=3)
+    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
+
+
 class ConnectorError(Exception):
     """Base of every error the connector raises on purpose."""
 

@@ -10,14 +10,13 @@ the file, the key and the nearest real name.
 
 from __future__ import annotations
 
-from difflib import get_close_matches
 from functools import lru_cache
 
 import botocore.session
 from botocore import xform_name
 from botocore.exceptions import UnknownServiceError
 
-from ..errors import MappingError
+from ..errors import MappingError, did_you_mean
 from ..mapping.load import MappingSet
 
 
@@ -37,11 +36,6 @@ def _operations(service: str) -> dict[str, frozenset[str]]:
     return operations
 
 
-def _nearest(name: str, names: frozenset[str]) -> str:
-    close = get_close_matches(name, sorted(names), n=3)
-    return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
-
-
 def unknown_operations(mappings: MappingSet) -> list[str]:
     """One problem per service, operation or parameter of the mapping files that botocore does not know."""
     problems: list[str] = []
@@ -51,7 +45,7 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
             continue
         if source.service not in _services():
             problems.append(f"{mapping.file}: source.service: {source.service!r} is not an AWS service botocore "
-                            f"knows{_nearest(source.service, _services())}")
+                            f"knows{did_you_mean(source.service, _services())}")
             continue
         try:
             operations = _operations(source.service)
@@ -67,11 +61,11 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
                 continue
             if operation not in operations:
                 problems.append(f"{mapping.file}: {key}.operation: {operation!r} is not an operation of "
-                                f"{source.service}{_nearest(operation, frozenset(operations))}")
+                                f"{source.service}{did_you_mean(operation, frozenset(operations))}")
                 continue
             known = operations[operation]
             problems.extend(f"{mapping.file}: {key}.params.{name}: not a parameter of {source.service} {operation}"
-                            f"{_nearest(name, known)}" for name in params if name not in known)
+                            f"{did_you_mean(name, known)}" for name in params if name not in known)
     return problems
 
 

@@ -51,7 +51,19 @@ def test_adding_a_class_as_the_readme_says(tmp_path):
         checked = cli("validate")
         assert checked.returncode == 0, checked.stderr
         assert "cmdb_ci_key_pair" in checked.stdout and "16 classes" in checked.stdout
-        # 6. plan, then run
+        # 6. collect once, then map the saved inventory, offline
+        assert cli("collect", "--output", "inventory.jsonl").returncode == 0
+        assert sn.writes() == 0
+        mapped = cli("map", "--inventory", "inventory.jsonl", "--class", "cmdb_ci_key_pair")
+        assert mapped.returncode == 0, mapped.stderr
+        assert "cmdb_ci_key_pair: 1 CI(s), 1 relation(s) (cmdb_ci_key_pair.toml)" in mapped.stdout
+        assert "empty in every CI" not in mapped.stdout and "not among" not in mapped.stdout
+        (tmp_path / "my-mappings" / "cmdb_ci_key_pair.toml").write_text(
+            walkthrough_file().replace('"KeyFingerprint"', '"KeyFingerPrint"'))  # the README's example of a typo
+        typo = cli("map", "--inventory", "inventory.jsonl", "--class", "cmdb_ci_key_pair")
+        assert "  empty in every CI: fingerprint (a path or tag that matches nothing?)" in typo.stdout
+        (tmp_path / "my-mappings" / "cmdb_ci_key_pair.toml").write_text(walkthrough_file())
+        # 7. plan, then run
         planned = cli("plan")
         assert planned.returncode == 0, planned.stderr
         assert sn.writes() == 0

@@ -1,0 +1,149 @@
+"""`cmdb-connector map`: what the mapping files make of a saved inventory, offline, for whoever edits them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from connector.cli import main
+from connector.inventory import write_inventory
+from connector.mapping.load import builtin_mappings_dir, load_mappings
+from connector.mapping.preview import preview, preview_lines
+from connector.mapping.transform import map_inventory
+from connector.models import Record
+from connector.sandbox.synthetic import synthetic_inventory
+
+
+@pytest.fixture
+def inventory_file(tmp_path) -> Path:
+    inventory = synthetic_inventory(accounts=2, regions=("us-east-1",), vpcs=1, subnets=2, instances=3)
+    # a source no mapping file reads (its file removed, say)
+    inventory.records.append(Record("100000000000", "us-east-1", "ec2:snapshot", {"SnapshotId": "snap-1"}))
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    return path
+
+
+def edited_mappings(tmp_path: Path, edits: dict[str, tuple[str, str]]) -> Path:
+    """The built-in mapping files, with ``edits``: file name -> (text, replacement)."""
+    folder = tmp_path / "mappings"
+    shutil.copytree(builtin_mappings_dir(), folder)
+    for name, (old, new) in edits.items():
+        text = (folder / name).read_text()
+        assert old in text
+        (folder / name).write_text(text.replace(old, new))
+    return folder
+
+
+def test_a_clean_inventory_gives_each_class_its_counts_and_nothing_to_look_at(tmp_path, inventory_file, capsys):
+    assert main(["map", "--inventory", str(inventory_file), "--mappings", str(builtin_mappings_dir()),
+                 "--class", "cmdb_ci_network", "--class", "cmdb_ci_cloud_subnet", "--tags"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"mappings: {builtin_mappings_dir()} (16 files), tags on; inventory: {inventory_file} "
+                             "(23 resources, 10 scopes)")
+    assert "cmdb_ci_network: 2 CI(s), 2 relation(s), 2 with tags (cmdb_ci_network.toml)" in out
+    assert "cmdb_ci_cloud_subnet: 4 CI(s), 8 relation(s) (cmdb_ci_cloud_subnet.toml)" in out
+    assert not any(line.startswith("cmdb_ci_vm_instance") for line in out)  # not asked for
+    # the synthetic subnets have no AvailabilityZone: their relation to it is named as left out
+    assert ("  Contains::Contained by -> cmdb_ci_availability_zone: no target identity for 4 CI(s) (left without "
+            "it: a path in its identity template that matches nothing?)") in out
+    assert "source ec2:snapshot: 1 resource(s) in the inventory that no mapping file reads" in out
+
+
+def test_a_path_that_matches_nothing_a_wrong_target_and_an_empty_identity_are_named(tmp_path, inventory_file, capsys):
+    folder = edited_mappings(tmp_path, {
+        "cmdb_ci_vm_instance.toml": ('ip_address = "PrivateIpAddress"', 'ip_address = "PrivateIpAdress"'),
+        "cmdb_ci_cloud_subnet.toml": (":vpc/{VpcId}", ":vpcs/{VpcId}"),
+        "cmdb_ci_network.toml": ('correlation_id = { template = "arn:{$partition}:ec2:{$region}:{$account_id}:vpc/{VpcId}" }',
+                                 'correlation_id = { path = "VpcArn" }'),
+    })
+    assert main(["map", "--inventory", str(inventory_file), "--mappings", str(folder)]) == 1  # items not mapped
+    out = capsys.readouterr().out.splitlines()
+    assert "  empty in every CI: ip_address (a path or tag that matches nothing?)" in out
+    assert ("  Contains::Contained by -> cmdb_ci_network: 4 target(s) not among this inventory's CIs, e.g. "
+            "arn:aws:ec2:us-east-1:100000000000:subnet/subnet-000000000000 -> arn:aws:ec2:us-east-1:100000000000:"
+            "vpcs/vpc-00000000 (written only if the CMDB holds it already: check the identity template)") in out
+    assert "cmdb_ci_network: 0 CI(s), 0 relation(s) (cmdb_ci_network.toml)" in out
+    assert "  not mapped: 2 item(s), e.g. cmdb_ci_network.toml: correlation_id is empty for item 'vpc-00000000'" in out
+
+
+def test_fields_empty_in_some_cis_are_counted(tmp_path):
+    inventory = synthetic_inventory(accounts=1, regions=("us-east-1",), vpcs=1, subnets=1, instances=4)
+    instances = [r for r in inventory.records if r.source == "ec2:instance"]
+    del instances[0].resource["PrivateIpAddress"]
+    mappings = load_mappings()
+    lines = preview_lines(preview(inventory, mappings, map_inventory(inventory, mappings), {"cmdb_ci_vm_instance"}))
+    assert lines[0] == "cmdb_ci_vm_instance: 4 CI(s), 4 relation(s) (cmdb_ci_vm_instance.toml)"
+    assert "  empty in some CIs: ip_address 1/4" in lines
+
+
+def test_output_writes_every_ci_as_it_would_be_written(tmp_path, inventory_file, capsys):
+    target = tmp_path / "out" / "cis.jsonl"
+    assert main(["map", "--inventory", str(inventory_file), "--mappings", str(builtin_mappings_dir()),
+                 "--class", "cmdb_ci_vm_instance", "--output", str(target)]) == 0
+    assert f"CIs: {target} (12)" in capsys.readouterr().out
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    assert len(rows) == 12 and {row["class"] for row in rows} == {"cmdb_ci_vm_instance"}
+    first = rows[0]
+    assert first["identity"] == "arn:aws:ec2:us-east-1:100000000000:instance/i-000000000000000000"
+    assert (first["account_id"], first["region"], first["source"]) == ("100000000000", "us-east-1", "ec2:instance")
+    assert first["fields"]["state"] == "on" and first["fields"]["ip_address"] == "10.0.0.4"
+    assert first["relations"] == [{"type": "Hosted on::Hosts", "class": "cmdb_ci_aws_datacenter",
+                                   "identity": "arn:aws:ec2:us-east-1:100000000000:region/us-east-1", "role": "parent"}]
+    assert "tags" not in first  # tags off: not managed, not shown
+
+
+def test_output_to_standard_output_keeps_the_summary_on_standard_error(inventory_file, capsys):
+    assert main(["map", "--inventory", str(inventory_file), "--mappings", str(builtin_mappings_dir()),
+                 "--class", "cmdb_ci_network", "--tags", "--output", "-"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [row["tags"] for row in rows] == [{"Name": "vpc-0"}, {"Name": "vpc-0"}]
+    assert "cmdb_ci_network: 2 CI(s)" in captured.err
+
+
+def test_usage_mistakes_are_named(tmp_path, inventory_file, monkeypatch, capsys):
+    assert main(["map", "--inventory", str(inventory_file), "--mappings", str(builtin_mappings_dir()),
+                 "--class", "cmdb_ci_vm_instanc"]) == 2
+    assert ("--class cmdb_ci_vm_instanc: no mapping file defines this class (did you mean 'cmdb_ci_vm_instance'"
+            in capsys.readouterr().err)
+    assert main(["map", "--inventory", str(tmp_path / "none.jsonl"), "--mappings", str(builtin_mappings_dir())]) == 2
+    assert "none.jsonl: cannot read the inventory" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CMDB_CONFIG", raising=False)
+    assert main(["map", "--inventory", str(inventory_file)]) == 2
+    assert "Or pass --mappings DIR: map needs only the mapping files." in capsys.readouterr().err
+
+
+def test_the_config_gives_the_mapping_folder_and_tags(tmp_path, inventory_file, monkeypatch, capsys):
+    folder = edited_mappings(tmp_path, {})
+    (folder / "cmdb_ci_nic.toml").unlink()
+    config = tmp_path / "config.toml"
+    config.write_text(f'[servicenow]\ninstance_url = "http://127.0.0.1:9"\nusername = "u"\n'
+                      f'[reconcile]\ntags = true\nmappings_dir = "{folder}"\n')
+    monkeypatch.setenv("CMDB_AWS__EXTERNAL_ID", "xx-yy")
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD", "p")
+    assert main(["map", "--config", str(config), "--inventory", str(inventory_file), "--class", "cmdb_ci_network"]) == 0
+    out = capsys.readouterr().out
+    assert f"mappings: {folder} (15 files), tags on" in out
+    assert "2 with tags" in out
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
+    """`map --output - | head`: no traceback, no 'Broken pipe' message, once the reader has gone."""
+    inventory = synthetic_inventory(accounts=4, regions=("us-east-1",), vpcs=2, subnets=2, instances=100)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    command = [sys.executable, "-m", "connector.cli", "map", "--inventory", str(path),
+               "--mappings", str(builtin_mappings_dir()), "--output", "-"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout.read(100).startswith(b'{"class": ')
+    process.stdout.close()  # as head does, long before the 1,600 CIs are written
+    _out, err = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert err == b""
