@@ -43,6 +43,7 @@ from .ops import EXIT_INTERRUPTED, fewer_gc_passes, freeze_long_lived, set_run_i
 from .report.outputs import write_outputs
 from .servicenow.client import TableClient
 from .servicenow.cmdb import KV_TABLE, CmdbReader, Dictionary, TableApiWriter
+from .servicenow.ire import IreWriter
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -362,6 +363,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):
                 writer = TableApiWriter(tables_client, sn.batch_size)
+                if sn.writer == "ire":
+                    writer = IreWriter(tables_client, writer, sn.discovery_source, mapped.cis, plan.sys_ids,
+                                       plan.held, sn.batch_size)
                 applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)
         exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied, cmdb.unread)
         if stop_requested():

@@ -130,6 +130,9 @@ class ServiceNowSettings(_Section):
     ca_bundle: Path | None = None
     # 0 or 1: one request per write; N > 1: up to N writes per Batch API request.
     batch_size: int = Field(0, ge=0, le=1000)
+    # "table": every write through the Table API; "ire": CI creates, updates and revives through the
+    # Identification and Reconciliation API (see connector/servicenow/ire.py)
+    writer: Literal["table", "ire"] = "table"
 
     @field_validator("instance_url")
     @classmethod

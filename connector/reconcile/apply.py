@@ -108,15 +108,25 @@ def apply_plan(
     chunk = max(1, batch_size)
     sys_ids: dict[CIKey, str] = dict(plan.sys_ids)
 
-    ci_results = _write_all(writer, [_ci_op(c, policies) for c in plan.changes], chunk, workers, "apply CIs")
+    ops = [_ci_op(c, policies) for c in plan.changes]
+    # A writer that identifies CIs by those they depend on (IRE) says in which waves to write them
+    waves = writer.waves(ops) if hasattr(writer, "waves") else [list(range(len(ops)))]
+    ci_results: list[WriteResult] = [WriteResult(error="not written")] * len(ops)
+    for wave in waves:
+        for index, outcome in zip(wave, _write_all(writer, [ops[i] for i in wave], chunk, workers, "apply CIs")):
+            ci_results[index] = outcome
     _record(result, plan.changes, ci_results)
     for change, outcome in zip(plan.changes, ci_results):
         if outcome.sys_id:
             sys_ids[(change.table, change.identity)] = outcome.sys_id
 
     ready: list[RelationChange] = []
-    ops: list[WriteOp] = []
+    ops = []
+    made = getattr(writer, "relations_done", set())  # relations a writer made with the CIs (IRE)
     for change in plan.relation_changes:
+        if change.action == "create" and (change.type, change.parent, change.child) in made:
+            result.outcomes.append(Outcome(change))  # written with its CIs, in their IRE payload
+            continue
         if change.action == "delete":
             ready.append(change)
             ops.append(WriteOp("DELETE", REL_TABLE, change.sys_id))

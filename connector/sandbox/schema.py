@@ -48,6 +48,8 @@ TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "cmdb_rel_ci": (None, ("parent", "child", "type", "port", "percent_outage")),
     "cmdb_rel_type": (None, ("name", "parent_descriptor", "child_descriptor", "sys_name")),
     "sys_user": (None, ("user_name", "name", "email", "active")),
+    # where IRE keeps each source's key of a CI (sys_object_source_info)
+    "sys_object_source": (None, ("name", "id", "target_sys_id", "target_table", "last_scan")),
     # the dictionary, read-only: served from this module (see Store.rows)
     "sys_db_object": (None, ("name", "label", "super_class")),
     "sys_dictionary": (None, ("name", "element", "internal_type", "max_length")),

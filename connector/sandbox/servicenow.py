@@ -29,6 +29,7 @@ from urllib.parse import parse_qs, quote, urlencode, urlparse
 import orjson
 
 from . import encoded_query
+from .ire import IdentifyReconcile
 from .schema import SCHEMA_TABLES, TABLES, fields_of, references_of
 from .store import Store
 
@@ -284,6 +285,17 @@ def table_route(path: str) -> tuple[str, str, str | None] | None:
     return version, parts[3], (parts[4] if len(parts) == 5 else None)
 
 
+IRE_ROUTES = ("identifyreconcile", "identifyreconcile/query")
+
+
+def ire_route(path: str) -> tuple[str, str, None] | None:
+    """``/api/now[/v1|/v2]/identifyreconcile[/query]`` -> (version, "identifyreconcile[/query]", None)."""
+    parts = path.strip("/").split("/")
+    version = parts.pop(2) if parts[:2] == ["api", "now"] and len(parts) > 2 and parts[2] in ("v1", "v2") else ""
+    name = "/".join(parts[2:])
+    return (version, name, None) if parts[:2] == ["api", "now"] and name in IRE_ROUTES else None
+
+
 class ServiceNowStandIn:
     """Start with ``start()``; the base URL is ``url``. Bound to 127.0.0.1 only."""
 
@@ -319,6 +331,7 @@ class ServiceNowStandIn:
         self._tls = tls  # (certificate, key) PEM files: serve HTTPS
         self._server: ThreadingHTTPServer | None = None
         self.table_api: TableApi | None = None
+        self.ire: IdentifyReconcile | None = None
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> "ServiceNowStandIn":
@@ -329,6 +342,7 @@ class ServiceNowStandIn:
             context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.table_api = TableApi(self.store, self.url, self.faults)
+        self.ire = IdentifyReconcile(self.store)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          name="servicenow-standin", daemon=True).start()
         return self
@@ -504,7 +518,7 @@ class _Handler(BaseHTTPRequestHandler):
             return self._write(self._admin(method, url.path, body))
         if url.path == "/oauth_token.do" and method == "POST":
             return self._write(self._oauth(body))
-        route = table_route(url.path)
+        route = table_route(url.path) or ire_route(url.path)
         is_batch = url.path.rstrip("/") in ("/api/now/v1/batch", "/api/now/batch")
         if route is None and not is_batch:
             return self._write(error(400, "Requested URI does not represent any resource", url.path))
@@ -562,6 +576,8 @@ class _Handler(BaseHTTPRequestHandler):
             return fault
         if is_batch:
             reply = self._batch(method, body, user) if method == "POST" else error(405, "Method not Supported", method)
+        elif route[1] in IRE_ROUTES:
+            reply = self._identify_reconcile(method, url, body, user, commit=route[1] == IRE_ROUTES[0])
         else:
             version, table, sys_id = route
             reply = self.app.table_api.handle(method, table, sys_id, version, parse_qs(url.query), body, user)
@@ -572,6 +588,16 @@ class _Handler(BaseHTTPRequestHandler):
             return error(500, "Transaction cancelled: maximum execution time exceeded",
                          "Check the logs for details")
         return reply
+
+    def _identify_reconcile(self, method: str, url, body: bytes, user: str, commit: bool) -> Reply:
+        if method != "POST":
+            return error(405, "Method not Supported", method)
+        if IRE_ROUTES[0] in self.app.faults.acl_denied_tables:  # a user without the itil or asset role
+            return error(403, "User Not Authorized", "The Identification and Reconciliation API needs the itil or "
+                                                     "asset role")
+        source = (parse_qs(url.query).get("sysparm_data_source") or [""])[0]
+        status, answer = self.app.ire.handle(body, source, user, commit)
+        return Reply(status, answer)
 
     def _batch(self, method: str, body: bytes, user: str) -> Reply:
         try:

@@ -23,6 +23,7 @@ import pysnow
 import requests
 
 from ..concurrency import FairSlots
+from ..errors import ServiceNowBadResponse
 from ..settings import ServiceNowSettings
 from .auth import make_auth
 from .transport import ServiceNowSession
@@ -38,6 +39,7 @@ class TableClient:
         self._use_ssl = url.scheme == "https"
         self._base_path = (url.path.rstrip("/") + API_BASE) if url.path.strip("/") else API_BASE
         self._batch_url = f"{url.scheme}://{url.netloc}{self._base_path}/v1/batch"
+        self._ire_url = f"{url.scheme}://{url.netloc}{self._base_path}/identifyreconcile"
         self._verify: bool | str = str(settings.ca_bundle) if (settings.verify_tls and settings.ca_bundle) else settings.verify_tls
         # One auth for every session: basic credentials, or one shared OAuth token.
         self._auth = make_auth(settings, self._verify)
@@ -187,3 +189,13 @@ class TableClient:
         body = {"batch_request_id": uuid.uuid4().hex, "rest_requests": rest_requests}
         with self._client() as client:
             return client.session.post(self._batch_url, json=body).json()
+
+    def identify_reconcile(self, payload: dict[str, Any], data_source: str) -> dict[str, Any]:
+        """One Identification and Reconciliation API request: its ``result`` (items, relations)."""
+        with self._client() as client:
+            answer = client.session.post(self._ire_url, params={"sysparm_data_source": data_source}, json=payload).json()
+        result = answer.get("result") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise ServiceNowBadResponse("the Identification and Reconciliation API answered without a result",
+                                        method="POST", url=urlparse(self._ire_url).path)
+        return result

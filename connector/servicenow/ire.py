@@ -1,0 +1,174 @@
+"""CI writes through the Identification and Reconciliation API (``servicenow.writer = "ire"``).
+
+ServiceNow recommends ``POST /api/now/identifyreconcile`` for integrations:
+the instance's identification rules, not the connector, decide which CI a
+payload item is, and its reconciliation rules which source may write which
+field. Each create, update and revive of a CI the run saw is sent as an IRE
+item with every value its mapping gives (the instance writes only what
+differs), ``sys_object_source_info`` (the configured ``discovery_source`` and
+the CI's identity as its native key), and the CIs it depends on for its
+identification, with those relations: the datacenter a resource is "Hosted on",
+the account a datacenter is "Hosted on", the datacenter that "Contains" a zone
+(and the CIs that contain it, as the mapping files declare them). IRE creates
+the relations it is given; the connector does not write them again.
+
+What IRE cannot do goes through the Table API as before: retires (the resource
+is gone, so it has no values to identify it by; the CI is known by its sys_id),
+relations other than those, deletes of relations, and tags.
+
+Without Enhanced IRE's partial commits, a payload with one bad item commits
+nothing: the items of such a payload are sent again one by one, so that each
+fails or succeeds on its own. A payload whose answer was lost is sent again:
+IRE identifies what the first one made, and makes nothing twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Iterable
+
+from ..errors import AmbiguousWriteError, ServiceNowError
+from ..mapping.functions import snow_string
+from ..models import DesiredCI
+from .cmdb import KV_TABLE, REL_TABLE, TableApiWriter, WriteOp, WriteResult
+from .client import TableClient
+
+log = logging.getLogger(__name__)
+
+# relation type -> the end the dependent CI is at: those an identification may depend on
+DEPENDENCY_ENDS = {"Hosted on::Hosts": "parent", "Contains::Contained by": "child"}
+CIKey = tuple[str, str]  # (class, identity)
+RelationKey = tuple[str, CIKey, CIKey]  # (type, parent, child)
+
+
+class IreWriter:
+    """A ``CmdbWriter``: CI creates, updates and revives through IRE, every other write through ``table_writer``."""
+
+    def __init__(self, tables: TableClient, table_writer: TableApiWriter, data_source: str,
+                 desired: Iterable[DesiredCI], sys_ids: dict[CIKey, str], held: set[CIKey], batch_size: int = 0):
+        self.tables = tables
+        self.table_writer = table_writer
+        self.data_source = data_source
+        self.cis = {(ci.table, ci.identity): ci for ci in desired}
+        self.key_of = {sys_id: key for key, sys_id in sys_ids.items()}
+        self.held = held  # CIs whose create a guard held back: never created as another's host either
+        self.batch_size = max(1, batch_size)
+        self._lock = threading.Lock()
+        self.relations_done: set[RelationKey] = set()  # relations IRE made or found, by a committed payload
+
+    # -- which writes go where ------------------------------------------------
+    def key(self, op: WriteOp) -> CIKey | None:
+        """The CI an op writes, if it goes through IRE (a create or update of a CI the run saw), else None."""
+        if op.table in (REL_TABLE, KV_TABLE) or op.method not in ("POST", "PATCH"):
+            return None
+        key = (op.table, next(iter(op.match.values()), "")) if op.method == "POST" else self.key_of.get(op.sys_id or "")
+        return key if key in self.cis else None
+
+    def dependencies(self, key: CIKey) -> list[tuple[str, CIKey, str]]:
+        """(relation type, the CI it depends on, its own end) for each dependency its mapping declares."""
+        return [(ref.type, (ref.table, ref.identity), ref.role) for ref in self.cis[key].relations
+                if DEPENDENCY_ENDS.get(ref.type) == ref.role]
+
+    def waves(self, ops: list[WriteOp]) -> list[list[int]]:
+        """The ops' indexes in waves: a CI after the CIs it depends on (accounts, then datacenters, then the
+        rest), so that two payloads never both create one new host."""
+        depth: dict[CIKey, int] = {}
+
+        def depth_of(key: CIKey, seen: frozenset = frozenset()) -> int:
+            if key not in depth:
+                hosts = [host for _t, host, _e in self.dependencies(key) if host in self.cis and host not in seen]
+                depth[key] = 1 + max((depth_of(h, seen | {key}) for h in hosts), default=0)
+            return depth[key]
+
+        waves: dict[int, list[int]] = {}
+        for index, op in enumerate(ops):
+            key = self.key(op)
+            waves.setdefault(depth_of(key) if key else 0, []).append(index)
+        return [waves[d] for d in sorted(waves)]
+
+    # -- writing ---------------------------------------------------------------
+    def write_many(self, ops: list[WriteOp]) -> list[WriteResult]:
+        results: list[WriteResult | None] = [None] * len(ops)
+        keys = [self.key(op) for op in ops]
+        through_ire = [(i, op, key) for i, (op, key) in enumerate(zip(ops, keys)) if key is not None]
+        others = [i for i, key in enumerate(keys) if key is None]
+        if others:
+            for i, result in zip(others, self.table_writer.write_many([ops[i] for i in others])):
+                results[i] = result
+        for start in range(0, len(through_ire), self.batch_size):
+            part = through_ire[start : start + self.batch_size]
+            for (i, _op, _key), result in zip(part, self._send(part)):
+                results[i] = result
+        return [r if r is not None else WriteResult(error="not written") for r in results]
+
+    def _send(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[WriteResult]:
+        payload, index_of, relations = self._payload([(op, key) for _i, op, key in part])
+        try:
+            answer = self._post(payload)
+        except ServiceNowError as exc:
+            return [WriteResult(error=str(exc))] * len(part)
+        items = answer.get("items") or []
+        if any(item.get("errors") for item in items if isinstance(item, dict)) and len(part) > 1:
+            # nothing of it was committed: each one alone, so that only the bad ones fail
+            return [result for one in part for result in self._send([one])]
+        results = [_result(items, index_of[key], op) for _i, op, key in part]
+        if all(r.error is None for r in results):
+            with self._lock:
+                self.relations_done.update(relations)
+        return results
+
+    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return self.tables.identify_reconcile(payload, self.data_source)
+        except AmbiguousWriteError as exc:
+            # IRE identifies what a first send made: sending it again makes nothing twice
+            log.warning("IRE answer lost (%s); sending the payload again", exc.args[0])
+            return self.tables.identify_reconcile(payload, self.data_source)
+
+    def _payload(self, writes: list[tuple[WriteOp, CIKey]]) -> tuple[dict[str, Any], dict[CIKey, int], set[RelationKey]]:
+        """The IRE payload for ``writes``, with the CIs they depend on; (payload, CI -> its item's index,
+        the relations it carries)."""
+        items: list[dict[str, Any]] = []
+        index_of: dict[CIKey, int] = {}
+        relations: list[dict[str, Any]] = []
+        carried: set[RelationKey] = set()
+        written = {key: op.payload for op, key in writes}
+
+        def add(key: CIKey) -> int:
+            if key in index_of:
+                return index_of[key]
+            ci = self.cis[key]
+            values = {name: "" if value is None else snow_string(value) for name, value in ci.fields.items()}
+            values.update(written.get(key, {}))  # the op's own: stamps, discovery_source, cut values
+            index_of[key] = len(items)
+            items.append({"className": key[0], "values": values,
+                          "sys_object_source_info": {"source_name": self.data_source, "source_native_key": key[1]}})
+            me = index_of[key]
+            for kind, host, end in self.dependencies(key):
+                if host not in self.cis or host in self.held:
+                    continue  # unknown here, or held back: IRE says what is missing
+                other = add(host)
+                parent, child = (me, other) if end == "parent" else (other, me)
+                relations.append({"parent": parent, "child": child, "type": kind})
+                carried.add((kind, key, host) if end == "parent" else (kind, host, key))
+            return me
+
+        for _op, key in writes:
+            add(key)
+        return {"items": items, "relations": relations}, index_of, carried
+
+
+def _result(items: list, index: int, op: WriteOp) -> WriteResult:
+    item = items[index] if index < len(items) and isinstance(items[index], dict) else {}
+    errors = [e for e in item.get("errors") or [] if isinstance(e, dict)]
+    if errors:
+        return WriteResult(error="IRE: " + "; ".join(f"{e.get('error', '')}: {e.get('message', '')}".strip(": ")
+                                                       for e in errors) + f" | {op.table}")
+    sys_id = str(item.get("sysId") or "")
+    if not sys_id or sys_id == "Unknown":
+        return WriteResult(error=f"IRE: no sys_id in the answer (operation {item.get('operation') or 'none'}) | {op.table}")
+    if op.method == "PATCH" and op.sys_id and sys_id != op.sys_id:
+        # identification found another CI than the one plan matched: said, as it is the instance's call
+        log.warning("IRE wrote %s %s for the update planned on %s", op.table, sys_id, op.sys_id)
+    return WriteResult(sys_id=sys_id)

@@ -1,0 +1,96 @@
+"""servicenow.writer = "ire", end to end: the CLI, a moto server, the stand-in's IRE, all over real HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from connector.sandbox.aws import AwsSandbox, RegionPlan, seed_organization, terminate_instance
+from connector.sandbox.servicenow import ServiceNowStandIn
+from tests.e2e.test_run_e2e import EXTERNAL_ID, PASSWORD, REGIONS, run_cli
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def world(tmp_path):
+    with AwsSandbox(external_id=EXTERNAL_ID) as aws, ServiceNowStandIn(users={"svc_cmdb": PASSWORD}) as sn:
+        org = seed_organization(aws.moto_url, ["alpha"], REGIONS, RegionPlan(vpcs=1, subnets_per_vpc=2,
+                                                                             instances_per_subnet=2))
+
+        def config(writer: str, batch_size: int = 20):
+            path = tmp_path / f"{writer}.toml"
+            path.write_text(f'[aws]\nregions = {json.dumps(REGIONS)}\n\n[servicenow]\ninstance_url = "{sn.url}"\n'
+                            f'username = "svc_cmdb"\nwriter = "{writer}"\nbatch_size = {batch_size}\n\n'
+                            '[report]\noutput_dir = "reports"\n')
+            return path
+
+        yield aws, sn, org, config
+
+
+def writes(sn: ServiceNowStandIn) -> Counter:
+    return Counter({k: v for k, v in sn.stats.items() if k.split(" ")[0] in ("POST", "PATCH", "DELETE", "batch")})
+
+
+def no_duplicates(sn: ServiceNowStandIn) -> None:
+    keys = Counter((r["sys_class_name"], r["correlation_id"]) for r in sn.store.rows("cmdb_ci"))
+    assert [k for k, n in keys.items() if n > 1] == []
+    relations = Counter((r["parent"], r["child"], r["type"]) for r in sn.store.rows("cmdb_rel_ci"))
+    assert [k for k, n in relations.items() if n > 1] == []
+
+
+@pytest.mark.parametrize("batch_size", [0, 20])
+def test_ire_makes_what_the_table_api_would_and_a_rerun_writes_nothing(world, batch_size):
+    aws, sn, _org, config = world
+    code, report, output = run_cli(aws.url, config("ire", batch_size), "run")
+    assert code == 0, output
+    made = writes(sn)
+    assert made["POST identifyreconcile"] > 0
+    assert not any(k.endswith(("cmdb_ci_vm_instance", "cmdb_ci_aws_datacenter")) for k in made)  # no Table API CI
+    assert {c["status"] for c in report["changes"]} == {"applied"}
+    no_duplicates(sn)
+    assert len(sn.store.rows("sys_object_source")) == len(sn.store.rows("cmdb_ci"))  # each CI with its source key
+    created = [c for c in report["changes"] if c["table"] == "cmdb_rel_ci" and c["action"] == "create"]
+    assert any("[Hosted on::Hosts]" in c["identity"] for c in created)
+    # IRE made the relations it identifies by (Hosted on, Contains) with their CIs; the Table API the others
+    by_table_api = made.get("batch POST cmdb_rel_ci", 0) + made.get("POST cmdb_rel_ci", 0)
+    assert 0 < by_table_api < len(created) == len(sn.store.rows("cmdb_rel_ci"))
+
+    sn.stats.clear()
+    code, report, output = run_cli(aws.url, config("ire", batch_size), "run")
+    assert code == 0 and writes(sn) == Counter(), output
+    # what IRE wrote is what the Table API writer wants, to the value and the relation: switching writes nothing
+    code, report, output = run_cli(aws.url, config("table", batch_size), "run")
+    assert code == 0 and writes(sn) == Counter(), output
+
+
+def test_a_gone_resource_is_retired_through_the_table_api_and_a_change_goes_through_ire(world):
+    aws, sn, _org, config = world
+    assert run_cli(aws.url, config("ire", 0), "run")[0] == 0
+    instances = sn.store.rows("cmdb_ci_vm_instance")
+    gone = instances[0]
+    _arn, _aws, _ec2, region, account, _rest = gone["correlation_id"].split(":")
+    terminate_instance(aws.moto_url, account, region, gone["object_id"])
+    sn.stats.clear()
+    code, report, output = run_cli(aws.url, config("ire", 0), "run", "--force")
+    assert code == 0, output
+    assert sn.store.get("cmdb_ci", gone["sys_id"])["install_status"] == "7"
+    made = writes(sn)
+    assert made["PATCH cmdb_ci_vm_instance"] == 1 and "POST identifyreconcile" not in made  # the retire only
+    no_duplicates(sn)
+
+
+def test_answers_lost_on_the_way_make_no_duplicate_and_the_next_run_finishes(world):
+    aws, sn, _org, config = world
+    sn.faults.update({"rate_cancelled": 0.4})  # the work is done, the answer lost (500), on 40% of requests
+    code, _report, output = run_cli(aws.url, config("ire", 5), "run")
+    assert code in (0, 1), output
+    no_duplicates(sn)
+    sn.faults.update({"rate_cancelled": 0.0})
+    assert run_cli(aws.url, config("ire", 5), "run")[0] == 0
+    no_duplicates(sn)
+    sn.stats.clear()
+    assert run_cli(aws.url, config("ire", 5), "run")[0] == 0
+    assert writes(sn) == Counter()

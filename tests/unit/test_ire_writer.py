@@ -1,0 +1,99 @@
+"""IreWriter against the stand-in's IRE, over real HTTP: payloads, waves, and one bad item among good ones."""
+
+from __future__ import annotations
+
+from connector.models import DesiredCI, RelationRef
+from connector.servicenow.client import TableClient
+from connector.servicenow.cmdb import TableApiWriter, WriteOp, create_ci_op, create_relation_op
+from connector.servicenow.ire import IreWriter
+from connector.settings import ServiceNowSettings
+
+SOURCE = "cmdb-connector"
+ACCOUNT = ("cmdb_ci_cloud_service_account", "arn:aws:iam::111111111111:root")
+DC = ("cmdb_ci_aws_datacenter", "arn:aws:ec2:us-east-1:111111111111:region/us-east-1")
+DC2 = ("cmdb_ci_aws_datacenter", "arn:aws:ec2:eu-west-1:111111111111:region/eu-west-1")
+SCOPE = ("111111111111", "us-east-1", "ec2:instance")
+
+
+def ci(key, relations=(), **fields) -> DesiredCI:
+    return DesiredCI(key[0], key[1], {"correlation_id": key[1], **fields}, tuple(relations), SCOPE)
+
+
+def hosted_on(key) -> RelationRef:
+    return RelationRef("Hosted on::Hosts", key[0], key[1], "parent")
+
+
+def vm(name: str, host=DC) -> DesiredCI:
+    return ci(("cmdb_ci_vm_instance", f"arn:aws:ec2:us-east-1:111111111111:instance/{name}"), [hosted_on(host)],
+              object_id=name, name=name)
+
+
+def world(standin, desired, held=frozenset(), sys_ids=None):
+    tables = TableClient(ServiceNowSettings(instance_url=standin.url, username="admin", password="s3cret-pw"))
+    cis = [ci(ACCOUNT, account_id="111111111111", object_id="111111111111"),
+           ci(DC, [hosted_on(ACCOUNT)], object_id="us-east-1", region="us-east-1"),
+           ci(DC2, [hosted_on(ACCOUNT)], object_id="eu-west-1", region="eu-west-1"), *desired]
+    return IreWriter(tables, TableApiWriter(tables), SOURCE, cis, sys_ids or {}, set(held), batch_size=10)
+
+
+def create(desired: DesiredCI) -> WriteOp:
+    return create_ci_op(desired.table, {k: str(v) for k, v in desired.fields.items()}, "correlation_id")
+
+
+def test_a_create_carries_its_hosts_and_their_relations_which_are_then_done(standin):
+    one = vm("i-1")
+    writer = world(standin, [one])
+    (result,) = writer.write_many([create(one)])
+    assert result.error is None
+    row = standin.store.get("cmdb_ci", result.sys_id)
+    assert (row["sys_class_name"], row["name"], row["discovery_source"]) == ("cmdb_ci_vm_instance", "i-1", SOURCE)
+    assert {r["sys_class_name"] for r in standin.store.rows("cmdb_ci")} == {
+        "cmdb_ci_vm_instance", "cmdb_ci_aws_datacenter", "cmdb_ci_cloud_service_account"}  # not eu-west-1's
+    assert writer.relations_done == {("Hosted on::Hosts", (one.table, one.identity), DC), ("Hosted on::Hosts", DC, ACCOUNT)}
+    assert len(standin.store.rows("cmdb_rel_ci")) == 2
+
+
+def test_waves_put_hosts_first_and_the_table_api_keeps_what_ire_does_not_do(standin):
+    one = vm("i-1")
+    writer = world(standin, [one])
+    ops = [create(one), WriteOp("DELETE", "cmdb_rel_ci", "0" * 32), create(writer.cis[DC]), create(writer.cis[ACCOUNT]),
+           WriteOp("PATCH", "cmdb_ci_vm_instance", "f" * 32, {"install_status": "7"})]  # a retire: no desired CI
+    assert writer.waves(ops) == [[1, 4], [3], [2], [0]]
+    assert [writer.key(op) for op in ops] == [(one.table, one.identity), None, DC, ACCOUNT, None]
+    relation = create_relation_op("a" * 32, "b" * 32, "c" * 32)
+    assert writer.key(relation) is None
+
+
+def test_one_bad_item_fails_alone_and_a_held_host_is_never_created(standin):
+    good, orphan, held = vm("i-1"), vm("i-2", host=("cmdb_ci_aws_datacenter", "arn:unknown")), vm("i-3", host=DC2)
+    writer = world(standin, [good, orphan, held], held={DC2})
+    results = writer.write_many([create(good), create(orphan), create(held)])
+    assert results[0].error is None and results[0].sys_id
+    for failed in results[1:]:
+        assert failed.error.startswith("IRE: MISSING_DEPENDENCY: In payload missing a dependent relation 'Hosted on::Hosts'")
+    assert sorted(r["name"] for r in standin.store.rows("cmdb_ci_vm_instance")) == ["i-1"]
+    assert not [r for r in standin.store.rows("cmdb_ci_aws_datacenter") if r["region"] == "eu-west-1"]
+    assert ("Hosted on::Hosts", (good.table, good.identity), DC) in writer.relations_done
+    assert not any(key == (held.table, held.identity) for _t, key, _h in writer.relations_done)
+
+
+def test_an_update_sends_every_mapped_value_with_the_changed_ones(standin):
+    one = vm("i-1")
+    writer = world(standin, [one])
+    (made,) = writer.write_many([create(one)])
+    standin.store.update("cmdb_ci", made.sys_id, {"name": "renamed by hand"}, "admin")
+    updater = world(standin, [vm("i-1")], sys_ids={(one.table, one.identity): made.sys_id})
+    (result,) = updater.write_many([WriteOp("PATCH", one.table, made.sys_id, {"name": "i-1", "last_discovered": "2026-12-01 10:00:00"})])
+    assert result.sys_id == made.sys_id
+    row = standin.store.get("cmdb_ci", made.sys_id)
+    assert (row["name"], row["last_discovered"], row["object_id"]) == ("i-1", "2026-12-01 10:00:00", "i-1")
+    assert len(standin.store.rows("cmdb_ci_vm_instance")) == 1
+
+
+def test_a_user_refused_the_api_fails_each_write_with_the_reason(standin):
+    standin.faults.update({"acl_denied_tables": ["identifyreconcile"]})  # no itil or asset role
+    one = vm("i-1")
+    (result,) = world(standin, [one]).write_many([create(one)])
+    assert "ServiceNow refused the request: User Not Authorized" in result.error
+    assert "itil or asset role" in result.error
+    assert standin.store.rows("cmdb_ci") == []
