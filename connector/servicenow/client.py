@@ -190,12 +190,14 @@ class TableClient:
         with self._client() as client:
             return client.session.post(self._batch_url, json=body).json()
 
-    def identify_reconcile(self, payload: dict[str, Any], data_source: str) -> dict[str, Any]:
-        """One Identification and Reconciliation API request: its ``result`` (items, relations)."""
+    def identify_reconcile(self, payload: dict[str, Any], data_source: str, query: bool = False) -> dict[str, Any]:
+        """One Identification and Reconciliation API request: its ``result`` (items, relations). With
+        ``query``, ``/identifyreconcile/query``: what IRE would do, committing nothing."""
+        url = f"{self._ire_url}/query" if query else self._ire_url
         with self._client() as client:
-            answer = client.session.post(self._ire_url, params={"sysparm_data_source": data_source}, json=payload).json()
+            answer = client.session.post(url, params={"sysparm_data_source": data_source}, json=payload).json()
         result = answer.get("result") if isinstance(answer, dict) else None
         if not isinstance(result, dict):
             raise ServiceNowBadResponse("the Identification and Reconciliation API answered without a result",
-                                        method="POST", url=urlparse(self._ire_url).path)
+                                        method="POST", url=urlparse(url).path)
         return result

@@ -16,6 +16,11 @@ What IRE cannot do goes through the Table API as before: retires (the resource
 is gone, so it has no values to identify it by; the CI is known by its sys_id),
 relations other than those, deletes of relations, and tags.
 
+An update is of the CI that plan matched by identity and checked to be the
+connector's: its payload is first asked of ``/identifyreconcile/query``, and an
+update that IRE would put on another CI or make a new CI of goes through the
+Table API by its sys_id instead, with a warning (see ``_send_checked``).
+
 Without Enhanced IRE's partial commits, a payload with one bad item commits
 nothing: the items of such a payload are sent again one by one, so that each
 fails or succeeds on its own. A payload whose answer was lost is sent again:
@@ -102,7 +107,10 @@ class IreWriter:
                 results[i] = result
         return [r if r is not None else WriteResult(error="not written") for r in results]
 
-    def _send(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[WriteResult]:
+    def _send(self, part: list[tuple[int, WriteOp, CIKey]], checked: bool = False) -> list[WriteResult]:
+        """The results of ``part``'s writes, in its order."""
+        if not checked and any(op.method == "PATCH" for _i, op, _key in part):
+            return self._send_checked(part)
         payload, index_of, relations = self._payload([(op, key) for _i, op, key in part])
         try:
             answer = self._post(payload)
@@ -111,20 +119,51 @@ class IreWriter:
         items = answer.get("items") or []
         if any(item.get("errors") for item in items if isinstance(item, dict)) and len(part) > 1:
             # nothing of it was committed: each one alone, so that only the bad ones fail
-            return [result for one in part for result in self._send([one])]
+            return [result for one in part for result in self._send([one], checked=True)]
         results = [_result(items, index_of[key], op) for _i, op, key in part]
         if all(r.error is None for r in results):
             with self._lock:
                 self.relations_done.update(relations)
         return results
 
-    def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+    def _send_checked(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[WriteResult]:
+        """An update is of the CI plan matched (by identity, and checked to be ours): the payload is first
+        asked of ``/identifyreconcile/query``, which commits nothing. An update that IRE would put on another
+        CI, or make a new one of (a CI that lost the relation it is identified by, one made through the
+        Table API before the switch to IRE, one just adopted from Discovery), goes through the Table API by
+        its sys_id instead, with a warning; the rest through IRE."""
+        payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
         try:
-            return self.tables.identify_reconcile(payload, self.data_source)
+            verdict = self._post(payload, query=True).get("items") or []
+        except ServiceNowError as exc:
+            return [WriteResult(error=str(exc))] * len(part)
+        agreed, elsewhere = [], []
+        for position, (i, op, key) in enumerate(part):
+            item = verdict[index_of[key]] if index_of[key] < len(verdict) and isinstance(verdict[index_of[key]], dict) else {}
+            found = str(item.get("sysId") or "")
+            if op.method == "PATCH" and not item.get("errors") and found != op.sys_id:
+                log.warning("IRE would %s for %s %s, which plan matched to %s: updated through the Table API by its "
+                            "sys_id instead", f"write {found}" if found and found != "Unknown" else "create a new CI",
+                            op.table, key[1], op.sys_id, extra={"table": op.table})
+                elsewhere.append(position)
+            else:
+                agreed.append(position)
+        results: list[WriteResult] = [WriteResult(error="not written")] * len(part)
+        if elsewhere:
+            for position, result in zip(elsewhere, self.table_writer.write_many([part[p][1] for p in elsewhere])):
+                results[position] = result
+        if agreed:
+            for position, result in zip(agreed, self._send([part[p] for p in agreed], checked=True)):
+                results[position] = result
+        return results
+
+    def _post(self, payload: dict[str, Any], query: bool = False) -> dict[str, Any]:
+        try:
+            return self.tables.identify_reconcile(payload, self.data_source, query)
         except AmbiguousWriteError as exc:
             # IRE identifies what a first send made: sending it again makes nothing twice
             log.warning("IRE answer lost (%s); sending the payload again", exc.args[0])
-            return self.tables.identify_reconcile(payload, self.data_source)
+            return self.tables.identify_reconcile(payload, self.data_source, query)
 
     def _payload(self, writes: list[tuple[WriteOp, CIKey]]) -> tuple[dict[str, Any], dict[CIKey, int], set[RelationKey]]:
         """The IRE payload for ``writes``, with the CIs they depend on; (payload, CI -> its item's index,

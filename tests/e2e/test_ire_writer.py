@@ -94,3 +94,28 @@ def test_answers_lost_on_the_way_make_no_duplicate_and_the_next_run_finishes(wor
     sn.stats.clear()
     assert run_cli(aws.url, config("ire", 5), "run")[0] == 0
     assert writes(sn) == Counter()
+
+
+def test_a_ci_made_by_discovery_is_adopted_not_duplicated(world):
+    """Plan adopts a Discovery CI (the resource's object_id, no correlation_id). IRE's rule would not find it
+    (it is hosted on nothing), so the update goes by its sys_id through the Table API; later runs find it."""
+    aws, sn, _org, config = world
+    assert run_cli(aws.url, config("ire", 20), "run")[0] == 0
+    ours = sn.store.rows("cmdb_ci_vm_instance")[0]
+    for table in ("cmdb_rel_ci", "sys_object_source"):
+        for row in list(sn.store.rows(table)):
+            if ours["sys_id"] in (row.get("parent"), row.get("child"), row.get("target_sys_id")):
+                sn.store.delete(table, row["sys_id"])
+    sn.store.delete("cmdb_ci", ours["sys_id"])
+    found = sn.store.insert("cmdb_ci_vm_instance", {"name": "found by Discovery", "object_id": ours["object_id"],
+                                                    "discovery_source": "ServiceNow"}, "discovery")
+    code, report, output = run_cli(aws.url, config("ire", 20), "run")
+    assert code == 0, output
+    (adopted,) = [r for r in sn.store.rows("cmdb_ci_vm_instance") if r["object_id"] == ours["object_id"]]
+    assert adopted["sys_id"] == found["sys_id"]
+    assert (adopted["correlation_id"], adopted["name"]) == (ours["correlation_id"], ours["name"])
+    assert "updated through the Table API by its sys_id instead" in output
+    no_duplicates(sn)
+    sn.stats.clear()
+    assert run_cli(aws.url, config("ire", 20), "run")[0] == 0
+    assert writes(sn) == Counter()

@@ -61,6 +61,26 @@ def test_kill_9_during_apply_then_the_next_run_converges(tmp_path):
         assert run_pipeline(settings, inventory_file=path).report["changes"] == []
 
 
+def test_kill_9_during_ire_writes_then_the_next_run_converges(tmp_path):
+    """servicenow.writer = "ire": killed part-way through the IRE payloads, the next run finishes the job,
+    with no CI and no relation twice (IRE identifies the CIs the first run made)."""
+    _inventory, path = inventory_file(tmp_path, accounts=2, vpcs=1, subnets=2, instances=20)
+    with ServiceNowStandIn(users={"svc": PASSWORD}, latency=0.02) as server:
+        kill_9_run_when(server, PASSWORD, tmp_path, path, until=lambda: server.writes() >= 25,
+                        servicenow_config='writer = "ire"\n')
+        half = len(server.store.rows("cmdb_ci"))
+        assert server.stats["POST identifyreconcile"] >= 25 and 0 < half < 90  # killed part-way through the CIs
+
+        settings = settings_for(server, tmp_path, workers=4, writer="ire")
+        finished = run_pipeline(settings, inventory_file=path)
+        assert finished.exit_code == 0, finished.report["errors"]
+        assert duplicates(server) == []
+        assert len(server.store.rows("cmdb_ci")) == 2 + 2 + 2 + 4 + 80
+        relations = Counter((r["parent"], r["child"], r["type"]) for r in server.store.rows("cmdb_rel_ci"))
+        assert max(relations.values()) == 1 and len(relations) == 2 + 2 + 4 * 2 + 80
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+
 def test_a_dropped_query_condition_never_retires_what_is_not_ours(tmp_path, monkeypatch):
     """ServiceNow drops conditions on unknown fields: a typo returns every row. Nothing wrong is retired."""
     inventory, path = inventory_file(tmp_path, accounts=1, vpcs=1, subnets=1, instances=4)

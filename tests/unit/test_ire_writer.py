@@ -97,3 +97,26 @@ def test_a_user_refused_the_api_fails_each_write_with_the_reason(standin):
     assert "ServiceNow refused the request: User Not Authorized" in result.error
     assert "itil or asset role" in result.error
     assert standin.store.rows("cmdb_ci") == []
+
+
+def test_an_update_ire_would_put_elsewhere_goes_by_sys_id_through_the_table_api(standin, caplog):
+    """A CI made through the Table API before the switch to IRE, whose "Hosted on" relation someone deleted:
+    IRE's rule would not find it and would make a second CI. Plan matched it by identity: it is updated there."""
+    one = vm("i-1")
+    (made,) = world(standin, [one]).write_many([create(one)])
+    for row in list(standin.store.rows("sys_object_source")):
+        standin.store.delete("sys_object_source", row["sys_id"])  # as if made through the Table API
+    for row in list(standin.store.rows("cmdb_rel_ci")):
+        if row["parent"] == made.sys_id:
+            standin.store.delete("cmdb_rel_ci", row["sys_id"])
+    standin.stats.clear()
+    writer = world(standin, [vm("i-1")], sys_ids={(one.table, one.identity): made.sys_id})
+    (result,) = writer.write_many([WriteOp("PATCH", one.table, made.sys_id, {"name": "i-1", "state": "off"})])
+    assert result.error is None and result.sys_id == made.sys_id
+    assert [r["sys_id"] for r in standin.store.rows("cmdb_ci_vm_instance")] == [made.sys_id]  # no second CI
+    assert standin.store.get("cmdb_ci", made.sys_id)["state"] == "off"
+    assert standin.stats["POST identifyreconcile/query"] == 1 and "POST identifyreconcile" not in standin.stats
+    assert standin.stats["PATCH cmdb_ci_vm_instance"] == 1
+    assert f"IRE would create a new CI for cmdb_ci_vm_instance {one.identity}, which plan matched to {made.sys_id}" \
+        in caplog.text
+    assert not any(key == (one.table, one.identity) for _t, key, _h in writer.relations_done)  # left to plan's create
