@@ -36,7 +36,7 @@ from .mapping.transform import MapResult, map_inventory
 from .models import (DENIED, ERROR, OK, SKIPPED, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation,
                      Inventory)
 from .reconcile.apply import ApplyResult, apply_plan
-from .reconcile.plan import PlanOptions, TablePolicy, plan_changes
+from .reconcile.plan import CREATE, PlanOptions, TablePolicy, plan_changes
 from .report.history import previous_run_report, prune_reports, repeated_writes
 from .report.json_report import build_report, summary_line, write_report
 from .ops import EXIT_INTERRUPTED, fewer_gc_passes, freeze_long_lived, set_run_id, stop_requested
@@ -364,8 +364,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             with clock.stage("apply"):
                 writer = TableApiWriter(tables_client, sn.batch_size)
                 if sn.writer == "ire":
+                    creates = {(c.table, c.identity) for c in plan.changes if c.action == CREATE}
                     writer = IreWriter(tables_client, writer, sn.discovery_source, mapped.cis, plan.sys_ids,
-                                       plan.held, sn.batch_size)
+                                       creates, sn.batch_size)
                 applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)
         exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied, cmdb.unread)
         if stop_requested():

@@ -9,8 +9,9 @@ differs), ``sys_object_source_info`` (the configured ``discovery_source`` and
 the CI's identity as its native key), and the CIs it depends on for its
 identification, with those relations: the datacenter a resource is "Hosted on",
 the account a datacenter is "Hosted on", the datacenter that "Contains" a zone
-(and the CIs that contain it, as the mapping files declare them). IRE creates
-the relations it is given; the connector does not write them again.
+(and the CIs that contain it, as the mapping files declare them), if plan
+matched them or creates them. IRE creates the relations it is given; the
+connector does not write them again.
 
 What IRE cannot do goes through the Table API as before: retires (the resource
 is gone, so it has no values to identify it by; the CI is known by its sys_id),
@@ -18,8 +19,9 @@ relations other than those, deletes of relations, and tags.
 
 An update is of the CI that plan matched by identity and checked to be the
 connector's: its payload is first asked of ``/identifyreconcile/query``, and an
-update that IRE would put on another CI or make a new CI of goes through the
-Table API by its sys_id instead, with a warning (see ``_send_checked``).
+update that IRE would put on another CI, make a new CI of, or refuse (its host
+not read in this run, say) goes through the Table API by its sys_id instead,
+with a warning (see ``_send_checked``).
 
 Without Enhanced IRE's partial commits, a payload with one bad item commits
 nothing: the items of such a payload are sent again one by one, so that each
@@ -51,13 +53,15 @@ class IreWriter:
     """A ``CmdbWriter``: CI creates, updates and revives through IRE, every other write through ``table_writer``."""
 
     def __init__(self, tables: TableClient, table_writer: TableApiWriter, data_source: str,
-                 desired: Iterable[DesiredCI], sys_ids: dict[CIKey, str], held: set[CIKey], batch_size: int = 0):
+                 desired: Iterable[DesiredCI], sys_ids: dict[CIKey, str], creates: set[CIKey], batch_size: int = 0):
         self.tables = tables
         self.table_writer = table_writer
         self.data_source = data_source
         self.cis = {(ci.table, ci.identity): ci for ci in desired}
         self.key_of = {sys_id: key for key, sys_id in sys_ids.items()}
-        self.held = held  # CIs whose create a guard held back: never created as another's host either
+        # the CIs that may be sent as another's host: those the CMDB holds and plan matched, and those plan
+        # creates; never one whose create a guard held back, nor one of a class that could not be read
+        self.hosts = set(sys_ids) | set(creates)
         self.batch_size = max(1, batch_size)
         self._lock = threading.Lock()
         self.relations_done: set[RelationKey] = set()  # relations IRE made or found, by a committed payload
@@ -138,13 +142,15 @@ class IreWriter:
         except ServiceNowError as exc:
             return [WriteResult(error=str(exc))] * len(part)
         agreed, elsewhere = [], []
-        for position, (i, op, key) in enumerate(part):
+        for position, (_i, op, key) in enumerate(part):
             item = verdict[index_of[key]] if index_of[key] < len(verdict) and isinstance(verdict[index_of[key]], dict) else {}
             found = str(item.get("sysId") or "")
-            if op.method == "PATCH" and not item.get("errors") and found != op.sys_id:
-                log.warning("IRE would %s for %s %s, which plan matched to %s: updated through the Table API by its "
-                            "sys_id instead", f"write {found}" if found and found != "Unknown" else "create a new CI",
-                            op.table, key[1], op.sys_id, extra={"table": op.table})
+            if op.method == "PATCH" and found != op.sys_id:
+                refused = _result(verdict, index_of[key], op).error if item.get("errors") else None
+                would = (refused if refused else f"IRE would write {found}" if found and found != "Unknown"
+                         else "IRE would create a new CI")
+                log.warning("%s for %s %s, which plan matched to %s: updated through the Table API by its sys_id "
+                            "instead", would, op.table, key[1], op.sys_id, extra={"table": op.table})
                 elsewhere.append(position)
             else:
                 agreed.append(position)
@@ -185,8 +191,8 @@ class IreWriter:
                           "sys_object_source_info": {"source_name": self.data_source, "source_native_key": key[1]}})
             me = index_of[key]
             for kind, host, end in self.dependencies(key):
-                if host not in self.cis or host in self.held:
-                    continue  # unknown here, or held back: IRE says what is missing
+                if host not in self.cis or host not in self.hosts:
+                    continue  # unknown here, held back or unread: IRE says what is missing
                 other = add(host)
                 parent, child = (me, other) if end == "parent" else (other, me)
                 relations.append({"parent": parent, "child": child, "type": kind})

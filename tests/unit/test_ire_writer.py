@@ -29,11 +29,14 @@ def vm(name: str, host=DC) -> DesiredCI:
 
 
 def world(standin, desired, held=frozenset(), sys_ids=None):
+    """A writer for ``desired`` and the account and both datacenters, all to be created but ``held``."""
     tables = TableClient(ServiceNowSettings(instance_url=standin.url, username="admin", password="s3cret-pw"))
     cis = [ci(ACCOUNT, account_id="111111111111", object_id="111111111111"),
            ci(DC, [hosted_on(ACCOUNT)], object_id="us-east-1", region="us-east-1"),
            ci(DC2, [hosted_on(ACCOUNT)], object_id="eu-west-1", region="eu-west-1"), *desired]
-    return IreWriter(tables, TableApiWriter(tables), SOURCE, cis, sys_ids or {}, set(held), batch_size=10)
+    sys_ids = sys_ids or {}
+    creates = {(c.table, c.identity) for c in cis} - set(held) - set(sys_ids)
+    return IreWriter(tables, TableApiWriter(tables), SOURCE, cis, sys_ids, creates, batch_size=10)
 
 
 def create(desired: DesiredCI) -> WriteOp:
@@ -62,6 +65,20 @@ def test_waves_put_hosts_first_and_the_table_api_keeps_what_ire_does_not_do(stan
     assert [writer.key(op) for op in ops] == [(one.table, one.identity), None, DC, ACCOUNT, None]
     relation = create_relation_op("a" * 32, "b" * 32, "c" * 32)
     assert writer.key(relation) is None
+
+
+def test_an_update_whose_host_is_not_known_goes_by_sys_id_through_the_table_api(standin, caplog):
+    """The datacenter's class could not be read this run (or its scope was not collected): an update of a CI
+    plan matched cannot carry its host, IRE refuses it, and the Table API updates it by its sys_id."""
+    one = vm("i-1")
+    (made,) = world(standin, [one]).write_many([create(one)])
+    for row in list(standin.store.rows("sys_object_source")):
+        standin.store.delete("sys_object_source", row["sys_id"])  # as if made through the Table API: no source key
+    writer = world(standin, [vm("i-1")], held={DC, DC2, ACCOUNT}, sys_ids={(one.table, one.identity): made.sys_id})
+    (result,) = writer.write_many([WriteOp("PATCH", one.table, made.sys_id, {"state": "off"})])
+    assert result.error is None and result.sys_id == made.sys_id
+    assert standin.store.get("cmdb_ci", made.sys_id)["state"] == "off"
+    assert "IRE: MISSING_DEPENDENCY" in caplog.text and "updated through the Table API by its sys_id" in caplog.text
 
 
 def test_one_bad_item_fails_alone_and_a_held_host_is_never_created(standin):
