@@ -117,7 +117,7 @@ class IdentifyReconcile:
                     continue  # its host first
                 pending.remove(index)
                 progressed = True
-                self._identify(index, items[index], rule, host, links, answers, data_source)
+                self._identify(index, items[index], rule, host, answers)
             if not progressed:  # a loop of dependencies
                 for index in pending:
                     answers[index]["errors"].append(_error("INVALID_INPUT_DATA", "Circular dependency in payload"))
@@ -133,6 +133,7 @@ class IdentifyReconcile:
             self._commit(items, answers, data_source, user)
             out_relations = self._commit_relations(relations, rel_types, answers, data_source, user)
         for answer in answers:
+            answer.pop("_new", None)  # the stand-in's own mark, for _commit
             answer["errorCount"] = len(answer["errors"])
         return {"items": answers, "relations": out_relations, "additionalCommittedItems": [],
                 "additionalCommittedRelations": []}
@@ -202,8 +203,7 @@ class IdentifyReconcile:
             return record
         return None
 
-    def _identify(self, index: int, item: dict, rule: Rule, host: int | None, links: list, answers: list,
-                  data_source: str) -> None:
+    def _identify(self, index: int, item: dict, rule: Rule, host: int | None, answers: list) -> None:
         answer = answers[index]
         table, values = item["className"], {k: "" if v is None else str(v) for k, v in item.get("values", {}).items()}
         found = self._source_match(item)

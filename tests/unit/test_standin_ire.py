@@ -115,3 +115,4 @@ def test_query_says_what_it_would_do_and_commits_nothing(standin):
     _status, answer = post(standin, chain(vm(), datacenter(), account()), path="identifyreconcile/query")
     assert operations(answer) == ["INSERT", "INSERT", "INSERT"]
     assert standin.store.rows("cmdb_ci") == []
+    assert not any("_new" in item for item in answer["result"]["items"])  # nothing of the stand-in's own
