@@ -35,7 +35,7 @@ from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
 from .models import (DENIED, ERROR, OK, SKIPPED, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation,
                      Inventory)
-from .reconcile.apply import ApplyResult, apply_plan
+from .reconcile.apply import ApplyResult, apply_plan, predict_with
 from .reconcile.plan import CREATE, PlanOptions, TablePolicy, plan_changes
 from .report.history import previous_run_report, prune_reports, repeated_writes
 from .report.json_report import build_report, summary_line, write_report
@@ -360,13 +360,15 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
                 cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE),
             )
             plan.warnings.extend([*mapped.warnings, *cmdb.notes])
+        writer = TableApiWriter(tables_client, sn.batch_size)
+        if sn.writer == "ire":
+            creates = {(c.table, c.identity) for c in plan.changes if c.action == CREATE}
+            writer = IreWriter(tables_client, writer, sn.discovery_source, mapped.cis, plan.sys_ids, creates,
+                               sn.batch_size)
+            if mode == "plan":  # what IRE's identification would make of the CI writes, asked, committing nothing
+                predict_with(plan, writer, policies)
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):
-                writer = TableApiWriter(tables_client, sn.batch_size)
-                if sn.writer == "ire":
-                    creates = {(c.table, c.identity) for c in plan.changes if c.action == CREATE}
-                    writer = IreWriter(tables_client, writer, sn.discovery_source, mapped.cis, plan.sys_ids,
-                                       creates, sn.batch_size)
                 applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)
         exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied, cmdb.unread)
         if stop_requested():

@@ -10,7 +10,7 @@ finished by the next one, because plan starts again from what the CMDB holds.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..concurrency import map_in_order
 from ..ops import stop_requested
@@ -89,6 +89,14 @@ def _ci_op(change: CIChange, policies: dict[str, TablePolicy]) -> WriteOp:
     return WriteOp("PATCH", change.table, change.sys_id, change.payload)
 
 
+def predict_with(plan: Plan, writer, policies: dict[str, TablePolicy]) -> None:
+    """For ``plan`` (no write): a writer that can tell what the instance would make of the CI writes (IRE's
+    identification, asked without committing) adds it to each change's note where it differs."""
+    notes = writer.predict([_ci_op(c, policies) for c in plan.changes])
+    plan.changes = [replace(c, note="; ".join(filter(None, (c.note, note)))) if note else c
+                    for c, note in zip(plan.changes, notes)]
+
+
 def _record(result: ApplyResult, changes, ops_results) -> None:
     for change, outcome in zip(changes, ops_results):
         if outcome.error:
@@ -123,6 +131,7 @@ def apply_plan(
     ready: list[RelationChange] = []
     ops = []
     made = getattr(writer, "relations_done", set())  # relations a writer made with the CIs (IRE)
+    identified = getattr(writer, "identified", set())  # creates that found a CI there already (IRE)
     for change in plan.relation_changes:
         if change.action == "create" and (change.type, change.parent, change.child) in made:
             result.outcomes.append(Outcome(change))  # written with its CIs, in their IRE payload
@@ -137,14 +146,15 @@ def apply_plan(
             result.outcomes.append(Outcome(change, error=f"end {missing[0]} {missing[1]} was not created"))
             continue
         ready.append(change)
-        ops.append(create_relation_op(parent, child, rel_types[change.type]))
+        op = create_relation_op(parent, child, rel_types[change.type])
+        ops.append(replace(op, check_first=True) if {change.parent, change.child} & identified else op)
     _record(result, ready, _write_all(writer, ops, chunk, workers, "apply relations"))
-    _apply_key_values(plan.key_value_changes, sys_ids, writer, chunk, workers, result)
+    _apply_key_values(plan.key_value_changes, sys_ids, writer, chunk, workers, result, identified)
     return result
 
 
 def _apply_key_values(changes: list[KeyValueChange], sys_ids: dict[CIKey, str], writer: CmdbWriter,
-                      chunk: int, workers: int, result: ApplyResult) -> None:
+                      chunk: int, workers: int, result: ApplyResult, identified: set[CIKey]) -> None:
     ready: list[KeyValueChange] = []
     ops: list[WriteOp] = []
     for change in changes:
@@ -153,7 +163,8 @@ def _apply_key_values(changes: list[KeyValueChange], sys_ids: dict[CIKey, str], 
         elif change.action == "update":
             ops.append(WriteOp("PATCH", KV_TABLE, change.sys_id, {"value": change.new}))
         elif sys_ids.get(change.ci):
-            ops.append(create_key_value_op(sys_ids[change.ci], change.key, change.new))
+            op = create_key_value_op(sys_ids[change.ci], change.key, change.new)
+            ops.append(replace(op, check_first=True) if change.ci in identified else op)
         else:
             result.outcomes.append(Outcome(change, error=f"CI {change.ci[0]} {change.ci[1]} was not created"))
             continue

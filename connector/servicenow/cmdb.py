@@ -262,6 +262,9 @@ class WriteOp:
     sys_id: str | None = None
     payload: dict[str, str] = field(default_factory=dict)
     match: dict[str, str] = field(default_factory=dict)
+    # a create looked up by ``match`` first (its record may be there already): a relation or a tag of a CI
+    # that plan took for new but the instance's identification (IRE) found
+    check_first: bool = False
 
 
 @dataclass(frozen=True)
@@ -306,6 +309,11 @@ class TableApiWriter:
         self.batch_size = batch_size
 
     def write_many(self, ops: list[WriteOp]) -> list[WriteResult]:
+        if any(op.check_first for op in ops):  # those one by one, each looked up first
+            rest = [i for i, op in enumerate(ops) if not op.check_first]
+            results = dict(zip(rest, self.write_many([ops[i] for i in rest]))) if rest else {}
+            results.update({i: self._guarded(op, check_first=True) for i, op in enumerate(ops) if op.check_first})
+            return [results[i] for i in range(len(ops))]
         if self.batch_size > 1 and len(ops) > 1:
             return self._batch(ops)
         return [self._guarded(op) for op in ops]

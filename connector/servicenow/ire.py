@@ -65,6 +65,9 @@ class IreWriter:
         self.batch_size = max(1, batch_size)
         self._lock = threading.Lock()
         self.relations_done: set[RelationKey] = set()  # relations IRE made or found, by a committed payload
+        # CIs plan would create that IRE identified as CIs the CMDB holds: their relations and tags may be
+        # there already, so apply looks them up before it creates them
+        self.identified: set[CIKey] = set()
 
     # -- which writes go where ------------------------------------------------
     def key(self, op: WriteOp) -> CIKey | None:
@@ -126,8 +129,11 @@ class IreWriter:
             return [result for one in part for result in self._send([one], checked=True)]
         results = [_result(items, index_of[key], op) for _i, op, key in part]
         if all(r.error is None for r in results):
+            found = {key for _i, op, key in part if op.method == "POST"
+                     and isinstance(items[index_of[key]], dict) and items[index_of[key]].get("operation") != "INSERT"}
             with self._lock:
                 self.relations_done.update(relations)
+                self.identified.update(found)
         return results
 
     def _send_checked(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[WriteResult]:
@@ -162,6 +168,37 @@ class IreWriter:
             for position, result in zip(agreed, self._send([part[p] for p in agreed], checked=True)):
                 results[position] = result
         return results
+
+    def predict(self, ops: list[WriteOp]) -> list[str]:
+        """For ``plan``: what IRE would make of each op where that is not what plan says ("" where it
+        agrees, or where the op is not IRE's), asked of ``/identifyreconcile/query``, which commits nothing.
+        A create that IRE would put on an existing CI, or refuse; an update that would go by sys_id through
+        the Table API instead (see ``_send_checked``)."""
+        notes = [""] * len(ops)
+        through_ire = [(i, op, key) for i, op in enumerate(ops) if (key := self.key(op)) is not None]
+        for start in range(0, len(through_ire), self.batch_size):
+            part = through_ire[start : start + self.batch_size]
+            payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
+            try:
+                verdict = self._post(payload, query=True).get("items") or []
+            except ServiceNowError as exc:
+                for i, _op, _key in part:
+                    notes[i] = f"IRE could not be asked what it would do: {exc}"
+                continue
+            for i, op, key in part:
+                item = verdict[index_of[key]] if index_of[key] < len(verdict) else {}
+                item = item if isinstance(item, dict) else {}
+                found = str(item.get("sysId") or "")
+                refused = _result(verdict, index_of[key], op).error if item.get("errors") else None
+                if op.method == "POST" and refused:
+                    notes[i] = f"{refused}: it would not be created"
+                elif op.method == "POST" and found and found != "Unknown":
+                    notes[i] = f"IRE would update the CI {found} it identifies, rather than create one"
+                elif op.method == "PATCH" and found != op.sys_id:
+                    why = refused or ("IRE would write " + found if found and found != "Unknown"
+                                      else "IRE would create a new CI")
+                    notes[i] = f"{why}: updated by its sys_id through the Table API instead"
+        return notes
 
     def _post(self, payload: dict[str, Any], query: bool = False) -> dict[str, Any]:
         try:

@@ -109,6 +109,9 @@ def test_a_ci_made_by_discovery_is_adopted_not_duplicated(world):
     sn.store.delete("cmdb_ci", ours["sys_id"])
     found = sn.store.insert("cmdb_ci_vm_instance", {"name": "found by Discovery", "object_id": ours["object_id"],
                                                     "discovery_source": "ServiceNow"}, "discovery")
+    code, report, _output = run_cli(aws.url, config("ire", 20), "plan")
+    (adopt,) = [c for c in report["changes"] if c["sys_id"] == found["sys_id"]]
+    assert adopt["note"].endswith("IRE would create a new CI: updated by its sys_id through the Table API instead")
     code, report, output = run_cli(aws.url, config("ire", 20), "run")
     assert code == 0, output
     (adopted,) = [r for r in sn.store.rows("cmdb_ci_vm_instance") if r["object_id"] == ours["object_id"]]
@@ -119,3 +122,30 @@ def test_a_ci_made_by_discovery_is_adopted_not_duplicated(world):
     sn.stats.clear()
     assert run_cli(aws.url, config("ire", 20), "run")[0] == 0
     assert writes(sn) == Counter()
+
+
+def test_plan_says_when_ire_would_update_a_ci_it_identifies_rather_than_create_one(world):
+    """Another source's CI, hosted on the same datacenter with the resource's object_id but a correlation_id
+    of its own: plan sees no CI of the resource (nothing to adopt) and plans a create; IRE's rule identifies
+    that CI. plan says so, and run updates it rather than make a second one."""
+    aws, sn, _org, config = world
+    assert run_cli(aws.url, config("ire", 20), "run")[0] == 0
+    theirs = sn.store.rows("cmdb_ci_vm_instance")[0]
+    for row in list(sn.store.rows("sys_object_source")):
+        if row["target_sys_id"] == theirs["sys_id"]:
+            sn.store.delete("sys_object_source", row["sys_id"])
+    arn = theirs["correlation_id"]
+    sn.store.update("cmdb_ci", theirs["sys_id"], {"correlation_id": "other-tool-key-1", "discovery_source": "ServiceNow"},
+                    "other")
+    sn.stats.clear()
+    code, report, _output = run_cli(aws.url, config("ire", 20), "plan")
+    (create,) = [c for c in report["changes"] if c["action"] == "create" and c["identity"] == arn]
+    assert create["note"] == f"IRE would update the CI {theirs['sys_id']} it identifies, rather than create one"
+    assert writes(sn) == Counter({"POST identifyreconcile/query": writes(sn)["POST identifyreconcile/query"]})
+    code, report, output = run_cli(aws.url, config("ire", 20), "run", "--force")
+    assert code == 0, output
+    (made,) = [c for c in report["changes"] if c["action"] == "create" and c["identity"] == arn]
+    assert made["sys_id"] == theirs["sys_id"]  # IRE's CI, as plan said
+    (row,) = [r for r in sn.store.rows("cmdb_ci_vm_instance") if r["object_id"] == theirs["object_id"]]
+    assert row["correlation_id"] == arn
+    no_duplicates(sn)
