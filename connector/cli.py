@@ -95,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="simulated AWS Organization + local ServiceNow stand-in, one full run")
     demo.add_argument("--output-dir", type=Path, default=Path("reports"), help="where the report goes (default ./reports)")
+    demo.add_argument("--writer", choices=("table", "ire"), default="table",
+                      help="write the CIs through the Table API (default) or IRE (servicenow.writer)")
 
     report = sub.add_parser("report", help="render a saved JSON report again: HTML, CSV, Prometheus textfile")
     report.add_argument("file", type=Path)
@@ -263,7 +265,9 @@ def cmd_demo(args) -> int:
     with sandboxes() as boxes:
         print(f"  AWS Organization: {len(boxes.org.accounts)} accounts, regions us-east-1 and eu-west-1")
         print(f"  ServiceNow stand-in: {boxes.servicenow.url}")
-        settings = load_settings(None, boxes.settings_data(args.output_dir.resolve()))
+        data = boxes.settings_data(args.output_dir.resolve())
+        data["servicenow"]["writer"] = args.writer
+        settings = load_settings(None, data)
         outcome = run_pipeline(settings, mode="run")
     for line in change_lines(outcome.report):
         print(line)

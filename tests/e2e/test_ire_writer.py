@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -149,3 +152,13 @@ def test_plan_says_when_ire_would_update_a_ci_it_identifies_rather_than_create_o
     (row,) = [r for r in sn.store.rows("cmdb_ci_vm_instance") if r["object_id"] == theirs["object_id"]]
     assert row["correlation_id"] == arn
     no_duplicates(sn)
+
+
+def test_the_demo_through_ire(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "connector.cli", "demo", "--writer", "ire"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report_path = next(line.split(": ", 1)[1] for line in proc.stdout.splitlines() if line.startswith("report: "))
+    report = json.loads(Path(report_path).read_text())
+    assert {c["status"] for c in report["changes"]} == {"applied"}
+    assert report["tables"]["cmdb_ci_vm_instance"]["created"] > 0 and report["relations"]["created"] > 0
