@@ -35,7 +35,7 @@ import logging
 import threading
 from typing import Any, Iterable
 
-from ..errors import AmbiguousWriteError, ServiceNowError
+from ..errors import AmbiguousWriteError, ServiceNowBadRequest, ServiceNowError
 from ..mapping.functions import snow_string
 from ..models import DesiredCI
 from .cmdb import KV_TABLE, REL_TABLE, TableApiWriter, WriteOp, WriteResult
@@ -121,6 +121,10 @@ class IreWriter:
         payload, index_of, relations = self._payload([(op, key) for _i, op, key in part])
         try:
             answer = self._post(payload)
+        except ServiceNowBadRequest as exc:
+            if len(part) > 1:  # an instance that refuses a payload with a bad item as a whole (400): one by one
+                return [result for one in part for result in self._send([one], checked=True)]
+            return [WriteResult(error=str(exc))]
         except ServiceNowError as exc:
             return [WriteResult(error=str(exc))] * len(part)
         items = answer.get("items") or []

@@ -45,6 +45,13 @@ def _error_body(response: requests.Response) -> tuple[str, str]:
     error = body.get("error") if isinstance(body, dict) else None
     if isinstance(error, dict):
         return str(error.get("message") or ""), str(error.get("detail") or "")
+    result = body.get("result") if isinstance(body, dict) else None
+    items = result.get("items") if isinstance(result, dict) else None
+    if isinstance(items, list):  # an IRE answer, refused as a whole: its items' own errors say why
+        errors = [f"{e.get('error', '')}: {e.get('message', '')}".strip(": ") for item in items if isinstance(item, dict)
+                  for e in item.get("errors") or [] if isinstance(e, dict)]
+        if errors:
+            return "IRE: " + "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else ""), ""
     return "", ""
 
 

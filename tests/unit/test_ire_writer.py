@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
+import responses
+
 from connector.models import DesiredCI, RelationRef
 from connector.servicenow.client import TableClient
 from connector.servicenow.cmdb import TableApiWriter, WriteOp, create_ci_op, create_relation_op
@@ -137,3 +141,30 @@ def test_an_update_ire_would_put_elsewhere_goes_by_sys_id_through_the_table_api(
     assert f"IRE would create a new CI for cmdb_ci_vm_instance {one.identity}, which plan matched to {made.sys_id}" \
         in caplog.text
     assert not any(key == (one.table, one.identity) for _t, key, _h in writer.relations_done)  # left to plan's create
+
+
+def test_an_instance_that_refuses_a_payload_with_a_bad_item_as_a_whole_gets_each_item_alone():
+    """Some instances answer a payload with one bad item with 400 and the IRE envelope, not 200: the items are
+    then sent one by one too, and the bad one's error is IRE's own."""
+    url = "https://sn.example.invalid/api/now/identifyreconcile"
+    bad = "arn:aws:ec2:us-east-1:111111111111:instance/i-bad"
+
+    def answer(request):
+        items = json.loads(request.body)["items"]
+        keys = [item["sys_object_source_info"]["source_native_key"] for item in items]
+        envelope = [{"className": item["className"], "sysId": "Unknown" if key == bad else f"id-{n}",
+                     "operation": "INSERT", "errors": [{"error": "MISSING_DEPENDENCY", "message": "no datacenter"}]
+                     if key == bad else []} for n, (item, key) in enumerate(zip(items, keys))]
+        return (400 if bad in keys else 200), {"Content-Type": "application/json"}, json.dumps(
+            {"result": {"items": envelope, "relations": []}})
+
+    with responses.RequestsMock() as mocked:
+        mocked.add_callback(responses.POST, url, callback=answer)
+        tables = TableClient(ServiceNowSettings(instance_url="https://sn.example.invalid", username="u", password="p"))
+        good, worse = vm("i-good"), vm("i-bad")
+        cis = [ci(ACCOUNT, account_id="111111111111"), ci(DC, [hosted_on(ACCOUNT)], object_id="us-east-1"), good, worse]
+        writer = IreWriter(tables, TableApiWriter(tables), SOURCE, cis, {}, {(c.table, c.identity) for c in cis}, 10)
+        results = writer.write_many([create(good), create(worse)])
+        assert results[0].error is None and results[0].sys_id == "id-0"
+        assert results[1].error.startswith("ServiceNow rejected the request: IRE: MISSING_DEPENDENCY: no datacenter")
+        assert len(mocked.calls) == 3  # the pair, then each alone
