@@ -16,7 +16,9 @@ its ``sys_object_source_info`` first (source name and native key, in
 ``sys_object_source``), then by its rule: among the class's CIs (and its
 child classes') with those values, the one related so to the CI its host item
 was identified as. Two such CIs are ``MULTI_MATCH``, an error. Then INSERT,
-UPDATE or NO_CHANGE; the payload's relations are created where missing.
+UPDATE or NO_CHANGE; the payload's relations are created where missing. On an
+update, a field that a reconciliation rule (the ``ire_authoritative`` fault)
+gives to another data source is left as it is, without a word, as IRE does.
 
 A payload with an error in any item commits nothing (IRE without Enhanced
 IRE's partial commits): every item answers with its errors, or with the
@@ -70,8 +72,18 @@ def _error(kind: str, message: str) -> dict[str, str]:
 
 
 class IdentifyReconcile:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, faults: Any = None):
         self.store = store
+        self.faults = faults  # Faults.ire_authoritative: the reconciliation rules
+
+    def _reconciled(self, table: str, values: dict[str, str], data_source: str) -> dict[str, str]:
+        """``values`` less those of fields that a reconciliation rule gives to another source (a rule on
+        the class or on one of its ancestors)."""
+        rules = getattr(self.faults, "ire_authoritative", None) or {}
+        if not rules:
+            return values
+        line = ancestors(table)
+        return {k: v for k, v in values.items() if all(rules.get(f"{c}.{k}", data_source) == data_source for c in line)}
 
     def handle(self, body: bytes, data_source: str, user: str, commit: bool) -> tuple[int, dict[str, Any]]:
         """(HTTP status, answer). Status 400 only for a body that is no payload at all."""
@@ -98,6 +110,7 @@ class IdentifyReconcile:
         self._sources = {(row["name"], row["id"]): row for row in self.store.rows(SOURCE_TABLE)}
         self._relations = {(r["parent"], r["child"], r["type"]) for r in self.store.rows("cmdb_rel_ci")}
         self._rel_types = rel_types
+        self._data_source = data_source
         links = self._links(items, relations, rel_types, answers)
         if not data_source:
             for answer in answers:
@@ -236,6 +249,7 @@ class IdentifyReconcile:
         else:
             answer["sysId"] = found["sys_id"]
             answer["identifierEntrySysId"] = rule.name
+            values = self._reconciled(found["sys_class_name"], values, self._data_source)
             changed = any(found.get(k, "") != v for k, v in values.items() if k != "sys_class_name")
             answer["operation"] = "UPDATE" if changed else "NO_CHANGE"
 
@@ -252,7 +266,9 @@ class IdentifyReconcile:
                 record = self.store.insert(item["className"], {"discovery_source": data_source, **values}, user)
                 answer["sysId"] = record["sys_id"]
             elif answer["operation"] == "UPDATE":
-                self.store.update("cmdb_ci", answer["sysId"], values, user)
+                record = self.store.get("cmdb_ci", answer["sysId"])
+                self.store.update("cmdb_ci", answer["sysId"],
+                                  self._reconciled(record["sys_class_name"], values, data_source), user)
             info = item.get("sys_object_source_info") or {}
             if info.get("source_name") and info.get("source_native_key"):
                 self._remember_source(info, answer["sysId"], item["className"], user)

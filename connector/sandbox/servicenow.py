@@ -91,6 +91,9 @@ class Faults:
         self.acl_denied_tables: list = []  # writes to these tables: 403 from an ACL
         self.missing_tables: list = []   # tables the instance lacks (a class whose plugin is not installed): 400
         self.acl_hidden_prefix = ""      # rows whose name starts with this are hidden by ACL, after paging
+        # IRE reconciliation rules: "class.field" -> the one data source that may update it (IRE leaves the
+        # field as it is on an update from any other source, and says nothing)
+        self.ire_authoritative: dict = {}
         self.update(settings)
 
     def update(self, settings: dict[str, Any]) -> None:
@@ -342,7 +345,7 @@ class ServiceNowStandIn:
             context.load_cert_chain(str(self._tls[0]), str(self._tls[1]))
             self._server.socket = context.wrap_socket(self._server.socket, server_side=True)
         self.table_api = TableApi(self.store, self.url, self.faults)
-        self.ire = IdentifyReconcile(self.store)
+        self.ire = IdentifyReconcile(self.store, self.faults)
         threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                          name="servicenow-standin", daemon=True).start()
         return self

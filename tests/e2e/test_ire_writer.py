@@ -162,3 +162,20 @@ def test_the_demo_through_ire(tmp_path):
     report = json.loads(Path(report_path).read_text())
     assert {c["status"] for c in report["changes"]} == {"applied"}
     assert report["tables"]["cmdb_ci_vm_instance"]["created"] > 0 and report["relations"]["created"] > 0
+
+
+def test_a_field_a_reconciliation_rule_keeps_for_another_source_is_named_not_fought_silently(world):
+    """IRE leaves such a field as it is and says nothing (the write also stamps last_discovered, so it is an
+    UPDATE still): the next run, writing it again, names it, from the previous run's report."""
+    aws, sn, _org, config = world
+    assert run_cli(aws.url, config("ire", 20), "run")[0] == 0
+    sn.faults.update({"ire_authoritative": {"cmdb_ci.name": "ServiceNow"}})  # names are Discovery's to write
+    renamed = dict(sn.store.rows("cmdb_ci_vm_instance")[0])
+    sn.store.update("cmdb_ci", renamed["sys_id"], {"name": "named by Discovery"}, "discovery")
+    code, report, output = run_cli(aws.url, config("ire", 20), "run")
+    assert code == 0, output
+    assert [c["fields"]["name"]["new"] for c in report["changes"] if c["sys_id"] == renamed["sys_id"]] == [renamed["name"]]
+    assert sn.store.get("cmdb_ci", renamed["sys_id"])["name"] == "named by Discovery"
+    code, report, output = run_cli(aws.url, config("ire", 20), "run")
+    assert any(w.startswith("cmdb_ci_vm_instance.name: written again on 1 record(s)") and "reconciliation rule" in w
+               for w in report["warnings"]), report["warnings"]

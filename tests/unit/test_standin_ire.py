@@ -116,3 +116,16 @@ def test_query_says_what_it_would_do_and_commits_nothing(standin):
     assert operations(answer) == ["INSERT", "INSERT", "INSERT"]
     assert standin.store.rows("cmdb_ci") == []
     assert not any("_new" in item for item in answer["result"]["items"])  # nothing of the stand-in's own
+
+
+def test_a_reconciliation_rule_keeps_a_field_for_its_source(standin):
+    post(standin, chain(vm(), datacenter(), account()))  # an insert takes every value
+    standin.faults.update({"ire_authoritative": {"cmdb_ci.name": "ServiceNow"}})
+    _status, answer = post(standin, chain(vm(name="renamed", state="off"), datacenter(), account()))
+    assert operations(answer)[0] == "UPDATE"
+    row = standin.store.rows("cmdb_ci_vm_instance")[0]
+    assert (row["name"], row["state"]) == ("i-1", "off")  # name is ServiceNow's to write, state anyone's
+    _status, answer = post(standin, chain(vm(name="renamed", state="off"), datacenter(), account()))
+    assert operations(answer)[0] == "NO_CHANGE"  # all that differs is what it may not write
+    _status, answer = post(standin, chain(vm(name="renamed"), datacenter(), account()), source="ServiceNow")
+    assert standin.store.rows("cmdb_ci_vm_instance")[0]["name"] == "renamed"
