@@ -75,6 +75,37 @@ class IdentifyReconcile:
     def __init__(self, store: Store, faults: Any = None):
         self.store = store
         self.faults = faults  # Faults.ire_authoritative: the reconciliation rules
+        # Lookups kept from payload to payload while nothing else writes (the store's version says): by
+        # source key, by relation, and by a rule's attributes for a class; so that a run of thousands of
+        # payloads is not one scan of the CMDB per item.
+        self._version = -1
+        self._sources: dict[tuple[str, str], dict[str, str]] = {}
+        self._relations: dict[tuple[str, str, str], str] = {}  # (parent, child, type) -> the relation's sys_id
+        self._by_attributes: dict[tuple[str, tuple[str, ...]], dict[tuple[str, ...], list[dict[str, str]]]] = {}
+
+    def _fresh(self) -> None:
+        if self._version != self.store.version:
+            self._sources = {(row["name"], row["id"]): row for row in self.store.rows(SOURCE_TABLE)}
+            self._relations = {(r["parent"], r["child"], r["type"]): r["sys_id"] for r in self.store.rows("cmdb_rel_ci")}
+            self._by_attributes = {}
+            self._version = self.store.version
+
+    def _candidates(self, table: str, attributes: tuple[str, ...], values: dict[str, str]) -> list[dict[str, str]]:
+        """The CIs of ``table`` (and its child classes) with those ``values`` of ``attributes``."""
+        index = self._by_attributes.get((table, attributes))
+        if index is None:
+            index = {}
+            for row in self.store.rows(table):
+                index.setdefault(tuple(row.get(a, "") for a in attributes), []).append(row)
+            self._by_attributes[(table, attributes)] = index
+        return list(index.get(tuple(values.get(a, "") for a in attributes), ()))
+
+    def _added(self, record: dict[str, str]) -> None:
+        """A CI this payload inserted, into the lookups made so far."""
+        line = ancestors(record["sys_class_name"])
+        for (table, attributes), index in self._by_attributes.items():
+            if table in line:
+                index.setdefault(tuple(record.get(a, "") for a in attributes), []).append(record)
 
     def _reconciled(self, table: str, values: dict[str, str], data_source: str) -> dict[str, str]:
         """``values`` less those of fields that a reconciliation rule gives to another source (a rule on
@@ -106,9 +137,7 @@ class IdentifyReconcile:
                     "inputIndices": [index], "errors": [], "warnings": [], "markers": []}
                    for index, item in enumerate(items)]
         rel_types = {row["name"]: row["sys_id"] for row in self.store.rows("cmdb_rel_type")}
-        # indexes for this payload (the store is locked meanwhile)
-        self._sources = {(row["name"], row["id"]): row for row in self.store.rows(SOURCE_TABLE)}
-        self._relations = {(r["parent"], r["child"], r["type"]) for r in self.store.rows("cmdb_rel_ci")}
+        self._fresh()  # the store is locked meanwhile
         self._rel_types = rel_types
         self._data_source = data_source
         links = self._links(items, relations, rel_types, answers)
@@ -145,6 +174,8 @@ class IdentifyReconcile:
         if commit and not failed:
             self._commit(items, answers, data_source, user)
             out_relations = self._commit_relations(relations, rel_types, answers, data_source, user)
+            if self._version != -1:
+                self._version = self.store.version  # the lookups were kept current: still good
         for answer in answers:
             answer.pop("_new", None)  # the stand-in's own mark, for _commit
             answer["errorCount"] = len(answer["errors"])
@@ -227,7 +258,7 @@ class IdentifyReconcile:
             if host is not None and answers[host]["errors"]:
                 answer["errors"].append(_error("ABANDONED", "The item it depends on has errors"))
                 return
-            candidates = [row for row in self.store.rows(table) if all(row.get(a) == values.get(a) for a in rule.attributes)]
+            candidates = self._candidates(table, rule.attributes, values)
             if host is not None and answers[host]["sysId"] != "Unknown":
                 candidates = [row for row in candidates if self._related(row["sys_id"], answers[host]["sysId"], rule)]
             elif host is not None:
@@ -265,10 +296,14 @@ class IdentifyReconcile:
             if answer.pop("_new", False):
                 record = self.store.insert(item["className"], {"discovery_source": data_source, **values}, user)
                 answer["sysId"] = record["sys_id"]
+                self._added(record)
             elif answer["operation"] == "UPDATE":
                 record = self.store.get("cmdb_ci", answer["sysId"])
+                before = dict(record)
                 self.store.update("cmdb_ci", answer["sysId"],
                                   self._reconciled(record["sys_class_name"], values, data_source), user)
+                if any(before.get(a) != record.get(a) for _t, attributes in self._by_attributes for a in attributes):
+                    self._version = -1  # a value a lookup is keyed by changed: made again for the next payload
             info = item.get("sys_object_source_info") or {}
             if info.get("source_name") and info.get("source_native_key"):
                 self._remember_source(info, answer["sysId"], item["className"], user)
@@ -286,7 +321,7 @@ class IdentifyReconcile:
 
     def _commit_relations(self, relations: list, rel_types: dict[str, str], answers: list, data_source: str,
                           user: str) -> list[dict[str, Any]]:
-        existing = {(r["parent"], r["child"], r["type"]): r["sys_id"] for r in self.store.rows("cmdb_rel_ci")}
+        existing = self._relations
         out = []
         for index, relation in enumerate(relations):
             parent, child = answers[relation["parent"]]["sysId"], answers[relation["child"]]["sysId"]
