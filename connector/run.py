@@ -43,7 +43,7 @@ from .ops import EXIT_INTERRUPTED, fewer_gc_passes, freeze_long_lived, set_run_i
 from .report.outputs import write_outputs
 from .servicenow.client import TableClient
 from .servicenow.cmdb import KV_TABLE, CmdbReader, Dictionary, TableApiWriter
-from .servicenow.ire import IreWriter
+from .servicenow.ire import IreWriter, check_access as check_ire_access
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -287,6 +287,14 @@ def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult 
 
 # -- the flow ----------------------------------------------------------------
 
+def _check_servicenow(reader: CmdbReader, sn, table: str) -> None:
+    """Before the collection: the login (one read), and with servicenow.writer = "ire", that the user may use
+    the IRE API; either refused fails the run at once."""
+    reader.check_login(table)
+    if sn.writer == "ire":
+        check_ire_access(reader.tables, sn.discovery_source)
+
+
 class _Stopped(Exception):
     """A stop signal came before ``stage``: it and the stages after it are not begun."""
 
@@ -333,9 +341,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if inventory_file:
             with clock.stage("collect"):
                 inventory = read_inventory(inventory_file)
-            reader.check_login(tables[0])
+            _check_servicenow(reader, sn, tables[0])
         else:
-            reader.check_login(tables[0])
+            _check_servicenow(reader, sn, tables[0])
             with clock.stage("collect"):
                 inventory = collect_from_aws(settings, mappings, shard)
         _stop_before("map")

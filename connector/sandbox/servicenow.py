@@ -380,7 +380,9 @@ class ServiceNowStandIn:
             self.reads_total += 1
 
     def writes(self) -> int:
-        return sum(v for k, v in self.stats.items() if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE"))
+        # IRE's /query commits nothing: not a write
+        return sum(v for k, v in self.stats.items()
+                   if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE") and not k.endswith("/query"))
 
     def next_api_request(self) -> int:
         with self._lock:

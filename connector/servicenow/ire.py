@@ -35,7 +35,8 @@ import logging
 import threading
 from typing import Any, Iterable
 
-from ..errors import AmbiguousWriteError, ServiceNowBadRequest, ServiceNowError
+from ..errors import (AmbiguousWriteError, ServiceNowBadRequest, ServiceNowBadResponse, ServiceNowError,
+                      ServiceNowNotFound, ServiceNowPermissionError)
 from ..mapping.functions import snow_string
 from ..models import DesiredCI
 from .cmdb import KV_TABLE, REL_TABLE, TableApiWriter, WriteOp, WriteResult
@@ -47,6 +48,27 @@ log = logging.getLogger(__name__)
 DEPENDENCY_ENDS = {"Hosted on::Hosts": "parent", "Contains::Contained by": "child"}
 CIKey = tuple[str, str]  # (class, identity)
 RelationKey = tuple[str, CIKey, CIKey]  # (type, parent, child)
+
+
+def check_access(tables: TableClient, data_source: str) -> None:
+    """Before anything is collected: may the user use the IRE API at all? An empty payload asked of
+    ``/identifyreconcile/query`` (nothing is committed). Refused (403: no itil or asset role, or the API not
+    granted to an OAuth client) or absent (404), the run fails at once with the reason, not with every CI
+    write failing after the collection. Any other answer (an empty payload may be a 400) is left to the writes."""
+    try:
+        tables.identify_reconcile({"items": [], "relations": []}, data_source, query=True)
+    except ServiceNowPermissionError as exc:
+        raise ServiceNowPermissionError(
+            f"servicenow.writer = \"ire\", but the instance refuses the Identification and Reconciliation API "
+            f"to this user ({exc.args[0]}): it needs the itil or asset role (and, for an OAuth client with "
+            "scopes, the API granted); or set servicenow.writer = \"table\"", status=exc.status, method=exc.method,
+            url=exc.url) from None
+    except ServiceNowNotFound as exc:
+        raise ServiceNowNotFound(f"servicenow.writer = \"ire\", but the instance has no Identification and "
+                                 f"Reconciliation API ({exc.args[0]}); set servicenow.writer = \"table\"",
+                                 status=exc.status, method=exc.method, url=exc.url) from None
+    except (ServiceNowBadRequest, ServiceNowBadResponse):
+        pass
 
 
 class IreWriter:

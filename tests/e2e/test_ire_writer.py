@@ -34,7 +34,9 @@ def world(tmp_path):
 
 
 def writes(sn: ServiceNowStandIn) -> Counter:
-    return Counter({k: v for k, v in sn.stats.items() if k.split(" ")[0] in ("POST", "PATCH", "DELETE", "batch")})
+    """The requests that may write (IRE's /query commits nothing: left out)."""
+    return Counter({k: v for k, v in sn.stats.items()
+                    if k.split(" ")[0] in ("POST", "PATCH", "DELETE", "batch") and not k.endswith("/query")})
 
 
 def no_duplicates(sn: ServiceNowStandIn) -> None:
@@ -144,7 +146,7 @@ def test_plan_says_when_ire_would_update_a_ci_it_identifies_rather_than_create_o
     code, report, _output = run_cli(aws.url, config("ire", 20), "plan")
     (create,) = [c for c in report["changes"] if c["action"] == "create" and c["identity"] == arn]
     assert create["note"] == f"IRE would update the CI {theirs['sys_id']} it identifies, rather than create one"
-    assert writes(sn) == Counter({"POST identifyreconcile/query": writes(sn)["POST identifyreconcile/query"]})
+    assert writes(sn) == Counter() and sn.stats["POST identifyreconcile/query"] > 1  # the check, then plan's asks
     code, report, output = run_cli(aws.url, config("ire", 20), "run", "--force")
     assert code == 0, output
     (made,) = [c for c in report["changes"] if c["action"] == "create" and c["identity"] == arn]
@@ -179,3 +181,13 @@ def test_a_field_a_reconciliation_rule_keeps_for_another_source_is_named_not_fou
     code, report, output = run_cli(aws.url, config("ire", 20), "run")
     assert any(w.startswith("cmdb_ci_vm_instance.name: written again on 1 record(s)") and "reconciliation rule" in w
                for w in report["warnings"]), report["warnings"]
+
+
+def test_a_user_refused_ire_fails_the_run_before_the_collection(world):
+    aws, sn, _org, config = world
+    sn.faults.update({"acl_denied_tables": ["identifyreconcile"]})  # no itil or asset role
+    code, report, output = run_cli(aws.url, config("ire"), "run")
+    assert code == 1
+    assert any("servicenow.writer = \"ire\", but the instance refuses the Identification and Reconciliation API"
+               in e and "itil or asset role" in e for e in report["errors"]), report["errors"]
+    assert report["scopes"] == [] and sn.store.rows("cmdb_ci") == []  # nothing collected, nothing written
