@@ -372,7 +372,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if sn.writer == "ire":
             creates = {(c.table, c.identity) for c in plan.changes if c.action == CREATE}
             writer = IreWriter(tables_client, writer, sn.discovery_source, mapped.cis, plan.sys_ids, creates,
-                               sn.batch_size)
+                               sn.batch_size, scanned_at=_snow_time(started))
             if mode == "plan":  # what IRE's identification would make of the CI writes, asked, committing nothing
                 predict_with(plan, writer, policies)
         if mode == "run" and not stop_requested():

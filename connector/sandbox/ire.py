@@ -309,7 +309,7 @@ class IdentifyReconcile:
                 self._remember_source(info, answer["sysId"], item["className"], user)
 
     def _remember_source(self, info: dict, sys_id: str, table: str, user: str) -> None:
-        now = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        now = info.get("source_recency_timestamp") or time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
         key = (info["source_name"], info["source_native_key"])
         row = self._sources.get(key)
         if row is not None:

@@ -6,7 +6,7 @@ payload item is, and its reconciliation rules which source may write which
 field. Each create, update and revive of a CI the run saw is sent as an IRE
 item with every value its mapping gives (the instance writes only what
 differs), ``sys_object_source_info`` (the configured ``discovery_source`` and
-the CI's identity as its native key), and the CIs it depends on for its
+the CI's identity as its native key, the run's time as recency), and the CIs it depends on for its
 identification, with those relations: the datacenter a resource is "Hosted on",
 the account a datacenter is "Hosted on", the datacenter that "Contains" a zone
 (and the CIs that contain it, as the mapping files declare them), if plan
@@ -75,7 +75,8 @@ class IreWriter:
     """A ``CmdbWriter``: CI creates, updates and revives through IRE, every other write through ``table_writer``."""
 
     def __init__(self, tables: TableClient, table_writer: TableApiWriter, data_source: str,
-                 desired: Iterable[DesiredCI], sys_ids: dict[CIKey, str], creates: set[CIKey], batch_size: int = 0):
+                 desired: Iterable[DesiredCI], sys_ids: dict[CIKey, str], creates: set[CIKey], batch_size: int = 0,
+                 scanned_at: str = ""):
         self.tables = tables
         self.table_writer = table_writer
         self.data_source = data_source
@@ -85,6 +86,9 @@ class IreWriter:
         # creates; never one whose create a guard held back, nor one of a class that could not be read
         self.hosts = set(sys_ids) | set(creates)
         self.batch_size = max(1, batch_size)
+        # when the run saw the resources (UTC, YYYY-MM-DD hh:mm:ss): source_recency_timestamp, which an
+        # instance's data refresh rules weigh
+        self.source_info = {"source_name": data_source, **({"source_recency_timestamp": scanned_at} if scanned_at else {})}
         self._lock = threading.Lock()
         self.relations_done: set[RelationKey] = set()  # relations IRE made or found, by a committed payload
         # CIs plan would create that IRE identified as CIs the CMDB holds: their relations and tags may be
@@ -251,7 +255,7 @@ class IreWriter:
             values.update(written.get(key, {}))  # the op's own: stamps, discovery_source, cut values
             index_of[key] = len(items)
             items.append({"className": key[0], "values": values,
-                          "sys_object_source_info": {"source_name": self.data_source, "source_native_key": key[1]}})
+                          "sys_object_source_info": {**self.source_info, "source_native_key": key[1]}})
             me = index_of[key]
             for kind, host, end in self.dependencies(key):
                 if host not in self.cis or host not in self.hosts:

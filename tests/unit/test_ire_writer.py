@@ -17,6 +17,7 @@ ACCOUNT = ("cmdb_ci_cloud_service_account", "arn:aws:iam::111111111111:root")
 DC = ("cmdb_ci_aws_datacenter", "arn:aws:ec2:us-east-1:111111111111:region/us-east-1")
 DC2 = ("cmdb_ci_aws_datacenter", "arn:aws:ec2:eu-west-1:111111111111:region/eu-west-1")
 SCOPE = ("111111111111", "us-east-1", "ec2:instance")
+SCANNED = "2026-12-01 09:30:00"  # the run's time
 
 
 def ci(key, relations=(), **fields) -> DesiredCI:
@@ -40,7 +41,7 @@ def world(standin, desired, held=frozenset(), sys_ids=None):
            ci(DC2, [hosted_on(ACCOUNT)], object_id="eu-west-1", region="eu-west-1"), *desired]
     sys_ids = sys_ids or {}
     creates = {(c.table, c.identity) for c in cis} - set(held) - set(sys_ids)
-    return IreWriter(tables, TableApiWriter(tables), SOURCE, cis, sys_ids, creates, batch_size=10)
+    return IreWriter(tables, TableApiWriter(tables), SOURCE, cis, sys_ids, creates, batch_size=10, scanned_at=SCANNED)
 
 
 def create(desired: DesiredCI) -> WriteOp:
@@ -58,6 +59,8 @@ def test_a_create_carries_its_hosts_and_their_relations_which_are_then_done(stan
         "cmdb_ci_vm_instance", "cmdb_ci_aws_datacenter", "cmdb_ci_cloud_service_account"}  # not eu-west-1's
     assert writer.relations_done == {("Hosted on::Hosts", (one.table, one.identity), DC), ("Hosted on::Hosts", DC, ACCOUNT)}
     assert len(standin.store.rows("cmdb_rel_ci")) == 2
+    sources = {row["target_sys_id"]: row for row in standin.store.rows("sys_object_source")}
+    assert (sources[result.sys_id]["id"], sources[result.sys_id]["last_scan"]) == (one.identity, SCANNED)
 
 
 def test_waves_put_hosts_first_and_the_table_api_keeps_what_ire_does_not_do(standin):
