@@ -87,9 +87,11 @@ def _changes(changes: list[dict[str, Any]]) -> str:
     for change in changes:
         diff = "; ".join(f"{k}: {v.get('old', '')} \u2192 {v.get('new', '')}" for k, v in change.get("fields", {}).items())
         text = " ".join(str(x) for x in (change["action"], change["table"], change["identity"], change.get("sys_id") or "",
-                                         change.get("status", ""), diff, change.get("error", ""))).lower()
+                                         change.get("status", ""), diff, change.get("note", ""),
+                                         change.get("error", ""))).lower()
         cells = [change["action"], change["table"], change["identity"], change.get("sys_id") or "", change.get("status", ""),
-                 diff + (f" | error: {change['error']}" if change.get("error") else "")]
+                 diff + (f" | note: {change['note']}" if change.get("note") else "")
+                 + (f" | error: {change['error']}" if change.get("error") else "")]
         rows.append(f'<tr class="change" data-action="{escape(change["action"])}" data-search="{escape(text)}">'
                     + "".join(f"<td>{escape(str(c))}</td>" for c in cells) + "</tr>")
     head = "".join(f"<th>{h}</th>" for h in ("action", "class", "identity", "sys_id", "status", "fields (old \u2192 new)"))
@@ -220,13 +222,13 @@ def _cell(value: Any) -> str:
 def render_csv(report: dict[str, Any]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["action", "table", "identity", "sys_id", "status", "field", "old", "new", "error"])
+    writer.writerow(["action", "table", "identity", "sys_id", "status", "field", "old", "new", "error", "note"])
     for change in report["changes"]:
         fields = change.get("fields") or {"": {"old": "", "new": ""}}
         for name, diff in fields.items():
             writer.writerow(map(_cell, [change["action"], change["table"], change["identity"], change.get("sys_id") or "",
                                         change.get("status", ""), name, diff.get("old", ""), diff.get("new", ""),
-                                        change.get("error", "")]))
+                                        change.get("error", ""), change.get("note", "")]))
     return out.getvalue()
 
 

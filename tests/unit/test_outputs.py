@@ -150,3 +150,22 @@ def test_a_value_a_spreadsheet_would_take_for_a_formula_is_text_in_the_csv():
     assert [(r["field"], r["old"], r["new"]) for r in rows] == [
         ("name", "web-01", '\'=HYPERLINK("http://x","y")'), ("short_description", "'@SUM(A1)", "'-1+2"),
         ("state", "on", "off")]
+
+
+def test_a_change_note_is_on_the_page_and_in_the_csv():
+    """What plan says of a change (an adoption, what IRE would do instead) is shown with it, not only in the JSON."""
+    import csv
+    import io
+
+    from connector.report.outputs import render_csv
+
+    report = report_with(0, [])
+    note = "IRE would update the CI 0123 it identifies, rather than create one"
+    report["changes"] = [{"action": "create", "table": "cmdb_ci_vm_instance", "identity": "arn:aws:ec2:1",
+                          "sys_id": None, "status": "planned", "note": note,
+                          "fields": {"name": {"old": "", "new": "web-01"}}}]
+    page = render_html(report)
+    assert f"name:  \u2192 web-01 | note: {note}</td>" in page
+    assert note.lower() in page  # in the row's search text too
+    (row,) = csv.DictReader(io.StringIO(render_csv(report)))
+    assert row["note"] == note
