@@ -374,7 +374,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             writer = IreWriter(tables_client, writer, sn.discovery_source, mapped.cis, plan.sys_ids, creates,
                                sn.batch_size, scanned_at=_snow_time(started))
             if mode == "plan":  # what IRE's identification would make of the CI writes, asked, committing nothing
-                predict_with(plan, writer, policies)
+                predict_with(plan, writer, policies, sn.workers)
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):
                 applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)

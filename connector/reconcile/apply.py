@@ -89,10 +89,10 @@ def _ci_op(change: CIChange, policies: dict[str, TablePolicy]) -> WriteOp:
     return WriteOp("PATCH", change.table, change.sys_id, change.payload)
 
 
-def predict_with(plan: Plan, writer, policies: dict[str, TablePolicy]) -> None:
+def predict_with(plan: Plan, writer, policies: dict[str, TablePolicy], workers: int = 1) -> None:
     """For ``plan`` (no write): a writer that can tell what the instance would make of the CI writes (IRE's
     identification, asked without committing) adds it to each change's note where it differs."""
-    notes = writer.predict([_ci_op(c, policies) for c in plan.changes])
+    notes = writer.predict([_ci_op(c, policies) for c in plan.changes], workers)
     plan.changes = [replace(c, note="; ".join(filter(None, (c.note, note)))) if note else c
                     for c, note in zip(plan.changes, notes)]
 

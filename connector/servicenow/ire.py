@@ -35,6 +35,7 @@ import logging
 import threading
 from typing import Any, Iterable
 
+from ..concurrency import map_in_order
 from ..errors import (AmbiguousWriteError, ServiceNowBadRequest, ServiceNowBadResponse, ServiceNowError,
                       ServiceNowNotFound, ServiceNowPermissionError)
 from ..mapping.functions import snow_string
@@ -199,35 +200,40 @@ class IreWriter:
                 results[position] = result
         return results
 
-    def predict(self, ops: list[WriteOp]) -> list[str]:
+    def predict(self, ops: list[WriteOp], workers: int = 1) -> list[str]:
         """For ``plan``: what IRE would make of each op where that is not what plan says ("" where it
-        agrees, or where the op is not IRE's), asked of ``/identifyreconcile/query``, which commits nothing.
-        A create that IRE would put on an existing CI, or refuse; an update that would go by sys_id through
-        the Table API instead (see ``_send_checked``)."""
-        notes = [""] * len(ops)
+        agrees, or where the op is not IRE's), asked of ``/identifyreconcile/query``, which commits nothing,
+        up to ``workers`` payloads at once. A create that IRE would put on an existing CI, or refuse; an
+        update that would go by sys_id through the Table API instead (see ``_send_checked``)."""
         through_ire = [(i, op, key) for i, op in enumerate(ops) if (key := self.key(op)) is not None]
-        for start in range(0, len(through_ire), self.batch_size):
-            part = through_ire[start : start + self.batch_size]
-            payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
-            try:
-                verdict = self._post(payload, query=True).get("items") or []
-            except ServiceNowError as exc:
-                for i, _op, _key in part:
-                    notes[i] = f"IRE could not be asked what it would do: {exc}"
-                continue
-            for i, op, key in part:
-                item = verdict[index_of[key]] if index_of[key] < len(verdict) else {}
-                item = item if isinstance(item, dict) else {}
-                found = str(item.get("sysId") or "")
-                refused = _result(verdict, index_of[key], op).error if item.get("errors") else None
-                if op.method == "POST" and refused:
-                    notes[i] = f"{refused}: it would not be created"
-                elif op.method == "POST" and found and found != "Unknown":
-                    notes[i] = f"IRE would update the CI {found} it identifies, rather than create one"
-                elif op.method == "PATCH" and found != op.sys_id:
-                    why = refused or ("IRE would write " + found if found and found != "Unknown"
-                                      else "IRE would create a new CI")
-                    notes[i] = f"{why}: updated by its sys_id through the Table API instead"
+        parts = [through_ire[start : start + self.batch_size] for start in range(0, len(through_ire), self.batch_size)]
+        notes = [""] * len(ops)
+        for part, said in zip(parts, map_in_order(self._predict_part, parts, workers, "plan-ire")):
+            for (i, _op, _key), note in zip(part, said):
+                notes[i] = note
+        return notes
+
+    def _predict_part(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[str]:
+        payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
+        try:
+            verdict = self._post(payload, query=True).get("items") or []
+        except ServiceNowError as exc:
+            return [f"IRE could not be asked what it would do: {exc}"] * len(part)
+        notes = []
+        for _i, op, key in part:
+            item = verdict[index_of[key]] if index_of[key] < len(verdict) else {}
+            item = item if isinstance(item, dict) else {}
+            found = str(item.get("sysId") or "")
+            refused = _result(verdict, index_of[key], op).error if item.get("errors") else None
+            note = ""
+            if op.method == "POST" and refused:
+                note = f"{refused}: it would not be created"
+            elif op.method == "POST" and found and found != "Unknown":
+                note = f"IRE would update the CI {found} it identifies, rather than create one"
+            elif op.method == "PATCH" and found != op.sys_id:
+                why = refused or ("IRE would write " + found if found and found != "Unknown" else "IRE would create a new CI")
+                note = f"{why}: updated by its sys_id through the Table API instead"
+            notes.append(note)
         return notes
 
     def _post(self, payload: dict[str, Any], query: bool = False) -> dict[str, Any]:
