@@ -170,24 +170,18 @@ class IreWriter:
     def _send_checked(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[WriteResult]:
         """An update is of the CI plan matched (by identity, and checked to be ours): the payload is first
         asked of ``/identifyreconcile/query``, which commits nothing. An update that IRE would put on another
-        CI, or make a new one of (a CI that lost the relation it is identified by, one made through the
-        Table API before the switch to IRE, one just adopted from Discovery), goes through the Table API by
-        its sys_id instead, with a warning; the rest through IRE."""
-        payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
+        CI, make a new one of or refuse (a CI that lost the relation it is identified by, one made through the
+        Table API before the switch to IRE, one just adopted from Discovery, its host not known this run) goes
+        through the Table API by its sys_id instead, with a warning; the rest through IRE."""
         try:
-            verdict = self._post(payload, query=True).get("items") or []
+            said = self._ask(part)
         except ServiceNowError as exc:
             return [WriteResult(error=str(exc))] * len(part)
         agreed, elsewhere = [], []
-        for position, (_i, op, key) in enumerate(part):
-            item = verdict[index_of[key]] if index_of[key] < len(verdict) and isinstance(verdict[index_of[key]], dict) else {}
-            found = str(item.get("sysId") or "")
-            if op.method == "PATCH" and found != op.sys_id:
-                refused = _result(verdict, index_of[key], op).error if item.get("errors") else None
-                would = (refused if refused else f"IRE would write {found}" if found and found != "Unknown"
-                         else "IRE would create a new CI")
+        for position, ((_i, op, key), why) in enumerate(zip(part, said)):
+            if op.method == "PATCH" and why:
                 log.warning("%s for %s %s, which plan matched to %s: updated through the Table API by its sys_id "
-                            "instead", would, op.table, key[1], op.sys_id, extra={"table": op.table})
+                            "instead", why, op.table, key[1], op.sys_id, extra={"table": op.table})
                 elsewhere.append(position)
             else:
                 agreed.append(position)
@@ -209,32 +203,23 @@ class IreWriter:
         parts = [through_ire[start : start + self.batch_size] for start in range(0, len(through_ire), self.batch_size)]
         notes = [""] * len(ops)
         for part, said in zip(parts, map_in_order(self._predict_part, parts, workers, "plan-ire")):
-            for (i, _op, _key), note in zip(part, said):
-                notes[i] = note
+            for (i, op, _key), why in zip(part, said):
+                notes[i] = f"{why}: updated by its sys_id through the Table API instead" if why and op.method == "PATCH" \
+                    else why
         return notes
 
     def _predict_part(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[str]:
-        payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
         try:
-            verdict = self._post(payload, query=True).get("items") or []
+            return self._ask(part)
         except ServiceNowError as exc:
             return [f"IRE could not be asked what it would do: {exc}"] * len(part)
-        notes = []
-        for _i, op, key in part:
-            item = verdict[index_of[key]] if index_of[key] < len(verdict) else {}
-            item = item if isinstance(item, dict) else {}
-            found = str(item.get("sysId") or "")
-            refused = _result(verdict, index_of[key], op).error if item.get("errors") else None
-            note = ""
-            if op.method == "POST" and refused:
-                note = f"{refused}: it would not be created"
-            elif op.method == "POST" and found and found != "Unknown":
-                note = f"IRE would update the CI {found} it identifies, rather than create one"
-            elif op.method == "PATCH" and found != op.sys_id:
-                why = refused or ("IRE would write " + found if found and found != "Unknown" else "IRE would create a new CI")
-                note = f"{why}: updated by its sys_id through the Table API instead"
-            notes.append(note)
-        return notes
+
+    def _ask(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[str]:
+        """``/identifyreconcile/query`` about ``part``'s writes: for each, where IRE would not do what plan says,
+        what it would do instead, else "". ``ServiceNowError`` when it cannot be asked."""
+        payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
+        verdict = self._post(payload, query=True).get("items") or []
+        return [_disagreement(verdict, index_of[key], op) for _i, op, key in part]
 
     def _post(self, payload: dict[str, Any], query: bool = False) -> dict[str, Any]:
         try:
@@ -275,6 +260,20 @@ class IreWriter:
         for _op, key in writes:
             add(key)
         return {"items": items, "relations": relations}, index_of, carried
+
+
+def _disagreement(items: list, index: int, op: WriteOp) -> str:
+    """Where IRE's answer to ``op`` (from ``/query``) is not what plan says: what IRE would do, else ""."""
+    item = items[index] if index < len(items) and isinstance(items[index], dict) else {}
+    found = str(item.get("sysId") or "")
+    refused = _result(items, index, op).error if item.get("errors") else None
+    if op.method == "POST":
+        if refused:
+            return f"{refused}: it would not be created"
+        return f"IRE would update the CI {found} it identifies, rather than create one" if found not in ("", "Unknown") else ""
+    if found == op.sys_id:
+        return ""
+    return refused or (f"IRE would write {found}" if found not in ("", "Unknown") else "IRE would create a new CI")
 
 
 def _result(items: list, index: int, op: WriteOp) -> WriteResult:
