@@ -274,6 +274,11 @@ class WriteResult:
 
 
 class CmdbWriter(Protocol):
+    """Writes ops, results in their order. A writer that identifies CIs by the CIs they depend on (IRE,
+    ``servicenow/ire.py``) may also have ``waves(ops)`` (the order apply writes CIs in), ``relations_done``
+    (relations it made with the CIs) and ``identified`` (creates that found a CI there already); apply
+    reads them where they are, and a writer without them is written in one wave."""
+
     def write_many(self, ops: list[WriteOp]) -> list[WriteResult]: ...
 
 
