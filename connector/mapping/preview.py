@@ -29,6 +29,7 @@ class ClassPreview:
     tagged: int = 0  # CIs with at least one tag
     fields: list[str] = field(default_factory=list)  # every field its files map
     empty: Counter = field(default_factory=Counter)  # field -> CIs where it is empty
+    mapped: Counter = field(default_factory=Counter)  # field -> CIs whose mapping file maps it
     # (type, target class) -> [count, a CI's identity, the target identity it names]
     targets_not_found: dict[tuple[str, str], list] = field(default_factory=dict)
     # (type, target class) -> CIs whose identity template for it gave nothing (the relation is left out)
@@ -49,6 +50,8 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
     """The summary of ``mapped`` (``map_inventory(inventory, mappings)``), for ``tables`` (default: all)."""
     known = {(ci.table, ci.identity) for ci in mapped.cis}
     declared = {(m.table, m.source.name): [(r.type, r.to) for r in m.relations] for m in mappings.mappings.values()}
+    # a class fed by several files (one per AWS API) maps a field in some of them only
+    fields_of = {(m.table, m.source.name): list(m.fields) for m in mappings.mappings.values()}
     classes: dict[str, ClassPreview] = {}
     for table, variants in mappings.tables.items():
         if tables is None or table in tables:
@@ -60,7 +63,9 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
             continue
         summary.cis += 1
         summary.tagged += bool(ci.tags)
-        summary.empty.update(name for name in summary.fields if ci.fields.get(name) in (None, ""))
+        names = fields_of.get((ci.table, ci.scope[2]), summary.fields)
+        summary.mapped.update(names)
+        summary.empty.update(name for name in names if ci.fields.get(name) in (None, ""))
         for ref in ci.relations:
             summary.relations[ref.type] += 1
             if (ref.table, ref.identity) not in known:
@@ -88,10 +93,10 @@ def preview_lines(result: Preview) -> list[str]:
         if c.not_mapped:
             lines.append(f"  not mapped: {c.not_mapped} item(s), e.g. {c.first_problem}")
         if c.cis:
-            always = [name for name in c.fields if c.empty[name] == c.cis]
+            always = [name for name in c.fields if c.mapped[name] and c.empty[name] == c.mapped[name]]
             if always:
                 lines.append(f"  empty in every CI: {', '.join(always)} (a path or tag that matches nothing?)")
-            some = [f"{name} {c.empty[name]}/{c.cis}" for name in c.fields if 0 < c.empty[name] < c.cis]
+            some = [f"{name} {c.empty[name]}/{c.mapped[name]}" for name in c.fields if 0 < c.empty[name] < c.mapped[name]]
             if some:
                 lines.append(f"  empty in some CIs: {', '.join(some)}")
         for (kind, target), count in sorted(c.no_target.items()):

@@ -147,3 +147,20 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path):
     _out, err = process.communicate(timeout=60)
     assert process.returncode == 1
     assert err == b""
+
+
+def test_a_field_one_file_of_a_class_maps_is_not_counted_empty_in_the_cis_of_its_other_file(tmp_path):
+    """cmdb_ci_cloud_load_balancer is fed by two files (ELBv2 and classic ELB): a field that only the classic file
+    maps is no empty field of the ELBv2 load balancers."""
+    folder = edited_mappings(tmp_path, {"cmdb_ci_cloud_load_balancer.classic.toml": (
+        'type = { value = "classic" }', 'type = { value = "classic" }\ncomments = { value = "from the classic API" }')})
+    mappings = load_mappings(folder)
+    inventory = synthetic_inventory(accounts=1, regions=("us-east-1",), vpcs=0, subnets=0, instances=0)
+    inventory.records += [
+        Record("100000000000", "us-east-1", "elb:load_balancer", {"LoadBalancerName": "old", "DNSName": "old.elb"}),
+        Record("100000000000", "us-east-1", "elbv2:load_balancer", {
+            "LoadBalancerName": "new", "DNSName": "new.elb", "Type": "application",
+            "LoadBalancerArn": "arn:aws:elasticloadbalancing:us-east-1:100000000000:loadbalancer/app/new/1"})]
+    lines = preview_lines(preview(inventory, mappings, map_inventory(inventory, mappings), {"cmdb_ci_cloud_load_balancer"}))
+    assert lines[0].startswith("cmdb_ci_cloud_load_balancer: 2 CI(s)")
+    assert not any("comments" in line for line in lines), lines
