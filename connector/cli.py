@@ -119,6 +119,12 @@ def cmd_validate(args) -> int:
     print(f"config OK: {args.config or 'config.toml'}")
     tables = mappings.tables
     print(f"mappings OK: {len(mappings.mappings)} files, {len(tables)} classes: {', '.join(tables)}")
+    if settings.servicenow.writer == "ire":
+        from .servicenow.ire import mapping_warnings
+
+        found = mapping_warnings(tables)
+        print(f"writer: ire (CI writes through /api/now/identifyreconcile); {len(found)} warning(s)"
+              + "".join(f"\n  warning: {w}" for w in found))
     tagged = [table for table, variants in tables.items() if any(m.tags is not None for m in variants)]
     if settings.reconcile.tags:
         print(f"tags to cmdb_key_value (reconcile.tags = true) for {len(tagged)} classes: {', '.join(tagged) or 'none'}")

@@ -51,6 +51,30 @@ CIKey = tuple[str, str]  # (class, identity)
 RelationKey = tuple[str, CIKey, CIKey]  # (type, parent, child)
 
 
+# The class model's identification of the AWS classes (SERVICENOW.md): an account by account_id; any other
+# cloud CI by object_id, dependent on the CI it is "Hosted on" (or, a zone, "Contained by")
+ACCOUNT_CLASS = "cmdb_ci_cloud_service_account"
+
+
+def mapping_warnings(tables: dict[str, list]) -> list[str]:
+    """For ``validate`` with ``servicenow.writer = "ire"``: the classes (``MappingSet.tables``) whose files
+    leave out what IRE identifies the AWS classes by, so that their creates would fail
+    (``MISSING_MATCHING_ATTRIBUTES``, ``MISSING_DEPENDENCY``). An instance's own rules may differ: warnings."""
+    warnings = []
+    for table, variants in tables.items():
+        for mapping in variants:
+            needed = "account_id" if table == ACCOUNT_CLASS else "object_id"
+            if needed not in mapping.fields:
+                warnings.append(f"{mapping.file.name}: maps no {needed}, which IRE identifies {table} by: its "
+                                "creates would fail (MISSING_MATCHING_ATTRIBUTES)")
+            depends = any(DEPENDENCY_ENDS.get(rel.type) == rel.role for rel in mapping.relations)
+            if table != ACCOUNT_CLASS and not depends:
+                warnings.append(f"{mapping.file.name}: no [[relations]] \"Hosted on::Hosts\" (or \"Contains::Contained "
+                                f"by\" as child) to the CI that {table} is identified under, its datacenter: its creates "
+                                "would fail (MISSING_DEPENDENCY)")
+    return warnings
+
+
 def check_access(tables: TableClient, data_source: str) -> None:
     """Before anything is collected: may the user use the IRE API at all? An empty payload asked of
     ``/identifyreconcile/query`` (nothing is committed). Refused (403: no itil or asset role, or the API not

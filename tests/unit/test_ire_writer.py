@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import responses
 
+from connector.cli import main
+from connector.mapping.load import builtin_mappings_dir
 from connector.models import DesiredCI, RelationRef
 from connector.servicenow.client import TableClient
 from connector.servicenow.cmdb import TableApiWriter, WriteOp, create_ci_op, create_relation_op
@@ -171,3 +174,23 @@ def test_an_instance_that_refuses_a_payload_with_a_bad_item_as_a_whole_gets_each
         assert results[0].error is None and results[0].sys_id == "id-0"
         assert results[1].error.startswith("ServiceNow rejected the request: IRE: MISSING_DEPENDENCY: no datacenter")
         assert len(mocked.calls) == 3  # the pair, then each alone
+
+
+def test_validate_names_the_files_ire_could_not_identify_by(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "mappings"
+    shutil.copytree(builtin_mappings_dir(), folder)
+    network = folder / "cmdb_ci_network.toml"
+    network.write_text("\n".join(line for line in network.read_text().splitlines() if not line.startswith("object_id")))
+    instance = folder / "cmdb_ci_vm_instance.toml"
+    instance.write_text(instance.read_text().replace('type = "Hosted on::Hosts"', 'type = "Runs on::Runs"'))
+    config = tmp_path / "config.toml"
+    config.write_text(f'[servicenow]\ninstance_url = "http://127.0.0.1:9"\nusername = "u"\nwriter = "ire"\n'
+                      f'[reconcile]\nmappings_dir = "{folder}"\n')
+    monkeypatch.setenv("CMDB_AWS__EXTERNAL_ID", "xx-yy")
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD", "p")
+    assert main(["validate", "--config", str(config)]) == 0  # warnings: an instance's own rules may differ
+    out = capsys.readouterr().out
+    assert "writer: ire (CI writes through /api/now/identifyreconcile); 2 warning(s)" in out
+    assert ("  warning: cmdb_ci_network.toml: maps no object_id, which IRE identifies cmdb_ci_network by: its creates "
+            "would fail (MISSING_MATCHING_ATTRIBUTES)") in out
+    assert "  warning: cmdb_ci_vm_instance.toml: no [[relations]] \"Hosted on::Hosts\"" in out
