@@ -140,6 +140,8 @@ class IdentifyReconcile:
         self._fresh()  # the store is locked meanwhile
         self._rel_types = rel_types
         self._data_source = data_source
+        # index -> (insert?, the values to write), as _identify decided them: what _commit writes
+        self._writes: dict[int, tuple[bool, dict[str, str]]] = {}
         links = self._links(items, relations, rel_types, answers)
         if not data_source:
             for answer in answers:
@@ -173,11 +175,10 @@ class IdentifyReconcile:
         out_relations: list[dict[str, Any]] = []
         if commit and not failed:
             self._commit(items, answers, data_source, user)
-            out_relations = self._commit_relations(relations, rel_types, answers, data_source, user)
+            out_relations = self._commit_relations(relations, rel_types, answers, user)
             if self._version != -1:
                 self._version = self.store.version  # the lookups were kept current: still good
         for answer in answers:
-            answer.pop("_new", None)  # the stand-in's own mark, for _commit
             answer["errorCount"] = len(answer["errors"])
         return {"items": answers, "relations": out_relations, "additionalCommittedItems": [],
                 "additionalCommittedRelations": []}
@@ -275,14 +276,15 @@ class IdentifyReconcile:
             found = candidates[0] if candidates else None
         if found is None:
             answer["operation"] = "INSERT"
-            answer["sysId"] = "Unknown"
-            answer["_new"] = True
+            self._writes[index] = (True, values)
         else:
             answer["sysId"] = found["sys_id"]
             answer["identifierEntrySysId"] = rule.name
             values = self._reconciled(found["sys_class_name"], values, self._data_source)
             changed = any(found.get(k, "") != v for k, v in values.items() if k != "sys_class_name")
             answer["operation"] = "UPDATE" if changed else "NO_CHANGE"
+            if changed:
+                self._writes[index] = (False, values)
 
     def _related(self, sys_id: str, host: str, rule: Rule) -> bool:
         kind, _host_class, end = rule.depends_on or ("", "", "")
@@ -291,17 +293,16 @@ class IdentifyReconcile:
 
     # -- commit -----------------------------------------------------------------
     def _commit(self, items: list, answers: list, data_source: str, user: str) -> None:
-        for item, answer in zip(items, answers):
-            values = {k: "" if v is None else str(v) for k, v in item.get("values", {}).items()}
-            if answer.pop("_new", False):
+        for index, (item, answer) in enumerate(zip(items, answers)):
+            insert, values = self._writes.get(index, (False, None))
+            if insert:
                 record = self.store.insert(item["className"], {"discovery_source": data_source, **values}, user)
                 answer["sysId"] = record["sys_id"]
                 self._added(record)
-            elif answer["operation"] == "UPDATE":
+            elif values is not None:
                 record = self.store.get("cmdb_ci", answer["sysId"])
                 before = dict(record)
-                self.store.update("cmdb_ci", answer["sysId"],
-                                  self._reconciled(record["sys_class_name"], values, data_source), user)
+                self.store.update("cmdb_ci", answer["sysId"], values, user)
                 if any(before.get(a) != record.get(a) for _t, attributes in self._by_attributes for a in attributes):
                     self._version = -1  # a value a lookup is keyed by changed: made again for the next payload
             info = item.get("sys_object_source_info") or {}
@@ -319,7 +320,7 @@ class IdentifyReconcile:
         self._sources[key] = self.store.insert(SOURCE_TABLE, {"name": key[0], "id": key[1], "target_sys_id": sys_id,
                                                               "target_table": table, "last_scan": now}, user)
 
-    def _commit_relations(self, relations: list, rel_types: dict[str, str], answers: list, data_source: str,
+    def _commit_relations(self, relations: list, rel_types: dict[str, str], answers: list,
                           user: str) -> list[dict[str, Any]]:
         existing = self._relations
         out = []
