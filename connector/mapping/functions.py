@@ -39,6 +39,12 @@ def snow_string(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def snow_value(value: object) -> str:
+    """The one normalisation: ServiceNow's string form (``8`` is ``"8"``, ``True``
+    is ``"true"``), and absent or ``None`` compare equal to ``""``."""
+    return "" if value is None else (value if type(value) is str else snow_string(value))
+
+
 def _timestamp(value: Any) -> str | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = datetime.fromtimestamp(value, tz=timezone.utc)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..models import DesiredCI, Inventory
+from .functions import snow_value
 from .load import MappingSet
 from .transform import MapResult
 
@@ -118,7 +119,7 @@ def ci_row(ci: DesiredCI) -> dict[str, Any]:
     row: dict[str, Any] = {
         "class": ci.table, "identity": ci.identity,
         "account_id": account_id, "region": region, "source": source,
-        "fields": {name: "" if value is None else value for name, value in ci.fields.items()},
+        "fields": {name: snow_value(value) for name, value in ci.fields.items()},
         "relations": [{"type": r.type, "class": r.table, "identity": r.identity, "role": r.role} for r in ci.relations],
     }
     if ci.tags is not None:

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterable
 
 from ..arn import account_and_region
-from ..mapping.functions import SNOW_TIMESTAMP, all_strings, snow_string
+from ..mapping.functions import SNOW_TIMESTAMP, all_strings, snow_value  # snow_value: the one normalisation
 from ..mapping.schema import DEFAULT_RETIRE
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 from ..servicenow.cmdb import KV_TABLE  # a table's name, no client
@@ -31,12 +31,6 @@ LAST_DISCOVERED, FIRST_DISCOVERED = "last_discovered", "first_discovered"
 # resources replaced, is an everyday change.
 GUARD_FLOOR = 10
 CIKey = tuple[str, str]  # (table, identity)
-
-
-def snow_value(value: object) -> str:
-    """The one normalisation: ServiceNow's string form (``8`` is ``"8"``, ``True``
-    is ``"true"``), and absent or ``None`` compare equal to ``""``."""
-    return "" if value is None else (value if type(value) is str else snow_string(value))
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from typing import Any, Iterable
 from ..concurrency import map_in_order
 from ..errors import (AmbiguousWriteError, ServiceNowBadRequest, ServiceNowBadResponse, ServiceNowError,
                       ServiceNowNotFound, ServiceNowPermissionError)
-from ..mapping.functions import snow_string
+from ..mapping.functions import snow_value
 from ..models import DesiredCI
 from .cmdb import KV_TABLE, REL_TABLE, TableApiWriter, WriteOp, WriteResult
 from .client import TableClient
@@ -266,7 +266,7 @@ class IreWriter:
             if key in index_of:
                 return index_of[key]
             ci = self.cis[key]
-            values = {name: "" if value is None else snow_string(value) for name, value in ci.fields.items()}
+            values = {name: snow_value(value) for name, value in ci.fields.items()}
             values.update(written.get(key, {}))  # the op's own: stamps, discovery_source, cut values
             index_of[key] = len(items)
             items.append({"className": key[0], "values": values,
