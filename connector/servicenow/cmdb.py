@@ -263,7 +263,8 @@ class WriteOp:
     payload: dict[str, str] = field(default_factory=dict)
     match: dict[str, str] = field(default_factory=dict)
     # a create looked up by ``match`` first (its record may be there already): a relation or a tag of a CI
-    # that plan took for new but the instance's identification (IRE) found
+    # that plan took for new but the instance's identification (IRE) found; a record found gets the values of
+    # ``payload`` it lacks
     check_first: bool = False
 
 
@@ -341,7 +342,7 @@ class TableApiWriter:
                 pass  # already gone: the goal is met
             return op.sys_id
         if check_first:
-            found = self._lookup(op)
+            found = self._lookup(op, settle=op.check_first)  # not after a lost batch answer: ours, as sent
             if found:
                 return found
         try:
@@ -350,11 +351,18 @@ class TableApiWriter:
             log.warning("table %s: create answer lost (%s); checking before re-sending", op.table, exc.args[0])
             return self._lookup(op) or self.tables.create(op.table, op.payload)["sys_id"]
 
-    def _lookup(self, op: WriteOp) -> str | None:
+    def _lookup(self, op: WriteOp, settle: bool = False) -> str | None:
+        """The record a create would make, if it is there already: its sys_id. With ``settle``, a record
+        found (one the create did not make: a tag row of a CI that IRE identified) is given the create's
+        values it lacks, its value for one."""
         query = "^".join(f"{k}={v}" for k, v in op.match.items())
-        for row in self.tables.query(op.table, query, ["sys_id", *op.match]):
+        fields = list(dict.fromkeys(["sys_id", *op.match, *(op.payload if settle else ())]))
+        for row in self.tables.query(op.table, query, fields):
             # Re-check in code: ServiceNow drops conditions it does not understand.
             if all(_ref(row.get(k)) == v for k, v in op.match.items()):
+                stale = {k: v for k, v in op.payload.items() if k not in op.match and _ref(row.get(k)) != v}
+                if settle and stale:
+                    self.tables.update(op.table, row["sys_id"], stale)
                 return row["sys_id"]
         return None
 

@@ -23,11 +23,11 @@ def world(tmp_path):
         org = seed_organization(aws.moto_url, ["alpha"], REGIONS, RegionPlan(vpcs=1, subnets_per_vpc=2,
                                                                              instances_per_subnet=2))
 
-        def config(writer: str, batch_size: int = 20):
+        def config(writer: str, batch_size: int = 20, tags: bool = False):
             path = tmp_path / f"{writer}.toml"
             path.write_text(f'[aws]\nregions = {json.dumps(REGIONS)}\n\n[servicenow]\ninstance_url = "{sn.url}"\n'
                             f'username = "svc_cmdb"\nwriter = "{writer}"\nbatch_size = {batch_size}\n\n'
-                            '[report]\noutput_dir = "reports"\n')
+                            f'[reconcile]\ntags = {str(tags).lower()}\n\n[report]\noutput_dir = "reports"\n')
             return path
 
         yield aws, sn, org, config
@@ -153,6 +153,33 @@ def test_plan_says_when_ire_would_update_a_ci_it_identifies_rather_than_create_o
     assert made["sys_id"] == theirs["sys_id"]  # IRE's CI, as plan said
     (row,) = [r for r in sn.store.rows("cmdb_ci_vm_instance") if r["object_id"] == theirs["object_id"]]
     assert row["correlation_id"] == arn
+    no_duplicates(sn)
+
+
+def test_a_tag_row_on_the_ci_ire_identifies_gets_the_resources_value_in_the_same_run(world):
+    """The other source's CI holds a row for the tag the resource has, with another value: the run that plan
+    took for a create finds that row (no second one) and gives it the resource's value, so that the next run
+    writes nothing."""
+    aws, sn, _org, config = world
+    assert run_cli(aws.url, config("ire", 20, tags=True), "run")[0] == 0
+    theirs = sn.store.rows("cmdb_ci_vm_instance")[0]
+    for row in list(sn.store.rows("sys_object_source")):
+        if row["target_sys_id"] == theirs["sys_id"]:
+            sn.store.delete("sys_object_source", row["sys_id"])
+    sn.store.update("cmdb_ci", theirs["sys_id"], {"correlation_id": "other-tool-key-1", "discovery_source": "ServiceNow"},
+                    "other")
+    (tag,) = [r for r in sn.store.rows("cmdb_key_value") if r["configuration_item"] == theirs["sys_id"]]
+    ours = tag["value"]
+    sn.store.update("cmdb_key_value", tag["sys_id"], {"value": "set by the other tool"}, "other")
+    code, report, output = run_cli(aws.url, config("ire", 20, tags=True), "run", "--force")
+    assert code == 0, output
+    (made,) = [c for c in report["changes"] if c["table"] == "cmdb_key_value" and c["action"] == "create"]
+    assert made["sys_id"] == tag["sys_id"]
+    (row,) = [r for r in sn.store.rows("cmdb_key_value") if r["configuration_item"] == theirs["sys_id"]]
+    assert row["value"] == ours
+    sn.stats.clear()
+    assert run_cli(aws.url, config("ire", 20, tags=True), "run")[0] == 0
+    assert writes(sn) == Counter()
     no_duplicates(sn)
 
 
