@@ -14,6 +14,8 @@ SKIPPED = "skipped"
 SCOPE_STATUSES = (OK, DENIED, THROTTLED, ERROR, SKIPPED)
 
 GLOBAL_REGION = "global"
+# The source kinds read from the Organization's structure, once per run, not per account
+ORGANIZATION_KINDS = ("organization", "organizational_unit")
 
 
 @dataclass(frozen=True)
@@ -24,6 +26,21 @@ class Account:
     error: str | None = None
     # The raw Organizations item (or a minimal one for an explicit list).
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class OrganizationTree:
+    """The Organization's structure, for the mapping files of kind "organization" and
+    "organizational_unit": the Organization (with its roots) and every OU (with its parent). The
+    accounts' parents are on their items. It belongs to the management account's scope."""
+
+    management_account: str
+    organization: dict[str, Any]
+    units: list[dict[str, Any]]
+    # account id -> its parent ({Id, Type, Arn}), put on the account's item
+    parents: dict[str, dict[str, str]] = field(default_factory=dict)
+    # why it was not read (the walk was refused or failed: status, reason); None when it was
+    failure: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)
@@ -83,6 +100,8 @@ class DesiredCI:
     scope: tuple[str, str, str]
     # key -> value for cmdb_key_value; None when its tags are not managed
     tags: dict[str, str] | None = None
+    # (relation type, other table) of the relations this CI's item could not tell: the CMDB's are kept
+    unknown_relations: frozenset[tuple[str, str]] = frozenset()
 
 
 # The CMDB's records are read by the ten thousand: named tuples, which are as

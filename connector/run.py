@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .aws.collect import collect_inventory
 from .aws.operations import check_operations
-from .aws.targets import open_account_sessions, open_session_pool, target_accounts
+from .aws.targets import find_targets, open_account_sessions, open_session_pool
 from .errors import (
     ConfigError,
     ConnectorError,
@@ -33,7 +33,8 @@ from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
-from .models import (DENIED, ERROR, OK, SKIPPED, THROTTLED, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation,
+from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, DesiredCI, ExistingCI,
+                     ExistingKeyValue, ExistingRelation,
                      Inventory)
 from .reconcile.apply import ApplyResult, apply_plan, predict_with
 from .reconcile.plan import CREATE, PlanOptions, TablePolicy, plan_changes
@@ -95,10 +96,13 @@ def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int,
     """accounts -> sessions -> collect."""
     check_operations(mappings)  # before the first AWS call: a misspelled operation is the mapping's error
     pool = open_session_pool(settings)
-    accounts = open_account_sessions(pool, target_accounts(settings, pool, shard), settings.aws.max_workers)
+    tree = any(source.kind in ORGANIZATION_KINDS for source in mappings.sources.values())
+    targets = find_targets(settings, pool, shard, tree=tree)
+    accounts = open_account_sessions(pool, targets.accounts, settings.aws.max_workers)
     return collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
         settings.aws.max_workers, settings.aws.max_workers_per_account, tags=settings.reconcile.tags,
+        organization=targets.organization,
     )
 
 
@@ -267,10 +271,12 @@ NOTHING_COLLECTED = "nothing was collected: no scope of any targeted account was
 def nothing_collected(inventory: Inventory) -> bool:
     """Was there something to collect, and not one scope of it collected (every account denied, say: an
     ExternalId changed on one side only)? Then the run failed: nothing was learnt, nothing written. Skipped
-    accounts and scopes (suspended, a region not enabled) were nothing to collect."""
+    accounts and scopes (suspended, a region not enabled) were nothing to collect. The Organization's
+    structure, read without any account's role, is none of an account's scopes."""
     to_collect = any(a.status in NOT_COLLECTED for a in inventory.accounts) or any(
         s.status != SKIPPED for s in inventory.scopes)
-    return to_collect and not any(s.status == OK for s in inventory.scopes)
+    reached = {a.account_id for a in inventory.accounts if a.status == OK}
+    return to_collect and not any(s.status == OK and s.account_id in reached for s in inventory.scopes)
 
 
 def exit_code_for(inventory: Inventory, mapped: MapResult, applied: ApplyResult | None,
@@ -301,6 +307,10 @@ class _Stopped(Exception):
     def __init__(self, stage: str):
         super().__init__(stage)
         self.stage = stage
+
+
+class _NothingCollected(Exception):
+    """Not one scope of a targeted account was collected: the run plans and writes nothing."""
 
 
 def _stop_before(stage: str) -> None:
@@ -346,6 +356,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             _check_servicenow(reader, sn, tables[0])
             with clock.stage("collect"):
                 inventory = collect_from_aws(settings, mappings, shard)
+        if nothing_collected(inventory):
+            # nothing planned: not even the Organization's structure (read without any account's role) is written
+            raise _NothingCollected()
         _stop_before("map")
         with clock.stage("map"):
             mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
@@ -381,9 +394,10 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied, cmdb.unread)
         if stop_requested():
             errors.append("interrupted by a stop signal: writes not yet started were left for the next run")
-        elif nothing_collected(inventory):
-            errors.append(f"{NOTHING_COLLECTED} (see the accounts and scopes), so no CI was written or retired")
-            log.error("%s", errors[-1])
+    except _NothingCollected:
+        errors.append(f"{NOTHING_COLLECTED} (see the accounts and scopes), so no CI was written or retired")
+        log.error("%s", errors[-1])
+        exit_code = EXIT_FAILED
     except _Stopped as stop:
         errors.append(f"interrupted by a stop signal before {stop.stage}: nothing was written; the next run does "
                       "it all")

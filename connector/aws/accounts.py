@@ -13,7 +13,8 @@ from typing import Any, Callable
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..errors import ConnectorError
-from ..models import OK, SKIPPED, Account
+from ..models import OK, SKIPPED, Account, OrganizationTree
+from .sessions import classify_error
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,39 @@ def list_organization_accounts(client, organizational_units: list[str], where: s
     org = {k: organization.get(k) for k in ("Id", "Arn", "MasterAccountId") if organization.get(k)}
     unique = {item["Id"]: {**item, "Organization": org} for item in raw}
     return [unique[k] for k in sorted(unique)]
+
+
+def walk_organization(client, where: str, management_account: str) -> OrganizationTree:
+    """The Organization's tree, root first: the Organization (with its roots), every OU with its
+    ``Parent`` ({Id, Type: ROOT | ORGANIZATIONAL_UNIT, Arn}), and each account's parent in
+    ``parents``. Two listings per node (its accounts, its OUs), as many pages as they take.
+
+    A refusal or a failure is kept in ``failure``, not raised: the run goes on without the tree, and
+    nothing that depends on it is retired or deleted (see ``known_when`` in the account's mapping).
+    """
+    try:
+        organization = client.describe_organization().get("Organization", {})
+        roots = _paginate(client, "list_roots", "Roots")
+        summary = {k: organization.get(k) for k in ("Id", "Arn", "MasterAccountId") if organization.get(k)}
+        units: list[dict[str, Any]] = []
+        parents: dict[str, dict[str, str]] = {}
+        pending = [(root, "ROOT", root["Id"]) for root in roots]
+        while pending:
+            node, kind, root_id = pending.pop(0)
+            parent = {"Id": node["Id"], "Type": kind, "Arn": node.get("Arn", "")}
+            for account in _paginate(client, "list_accounts_for_parent", "Accounts", ParentId=node["Id"]):
+                parents[account["Id"]] = parent
+            for unit in _paginate(client, "list_organizational_units_for_parent", "OrganizationalUnits",
+                                  ParentId=node["Id"]):
+                units.append({**unit, "Parent": parent, "RootId": root_id, "Organization": summary})
+                pending.append((unit, "ORGANIZATIONAL_UNIT", root_id))
+    except (ClientError, BotoCoreError) as exc:
+        status, reason = classify_error(exc)
+        log.warning("organization: cannot read its OUs through %s: %s", where, reason)
+        return OrganizationTree(management_account, {}, [], failure=(status, f"cannot read the Organization's "
+                                                                              f"OUs through {where}: {reason}"))
+    return OrganizationTree(management_account, {**organization, "Roots": roots},
+                            sorted(units, key=lambda u: u["Id"]), parents=parents)
 
 
 def discover_accounts(

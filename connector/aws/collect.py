@@ -21,7 +21,8 @@ from botocore.exceptions import ClientError
 from ..concurrency import map_in_order
 from ..mapping.load import CompiledDetail, CompiledSource
 from ..progress import bar
-from ..models import ERROR, GLOBAL_REGION, OK, SKIPPED, Account, Inventory, Record, Scope
+from ..models import (ERROR, GLOBAL_REGION, OK, ORGANIZATION_KINDS, SKIPPED, Account, Inventory, OrganizationTree,
+                      Record, Scope)
 from ..ops import stop_requested
 from .sessions import SessionPool, classify_error
 
@@ -204,12 +205,16 @@ def collect_inventory(
     max_workers: int,
     max_per_account: int,
     tags: bool = False,
+    organization: OrganizationTree | None = None,
 ) -> Inventory:
     """accounts (already opened in ``pool``) -> the inventory of every unit.
 
-    With ``tags``, the sources whose items carry no tags call for them, per item.
+    With ``tags``, the sources whose items carry no tags call for them, per item. The sources of the
+    Organization's structure get ``organization``'s items (the accounts stage read them).
     """
     inventory = Inventory(accounts=list(accounts))
+    _record_organization(organization, [s for s in sources.values() if s.kind in ORGANIZATION_KINDS], inventory)
+    sources = {name: s for name, s in sources.items() if s.kind not in ORGANIZATION_KINDS}
     reachable = [a for a in accounts if a.status == OK]
     if "all" in regions:
         pool.warm({"ec2"})
@@ -234,6 +239,22 @@ def collect_inventory(
             inventory.records.extend(records)
             progress.advance(1, scope.status)
     return inventory
+
+
+def _record_organization(tree: OrganizationTree | None, sources: list[CompiledSource], inventory: Inventory) -> None:
+    """The Organization and its OUs, in the management account's global scope. Without the tree (the
+    accounts are listed in aws.accounts, or another shard has the management account) nothing: no scope
+    collected, so none of their CIs is retired."""
+    if tree is None:
+        return
+    for source in sources:
+        if tree.failure is not None:
+            inventory.scopes.append(Scope(tree.management_account, GLOBAL_REGION, source.name, *tree.failure))
+            continue
+        inventory.scopes.append(Scope(tree.management_account, GLOBAL_REGION, source.name))
+        items = [tree.organization] if source.kind == "organization" else tree.units
+        inventory.records.extend(Record(tree.management_account, GLOBAL_REGION, source.name, jsonable(item))
+                                 for item in items)
 
 
 def _account_units(account: Account, regions: list[str], sources: dict[str, CompiledSource],

@@ -7,15 +7,21 @@ sessions (one assumed role per account, opened now so a refusal is known).
 from __future__ import annotations
 
 import hashlib
+import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import cache
+from typing import NamedTuple
 
 import boto3
 
 from ..errors import ConnectorError, UsageError
-from ..models import OK, Account
+from ..models import OK, Account, OrganizationTree
 from ..settings import Settings
-from .accounts import discover_accounts
+from .accounts import discover_accounts, walk_organization
 from .sessions import RoleSettings, SessionPool
+
+log = logging.getLogger(__name__)
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -53,9 +59,24 @@ def open_session_pool(settings: Settings) -> SessionPool:
     return SessionPool(boto3.Session(), role, regions[0] if regions else "us-east-1")
 
 
+class Targets(NamedTuple):
+    accounts: list[Account]
+    # the Organization's tree, when asked for and in this shard (the management account's); None
+    # when the accounts are listed in aws.accounts: the Organization is then not read
+    organization: OrganizationTree | None = None
+
+
 def target_accounts(settings: Settings, pool: SessionPool, shard: tuple[int, int] | None = None) -> list[Account]:
+    return find_targets(settings, pool, shard).accounts
+
+
+def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] | None = None,
+                 tree: bool = False) -> Targets:
+    """The accounts of this run; with ``tree`` (a mapping file of the Organization's structure), the
+    Organization's OUs too, and each account's parent on its item (``Parent``)."""
     aws = settings.aws
 
+    @cache
     def org_client():
         if aws.organization_account_id:
             status, reason = pool.open(aws.organization_account_id)
@@ -70,7 +91,20 @@ def target_accounts(settings: Settings, pool: SessionPool, shard: tuple[int, int
         return client, "the base credentials"
 
     accounts = discover_accounts(aws.accounts, aws.exclude_accounts, aws.organizational_units, org_client)
-    return [a for a in accounts if in_shard(a.account_id, shard)]
+    organization = None
+    if tree and aws.accounts:
+        log.info("accounts: listed in aws.accounts, so the Organization's OUs are not read: its CIs and each "
+                 "account's relations to them are left as they are")
+    elif tree:
+        management = next((a.raw["Organization"]["MasterAccountId"] for a in accounts
+                           if a.raw.get("Organization", {}).get("MasterAccountId")), None)
+        if management:
+            organization = walk_organization(*org_client(), management_account=management)
+            accounts = [replace(a, raw={**a.raw, "Parent": organization.parents[a.account_id]})
+                        if a.account_id in organization.parents else a for a in accounts]
+            if not in_shard(management, shard):
+                organization = None  # the management account's shard has it
+    return Targets([a for a in accounts if in_shard(a.account_id, shard)], organization)
 
 
 def open_account_sessions(pool: SessionPool, accounts: list[Account], workers: int = 16) -> list[Account]:

@@ -70,6 +70,7 @@ class CompiledRelation:
     to: str
     role: str
     identity: Evaluator
+    known_when: Callable[[Any], Any] | None = None  # finds nothing: the item's relations of this kind are unknown
 
 
 # Where collection keeps the answer of a per-item tags call (AWS names are never
@@ -221,7 +222,8 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
     source = compiled("source", lambda: _compile_source(spec.source, spec.tags))
     fields = {name: compiled(f"fields.{name}", lambda v=value: compile_field(v)) for name, value in spec.fields.items()}
     relations = tuple(
-        CompiledRelation(rel.type, rel.to, rel.role, compiled(f"relations[{i}].identity", lambda r=rel: compile_field(r.identity)))
+        CompiledRelation(rel.type, rel.to, rel.role, compiled(f"relations[{i}].identity", lambda r=rel: compile_field(r.identity)),
+                         None if rel.known_when is None else compile_path(rel.known_when))
         for i, rel in enumerate(spec.relations)
     )
     if source is None or None in fields.values() or any(r.identity is None for r in relations):

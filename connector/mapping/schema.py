@@ -77,10 +77,13 @@ class SourceSpec(_Strict):
     region (scope = "regional") or per account (scope = "global").
     kind = "account": the account itself, from Organizations or the config.
     kind = "region": each collected region of each account.
+    kind = "organization": the Organization (describe_organization, with its ``Roots``), and
+    kind = "organizational_unit": each of its OUs, with ``Parent`` (Id, Type, Arn) and ``RootId``:
+    read once per run through the account that lists the accounts, when they come from Organizations.
     """
 
     name: str = Field(pattern=r"^[a-z0-9-]+:[a-z0-9_-]+$")
-    kind: Literal["api", "account", "region"] = "api"
+    kind: Literal["api", "account", "region", "organization", "organizational_unit"] = "api"
     service: str | None = None
     operation: str | None = None
     params: dict[str, Any] = Field(default_factory=dict)
@@ -112,6 +115,16 @@ class RelationSpec(_Strict):
     identity: FieldValue
     # Whether the CI of this file is the parent ("Hosted on") or the child.
     role: Literal["parent", "child"] = "parent"
+    # JMESPath over the item: when it finds nothing, the item does not tell which relations of this kind
+    # its CI has (an account listed in aws.accounts, whose place in the Organization was not read): the
+    # ones in the CMDB are kept, none deleted. Without it, an identity that builds nothing means none.
+    known_when: str | None = None
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "RelationSpec":
+        if self.known_when is not None:
+            compile_path(self.known_when)
+        return self
 
 
 class TagsSpec(_Strict):

@@ -34,7 +34,11 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
     if not identity:
         raise ValueError(f"{mapping.identity_field} is empty for item {mapping.source.id(item)!r}")
     relations = []
+    unknown = []
     for rel in mapping.relations:
+        if rel.known_when is not None and rel.known_when(item) in (None, "", [], {}):
+            unknown.append((rel.type, rel.to))
+            continue
         target = rel.identity(item, ctx)
         if target:
             relations.append(RelationRef(type=rel.type, table=rel.to, identity=target, role=rel.role))
@@ -45,6 +49,7 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
         relations=tuple(relations),
         scope=(record.account_id, record.region, record.source),
         tags=mapping.tags(item) if tags and mapping.tags is not None else None,
+        unknown_relations=frozenset(unknown),
     )
 
 

@@ -582,6 +582,8 @@ def _plan_relations(
     held = plan.held
     # the CIs whose relations are all known now; a held CI's are not: none of them is deleted
     desired_numbers = {me for ci, me in zip(desired, mine) if not held or (ci.table, ci.identity) not in held}
+    # (type, other table) of the relations a CI's item could not tell (a mapping's known_when): kept
+    unknown = {me: ci.unknown_relations for ci, me in zip(desired, mine) if ci.unknown_relations}
     for key in plan.sys_ids:
         number.setdefault(key, len(number))
     keys = list(number)  # number -> key
@@ -627,7 +629,9 @@ def _plan_relations(
             unchanged += 1
             continue
         declarer = _declarer(keys[parent], keys[child], name, policies)
-        if number.get(declarer) in desired_numbers:
+        by = number.get(declarer)
+        if by in desired_numbers and not (unknown and (name, keys[child if by == parent else parent][0])
+                                          in unknown.get(by, ())):
             deletes[(declarer[0], name)].append(RelationChange("delete", name, keys[parent], keys[child], rel.sys_id))
     plan.relations_unchanged += unchanged
     if deletes:

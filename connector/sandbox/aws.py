@@ -308,6 +308,7 @@ class SeededOrg:
     accounts: dict[str, str] = field(default_factory=dict)  # name -> account id
     # (account, region) -> instance ids
     instances: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    units: dict[str, str] = field(default_factory=dict)  # OU path ("workloads/prod") -> OU id
 
 
 def _client(service: str, endpoint: str, region: str, credentials: dict[str, str] | None = None):
@@ -335,8 +336,10 @@ def seed_organization(
     member_names: list[str],
     regions: list[str],
     plan: RegionPlan | None = None,
+    units: dict[str, str] | None = None,
 ) -> SeededOrg:
-    """An Organization with the management account and one member per name."""
+    """An Organization with the management account and one member per name; ``units`` puts members
+    in OUs: member name -> OU path ("workloads/prod": the OU prod in the OU workloads), made as needed."""
     plan = plan or RegionPlan()
     org = _client("organizations", endpoint, "us-east-1")
     org.create_organization(FeatureSet="ALL")
@@ -345,6 +348,15 @@ def seed_organization(
     for name in member_names:
         status = org.create_account(Email=f"{name}@example.com", AccountName=name)["CreateAccountStatus"]
         seeded.accounts[name] = status["AccountId"]
+    root = org.list_roots()["Roots"][0]["Id"]
+    for name, path in (units or {}).items():
+        parent = root
+        for depth, unit in enumerate(path.split("/"), 1):
+            key = "/".join(path.split("/")[:depth])
+            if key not in seeded.units:
+                seeded.units[key] = org.create_organizational_unit(ParentId=parent, Name=unit)["OrganizationalUnit"]["Id"]
+            parent = seeded.units[key]
+        org.move_account(AccountId=seeded.accounts[name], SourceParentId=root, DestinationParentId=parent)
     for name, account_id in seeded.accounts.items():
         creds = account_credentials(endpoint, account_id)
         for region in regions:

@@ -18,6 +18,7 @@ from .aws import FAKE_KEYS, AwsSandbox, RegionPlan, SeededOrg, seed_organization
 from .servicenow import ServiceNowStandIn
 
 DEMO_MEMBERS = ["prod", "dev", "shared-services"]
+DEMO_UNITS = {"prod": "workloads/production", "dev": "workloads/development", "shared-services": "infrastructure"}
 DEMO_REGIONS = ["us-east-1", "eu-west-1"]
 DEMO_USER = "cmdb-connector"
 
@@ -64,6 +65,7 @@ def sandboxes(members: list[str] | None = None, regions: list[str] | None = None
     password = secrets.token_urlsafe(12)
     with AwsSandbox(external_id=external_id) as aws, \
             ServiceNowStandIn(users={DEMO_USER: password}, db_path=db_path) as sn:
-        org = seed_organization(aws.moto_url, members or DEMO_MEMBERS, regions or DEMO_REGIONS, RegionPlan(services=True))
+        org = seed_organization(aws.moto_url, members or DEMO_MEMBERS, regions or DEMO_REGIONS, RegionPlan(services=True),
+                                units=DEMO_UNITS if members is None else None)
         point_aws_at(aws.url)
         yield Sandboxes(aws, sn, org, external_id, password)

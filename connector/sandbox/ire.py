@@ -7,6 +7,8 @@ As SERVICENOW.md has it for the AWS classes:
   through "Hosted on::Hosts" (the datacenter is the parent);
 - an availability zone by ``object_id``, contained by its datacenter
   ("Contains::Contained by", the datacenter is the parent);
+- the Organization (``cmdb_ci_cloud_org``) and an OU (``cmdb_ci_aws_org_unit``)
+  by ``object_id``, on their own (SERVICENOW.md does not say: an assumption);
 - any other CI by ``object_id``, and it depends on its datacenter through
   "Hosted on::Hosts".
 
@@ -54,6 +56,7 @@ DATACENTER_RULE = Rule("Logical Datacenter", ("object_id", "region"),
                        (HOSTED_ON, "cmdb_ci_cloud_service_account", "parent"))
 ZONE_RULE = Rule("Availability Zone", ("object_id",), (CONTAINS, "cmdb_ci_logical_datacenter", "child"))
 CLOUD_RULE = Rule("Cloud Resource", ("object_id",), (HOSTED_ON, "cmdb_ci_logical_datacenter", "parent"))
+ORGANIZATION_RULE = Rule("Cloud Organization", ("object_id",), None)
 
 
 def rule_for(table: str) -> Rule:
@@ -64,6 +67,8 @@ def rule_for(table: str) -> Rule:
         return DATACENTER_RULE
     if "cmdb_ci_availability_zone" in line:
         return ZONE_RULE
+    if "cmdb_ci_cloud_org" in line or "cmdb_ci_aws_org_unit" in line:
+        return ORGANIZATION_RULE
     return CLOUD_RULE
 
 

@@ -23,8 +23,8 @@ CI_FIELDS = (
 # table -> (parent table, own fields)
 TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "cmdb_ci": (None, CI_FIELDS),
-    "cmdb_ci_cloud_org": ("cmdb_ci", ("org_id",)),
-    "cmdb_ci_aws_org_unit": ("cmdb_ci", ("ou_id",)),
+    "cmdb_ci_cloud_org": ("cmdb_ci", ("master_email", "root_id")),
+    "cmdb_ci_aws_org_unit": ("cmdb_ci", ("aws_org_id", "org_unit_parent_id", "root_id")),
     "cmdb_ci_cloud_service_account": ("cmdb_ci", ("account_id", "is_master_account", "organization_id", "datacenter_type")),
     "cmdb_ci_logical_datacenter": ("cmdb_ci", ("region",)),
     "cmdb_ci_aws_datacenter": ("cmdb_ci_logical_datacenter", ()),

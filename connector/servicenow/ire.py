@@ -52,8 +52,10 @@ RelationKey = tuple[str, CIKey, CIKey]  # (type, parent, child)
 
 
 # The class model's identification of the AWS classes (SERVICENOW.md): an account by account_id; any other
-# cloud CI by object_id, dependent on the CI it is "Hosted on" (or, a zone, "Contained by")
+# cloud CI by object_id, dependent on the CI it is "Hosted on" (or, a zone, "Contained by"). The
+# Organization and its OUs stand alone, by object_id (the stand-in's assumption: SERVICENOW.md is silent).
 ACCOUNT_CLASS = "cmdb_ci_cloud_service_account"
+INDEPENDENT = {ACCOUNT_CLASS: "account_id", "cmdb_ci_cloud_org": "object_id", "cmdb_ci_aws_org_unit": "object_id"}
 
 
 def mapping_warnings(tables: dict[str, list]) -> list[str]:
@@ -63,12 +65,12 @@ def mapping_warnings(tables: dict[str, list]) -> list[str]:
     warnings = []
     for table, variants in tables.items():
         for mapping in variants:
-            needed = "account_id" if table == ACCOUNT_CLASS else "object_id"
+            needed = INDEPENDENT.get(table, "object_id")
             if needed not in mapping.fields:
                 warnings.append(f"{mapping.file.name}: maps no {needed}, which IRE identifies {table} by: its "
                                 "creates would fail (MISSING_MATCHING_ATTRIBUTES)")
             depends = any(DEPENDENCY_ENDS.get(rel.type) == rel.role for rel in mapping.relations)
-            if table != ACCOUNT_CLASS and not depends:
+            if table not in INDEPENDENT and not depends:
                 warnings.append(f"{mapping.file.name}: no [[relations]] \"Hosted on::Hosts\" (or \"Contains::Contained "
                                 f"by\" as child) to the CI that {table} is identified under, its datacenter: its creates "
                                 "would fail (MISSING_DEPENDENCY)")

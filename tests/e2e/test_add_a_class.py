@@ -50,7 +50,7 @@ def test_adding_a_class_as_the_readme_says(tmp_path):
         # 5. validate
         checked = cli("validate")
         assert checked.returncode == 0, checked.stderr
-        assert "cmdb_ci_key_pair" in checked.stdout and "16 classes" in checked.stdout
+        assert "cmdb_ci_key_pair" in checked.stdout and "18 classes" in checked.stdout
         # 6. collect once, then map the saved inventory, offline
         assert cli("collect", "--output", "inventory.jsonl").returncode == 0
         assert sn.writes() == 0

@@ -72,7 +72,9 @@ def cis(sn: ServiceNowStandIn, table: str = "cmdb_ci") -> list[dict]:
 
 
 def of_account(rows: list[dict], account: str) -> list[dict]:
-    return [r for r in rows if f":{account}:" in r["correlation_id"]]
+    """The CIs of an account's resources (the Organization and its OUs, in the management account's
+    scope, are tested in test_organization.py)."""
+    return [r for r in rows if f":{account}:" in r["correlation_id"] and ":organizations::" not in r["correlation_id"]]
 
 
 def by_key(rows: list[dict]) -> dict[str, dict]:

@@ -101,6 +101,10 @@ def test_exit_codes():
     # nothing collected at all (every account denied, or every scope throttled): not partial, failed
     denied = Inventory(accounts=[Account("1", "a", "denied", "AccessDenied")])
     assert exit_code_for(denied, MapResult(), None) == EXIT_FAILED
+    # the Organization's structure read (without any account's role), and still no account: failed
+    structure_only = Inventory(accounts=[Account("1", "a", "denied", "AccessDenied")],
+                               scopes=[Scope("1", "global", "organizations:organizational_unit", OK)])
+    assert exit_code_for(structure_only, MapResult(), None) == EXIT_FAILED
     all_throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled")] * 2)
     assert exit_code_for(all_throttled, MapResult(), None) == EXIT_FAILED
     assert exit_code_for(Inventory(), MapResult(), None) == EXIT_OK  # no account targeted (an empty shard)

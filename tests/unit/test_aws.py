@@ -8,7 +8,8 @@ from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from connector.aws.accounts import OrganizationsError, account_state, discover_accounts, list_organization_accounts
+from connector.aws.accounts import (OrganizationsError, account_state, discover_accounts, list_organization_accounts,
+                                    walk_organization)
 from connector.aws.collect import collect_inventory, fetch_items
 from connector.aws.sessions import RoleSettings, SessionPool
 from connector.mapping.load import load_mappings
@@ -50,6 +51,60 @@ def test_organizational_units_are_walked_recursively(org):
     client.move_account(AccountId=ids["prod"], SourceParentId=root, DestinationParentId=nested)
     accounts = discover_accounts([], [], [top], lambda: (client, "x"))
     assert [a.account_id for a in accounts] == [ids["prod"]]
+
+
+def test_the_organizations_tree_gives_every_ou_with_its_parent_and_each_accounts_parent(org):
+    client, ids = org
+    root = client.list_roots()["Roots"][0]
+    top = client.create_organizational_unit(ParentId=root["Id"], Name="workloads")["OrganizationalUnit"]
+    nested = client.create_organizational_unit(ParentId=top["Id"], Name="prod")["OrganizationalUnit"]
+    client.move_account(AccountId=ids["prod"], SourceParentId=root["Id"], DestinationParentId=nested["Id"])
+    tree = walk_organization(client, "x", "123456789012")
+    assert tree.failure is None and tree.management_account == "123456789012"
+    assert tree.organization["Id"] == client.describe_organization()["Organization"]["Id"]
+    assert tree.organization["Roots"][0]["Id"] == root["Id"]
+    units = {u["Name"]: u for u in tree.units}
+    assert units["workloads"]["Parent"] == {"Id": root["Id"], "Type": "ROOT", "Arn": root["Arn"]}
+    assert units["prod"]["Parent"] == {"Id": top["Id"], "Type": "ORGANIZATIONAL_UNIT", "Arn": top["Arn"]}
+    assert units["prod"]["RootId"] == root["Id"] and units["prod"]["Organization"]["MasterAccountId"] == "123456789012"
+    assert tree.parents[ids["prod"]]["Id"] == nested["Id"]
+    assert tree.parents[ids["dev"]]["Type"] == "ROOT" and tree.parents["123456789012"]["Type"] == "ROOT"
+
+
+@pytest.mark.parametrize("code, status", [("AccessDeniedException", "denied"), ("TooManyRequestsException", "throttled")])
+def test_a_tree_that_cannot_be_read_is_a_failure_kept_not_raised(code, status):
+    client = _org_client()
+    with Stubber(client) as stub:
+        stub.add_response("describe_organization", {"Organization": {"Id": "o-1", "MasterAccountId": "111111111111"}})
+        stub.add_client_error("list_roots", service_error_code=code, http_status_code=400)
+        tree = walk_organization(client, "CMDBReadRole in account 111111111111", "111111111111")
+    assert tree.units == [] and tree.parents == {}
+    assert tree.failure[0] == status
+    assert code in tree.failure[1] and "CMDBReadRole in account 111111111111" in tree.failure[1]
+
+
+def test_the_tree_goes_to_the_management_accounts_scope_and_a_failed_walk_is_that_scope_failed():
+    from connector.aws.collect import _record_organization
+    from connector.mapping.load import load_mappings
+    from connector.models import Inventory, OrganizationTree
+
+    sources = [s for s in load_mappings().sources.values() if s.kind in ("organization", "organizational_unit")]
+    inventory = Inventory()
+    _record_organization(OrganizationTree("111111111111", {"Id": "o-1"}, [{"Id": "ou-1"}, {"Id": "ou-2"}]), sources,
+                         inventory)
+    assert sorted((s.account_id, s.region, s.source, s.status) for s in inventory.scopes) == [
+        ("111111111111", "global", "organizations:organization", OK),
+        ("111111111111", "global", "organizations:organizational_unit", OK)]
+    assert sorted((r.source, r.resource["Id"]) for r in inventory.records) == [
+        ("organizations:organization", "o-1"), ("organizations:organizational_unit", "ou-1"),
+        ("organizations:organizational_unit", "ou-2")]
+    failed = Inventory()
+    _record_organization(OrganizationTree("111111111111", {}, [], failure=("denied", "AccessDenied on ListRoots")),
+                         sources, failed)
+    assert {(s.status, s.error) for s in failed.scopes} == {("denied", "AccessDenied on ListRoots")}
+    assert failed.records == []
+    _record_organization(None, sources, failed)  # aws.accounts, or another shard's: nothing, no scope
+    assert len(failed.scopes) == 2
 
 
 def test_explicit_account_list_skips_organizations():

@@ -44,7 +44,7 @@ def test_a_clean_inventory_gives_each_class_its_counts_and_nothing_to_look_at(tm
     assert main(["map", "--inventory", str(inventory_file), "--mappings", str(builtin_mappings_dir()),
                  "--class", "cmdb_ci_network", "--class", "cmdb_ci_cloud_subnet", "--tags"]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith(f"mappings: {builtin_mappings_dir()} (16 files), tags on; inventory: {inventory_file} "
+    assert out[0].startswith(f"mappings: {builtin_mappings_dir()} (18 files), tags on; inventory: {inventory_file} "
                              "(23 resources, 10 scopes)")
     assert "cmdb_ci_network: 2 CI(s), 2 relation(s), 2 with tags (cmdb_ci_network.toml)" in out
     assert "cmdb_ci_cloud_subnet: 4 CI(s), 8 relation(s) (cmdb_ci_cloud_subnet.toml)" in out
@@ -130,7 +130,7 @@ def test_the_config_gives_the_mapping_folder_and_tags(tmp_path, inventory_file, 
     monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD", "p")
     assert main(["map", "--config", str(config), "--inventory", str(inventory_file), "--class", "cmdb_ci_network"]) == 0
     out = capsys.readouterr().out
-    assert f"mappings: {folder} (15 files), tags on" in out
+    assert f"mappings: {folder} (17 files), tags on" in out
     assert "2 with tags" in out
 
 

@@ -13,12 +13,29 @@ from connector.models import Inventory, Record, RelationRef
 ACCOUNT = "111122223333"
 REGION = "eu-west-1"
 
-# Raw items shaped like the real API output.
+# Raw items shaped like the real API output (with what the accounts stage adds: Organization, Parent).
+ORG_ARN = "arn:aws:organizations::999988887777:organization/o-abc123"
+ROOT = {"Id": "r-ab12", "Type": "ROOT", "Arn": "arn:aws:organizations::999988887777:root/o-abc123/r-ab12"}
+WORKLOADS_OU = {"Id": "ou-ab12-0000aaaa", "Type": "ORGANIZATIONAL_UNIT",
+                "Arn": "arn:aws:organizations::999988887777:ou/o-abc123/ou-ab12-0000aaaa"}
+PRODUCTION_OU_ARN = "arn:aws:organizations::999988887777:ou/o-abc123/ou-ab12-1111bbbb"
 LIST_ACCOUNTS_ITEM = {
     "Id": ACCOUNT, "Arn": f"arn:aws:organizations::999988887777:account/o-abc123/{ACCOUNT}",
     "Email": "prod@example.com", "Name": "prod", "Status": "ACTIVE", "State": "ACTIVE",
     "JoinedMethod": "CREATED", "JoinedTimestamp": "2024-01-02T03:04:05+00:00",
-    "Organization": {"Id": "o-abc123", "MasterAccountId": "999988887777"},
+    "Organization": {"Id": "o-abc123", "Arn": ORG_ARN, "MasterAccountId": "999988887777"},
+    "Parent": {"Id": "ou-ab12-1111bbbb", "Type": "ORGANIZATIONAL_UNIT", "Arn": PRODUCTION_OU_ARN},
+}
+DESCRIBE_ORGANIZATION_ITEM = {
+    "Id": "o-abc123", "Arn": ORG_ARN, "FeatureSet": "ALL",
+    "MasterAccountArn": "arn:aws:organizations::999988887777:account/o-abc123/999988887777",
+    "MasterAccountId": "999988887777", "MasterAccountEmail": "aws-root@example.com",
+    "AvailablePolicyTypes": [{"Type": "SERVICE_CONTROL_POLICY", "Status": "ENABLED"}],
+    "Roots": [{"Id": ROOT["Id"], "Arn": ROOT["Arn"], "Name": "Root", "PolicyTypes": []}],
+}
+ORGANIZATIONAL_UNIT_ITEM = {
+    "Id": "ou-ab12-1111bbbb", "Arn": PRODUCTION_OU_ARN, "Name": "production", "Parent": WORKLOADS_OU,
+    "RootId": "r-ab12", "Organization": {"Id": "o-abc123", "Arn": ORG_ARN, "MasterAccountId": "999988887777"},
 }
 DESCRIBE_VPCS_ITEM = {
     "CidrBlock": "10.0.0.0/16", "DhcpOptionsId": "dopt-1", "State": "available", "VpcId": "vpc-0a1b2c",
@@ -46,7 +63,19 @@ GOLDEN = [
         {"name": "prod", "object_id": ACCOUNT, "account_id": ACCOUNT,
          "correlation_id": f"arn:aws:iam::{ACCOUNT}:root", "is_master_account": "false",
          "organization_id": "o-abc123"},
+        (RelationRef("Contains::Contained by", "cmdb_ci_aws_org_unit", PRODUCTION_OU_ARN, role="child"),),
+    ),
+    (
+        "cmdb_ci_cloud_org", "organizations:organization", "global", DESCRIBE_ORGANIZATION_ITEM,
+        {"name": "o-abc123", "object_id": "o-abc123", "correlation_id": ORG_ARN,
+         "master_email": "aws-root@example.com", "root_id": "r-ab12"},
         (),
+    ),
+    (
+        "cmdb_ci_aws_org_unit", "organizations:organizational_unit", "global", ORGANIZATIONAL_UNIT_ITEM,
+        {"name": "production", "object_id": "ou-ab12-1111bbbb", "correlation_id": PRODUCTION_OU_ARN,
+         "aws_org_id": "o-abc123", "org_unit_parent_id": "ou-ab12-0000aaaa", "root_id": "r-ab12"},
+        (RelationRef("Contains::Contained by", "cmdb_ci_aws_org_unit", WORKLOADS_OU["Arn"], role="child"),),
     ),
     (
         "cmdb_ci_aws_datacenter", "ec2:region", REGION, {"RegionName": REGION},
@@ -208,6 +237,7 @@ def test_builtin_mappings_cover_the_catalogue(mappings):
         "cmdb_ci_cloud_subnet", "cmdb_ci_vm_instance", "cmdb_ci_compute_security_group", "cmdb_ci_storage_volume",
         "cmdb_ci_nic", "cmdb_ci_cloud_load_balancer", "cmdb_ci_cloud_database", "cmdb_ci_cloud_object_storage",
         "cmdb_ci_cloud_function", "cmdb_ci_dynamodb_table", "cmdb_ci_kubernetes_cluster",
+        "cmdb_ci_cloud_org", "cmdb_ci_aws_org_unit",
     ])
     assert sorted(m.source.name for m in mappings.tables["cmdb_ci_cloud_load_balancer"]) == [
         "elb:load_balancer", "elbv2:load_balancer"]
@@ -217,6 +247,30 @@ def test_management_account_is_flagged(mappings):
     item = {**LIST_ACCOUNTS_ITEM, "Id": "999988887777"}
     ci = map_record(mappings.mappings["cmdb_ci_cloud_service_account"], Record("999988887777", "global", "organizations:account", item))
     assert ci.fields["is_master_account"] == "true"
+
+
+def test_an_account_or_an_ou_at_the_root_is_contained_by_the_organization(mappings):
+    account = map_record(mappings.mappings["cmdb_ci_cloud_service_account"],
+                         Record(ACCOUNT, "global", "organizations:account", {**LIST_ACCOUNTS_ITEM, "Parent": ROOT}))
+    unit = map_record(mappings.mappings["cmdb_ci_aws_org_unit"], Record(
+        "999988887777", "global", "organizations:organizational_unit", {**ORGANIZATIONAL_UNIT_ITEM, "Parent": ROOT}))
+    for ci in (account, unit):
+        assert ci.relations == (RelationRef("Contains::Contained by", "cmdb_ci_cloud_org", ORG_ARN, role="child"),)
+        assert ci.unknown_relations == frozenset()
+    assert unit.fields["org_unit_parent_id"] == "r-ab12"
+
+
+def test_an_account_whose_place_was_not_read_has_those_relations_unknown_not_absent(mappings):
+    """aws.accounts lists it: no Parent. Its relations to the Organization and OUs are unknown (the
+    CMDB's are kept), while an account with a Parent has the others known absent."""
+    item = {k: v for k, v in LIST_ACCOUNTS_ITEM.items() if k not in ("Parent", "Organization")}
+    ci = map_record(mappings.mappings["cmdb_ci_cloud_service_account"], Record(ACCOUNT, "global", "organizations:account", item))
+    assert ci.relations == ()
+    assert ci.unknown_relations == {("Contains::Contained by", "cmdb_ci_aws_org_unit"),
+                                    ("Contains::Contained by", "cmdb_ci_cloud_org")}
+    known = map_record(mappings.mappings["cmdb_ci_cloud_service_account"],
+                       Record(ACCOUNT, "global", "organizations:account", LIST_ACCOUNTS_ITEM))
+    assert known.unknown_relations == frozenset()
 
 
 def test_instance_state_map_and_terminated_filtered(mappings):
@@ -377,7 +431,7 @@ def test_empty_or_missing_folder(tmp_path):
 
 def test_builtin_mappings_found_from_any_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert len(load_mappings().mappings) == 16
+    assert len(load_mappings().mappings) == 18
     assert Path(load_mappings().mappings["cmdb_ci_network"].file).name == "cmdb_ci_network.toml"
 
 

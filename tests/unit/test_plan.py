@@ -228,6 +228,19 @@ def test_stale_relation_of_a_present_ci_is_deleted():
     assert [(r.action, r.sys_id) for r in p.relation_changes] == [("delete", "r2")]
 
 
+def test_a_relation_the_item_could_not_tell_is_kept_and_the_others_still_planned():
+    """The VM's item could not tell its datacenter (a mapping's known_when found nothing): the relation in
+    the CMDB is kept, not deleted as stale; told, the same relation is deleted."""
+    other_dc = ExistingCI(DC, "dc2", {**dc("dc2").fields, "correlation_id": f"arn:aws:ec2:{R}:{A}:region/old"})
+    relations = [ExistingRelation("r2", "s1", "dc2", "type-hosted")]
+    unknown = replace(desired_vm(1), relations=(), unknown_relations=frozenset({("Hosted on::Hosts", DC)}))
+    p = plan([unknown, desired_dc()], [dc(), other_dc, existing_vm(1)], relations=relations)
+    assert p.relation_changes == []
+    told = replace(desired_vm(1), unknown_relations=frozenset({("Hosted on::Hosts", "cmdb_ci_other_class")}))
+    p = plan([told, desired_dc()], [dc(), other_dc, existing_vm(1)], relations=relations)
+    assert sorted((r.action, r.sys_id) for r in p.relation_changes) == [("create", None), ("delete", "r2")]
+
+
 def test_relations_of_a_type_no_mapping_names_are_never_deleted():
     """The relations are asked for by type name (type.name), a dot-walk the instance may drop: then
     relations of every type come back. Only those of the types plan knows (rel_types) are managed."""

@@ -213,7 +213,7 @@ def test_example_config_is_valid_with_secrets_from_env(monkeypatch, capsys):
     monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD", "example-password")
     assert main(["--config", str(REPO / "config.example.toml"), "validate"]) == 0
     out = capsys.readouterr().out
-    assert "mappings OK: 16 files, 15 classes" in out
+    assert "mappings OK: 18 files, 17 classes" in out
     assert "tags: off (reconcile.tags = false); 12 classes map them" in out
     monkeypatch.setenv("CMDB_RECONCILE__TAGS", "true")
     assert main(["--config", str(REPO / "config.example.toml"), "validate"]) == 0

@@ -1,0 +1,108 @@
+"""The Organization's structure in the CMDB, end to end over real HTTP: the Organization, its OUs and
+which of them contains each account, kept true as accounts move and OUs go; never deleted on a guess."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import boto3
+import pytest
+
+from connector.sandbox.aws import FAKE_KEYS, AwsSandbox, RegionPlan, seed_organization
+from connector.sandbox.servicenow import ServiceNowStandIn
+from tests.e2e.test_run_e2e import EXTERNAL_ID, PASSWORD, relation_keys, run_cli
+
+pytestmark = pytest.mark.e2e
+
+CONTAINS = "Contains::Contained by"
+REGION = "us-east-1"
+
+
+@pytest.fixture
+def world(tmp_path):
+    with AwsSandbox(external_id=EXTERNAL_ID) as aws, ServiceNowStandIn(users={"svc_cmdb": PASSWORD}) as sn:
+        org = seed_organization(aws.moto_url, ["alpha", "bravo"], [REGION], RegionPlan(vpcs=0),
+                                units={"alpha": "workloads/production", "bravo": "sandbox"})
+
+        def config(accounts: list[str] = (), writer: str = "table"):
+            path = tmp_path / "config.toml"
+            path.write_text(f'[aws]\nregions = ["{REGION}"]\naccounts = {json.dumps(list(accounts))}\n\n'
+                            f'[servicenow]\ninstance_url = "{sn.url}"\nusername = "svc_cmdb"\nwriter = "{writer}"\n\n'
+                            '[report]\noutput_dir = "reports"\n')
+            return path
+
+        yield aws, sn, org, config
+
+
+def organizations(aws: AwsSandbox):
+    return boto3.client("organizations", endpoint_url=aws.moto_url, region_name=REGION, **FAKE_KEYS)
+
+
+def contains(sn: ServiceNowStandIn) -> set[tuple[str, str]]:
+    """(parent, child) of every Contains relation from the Organization or an OU, by correlation_id."""
+    return {(parent, child) for parent, kind, child in relation_keys(sn) if kind == CONTAINS and ":organizations::" in parent}
+
+
+def structure(sn: ServiceNowStandIn) -> set[tuple[str, str]]:
+    """``contains``, by the CIs' names."""
+    names = {r["correlation_id"]: r["name"] for r in sn.store.rows("cmdb_ci")}
+    return {(names[parent], names[child]) for parent, child in contains(sn)}
+
+
+def live(sn: ServiceNowStandIn, table: str) -> list[str]:
+    return sorted(r["name"] for r in sn.store.rows(table) if r["install_status"] != "7")
+
+
+def writes(sn: ServiceNowStandIn) -> Counter:
+    return Counter({k: v for k, v in sn.stats.items()
+                    if k.split(" ")[0] in ("POST", "PATCH", "DELETE", "batch") and not k.endswith("/query")})
+
+
+@pytest.mark.parametrize("writer", ["table", "ire"])
+def test_the_organization_its_ous_and_their_accounts_and_a_rerun_writes_nothing(world, writer):
+    aws, sn, org, config = world
+    code, report, output = run_cli(aws.url, config(writer=writer), "run")
+    assert code == 0, output
+    (organization,) = sn.store.rows("cmdb_ci_cloud_org")
+    oid = organizations(aws).describe_organization()["Organization"]["Id"]
+    assert (organization["name"], organization["object_id"], organization["root_id"][:2]) == (oid, oid, "r-")
+    assert live(sn, "cmdb_ci_aws_org_unit") == ["production", "sandbox", "workloads"]
+    production = next(r for r in sn.store.rows("cmdb_ci_aws_org_unit") if r["name"] == "production")
+    assert production["org_unit_parent_id"] == org.units["workloads"] and production["aws_org_id"] == oid
+    assert structure(sn) == {(oid, "workloads"), (oid, "sandbox"), ("workloads", "production"),
+                             ("production", "alpha"), ("sandbox", "bravo"), (oid, "master")}  # moto names the management account so
+    sn.stats.clear()
+    assert run_cli(aws.url, config(writer=writer), "run")[0] == 0
+    assert writes(sn) == Counter()
+
+
+def test_an_account_that_moves_and_an_ou_that_goes_are_followed(world):
+    aws, sn, org, config = world
+    assert run_cli(aws.url, config(), "run")[0] == 0
+    client = organizations(aws)
+    client.move_account(AccountId=org.accounts["bravo"], SourceParentId=org.units["sandbox"],
+                        DestinationParentId=org.units["workloads"])
+    client.delete_organizational_unit(OrganizationalUnitId=org.units["sandbox"])
+    code, report, output = run_cli(aws.url, config(), "run", "--force")  # 1 of 3 OUs: over the guard's fraction
+    assert code == 0, output
+    assert live(sn, "cmdb_ci_aws_org_unit") == ["production", "workloads"]
+    (retired,) = [c for c in report["changes"] if c["action"] == "retire"]
+    assert retired["table"] == "cmdb_ci_aws_org_unit"
+    assert ("workloads", "bravo") in structure(sn) and ("sandbox", "bravo") not in structure(sn)
+    sn.stats.clear()
+    assert run_cli(aws.url, config(), "run")[0] == 0
+    assert writes(sn) == Counter()
+
+
+def test_accounts_listed_in_the_config_leave_the_organization_and_its_relations_as_they_are(world):
+    """aws.accounts: the Organization is not read. Its CIs are not retired, and no account's relation to an OU
+    is deleted: where an account is is unknown, not nowhere."""
+    aws, sn, org, config = world
+    assert run_cli(aws.url, config(), "run")[0] == 0
+    before = contains(sn)
+    code, report, output = run_cli(aws.url, config([org.accounts["alpha"], org.accounts["bravo"]]), "run")
+    assert code == 0, output
+    assert not [c for c in report["changes"] if c["action"] == "retire" or c["table"] == "cmdb_rel_ci"]
+    assert contains(sn) == before and len(before) == 6
+    assert live(sn, "cmdb_ci_aws_org_unit") == ["production", "sandbox", "workloads"]
