@@ -102,7 +102,7 @@ def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int,
     return collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
         settings.aws.max_workers, settings.aws.max_workers_per_account, tags=settings.reconcile.tags,
-        organization=targets.organization,
+        organization=targets.organization, organizations=targets.organizations,
     )
 
 

@@ -206,16 +206,22 @@ def collect_inventory(
     max_per_account: int,
     tags: bool = False,
     organization: OrganizationTree | None = None,
+    organizations: Any = None,
 ) -> Inventory:
     """accounts (already opened in ``pool``) -> the inventory of every unit.
 
-    With ``tags``, the sources whose items carry no tags call for them, per item. The sources of the
+    With ``tags``, the sources whose items carry no tags call for them, per item: for the accounts and
+    the OUs, through ``organizations``, the client the accounts were listed through. The sources of the
     Organization's structure get ``organization``'s items (the accounts stage read them).
     """
     inventory = Inventory(accounts=list(accounts))
-    _record_organization(organization, [s for s in sources.values() if s.kind in ORGANIZATION_KINDS], inventory)
+    org_tags = OrganizationTags(organizations if tags else None, max_workers)
+    _record_organization(organization, [s for s in sources.values() if s.kind in ORGANIZATION_KINDS], inventory,
+                         org_tags)
     sources = {name: s for name, s in sources.items() if s.kind not in ORGANIZATION_KINDS}
     reachable = [a for a in accounts if a.status == OK]
+    account_items = {name: dict(zip((a.account_id for a in reachable), org_tags.each(s, [a.raw for a in reachable])))
+                     for name, s in sources.items() if s.kind == "account"}
     if "all" in regions:
         pool.warm({"ec2"})
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="regions") as executor:
@@ -227,7 +233,7 @@ def collect_inventory(
             log.warning("account %s: %s", account.account_id, reason, extra={"account": account.account_id})
             inventory.scopes.extend(Scope(account.account_id, "*", s.name, status, reason) for s in sources.values())
             continue
-        per_account.append(_account_units(account, account_regions, sources, inventory))
+        per_account.append(_account_units(account, account_regions, sources, inventory, account_items))
 
     ordered = _interleave(per_account)
     pool.warm({unit.source.service for unit in ordered})
@@ -241,30 +247,65 @@ def collect_inventory(
     return inventory
 
 
-def _record_organization(tree: OrganizationTree | None, sources: list[CompiledSource], inventory: Inventory) -> None:
+class OrganizationTags:
+    """The tags of the items the accounts stage read (accounts, OUs), where their source calls for them:
+    through the Organizations client (``ListTagsForResource``), a few at once. Without the client (tags
+    off, or the accounts listed in aws.accounts) the items stay as they are: their tags unknown."""
+
+    WIDTH = 4  # Organizations allows few requests a second
+
+    def __init__(self, client: Any, max_workers: int):
+        self.client, self.width = client, max(1, min(self.WIDTH, max_workers))
+
+    def each(self, source: CompiledSource, items: list[Any]) -> list[Any | tuple[str, str]]:
+        """Each item with its tags, or (status, reason) where its call failed."""
+        if self.client is None or source.tags_call is None:
+            return list(items)
+        return map_in_order(lambda item: self._one(source, item), items, self.width, "org-tags")
+
+    def _one(self, source: CompiledSource, item: Any) -> Any | tuple[str, str]:
+        try:
+            return _with_tags(self.client, source.tags_call, source.tags_none_when, item)
+        except Exception as exc:  # noqa: BLE001 - kept in the item's scope
+            status, reason = classify_error(exc)
+            return (status if status != OK else ERROR, f"tags: {reason}")
+
+
+def _record_organization(tree: OrganizationTree | None, sources: list[CompiledSource], inventory: Inventory,
+                         tags: OrganizationTags) -> None:
     """The Organization and its OUs, in the management account's global scope. Without the tree (the
     accounts are listed in aws.accounts, or another shard has the management account) nothing: no scope
-    collected, so none of their CIs is retired."""
+    collected, so none of their CIs is retired. An OU whose tags could not be read fails the OUs' scope."""
     if tree is None:
         return
     for source in sources:
-        if tree.failure is not None:
-            inventory.scopes.append(Scope(tree.management_account, GLOBAL_REGION, source.name, *tree.failure))
+        items = [] if tree.failure else tags.each(source, [tree.organization] if source.kind == "organization"
+                                                   else tree.units)
+        failure = tree.failure or next((i for i in items if isinstance(i, tuple)), None)
+        if failure is not None:
+            log.warning("organization: source %s: %s: %s", source.name, *failure, extra={"source": source.name})
+            inventory.scopes.append(Scope(tree.management_account, GLOBAL_REGION, source.name, *failure))
             continue
         inventory.scopes.append(Scope(tree.management_account, GLOBAL_REGION, source.name))
-        items = [tree.organization] if source.kind == "organization" else tree.units
         inventory.records.extend(Record(tree.management_account, GLOBAL_REGION, source.name, jsonable(item))
                                  for item in items)
 
 
 def _account_units(account: Account, regions: list[str], sources: dict[str, CompiledSource],
-                   inventory: Inventory) -> list[Unit]:
-    """The API units of one account; the account and its regions are recorded at once."""
+                   inventory: Inventory, account_items: dict[str, dict[str, Any]]) -> list[Unit]:
+    """The API units of one account; the account (its item from ``account_items``: with its tags, or why
+    they could not be read) and its regions are recorded at once."""
     units = []
     for source in sources.values():
         if source.kind == "account":
+            item = account_items[source.name][account.account_id]
+            if isinstance(item, tuple):
+                log.warning("account %s source %s: %s: %s", account.account_id, source.name, *item,
+                            extra={"account": account.account_id, "source": source.name})
+                inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name, *item))
+                continue
             inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name))
-            inventory.records.append(Record(account.account_id, GLOBAL_REGION, source.name, jsonable(account.raw)))
+            inventory.records.append(Record(account.account_id, GLOBAL_REGION, source.name, jsonable(item)))
         elif source.kind == "region":
             for region in regions:
                 inventory.scopes.append(Scope(account.account_id, region, source.name))

@@ -18,7 +18,10 @@ from botocore.exceptions import UnknownServiceError
 
 from ..errors import MappingError, did_you_mean
 from ..mapping.load import MappingSet
+from ..models import ORGANIZATION_KINDS
 
+ORGANIZATIONS = "organizations"
+ORG_ITEMS = ("account", *ORGANIZATION_KINDS)  # the kinds whose items (and tags) come through Organizations
 
 @lru_cache(maxsize=1)
 def _services() -> frozenset[str]:
@@ -41,17 +44,19 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
     problems: list[str] = []
     for mapping in mappings.mappings.values():
         source = mapping.source
-        if source.kind != "api" or not source.service:
+        # the items of the other kinds come from the accounts stage; their tags, through Organizations
+        service = source.service if source.kind == "api" else ORGANIZATIONS if source.kind in ORG_ITEMS else None
+        if not service:
             continue
-        if source.service not in _services():
-            problems.append(f"{mapping.file}: source.service: {source.service!r} is not an AWS service botocore "
-                            f"knows{did_you_mean(source.service, _services())}")
+        if service not in _services():
+            problems.append(f"{mapping.file}: source.service: {service!r} is not an AWS service botocore "
+                            f"knows{did_you_mean(service, _services())}")
             continue
         try:
-            operations = _operations(source.service)
+            operations = _operations(service)
         except UnknownServiceError:  # listed, but no model to load: nothing to check it against
             continue
-        calls = [("source", source.operation, source.params)]
+        calls = [("source", source.operation, source.params)] if source.kind == "api" else []
         if source.detail:
             calls.append(("source.detail", source.detail.operation, source.detail.params))
         if source.tags_call:
@@ -61,10 +66,10 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
                 continue
             if operation not in operations:
                 problems.append(f"{mapping.file}: {key}.operation: {operation!r} is not an operation of "
-                                f"{source.service}{did_you_mean(operation, frozenset(operations))}")
+                                f"{service}{did_you_mean(operation, frozenset(operations))}")
                 continue
             known = operations[operation]
-            problems.extend(f"{mapping.file}: {key}.params.{name}: not a parameter of {source.service} {operation}"
+            problems.extend(f"{mapping.file}: {key}.params.{name}: not a parameter of {service} {operation}"
                             f"{did_you_mean(name, known)}" for name in params if name not in known)
     return problems
 

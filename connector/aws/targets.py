@@ -11,7 +11,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from functools import cache
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import boto3
 
@@ -64,6 +64,9 @@ class Targets(NamedTuple):
     # the Organization's tree, when asked for and in this shard (the management account's); None
     # when the accounts are listed in aws.accounts: the Organization is then not read
     organization: OrganizationTree | None = None
+    # the Organizations client the accounts were listed through (for the accounts' and OUs' tags); None
+    # with aws.accounts
+    organizations: Any = None
 
 
 def target_accounts(settings: Settings, pool: SessionPool, shard: tuple[int, int] | None = None) -> list[Account]:
@@ -104,7 +107,8 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
                         if a.account_id in organization.parents else a for a in accounts]
             if not in_shard(management, shard):
                 organization = None  # the management account's shard has it
-    return Targets([a for a in accounts if in_shard(a.account_id, shard)], organization)
+    return Targets([a for a in accounts if in_shard(a.account_id, shard)], organization,
+                   None if aws.accounts else org_client()[0])
 
 
 def open_account_sessions(pool: SessionPool, accounts: list[Account], workers: int = 16) -> list[Account]:

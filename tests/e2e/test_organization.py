@@ -25,11 +25,11 @@ def world(tmp_path):
         org = seed_organization(aws.moto_url, ["alpha", "bravo"], [REGION], RegionPlan(vpcs=0),
                                 units={"alpha": "workloads/production", "bravo": "sandbox"})
 
-        def config(accounts: list[str] = (), writer: str = "table"):
+        def config(accounts: list[str] = (), writer: str = "table", tags: bool = False):
             path = tmp_path / "config.toml"
             path.write_text(f'[aws]\nregions = ["{REGION}"]\naccounts = {json.dumps(list(accounts))}\n\n'
                             f'[servicenow]\ninstance_url = "{sn.url}"\nusername = "svc_cmdb"\nwriter = "{writer}"\n\n'
-                            '[report]\noutput_dir = "reports"\n')
+                            f'[reconcile]\ntags = {str(tags).lower()}\n\n[report]\noutput_dir = "reports"\n')
             return path
 
         yield aws, sn, org, config
@@ -106,3 +106,34 @@ def test_accounts_listed_in_the_config_leave_the_organization_and_its_relations_
     assert not [c for c in report["changes"] if c["action"] == "retire" or c["table"] == "cmdb_rel_ci"]
     assert contains(sn) == before and len(before) == 6
     assert live(sn, "cmdb_ci_aws_org_unit") == ["production", "sandbox", "workloads"]
+
+
+def tags_of(sn: ServiceNowStandIn, name: str) -> dict[str, str]:
+    (ci,) = [r for r in sn.store.rows("cmdb_ci") if r["name"] == name]
+    return {r["key"]: r["value"] for r in sn.store.rows("cmdb_key_value") if r["configuration_item"] == ci["sys_id"]}
+
+
+def test_the_tags_of_the_accounts_and_ous_with_reconcile_tags(world):
+    """Read through Organizations (ListTagsForResource), one call per account and OU; with aws.accounts the
+    Organization is not read, and the accounts' tag rows are left as they are, not deleted."""
+    aws, sn, org, config = world
+    client = organizations(aws)
+    client.tag_resource(ResourceId=org.accounts["alpha"], Tags=[{"Key": "cost-center", "Value": "cc-42"}])
+    client.tag_resource(ResourceId=org.units["workloads"], Tags=[{"Key": "owner", "Value": "platform-team"}])
+    code, _report, output = run_cli(aws.url, config(tags=True), "run")
+    assert code == 0, output
+    assert tags_of(sn, "alpha") == {"cost-center": "cc-42"}
+    assert tags_of(sn, "workloads") == {"owner": "platform-team"}
+    assert tags_of(sn, "bravo") == {} and tags_of(sn, "sandbox") == {}
+    client.tag_resource(ResourceId=org.accounts["alpha"], Tags=[{"Key": "cost-center", "Value": "cc-43"}])
+    assert run_cli(aws.url, config(tags=True), "run")[0] == 0
+    assert tags_of(sn, "alpha") == {"cost-center": "cc-43"}
+    sn.stats.clear()
+    assert run_cli(aws.url, config(tags=True), "run")[0] == 0
+    assert writes(sn) == Counter()
+    code, report, output = run_cli(aws.url, config([org.accounts["alpha"]], tags=True), "run")
+    assert code == 0, output
+    assert not [c for c in report["changes"] if c["table"] == "cmdb_key_value"]
+    (alpha,) = [r for r in sn.store.rows("cmdb_ci_cloud_service_account") if r["account_id"] == org.accounts["alpha"]]
+    assert {r["key"]: r["value"] for r in sn.store.rows("cmdb_key_value")
+            if r["configuration_item"] == alpha["sys_id"]} == {"cost-center": "cc-43"}

@@ -84,14 +84,14 @@ def test_a_tree_that_cannot_be_read_is_a_failure_kept_not_raised(code, status):
 
 
 def test_the_tree_goes_to_the_management_accounts_scope_and_a_failed_walk_is_that_scope_failed():
-    from connector.aws.collect import _record_organization
+    from connector.aws.collect import OrganizationTags, _record_organization
     from connector.mapping.load import load_mappings
     from connector.models import Inventory, OrganizationTree
 
     sources = [s for s in load_mappings().sources.values() if s.kind in ("organization", "organizational_unit")]
     inventory = Inventory()
     _record_organization(OrganizationTree("111111111111", {"Id": "o-1"}, [{"Id": "ou-1"}, {"Id": "ou-2"}]), sources,
-                         inventory)
+                         inventory, OrganizationTags(None, 1))
     assert sorted((s.account_id, s.region, s.source, s.status) for s in inventory.scopes) == [
         ("111111111111", "global", "organizations:organization", OK),
         ("111111111111", "global", "organizations:organizational_unit", OK)]
@@ -100,11 +100,40 @@ def test_the_tree_goes_to_the_management_accounts_scope_and_a_failed_walk_is_tha
         ("organizations:organizational_unit", "ou-2")]
     failed = Inventory()
     _record_organization(OrganizationTree("111111111111", {}, [], failure=("denied", "AccessDenied on ListRoots")),
-                         sources, failed)
+                         sources, failed, OrganizationTags(None, 1))
     assert {(s.status, s.error) for s in failed.scopes} == {("denied", "AccessDenied on ListRoots")}
     assert failed.records == []
-    _record_organization(None, sources, failed)  # aws.accounts, or another shard's: nothing, no scope
+    _record_organization(None, sources, failed, OrganizationTags(None, 1))  # aws.accounts, or another shard's: nothing, no scope
     assert len(failed.scopes) == 2
+
+
+def test_an_ou_whose_tags_are_refused_fails_the_ous_scope_and_an_account_its_own():
+    from connector.aws.collect import OrganizationTags, _account_units, _record_organization
+    from connector.mapping.load import load_mappings
+    from connector.models import Account, Inventory, OrganizationTree
+
+    class Organizations:
+        def list_tags_for_resource(self, ResourceId):
+            if ResourceId in ("ou-2", "222222222222"):
+                raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, "ListTagsForResource")
+            return {"Tags": [{"Key": "team", "Value": ResourceId}]}
+
+    sources = load_mappings().sources
+    units = [s for s in sources.values() if s.kind == "organizational_unit"]
+    tags = OrganizationTags(Organizations(), 8)
+    inventory = Inventory()
+    _record_organization(OrganizationTree("111111111111", {"Id": "o-1"}, [{"Id": "ou-1"}, {"Id": "ou-2"}]), units,
+                         inventory, tags)
+    (scope,) = inventory.scopes
+    assert scope.status == "denied" and "AccessDeniedException" in scope.error and inventory.records == []
+    account = sources["organizations:account"]
+    accounts = [Account("111111111111", "a", raw={"Id": "111111111111"}), Account("222222222222", "b", raw={"Id": "222222222222"})]
+    items = {account.name: dict(zip(("111111111111", "222222222222"), tags.each(account, [a.raw for a in accounts])))}
+    for one in accounts:
+        _account_units(one, [], {account.name: account}, inventory, items)
+    assert [(s.account_id, s.status) for s in inventory.scopes[1:]] == [("111111111111", OK), ("222222222222", "denied")]
+    (record,) = inventory.records
+    assert record.resource["_cmdb_tags"] == {"Tags": [{"Key": "team", "Value": "111111111111"}]}
 
 
 def test_explicit_account_list_skips_organizations():

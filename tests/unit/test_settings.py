@@ -214,10 +214,10 @@ def test_example_config_is_valid_with_secrets_from_env(monkeypatch, capsys):
     assert main(["--config", str(REPO / "config.example.toml"), "validate"]) == 0
     out = capsys.readouterr().out
     assert "mappings OK: 18 files, 17 classes" in out
-    assert "tags: off (reconcile.tags = false); 12 classes map them" in out
+    assert "tags: off (reconcile.tags = false); 14 classes map them" in out
     monkeypatch.setenv("CMDB_RECONCILE__TAGS", "true")
     assert main(["--config", str(REPO / "config.example.toml"), "validate"]) == 0
-    assert "tags to cmdb_key_value (reconcile.tags = true) for 12 classes: cmdb_ci_cloud_database, " in capsys.readouterr().out
+    assert "tags to cmdb_key_value (reconcile.tags = true) for 14 classes: cmdb_ci_aws_org_unit, cmdb_ci_cloud_database, " in capsys.readouterr().out
 
 
 def test_example_config_lists_every_key():
