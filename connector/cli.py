@@ -251,15 +251,20 @@ def cmd_collect(args) -> int:
 
 def cmd_check_access(args) -> int:
     from .aws.access import check_access, render_table
-    from .aws.targets import open_session_pool, target_accounts
+    from .aws.targets import find_targets, open_session_pool
 
     settings = _settings(args)
     pool = open_session_pool(settings)
-    accounts = target_accounts(settings, pool, parse_shard(args.shard))
+    targets = find_targets(settings, pool, parse_shard(args.shard), tree=True)
+    accounts = targets.accounts
     management = next((a.raw.get("Organization", {}).get("MasterAccountId") for a in accounts if a.raw), None)
     rows = check_access(pool, accounts, settings.aws.role_name, management)
     print(render_table(rows))
-    return 3 if any(r.status not in ("ok", "skipped") for r in rows) else 0
+    tree = targets.organization
+    if tree is not None:  # the Organization's OUs, for its CIs and each account's place (not with aws.accounts)
+        print(f"organization: {tree.failure[1]}" if tree.failure else
+              f"organization: {len(tree.units)} OU(s) read, and the parent of {len(tree.parents)} account(s)")
+    return 3 if any(r.status not in ("ok", "skipped") for r in rows) or (tree and tree.failure) else 0
 
 
 def cmd_demo(args) -> int:

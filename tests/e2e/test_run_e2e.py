@@ -389,7 +389,8 @@ def test_check_access_prints_the_table_and_exits_3_for_a_denied_account(world):
     assert " denied " in bravo and "AccessDenied" in bravo
     assert any(line.startswith(org.accounts["alpha"]) and " ok " in line for line in lines)
     assert "hint: the role is missing" in proc.stdout
-    assert lines[-1] == "3 account(s): 2 ok, 0 skipped, 1 failed"
+    assert lines[-2] == "3 account(s): 2 ok, 0 skipped, 1 failed"
+    assert lines[-1] == "organization: 0 OU(s) read, and the parent of 3 account(s)"
     assert EXTERNAL_ID not in proc.stdout + proc.stderr
     assert sn.writes() == 0
 

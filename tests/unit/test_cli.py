@@ -83,3 +83,21 @@ def test_a_path_that_cannot_be_written_is_named_without_a_traceback(tmp_path, ca
     assert main(["plan", "--config", str(config), "--inventory", str(tmp_path / "inventory.jsonl")]) == 2
     err = capsys.readouterr().err
     assert f"\nerror: {blocker / 'reports'}: Not a directory (check the path" in f"\n{err}" and "Traceback" not in err
+
+
+def test_check_access_says_when_the_organizations_ous_cannot_be_read_and_exits_3(tmp_path, monkeypatch, capsys):
+    from connector.aws import access, targets
+    from connector.models import Account, OrganizationTree
+
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\n[servicenow]\ninstance_url = "http://127.0.0.1:9"\n'
+                      'username = "u"\npassword = "p"\n')
+    tree = OrganizationTree("111111111111", {}, [], failure=("denied", "cannot read the Organization's OUs through "
+                                                             "the base credentials: AccessDeniedException on ListRoots"))
+    monkeypatch.setattr(targets, "find_targets", lambda *a, **k: targets.Targets([Account("111111111111", "m")], tree))
+    monkeypatch.setattr(access, "check_access", lambda *a: [access.AccessRow("111111111111", "m", "ok", "role assumed", "yes")])
+    assert main(["--config", str(config), "check-access"]) == 3
+    out = capsys.readouterr().out.splitlines()
+    assert out[-2] == "1 account(s): 1 ok, 0 skipped, 0 failed"
+    assert out[-1] == ("organization: cannot read the Organization's OUs through the base credentials: "
+                       "AccessDeniedException on ListRoots")
