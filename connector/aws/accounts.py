@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..concurrency import map_in_order
 from ..errors import ConnectorError
 from ..models import OK, SKIPPED, Account, OrganizationTree
 from .sessions import classify_error
@@ -80,10 +81,15 @@ def list_organization_accounts(client, organizational_units: list[str], where: s
     return [unique[k] for k in sorted(unique)]
 
 
+# Organizations allows few requests a second: the nodes of one level of the tree are listed this many at once
+TREE_WIDTH = 4
+
+
 def walk_organization(client, where: str, management_account: str) -> OrganizationTree:
     """The Organization's tree, root first: the Organization (with its roots), every OU with its
     ``Parent`` ({Id, Type: ROOT | ORGANIZATIONAL_UNIT, Arn}), and each account's parent in
-    ``parents``. Two listings per node (its accounts, its OUs), as many pages as they take.
+    ``parents``. Two listings per node (its accounts, its OUs), as many pages as they take; the nodes
+    of one level ``TREE_WIDTH`` at once.
 
     A refusal or a failure is kept in ``failure``, not raised: the run goes on without the tree, and
     nothing that depends on it is retired or deleted (see ``known_when`` in the account's mapping).
@@ -94,16 +100,22 @@ def walk_organization(client, where: str, management_account: str) -> Organizati
         summary = {k: organization.get(k) for k in ("Id", "Arn", "MasterAccountId") if organization.get(k)}
         units: list[dict[str, Any]] = []
         parents: dict[str, dict[str, str]] = {}
-        pending = [(root, "ROOT", root["Id"]) for root in roots]
-        while pending:
-            node, kind, root_id = pending.pop(0)
-            parent = {"Id": node["Id"], "Type": kind, "Arn": node.get("Arn", "")}
-            for account in _paginate(client, "list_accounts_for_parent", "Accounts", ParentId=node["Id"]):
-                parents[account["Id"]] = parent
-            for unit in _paginate(client, "list_organizational_units_for_parent", "OrganizationalUnits",
-                                  ParentId=node["Id"]):
-                units.append({**unit, "Parent": parent, "RootId": root_id, "Organization": summary})
-                pending.append((unit, "ORGANIZATIONAL_UNIT", root_id))
+
+        def children(node: tuple[dict[str, Any], str, str]) -> tuple[list[dict], list[dict]]:
+            return (_paginate(client, "list_accounts_for_parent", "Accounts", ParentId=node[0]["Id"]),
+                    _paginate(client, "list_organizational_units_for_parent", "OrganizationalUnits",
+                              ParentId=node[0]["Id"]))
+
+        level = [(root, "ROOT", root["Id"]) for root in roots]
+        while level:
+            below = []
+            for (node, kind, root_id), (accounts, found) in zip(level, map_in_order(children, level, TREE_WIDTH, "tree")):
+                parent = {"Id": node["Id"], "Type": kind, "Arn": node.get("Arn", "")}
+                parents.update((account["Id"], parent) for account in accounts)
+                for unit in found:
+                    units.append({**unit, "Parent": parent, "RootId": root_id, "Organization": summary})
+                    below.append((unit, "ORGANIZATIONAL_UNIT", root_id))
+            level = below
     except (ClientError, BotoCoreError) as exc:
         status, reason = classify_error(exc)
         log.warning("organization: cannot read its OUs through %s: %s", where, reason)

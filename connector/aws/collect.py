@@ -24,6 +24,7 @@ from ..progress import bar
 from ..models import (ERROR, GLOBAL_REGION, OK, ORGANIZATION_KINDS, SKIPPED, Account, Inventory, OrganizationTree,
                       Record, Scope)
 from ..ops import stop_requested
+from .accounts import TREE_WIDTH
 from .sessions import SessionPool, classify_error
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ class OrganizationTags:
     through the Organizations client (``ListTagsForResource``), a few at once. Without the client (tags
     off, or the accounts listed in aws.accounts) the items stay as they are: their tags unknown."""
 
-    WIDTH = 4  # Organizations allows few requests a second
+    WIDTH = TREE_WIDTH  # Organizations allows few requests a second
 
     def __init__(self, client: Any, max_workers: int):
         self.client, self.width = client, max(1, min(self.WIDTH, max_workers))
