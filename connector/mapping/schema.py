@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from .expressions import compile_field, compile_path
 
@@ -120,11 +120,12 @@ class RelationSpec(_Strict):
     # ones in the CMDB are kept, none deleted. Without it, an identity that builds nothing means none.
     known_when: str | None = None
 
-    @model_validator(mode="after")
-    def _compiles(self) -> "RelationSpec":
-        if self.known_when is not None:
-            compile_path(self.known_when)
-        return self
+    @field_validator("known_when")
+    @classmethod
+    def _compiles(cls, path: str | None) -> str | None:
+        if path is not None:
+            compile_path(path)
+        return path
 
 
 class TagsSpec(_Strict):

@@ -342,6 +342,9 @@ INVALID_CASES = [
      "cmdb_ci_network.toml: fields.name: give exactly one of path, template, tag or value (got path, value)"),
     ("missing identity", VALID.replace("correlation_id = ", "object_id = "),
      "cmdb_ci_network.toml: (top level): the identity field 'correlation_id' (target.identity) has no entry in [fields]"),
+    ("bad known_when", VALID + '\n[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n'
+     'known_when = "Parent[?"\n',
+     "cmdb_ci_network.toml: relations.0.known_when: JMESPath does not compile: incomplete expression: 'Parent[?' ends too soon"),
     ("relation to unknown class", VALID + '\n[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_nowhere"\nidentity = "VpcId"\n',
      "cmdb_ci_network.toml: relations[0].to: no mapping file defines class 'cmdb_ci_nowhere'"),
     ("bad relation type", VALID + '\n[[relations]]\ntype = "Hosted on"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n',
