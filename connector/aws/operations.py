@@ -23,6 +23,7 @@ from ..models import ORGANIZATION_KINDS
 ORGANIZATIONS = "organizations"
 ORG_ITEMS = ("account", *ORGANIZATION_KINDS)  # the kinds whose items (and tags) come through Organizations
 
+
 @lru_cache(maxsize=1)
 def _services() -> frozenset[str]:
     return frozenset(botocore.session.get_session().get_available_services())
