@@ -102,6 +102,8 @@ class DesiredCI:
     tags: dict[str, str] | None = None
     # (relation type, other table) of the relations this CI's item could not tell: the CMDB's are kept
     unknown_relations: frozenset[tuple[str, str]] = frozenset()
+    # fields the item does not know (a mapping's known_when): their values are written by a create only
+    create_only: dict[str, str | None] = field(default_factory=dict)
 
 
 # The CMDB's records are read by the ten thousand: named tuples, which are as

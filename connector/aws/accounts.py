@@ -133,7 +133,7 @@ def discover_accounts(
 ) -> list[Account]:
     """The target accounts, each ``ok`` or ``skipped`` with the reason."""
     if explicit:
-        raws = [{"Id": a, "Name": a} for a in dict.fromkeys(explicit)]
+        raws = [{"Id": a} for a in dict.fromkeys(explicit)]  # its name and Organization: not known here
     else:
         client, where = org_client_factory()
         raws = list_organization_accounts(client, organizational_units, where)

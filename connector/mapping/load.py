@@ -129,6 +129,8 @@ class Mapping:
     retire: dict[str, str]
     revive: dict[str, str]
     tags: CompiledTags | None = None
+    # field -> its known_when: where it finds nothing, the field's value is for a create only
+    known_when: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
 
 
 @dataclass
@@ -242,6 +244,8 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         tags=None if spec.tags is None else CompiledTags(
             compile_path(spec.tags.path), spec.tags.key, spec.tags.value, tuple(spec.tags.exclude),
             from_call=spec.tags.operation is not None),
+        known_when={name: compile_path(value.known_when) for name, value in spec.fields.items()
+                    if value.known_when is not None},
     )
 
 

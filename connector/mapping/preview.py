@@ -35,6 +35,9 @@ class ClassPreview:
     targets_not_found: dict[tuple[str, str], list] = field(default_factory=dict)
     # (type, target class) -> CIs whose identity template for it gave nothing (the relation is left out)
     no_target: Counter = field(default_factory=Counter)
+    # what items did not know (a mapping's known_when): field -> CIs; (type, target class) -> CIs
+    unknown_fields: Counter = field(default_factory=Counter)
+    unknown_relations: Counter = field(default_factory=Counter)
     not_mapped: int = 0  # items that could not be mapped
     first_problem: str = ""
 
@@ -65,14 +68,18 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
         summary.cis += 1
         summary.tagged += bool(ci.tags)
         names = fields_of.get((ci.table, ci.scope[2]), summary.fields)
+        if ci.create_only:  # not known, so neither filled nor empty
+            names = [name for name in names if name not in ci.create_only]
+            summary.unknown_fields.update(list(ci.create_only))  # the names: a dict would add its values
         summary.mapped.update(names)
         summary.empty.update(name for name in names if ci.fields.get(name) in (None, ""))
         for ref in ci.relations:
             summary.relations[ref.type] += 1
             if (ref.table, ref.identity) not in known:
                 summary.targets_not_found.setdefault((ref.type, ref.table), [0, ci.identity, ref.identity])[0] += 1
-        made = {(ref.type, ref.table) for ref in ci.relations}
+        made = {(ref.type, ref.table) for ref in ci.relations} | ci.unknown_relations
         summary.no_target.update(kind for kind in declared.get((ci.table, ci.scope[2]), ()) if kind not in made)
+        summary.unknown_relations.update(ci.unknown_relations)
     for problem in mapped.problems:
         summary = classes.get(problem.table)
         if summary is not None:
@@ -100,9 +107,18 @@ def preview_lines(result: Preview) -> list[str]:
             some = [f"{name} {c.empty[name]}/{c.mapped[name]}" for name in c.fields if 0 < c.empty[name] < c.mapped[name]]
             if some:
                 lines.append(f"  empty in some CIs: {', '.join(some)}")
+        if c.unknown_fields:
+            lines.append("  not known to the items (known_when), for a new CI only: " + ", ".join(
+                f"{name} {count}/{c.cis}" for name, count in sorted(c.unknown_fields.items())))
         for (kind, target), count in sorted(c.no_target.items()):
-            lines.append(f"  {kind} -> {target}: no target identity for {count} CI(s) (left without it: a path "
-                         "in its identity template that matches nothing?)")
+            if count == c.cis:
+                lines.append(f"  {kind} -> {target}: no target identity for {count} CI(s) (left without it: a path "
+                             "in its identity template that matches nothing?)")
+            else:  # one relation of several that exclude each other (an OU's parent: the Organization or an OU)
+                lines.append(f"  {kind} -> {target}: none for {count} of {c.cis} CI(s)")
+        for (kind, target), count in sorted(c.unknown_relations.items()):
+            lines.append(f"  {kind} -> {target}: not known to the items of {count} CI(s) (known_when): those in the "
+                         "CMDB are kept")
         for (kind, target), (count, identity, target_id) in sorted(c.targets_not_found.items()):
             lines.append(f"  {kind} -> {target}: {count} target(s) not among this inventory's CIs, e.g. "
                          f"{identity} -> {target_id} (written only if the CMDB holds it already: check the "
@@ -122,6 +138,8 @@ def ci_row(ci: DesiredCI) -> dict[str, Any]:
         "fields": {name: snow_value(value) for name, value in ci.fields.items()},
         "relations": [{"type": r.type, "class": r.table, "identity": r.identity, "role": r.role} for r in ci.relations],
     }
+    if ci.create_only:  # values the item does not know: written by a create only
+        row["create_only"] = {name: snow_value(value) for name, value in ci.create_only.items()}
     if ci.tags is not None:
         row["tags"] = ci.tags
     return row

@@ -30,6 +30,17 @@ class FieldSpec(_Strict):
     map: dict[str, str] | None = None
     default: str | int | bool | None = None
     transform: list[str] = Field(default_factory=list)
+    # JMESPath over the item: when it finds nothing, the item does not know this field (an account listed
+    # in aws.accounts has no name or Organization of its own): its value is then written only when the CI
+    # is created, never over the value a CI holds.
+    known_when: str | None = None
+
+    @field_validator("known_when")
+    @classmethod
+    def _known_when_compiles(cls, path: str | None) -> str | None:
+        if path is not None:
+            compile_path(path)
+        return path
 
     @model_validator(mode="after")
     def _one_source(self) -> "FieldSpec":
@@ -178,4 +189,6 @@ class MappingFile(_Strict):
             raise ValueError(
                 f"the identity field {self.target.identity!r} (target.identity) has no entry in [fields]"
             )
+        if self.fields[self.target.identity].known_when is not None:
+            raise ValueError(f"the identity field {self.target.identity!r} takes no known_when: a CI is known by it")
         return self

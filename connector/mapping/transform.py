@@ -30,6 +30,8 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
         "source": record.source,
     }
     values = {name: evaluate(item, ctx) for name, evaluate in mapping.fields.items()}
+    create_only = {name: values.pop(name) for name, known in mapping.known_when.items()
+                   if known(item) in (None, "", [], {})} if mapping.known_when else {}
     identity = values.get(mapping.identity_field)
     if not identity:
         raise ValueError(f"{mapping.identity_field} is empty for item {mapping.source.id(item)!r}")
@@ -50,6 +52,7 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
         scope=(record.account_id, record.region, record.source),
         tags=mapping.tags(item) if tags and mapping.tags is not None else None,
         unknown_relations=frozenset(unknown),
+        create_only=create_only,
     )
 
 

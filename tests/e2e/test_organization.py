@@ -103,8 +103,12 @@ def test_accounts_listed_in_the_config_leave_the_organization_and_its_relations_
     before = contains(sn)
     code, report, output = run_cli(aws.url, config([org.accounts["alpha"], org.accounts["bravo"]]), "run")
     assert code == 0, output
-    assert not [c for c in report["changes"] if c["action"] == "retire" or c["table"] == "cmdb_rel_ci"]
+    assert report["changes"] == []  # no update (names, Organization), no retire, no relation deleted
     assert contains(sn) == before and len(before) == 6
+    # nor is an account's name or Organization: aws.accounts does not give them
+    names = {r["account_id"]: (r["name"], r["organization_id"]) for r in sn.store.rows("cmdb_ci_cloud_service_account")}
+    oid = organizations(aws).describe_organization()["Organization"]["Id"]
+    assert names[org.accounts["alpha"]] == ("alpha", oid) and names[org.accounts["bravo"]] == ("bravo", oid)
     assert live(sn, "cmdb_ci_aws_org_unit") == ["production", "sandbox", "workloads"]
 
 

@@ -164,3 +164,53 @@ def test_a_field_one_file_of_a_class_maps_is_not_counted_empty_in_the_cis_of_its
     lines = preview_lines(preview(inventory, mappings, map_inventory(inventory, mappings), {"cmdb_ci_cloud_load_balancer"}))
     assert lines[0].startswith("cmdb_ci_cloud_load_balancer: 2 CI(s)")
     assert not any("comments" in line for line in lines), lines
+
+
+def test_an_account_of_aws_accounts_shows_its_create_only_values_and_no_empty_name(tmp_path, capsys):
+    """aws.accounts gives an account without its name: the preview shows the name a new CI would get, apart,
+    and does not call the field empty."""
+    from connector.models import Account, Inventory, Record, Scope
+
+    inventory = Inventory(accounts=[Account("111122223333", "111122223333")],
+                          scopes=[Scope("111122223333", "global", "organizations:account")],
+                          records=[Record("111122223333", "global", "organizations:account", {"Id": "111122223333"})])
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    out_file = tmp_path / "cis.jsonl"
+    assert main(["map", "--inventory", str(path), "--mappings", str(builtin_mappings_dir()),
+                 "--class", "cmdb_ci_cloud_service_account", "--output", str(out_file)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1:-1] == [  # the last line names the --output file
+        "cmdb_ci_cloud_service_account: 1 CI(s), 0 relation(s) (cmdb_ci_cloud_service_account.toml)",
+        "  not known to the items (known_when), for a new CI only: is_master_account 1/1, name 1/1, organization_id 1/1",
+        "  Contains::Contained by -> cmdb_ci_aws_org_unit: not known to the items of 1 CI(s) (known_when): those in the "
+        "CMDB are kept",
+        "  Contains::Contained by -> cmdb_ci_cloud_org: not known to the items of 1 CI(s) (known_when): those in the "
+        "CMDB are kept"]
+    (row,) = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert row["create_only"] == {"name": "111122223333", "is_master_account": "false", "organization_id": ""}
+    assert "name" not in row["fields"]
+
+
+def test_relations_that_exclude_each_other_are_counted_not_called_broken(tmp_path, capsys):
+    """An account is in an OU or at the root, never both: the relation it has not is "none for N of M", the
+    warning of a template that matches nothing kept for a relation no CI got."""
+    from connector.models import Account, Inventory, Record, Scope
+
+    org = {"Id": "o-1", "Arn": "arn:aws:organizations::111111111111:organization/o-1", "MasterAccountId": "111111111111"}
+    ou = {"Id": "ou-1", "Type": "ORGANIZATIONAL_UNIT", "Arn": "arn:aws:organizations::111111111111:ou/o-1/ou-1"}
+    root = {"Id": "r-1", "Type": "ROOT", "Arn": "arn:aws:organizations::111111111111:root/o-1/r-1"}
+    items = [{"Id": "111111111111", "Name": "a", "Organization": org, "Parent": root},
+             {"Id": "222222222222", "Name": "b", "Organization": org, "Parent": ou},
+             {"Id": "333333333333", "Name": "c", "Organization": org, "Parent": ou}]
+    inventory = Inventory(accounts=[Account(i["Id"], i["Name"]) for i in items],
+                          scopes=[Scope(i["Id"], "global", "organizations:account") for i in items],
+                          records=[Record(i["Id"], "global", "organizations:account", i) for i in items])
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    assert main(["map", "--inventory", str(path), "--mappings", str(builtin_mappings_dir()),
+                 "--class", "cmdb_ci_cloud_service_account"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  Contains::Contained by -> cmdb_ci_aws_org_unit: none for 1 of 3 CI(s)" in out
+    assert "  Contains::Contained by -> cmdb_ci_cloud_org: none for 2 of 3 CI(s)" in out
+    assert not any("known_when" in line or "matches nothing" in line for line in out)

@@ -263,14 +263,17 @@ def test_an_account_or_an_ou_at_the_root_is_contained_by_the_organization(mappin
 def test_an_account_whose_place_was_not_read_has_those_relations_unknown_not_absent(mappings):
     """aws.accounts lists it: no Parent. Its relations to the Organization and OUs are unknown (the
     CMDB's are kept), while an account with a Parent has the others known absent."""
-    item = {k: v for k, v in LIST_ACCOUNTS_ITEM.items() if k not in ("Parent", "Organization")}
+    item = {"Id": ACCOUNT}  # as the accounts stage makes it of aws.accounts
     ci = map_record(mappings.mappings["cmdb_ci_cloud_service_account"], Record(ACCOUNT, "global", "organizations:account", item))
     assert ci.relations == ()
+    # what the item does not know is for a create only: a CI's name and Organization are left as they are
+    assert ci.fields == {"object_id": ACCOUNT, "account_id": ACCOUNT, "correlation_id": f"arn:aws:iam::{ACCOUNT}:root"}
+    assert ci.create_only == {"name": ACCOUNT, "is_master_account": "false", "organization_id": None}
     assert ci.unknown_relations == {("Contains::Contained by", "cmdb_ci_aws_org_unit"),
                                     ("Contains::Contained by", "cmdb_ci_cloud_org")}
     known = map_record(mappings.mappings["cmdb_ci_cloud_service_account"],
                        Record(ACCOUNT, "global", "organizations:account", LIST_ACCOUNTS_ITEM))
-    assert known.unknown_relations == frozenset()
+    assert known.unknown_relations == frozenset() and known.create_only == {}
 
 
 def test_instance_state_map_and_terminated_filtered(mappings):
@@ -345,6 +348,10 @@ INVALID_CASES = [
     ("bad known_when", VALID + '\n[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n'
      'known_when = "Parent[?"\n',
      "cmdb_ci_network.toml: relations.0.known_when: JMESPath does not compile: incomplete expression: 'Parent[?' ends too soon"),
+    ("known_when on the identity", VALID.replace(
+        'correlation_id = { template = "arn:aws:ec2:{$region}:{$account_id}:vpc/{VpcId}" }',
+        'correlation_id = { template = "arn:aws:ec2:{$region}:{$account_id}:vpc/{VpcId}", known_when = "VpcId" }'),
+     "cmdb_ci_network.toml: (top level): the identity field 'correlation_id' takes no known_when: a CI is known by it"),
     ("relation to unknown class", VALID + '\n[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_nowhere"\nidentity = "VpcId"\n',
      "cmdb_ci_network.toml: relations[0].to: no mapping file defines class 'cmdb_ci_nowhere'"),
     ("bad relation type", VALID + '\n[[relations]]\ntype = "Hosted on"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n',

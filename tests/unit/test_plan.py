@@ -241,6 +241,18 @@ def test_a_relation_the_item_could_not_tell_is_kept_and_the_others_still_planned
     assert sorted((r.action, r.sys_id) for r in p.relation_changes) == [("create", None), ("delete", "r2")]
 
 
+def test_a_value_the_item_does_not_know_is_written_by_a_create_and_never_over_a_cis():
+    unknown_name = replace(desired_vm(1), fields={k: v for k, v in desired_vm(1).fields.items() if k != "name"},
+                           create_only={"name": "stand-in name", "short_description": None})
+    p = plan([unknown_name], [existing_vm(1, name="the CMDB's name")])
+    assert p.changes == [] and p.unchanged[VM] == 1
+    (create,) = plan([unknown_name], []).changes
+    assert create.diff["name"] == ("", "stand-in name") and "short_description" not in create.diff
+    known = replace(unknown_name, fields={**unknown_name.fields, "name": "from AWS"})
+    (create,) = plan([known], []).changes  # a value the item knows wins over its create-only one
+    assert create.diff["name"] == ("", "from AWS")
+
+
 def test_relations_of_a_type_no_mapping_names_are_never_deleted():
     """The relations are asked for by type name (type.name), a dot-walk the instance may drop: then
     relations of every type come back. Only those of the types plan knows (rel_types) are managed."""
