@@ -8,12 +8,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from .expressions import compile_field, compile_path
 
 DEFAULT_RETIRE = {"install_status": "7", "operational_status": "6"}
 DEFAULT_REVIVE = {"install_status": "1", "operational_status": "1"}
+
+
+def _path_compiles(path: str | None) -> str | None:
+    if path is not None:
+        compile_path(path)
+    return path
+
+
+# a JMESPath over the item that finds something where the item knows a field or a kind of relation
+KnownWhen = Annotated[str | None, AfterValidator(_path_compiles)]
 
 
 class _Strict(BaseModel):
@@ -33,14 +43,7 @@ class FieldSpec(_Strict):
     # JMESPath over the item: when it finds nothing, the item does not know this field (an account listed
     # in aws.accounts has no name or Organization of its own): its value is then written only when the CI
     # is created, never over the value a CI holds.
-    known_when: str | None = None
-
-    @field_validator("known_when")
-    @classmethod
-    def _known_when_compiles(cls, path: str | None) -> str | None:
-        if path is not None:
-            compile_path(path)
-        return path
+    known_when: KnownWhen = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "FieldSpec":
@@ -129,14 +132,7 @@ class RelationSpec(_Strict):
     # JMESPath over the item: when it finds nothing, the item does not tell which relations of this kind
     # its CI has (an account listed in aws.accounts, whose place in the Organization was not read): the
     # ones in the CMDB are kept, none deleted. Without it, an identity that builds nothing means none.
-    known_when: str | None = None
-
-    @field_validator("known_when")
-    @classmethod
-    def _compiles(cls, path: str | None) -> str | None:
-        if path is not None:
-            compile_path(path)
-        return path
+    known_when: KnownWhen = None
 
 
 class TagsSpec(_Strict):
