@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from typing import Any, Iterable
 
 from ..concurrency import map_in_order
@@ -169,7 +170,7 @@ class IreWriter:
 
     def _send(self, part: list[tuple[int, WriteOp, CIKey]], checked: bool = False) -> list[WriteResult]:
         """The results of ``part``'s writes, in its order."""
-        if not checked and any(op.method == "PATCH" for _i, op, _key in part):
+        if not checked and any(op.method == "PATCH" or self.cis[key].create_only for _i, op, key in part):
             return self._send_checked(part)
         payload, index_of, relations = self._payload([(op, key) for _i, op, key in part])
         try:
@@ -198,19 +199,25 @@ class IreWriter:
         asked of ``/identifyreconcile/query``, which commits nothing. An update that IRE would put on another
         CI, make a new one of or refuse (a CI that lost the relation it is identified by, one made through the
         Table API before the switch to IRE, one just adopted from Discovery, its host not known this run) goes
-        through the Table API by its sys_id instead, with a warning; the rest through IRE."""
+        through the Table API by its sys_id instead, with a warning; the rest through IRE. A create with values
+        for a new CI only (a mapping's known_when) that IRE would put on an existing CI goes without them."""
         try:
             said = self._ask(part)
         except ServiceNowError as exc:
             return [WriteResult(error=str(exc))] * len(part)
         agreed, elsewhere = [], []
-        for position, ((_i, op, key), why) in enumerate(zip(part, said)):
+        part = list(part)
+        for position, ((i, op, key), why) in enumerate(zip(part, said)):
             if op.method == "PATCH" and why:
                 log.warning("%s for %s %s, which plan matched to %s: updated through the Table API by its sys_id "
                             "instead", why, op.table, key[1], op.sys_id, extra={"table": op.table})
                 elsewhere.append(position)
-            else:
-                agreed.append(position)
+                continue
+            create_only = self.cis[key].create_only
+            if op.method == "POST" and why and create_only:  # not over the values of the CI IRE identifies
+                part[position] = (i, replace(op, payload={k: v for k, v in op.payload.items() if k not in create_only}),
+                                  key)
+            agreed.append(position)
         results: list[WriteResult] = [WriteResult(error="not written")] * len(part)
         if elsewhere:
             for position, result in zip(elsewhere, self.table_writer.write_many([part[p][1] for p in elsewhere])):

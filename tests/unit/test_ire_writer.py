@@ -194,3 +194,22 @@ def test_validate_names_the_files_ire_could_not_identify_by(tmp_path, monkeypatc
     assert ("  warning: cmdb_ci_network.toml: maps no object_id, which IRE identifies cmdb_ci_network by: its creates "
             "would fail (MISSING_MATCHING_ATTRIBUTES)") in out
     assert "  warning: cmdb_ci_vm_instance.toml: no [[relations]] \"Hosted on::Hosts\"" in out
+
+
+def test_a_create_ire_puts_on_an_existing_ci_leaves_its_values_for_a_new_ci_only_out(standin):
+    """An account of aws.accounts: its name (its id) is for a new CI only. IRE identifies the account CI
+    another source made by account_id: that CI keeps its name; a truly new account gets the id as name."""
+    theirs = standin.store.insert("cmdb_ci_cloud_service_account", {"name": "Payments production", "account_id": "222222222222",
+                                                                    "object_id": "222222222222", "correlation_id": "theirs"}, "other")
+    known = {"account_id": "222222222222", "object_id": "222222222222"}
+    existing = DesiredCI(ACCOUNT[0], "arn:aws:iam::222222222222:root", {"correlation_id": "arn:aws:iam::222222222222:root",
+                         **known}, (), SCOPE, create_only={"name": "222222222222"})
+    new = DesiredCI(ACCOUNT[0], "arn:aws:iam::333333333333:root", {"correlation_id": "arn:aws:iam::333333333333:root",
+                    "account_id": "333333333333", "object_id": "333333333333"}, (), SCOPE, create_only={"name": "333333333333"})
+    writer = world(standin, [existing, new])
+    ops = [create_ci_op(c.table, {**{k: str(v) for k, v in c.fields.items()}, "name": c.create_only["name"]}, "correlation_id")
+           for c in (existing, new)]
+    first, second = writer.write_many(ops)
+    assert first.sys_id == theirs["sys_id"] and first.error is None
+    assert standin.store.get("cmdb_ci", theirs["sys_id"])["name"] == "Payments production"
+    assert standin.store.get("cmdb_ci", second.sys_id)["name"] == "333333333333"
