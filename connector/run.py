@@ -272,7 +272,7 @@ def nothing_collected(inventory: Inventory) -> bool:
     """Was there something to collect, and not one scope of it collected (every account denied, say: an
     ExternalId changed on one side only)? Then the run failed: nothing was learnt, nothing written. Skipped
     accounts and scopes (suspended, a region not enabled) were nothing to collect. The Organization's
-    structure, read without any account's role, is none of an account's scopes."""
+    structure, which Organizations may give when no account's role can be assumed, is none of them."""
     to_collect = any(a.status in NOT_COLLECTED for a in inventory.accounts) or any(
         s.status != SKIPPED for s in inventory.scopes)
     reached = {a.account_id for a in inventory.accounts if a.status == OK}
@@ -357,7 +357,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             with clock.stage("collect"):
                 inventory = collect_from_aws(settings, mappings, shard)
         if nothing_collected(inventory):
-            # nothing planned: not even the Organization's structure (read without any account's role) is written
+            # nothing planned: not even the Organization's structure (which Organizations may still give) is written
             raise _NothingCollected()
         _stop_before("map")
         with clock.stage("map"):
