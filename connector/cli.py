@@ -274,7 +274,8 @@ def cmd_demo(args) -> int:
 
     print("Starting a simulated AWS Organization and a local ServiceNow stand-in on 127.0.0.1 ...")
     with sandboxes() as boxes:
-        print(f"  AWS Organization: {len(boxes.org.accounts)} accounts, regions us-east-1 and eu-west-1")
+        print(f"  AWS Organization: {len(boxes.org.accounts)} accounts in {len(boxes.org.units)} OUs, "
+              "regions us-east-1 and eu-west-1")
         print(f"  ServiceNow stand-in: {boxes.servicenow.url}")
         data = boxes.settings_data(args.output_dir.resolve())
         data["servicenow"]["writer"] = args.writer

@@ -287,6 +287,8 @@ def test_demo_command_works_from_any_folder(tmp_path):
     assert Path(report_line[0].split(": ", 1)[1]).parent == tmp_path / "reports"
     assert report["exit_code"] == 0 and len(report["accounts"]) == 4
     assert report["tables"]["cmdb_ci_vm_instance"]["created"] > 0
+    assert "  AWS Organization: 4 accounts in 4 OUs, regions us-east-1 and eu-west-1\n" in proc.stdout
+    assert report["tables"]["cmdb_ci_aws_org_unit"]["created"] == 4 and report["tables"]["cmdb_ci_cloud_org"]["created"] == 1
     assert "created" in proc.stdout and "Traceback" not in proc.stderr
     created = report["tables"]["cmdb_ci_vm_instance"]["created"]
     assert "changed:\n" in proc.stdout and f"\n  cmdb_ci_vm_instance: {created} created\n" in proc.stdout
