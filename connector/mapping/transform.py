@@ -17,6 +17,11 @@ class MapResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _finds_nothing(known_when, item) -> bool:
+    """A mapping's known_when over ``item`` found nothing: the item does not know that field or relation."""
+    return known_when(item) in (None, "", [], {})
+
+
 def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredCI:
     """One raw item -> one desired CI. ``ValueError`` when the identity is absent.
 
@@ -31,14 +36,14 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
     }
     values = {name: evaluate(item, ctx) for name, evaluate in mapping.fields.items()}
     create_only = {name: values.pop(name) for name, known in mapping.known_when.items()
-                   if known(item) in (None, "", [], {})} if mapping.known_when else {}
+                   if _finds_nothing(known, item)} if mapping.known_when else {}
     identity = values.get(mapping.identity_field)
     if not identity:
         raise ValueError(f"{mapping.identity_field} is empty for item {mapping.source.id(item)!r}")
     relations = []
     unknown = []
     for rel in mapping.relations:
-        if rel.known_when is not None and rel.known_when(item) in (None, "", [], {}):
+        if rel.known_when is not None and _finds_nothing(rel.known_when, item):
             unknown.append((rel.type, rel.to))
             continue
         target = rel.identity(item, ctx)
