@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from types import MappingProxyType
+from typing import Any, Mapping, NamedTuple
 
 # Status of an account or of one collection unit.
 OK = "ok"
@@ -14,6 +15,9 @@ SKIPPED = "skipped"
 SCOPE_STATUSES = (OK, DENIED, THROTTLED, ERROR, SKIPPED)
 
 GLOBAL_REGION = "global"
+# one empty mapping and one empty set for the CIs that need none (an empty frozenset is 200 bytes)
+NOTHING: Mapping[str, Any] = MappingProxyType({})
+NONE_UNKNOWN: frozenset = frozenset()
 # The source kinds read from the Organization's structure, once per run, not per account
 ORGANIZATION_KINDS = ("organization", "organizational_unit")
 
@@ -103,7 +107,7 @@ class DesiredCI:
     # (relation type, other table) of the relations this CI's item could not tell: the CMDB's are kept
     unknown_relations: frozenset[tuple[str, str]] = frozenset()
     # fields the item does not know (a mapping's known_when): their values are written by a create only
-    create_only: dict[str, str | None] = field(default_factory=dict)
+    create_only: Mapping[str, str | None] = field(default_factory=dict)
 
 
 # The CMDB's records are read by the ten thousand: named tuples, which are as
