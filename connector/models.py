@@ -30,6 +30,8 @@ class Account:
     error: str | None = None
     # The raw Organizations item (or a minimal one for an explicit list).
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # skipped for its state (suspended, closing): its own CI is still written, with that state
+    closed: bool = False
 
 
 @dataclass(frozen=True)

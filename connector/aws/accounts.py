@@ -145,7 +145,7 @@ def discover_accounts(
         if account_id in excluded:
             accounts.append(Account(account_id, name, SKIPPED, "excluded by aws.exclude_accounts", raw))
         elif state != "ACTIVE":
-            accounts.append(Account(account_id, name, SKIPPED, f"account state is {state}", raw))
+            accounts.append(Account(account_id, name, SKIPPED, f"account state is {state}", raw, closed=True))
         else:
             accounts.append(Account(account_id, name, OK, None, raw))
     log.info("accounts: %d targeted, %d skipped", sum(a.status == OK for a in accounts),

@@ -221,8 +221,13 @@ def collect_inventory(
                          org_tags)
     sources = {name: s for name, s in sources.items() if s.kind not in ORGANIZATION_KINDS}
     reachable = [a for a in accounts if a.status == OK]
-    account_items = {name: dict(zip((a.account_id for a in reachable), org_tags.each(s, [a.raw for a in reachable])))
+    # the accounts' own items: those reached, and those closed (their resources are not collected, but
+    # Organizations says what became of them)
+    listed = reachable + [a for a in accounts if a.closed]
+    account_items = {name: dict(zip((a.account_id for a in listed), org_tags.each(s, [a.raw for a in listed])))
                      for name, s in sources.items() if s.kind == "account"}
+    for account in listed[len(reachable):]:
+        _record_account(account, sources, inventory, account_items)
     if "all" in regions:
         pool.warm({"ec2"})
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="regions") as executor:
@@ -292,22 +297,33 @@ def _record_organization(tree: OrganizationTree | None, sources: list[CompiledSo
                                  for item in items)
 
 
+def _record_account(account: Account, sources: dict[str, CompiledSource], inventory: Inventory,
+                    account_items: dict[str, dict[str, Any]]) -> None:
+    """The account's own item, for each source of kind "account": with its tags, or, where they could not
+    be read, that scope failed."""
+    for source in sources.values():
+        if source.kind != "account":
+            continue
+        item = account_items[source.name][account.account_id]
+        if isinstance(item, tuple):
+            log.warning("account %s source %s: %s: %s", account.account_id, source.name, *item,
+                        extra={"account": account.account_id, "source": source.name})
+            inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name, *item))
+            continue
+        inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name))
+        inventory.records.append(Record(account.account_id, GLOBAL_REGION, source.name, jsonable(item)))
+
+
 def _account_units(account: Account, regions: list[str], sources: dict[str, CompiledSource],
                    inventory: Inventory, account_items: dict[str, dict[str, Any]]) -> list[Unit]:
     """The API units of one account; the account (its item from ``account_items``: with its tags, or why
     they could not be read) and its regions are recorded at once."""
     units = []
+    _record_account(account, sources, inventory, account_items)
     for source in sources.values():
         if source.kind == "account":
-            item = account_items[source.name][account.account_id]
-            if isinstance(item, tuple):
-                log.warning("account %s source %s: %s: %s", account.account_id, source.name, *item,
-                            extra={"account": account.account_id, "source": source.name})
-                inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name, *item))
-                continue
-            inventory.scopes.append(Scope(account.account_id, GLOBAL_REGION, source.name))
-            inventory.records.append(Record(account.account_id, GLOBAL_REGION, source.name, jsonable(item)))
-        elif source.kind == "region":
+            continue
+        if source.kind == "region":
             for region in regions:
                 inventory.scopes.append(Scope(account.account_id, region, source.name))
                 inventory.records.append(Record(account.account_id, region, source.name, {"RegionName": region}))

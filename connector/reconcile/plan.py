@@ -371,8 +371,8 @@ def _plan_table(
             plan.duplicates.append({"table": table, "identity": ci.identity, "sys_ids": sorted(m.sys_id for m in matches)})
         else:
             wanted = _desired_payload(ci, options)
-            if ci.create_only:  # what the item does not know, for a new CI only
-                wanted = {**{k: snow_value(v) for k, v in ci.create_only.items()}, **wanted}
+            if ci.create_only:  # what the item does not know, for a new CI only (none: the class's default)
+                wanted = {**{k: s for k, v in ci.create_only.items() if (s := snow_value(v))}, **wanted}
             if options.stamps:
                 wanted = {FIRST_DISCOVERED: options.now, LAST_DISCOVERED: options.now, **wanted}
             full = {**{k: v for k, v in policy.revive.items() if k not in wanted}, **wanted}

@@ -141,3 +141,24 @@ def test_the_tags_of_the_accounts_and_ous_with_reconcile_tags(world):
     (alpha,) = [r for r in sn.store.rows("cmdb_ci_cloud_service_account") if r["account_id"] == org.accounts["alpha"]]
     assert {r["key"]: r["value"] for r in sn.store.rows("cmdb_key_value")
             if r["configuration_item"] == alpha["sys_id"]} == {"cost-center": "cc-43"}
+
+
+def test_a_closed_account_is_non_operational_and_its_resources_are_left_as_they_are(world):
+    aws, sn, org, config = world
+    assert run_cli(aws.url, config(), "run")[0] == 0
+    bravo = org.accounts["bravo"]
+    theirs = {r["sys_id"]: dict(r) for r in sn.store.rows("cmdb_ci")
+              if f":{bravo}:" in r["correlation_id"] and r["sys_class_name"] != "cmdb_ci_cloud_service_account"}
+    assert theirs  # its datacenter, default VPC, zones...
+    organizations(aws).close_account(AccountId=bravo)
+    code, report, output = run_cli(aws.url, config(), "run")
+    assert code == 0, output
+    (account,) = [a for a in report["accounts"] if a["account_id"] == bravo]
+    assert account["status"] == "skipped" and "SUSPENDED" in account["error"]
+    (ci,) = [r for r in sn.store.rows("cmdb_ci_cloud_service_account") if r["account_id"] == bravo]
+    assert (ci["operational_status"], ci["install_status"], ci["name"]) == ("2", "1", "bravo")
+    assert {sys_id: dict(sn.store.get("cmdb_ci", sys_id)) for sys_id in theirs} == theirs  # not retired, not written
+    assert ("sandbox", "bravo") in structure(sn)
+    sn.stats.clear()
+    assert run_cli(aws.url, config(), "run")[0] == 0
+    assert writes(sn) == Counter()

@@ -100,9 +100,13 @@ def test_25_accounts_2_ous_suspended_excluded_denied_3_regions(organization, mon
     scopes = Counter((s.account_id, s.status) for s in inventory.scopes)
     for account in reachable:
         assert scopes[(account, OK)] == 1 + len(REGIONS) * 4  # account + (region, vpc, subnet, instance) per region
-    for account in (suspended, excluded, denied):
+    for account in (excluded, denied):
         assert not [s for s in inventory.scopes if s.account_id == account]
         assert not [r for r in inventory.records if r.account_id == account]
+    # the suspended account: its own item (Organizations says it is suspended), none of its resources
+    assert [(s.source, s.status) for s in inventory.scopes if s.account_id == suspended] == [("organizations:account", OK)]
+    (own,) = [r for r in inventory.records if r.account_id == suspended]
+    assert own.source == "organizations:account" and own.resource["State"] == "SUSPENDED"
     # every account's default VPC in every region, seen through its own role
     vpcs = Counter(r.account_id for r in inventory.records if r.source == "ec2:vpc")
     assert set(vpcs) == set(reachable) and set(vpcs.values()) == {len(REGIONS)}

@@ -182,13 +182,15 @@ def test_an_account_of_aws_accounts_shows_its_create_only_values_and_no_empty_na
     out = capsys.readouterr().out.splitlines()
     assert out[1:-1] == [  # the last line names the --output file
         "cmdb_ci_cloud_service_account: 1 CI(s), 0 relation(s) (cmdb_ci_cloud_service_account.toml)",
-        "  not known to the items (known_when), for a new CI only: is_master_account 1/1, name 1/1, organization_id 1/1",
+        "  not known to the items (known_when), for a new CI only: is_master_account 1/1, name 1/1, "
+        "operational_status 1/1, organization_id 1/1",
         "  Contains::Contained by -> cmdb_ci_aws_org_unit: not known to the items of 1 CI(s) (known_when): those in the "
         "CMDB are kept",
         "  Contains::Contained by -> cmdb_ci_cloud_org: not known to the items of 1 CI(s) (known_when): those in the "
         "CMDB are kept"]
     (row,) = [json.loads(line) for line in out_file.read_text().splitlines()]
-    assert row["create_only"] == {"name": "111122223333", "is_master_account": "false", "organization_id": ""}
+    assert row["create_only"] == {"name": "111122223333", "is_master_account": "false", "organization_id": "",
+                                  "operational_status": ""}
     assert "name" not in row["fields"]
 
 
@@ -200,9 +202,9 @@ def test_relations_that_exclude_each_other_are_counted_not_called_broken(tmp_pat
     org = {"Id": "o-1", "Arn": "arn:aws:organizations::111111111111:organization/o-1", "MasterAccountId": "111111111111"}
     ou = {"Id": "ou-1", "Type": "ORGANIZATIONAL_UNIT", "Arn": "arn:aws:organizations::111111111111:ou/o-1/ou-1"}
     root = {"Id": "r-1", "Type": "ROOT", "Arn": "arn:aws:organizations::111111111111:root/o-1/r-1"}
-    items = [{"Id": "111111111111", "Name": "a", "Organization": org, "Parent": root},
-             {"Id": "222222222222", "Name": "b", "Organization": org, "Parent": ou},
-             {"Id": "333333333333", "Name": "c", "Organization": org, "Parent": ou}]
+    items = [{"Id": "111111111111", "Name": "a", "State": "ACTIVE", "Organization": org, "Parent": root},
+             {"Id": "222222222222", "Name": "b", "State": "ACTIVE", "Organization": org, "Parent": ou},
+             {"Id": "333333333333", "Name": "c", "State": "ACTIVE", "Organization": org, "Parent": ou}]
     inventory = Inventory(accounts=[Account(i["Id"], i["Name"]) for i in items],
                           scopes=[Scope(i["Id"], "global", "organizations:account") for i in items],
                           records=[Record(i["Id"], "global", "organizations:account", i) for i in items])

@@ -62,7 +62,7 @@ GOLDEN = [
         "cmdb_ci_cloud_service_account", "organizations:account", "global", LIST_ACCOUNTS_ITEM,
         {"name": "prod", "object_id": ACCOUNT, "account_id": ACCOUNT,
          "correlation_id": f"arn:aws:iam::{ACCOUNT}:root", "is_master_account": "false",
-         "organization_id": "o-abc123"},
+         "organization_id": "o-abc123", "operational_status": "1"},
         (RelationRef("Contains::Contained by", "cmdb_ci_aws_org_unit", PRODUCTION_OU_ARN, role="child"),),
     ),
     (
@@ -249,6 +249,16 @@ def test_management_account_is_flagged(mappings):
     assert ci.fields["is_master_account"] == "true"
 
 
+def test_a_suspended_or_closing_account_is_non_operational(mappings):
+    mapping = mappings.mappings["cmdb_ci_cloud_service_account"]
+    states = {state: map_record(mapping, Record(ACCOUNT, "global", "organizations:account",
+                                                {**LIST_ACCOUNTS_ITEM, "State": state})).fields["operational_status"]
+              for state in ("ACTIVE", "SUSPENDED", "PENDING_CLOSURE")}
+    assert states == {"ACTIVE": "1", "SUSPENDED": "2", "PENDING_CLOSURE": "2"}
+    older = {k: v for k, v in LIST_ACCOUNTS_ITEM.items() if k != "State"}  # Status only, as older answers
+    assert map_record(mapping, Record(ACCOUNT, "global", "organizations:account", older)).fields["operational_status"] == "1"
+
+
 def test_an_account_or_an_ou_at_the_root_is_contained_by_the_organization(mappings):
     account = map_record(mappings.mappings["cmdb_ci_cloud_service_account"],
                          Record(ACCOUNT, "global", "organizations:account", {**LIST_ACCOUNTS_ITEM, "Parent": ROOT}))
@@ -268,7 +278,8 @@ def test_an_account_whose_place_was_not_read_has_those_relations_unknown_not_abs
     assert ci.relations == ()
     # what the item does not know is for a create only: a CI's name and Organization are left as they are
     assert ci.fields == {"object_id": ACCOUNT, "account_id": ACCOUNT, "correlation_id": f"arn:aws:iam::{ACCOUNT}:root"}
-    assert ci.create_only == {"name": ACCOUNT, "is_master_account": "false", "organization_id": None}
+    assert ci.create_only == {"name": ACCOUNT, "is_master_account": "false", "organization_id": None,
+                              "operational_status": None}
     assert ci.unknown_relations == {("Contains::Contained by", "cmdb_ci_aws_org_unit"),
                                     ("Contains::Contained by", "cmdb_ci_cloud_org")}
     known = map_record(mappings.mappings["cmdb_ci_cloud_service_account"],

@@ -243,11 +243,13 @@ def test_a_relation_the_item_could_not_tell_is_kept_and_the_others_still_planned
 
 def test_a_value_the_item_does_not_know_is_written_by_a_create_and_never_over_a_cis():
     unknown_name = replace(desired_vm(1), fields={k: v for k, v in desired_vm(1).fields.items() if k != "name"},
-                           create_only={"name": "stand-in name", "short_description": None})
+                           create_only={"name": "stand-in name", "short_description": None,
+                                        "operational_status": None})
     p = plan([unknown_name], [existing_vm(1, name="the CMDB's name")])
     assert p.changes == [] and p.unchanged[VM] == 1
     (create,) = plan([unknown_name], []).changes
     assert create.diff["name"] == ("", "stand-in name") and "short_description" not in create.diff
+    assert create.diff["operational_status"] == ("", "1")  # none known: the lifecycle's live value, not none
     known = replace(unknown_name, fields={**unknown_name.fields, "name": "from AWS"})
     (create,) = plan([known], []).changes  # a value the item knows wins over its create-only one
     assert create.diff["name"] == ("", "from AWS")
