@@ -271,10 +271,12 @@ NOTHING_COLLECTED = "nothing was collected: no scope of any targeted account was
 def nothing_collected(inventory: Inventory) -> bool:
     """Was there something to collect, and not one scope of it collected (every account denied, say: an
     ExternalId changed on one side only)? Then the run failed: nothing was learnt, nothing written. Skipped
-    accounts and scopes (suspended, a region not enabled) were nothing to collect. The Organization's
-    structure, which Organizations may give when no account's role can be assumed, is none of them."""
+    accounts and scopes (suspended, a region not enabled) were nothing to collect: a suspended account's scope
+    of its own item among them. The Organization's structure, which Organizations may give when no account's
+    role can be assumed, is none of them."""
+    skipped = {a.account_id for a in inventory.accounts if a.status == SKIPPED}
     to_collect = any(a.status in NOT_COLLECTED for a in inventory.accounts) or any(
-        s.status != SKIPPED for s in inventory.scopes)
+        s.status != SKIPPED and s.account_id not in skipped for s in inventory.scopes)
     reached = {a.account_id for a in inventory.accounts if a.status == OK}
     return to_collect and not any(s.status == OK and s.account_id in reached for s in inventory.scopes)
 

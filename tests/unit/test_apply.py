@@ -105,6 +105,10 @@ def test_exit_codes():
     structure_only = Inventory(accounts=[Account("1", "a", "denied", "AccessDenied")],
                                scopes=[Scope("1", "global", "organizations:organizational_unit", OK)])
     assert exit_code_for(structure_only, MapResult(), None) == EXIT_FAILED
+    # a shard whose one account is suspended: its own CI written (its scope), nothing else to collect: ok
+    closed_only = Inventory(accounts=[Account("1", "a", "skipped", "account state is SUSPENDED", closed=True)],
+                            scopes=[Scope("1", "global", "organizations:account", OK)])
+    assert exit_code_for(closed_only, MapResult(), None) == EXIT_OK
     all_throttled = Inventory(accounts=[Account("1", "a")], scopes=[Scope("1", "r", "s", "throttled")] * 2)
     assert exit_code_for(all_throttled, MapResult(), None) == EXIT_FAILED
     assert exit_code_for(Inventory(), MapResult(), None) == EXIT_OK  # no account targeted (an empty shard)
