@@ -251,13 +251,14 @@ def cmd_collect(args) -> int:
 
 def cmd_check_access(args) -> int:
     from .aws.access import check_access, render_table
+    from .aws.accounts import management_account
     from .aws.targets import find_targets, open_session_pool
 
     settings = _settings(args)
     pool = open_session_pool(settings)
     targets = find_targets(settings, pool, parse_shard(args.shard), tree=True)
     accounts = targets.accounts
-    management = next((a.raw.get("Organization", {}).get("MasterAccountId") for a in accounts if a.raw), None)
+    management = management_account(accounts)
     rows = check_access(pool, accounts, settings.aws.role_name, management)
     print(render_table(rows))
     tree = targets.organization

@@ -49,6 +49,17 @@ def _accounts_under(client, parent_id: str) -> list[dict[str, Any]]:
     return found
 
 
+def _summary(organization: dict[str, Any]) -> dict[str, Any]:
+    """What an account's or an OU's item carries of its Organization (``Organization``)."""
+    return {k: organization.get(k) for k in ("Id", "Arn", "MasterAccountId") if organization.get(k)}
+
+
+def management_account(accounts: list[Account]) -> str | None:
+    """The Organization's management account, as the accounts' items name it; None without Organizations."""
+    return next((a.raw["Organization"]["MasterAccountId"] for a in accounts
+                 if a.raw.get("Organization", {}).get("MasterAccountId")), None)
+
+
 def list_organization_accounts(client, organizational_units: list[str], where: str) -> list[dict[str, Any]]:
     """Raw Organizations account items, each with the organization attached."""
     try:
@@ -76,7 +87,7 @@ def list_organization_accounts(client, organizational_units: list[str], where: s
             f"Organizations listed no accounts through {where}: this is not the management "
             "or a delegated-admin account. Set aws.organization_account_id, or aws.accounts."
         )
-    org = {k: organization.get(k) for k in ("Id", "Arn", "MasterAccountId") if organization.get(k)}
+    org = _summary(organization)
     unique = {item["Id"]: {**item, "Organization": org} for item in raw}
     return [unique[k] for k in sorted(unique)]
 
@@ -97,7 +108,7 @@ def walk_organization(client, where: str, management_account: str) -> Organizati
     try:
         organization = client.describe_organization().get("Organization", {})
         roots = _paginate(client, "list_roots", "Roots")
-        summary = {k: organization.get(k) for k in ("Id", "Arn", "MasterAccountId") if organization.get(k)}
+        summary = _summary(organization)
         units: list[dict[str, Any]] = []
         parents: dict[str, dict[str, str]] = {}
 

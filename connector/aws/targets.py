@@ -18,7 +18,7 @@ import boto3
 from ..errors import ConnectorError, UsageError
 from ..models import OK, Account, OrganizationTree
 from ..settings import Settings
-from .accounts import discover_accounts, walk_organization
+from .accounts import discover_accounts, management_account, walk_organization
 from .sessions import RoleSettings, SessionPool
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,7 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
         log.info("accounts: listed in aws.accounts, so the Organization's OUs are not read: its CIs and each "
                  "account's relations to them are left as they are")
     elif tree:
-        management = next((a.raw["Organization"]["MasterAccountId"] for a in accounts
-                           if a.raw.get("Organization", {}).get("MasterAccountId")), None)
+        management = management_account(accounts)
         if management:
             organization = walk_organization(*org_client(), management_account=management)
             accounts = [replace(a, raw={**a.raw, "Parent": organization.parents[a.account_id]})
