@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import __version__
 from .errors import ConfigError, ConnectorError, UsageError, did_you_mean
-from .aws.targets import parse_shard
+from .aws.targets import parse_account_ids, parse_shard
 from .ops import setup_logging
 from .mapping.load import load_mappings
 from .settings import Settings, find_config, load_settings
@@ -53,6 +53,8 @@ def _parser() -> argparse.ArgumentParser:
                                 parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
 
     shard_help = "only the accounts of shard K of N (a stable hash of the account id)"
+    retire_help = ("retire every CI of this account, which no run collects any more (it left the Organization, "
+                   "or aws.exclude_accounts leaves it out); may be repeated; the guard still holds")
     run = sub.add_parser("run", help="collect, map, plan, apply, report")
     run.add_argument("--shard", metavar="K/N", help=shard_help)
     run.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
@@ -61,6 +63,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="make the writes a guard held back (the report's guards say which): retires past "
                           "reconcile.max_retire_fraction, bulk clears and deletions, creates that would duplicate")
     run.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
+    run.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append", default=[],
+                     help=retire_help)
 
     plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
     plan.add_argument("--shard", metavar="K/N", help=shard_help)
@@ -68,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
     plan.add_argument("--force", action="store_true", help="plan the writes a guard holds back, as run --force would")
     plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
+    plan.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append", default=[],
+                      help=retire_help)
 
     collect = sub.add_parser("collect", help="collect the inventory into a JSON Lines file")
     collect.add_argument("--output", metavar="FILE", type=Path, required=True)
@@ -210,11 +216,13 @@ def cmd_run(args) -> int:
 
     settings = _settings(args)
     shard = parse_shard(args.shard)
+    retire_accounts = parse_account_ids(args.retire_accounts, "--retire-account")
     period = parse_duration(args.every) if args.every else None
     jitter = parse_duration(args.jitter, allow_zero=True) if args.jitter else min(300.0, (period or 0) / 10)
 
     def once() -> int:
-        outcome = run_pipeline(settings, mode=args.command, force=args.force, inventory_file=args.inventory, shard=shard)
+        outcome = run_pipeline(settings, mode=args.command, force=args.force, inventory_file=args.inventory, shard=shard,
+                               retire_accounts=retire_accounts)
         for line in change_lines(outcome.report):
             print(line)
         print(f"report: {outcome.report_path}")

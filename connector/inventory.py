@@ -1,4 +1,5 @@
-"""The inventory file: JSON Lines of scopes, resources and accounts.
+"""The inventory file: JSON Lines of scopes, resources and accounts, and, when the Organization was
+listed in full, one line of its account ids (``organization_accounts``).
 
 An inventory collected in one network zone can be reconciled from another.
 """
@@ -26,6 +27,8 @@ def write_inventory(inventory: Inventory, path: Path) -> None:
         for r in inventory.records:
             out.write(json.dumps({"kind": "resource", "account_id": r.account_id, "region": r.region,
                                   "source": r.source, "resource": r.resource}, default=str) + "\n")
+        if inventory.members is not None:
+            out.write(json.dumps({"kind": "organization_accounts", "account_ids": sorted(inventory.members)}) + "\n")
 
 
 def read_inventory(path: Path) -> Inventory:
@@ -54,6 +57,11 @@ def read_inventory(path: Path) -> Inventory:
                 elif kind == "account":
                     inventory.accounts.append(Account(row["account_id"], row.get("name") or row["account_id"],
                                                       row.get("status", "ok"), row.get("error"), row.get("raw") or {}))
+                elif kind == "organization_accounts":
+                    ids = row["account_ids"]
+                    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                        raise ValueError("account_ids is not a list of account ids")
+                    inventory.members = frozenset(ids)
                 else:
                     raise ValueError(f"unknown kind {kind!r}")
             except KeyError as exc:

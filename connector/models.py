@@ -79,6 +79,10 @@ class Inventory:
     accounts: list[Account] = field(default_factory=list)
     scopes: list[Scope] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
+    # Every account of the Organization (of every shard, excluded and suspended ones too), when this run
+    # listed it in full; None when it is not known (aws.accounts; aws.organizational_units without the
+    # tree). A CI of ours in an account not among them is of an account that left the Organization.
+    members: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

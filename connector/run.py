@@ -33,7 +33,7 @@ from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
 from .mapping.load import MappingSet, load_mappings
 from .mapping.transform import MapResult, map_inventory
-from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, DesiredCI, ExistingCI,
+from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, Account, DesiredCI, ExistingCI,
                      ExistingKeyValue, ExistingRelation,
                      Inventory)
 from .reconcile.apply import ApplyResult, apply_plan, predict_with
@@ -92,18 +92,44 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
 
 
-def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int, int] | None = None) -> Inventory:
-    """accounts -> sessions -> collect."""
+def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int, int] | None = None,
+                     retire_accounts: frozenset[str] = frozenset()) -> Inventory:
+    """accounts -> sessions -> collect. ``retire_accounts`` (run --retire-account) are checked against the
+    accounts found, before any is collected."""
     check_operations(mappings)  # before the first AWS call: a misspelled operation is the mapping's error
     pool = open_session_pool(settings)
     tree = any(source.kind in ORGANIZATION_KINDS for source in mappings.sources.values())
     targets = find_targets(settings, pool, shard, tree=tree)
+    check_retire_accounts(retire_accounts, targets.accounts, targets.members, settings)
     accounts = open_account_sessions(pool, targets.accounts, settings.aws.max_workers)
-    return collect_inventory(
+    inventory = collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
         settings.aws.max_workers, settings.aws.max_workers_per_account, tags=settings.reconcile.tags,
         organization=targets.organization, organizations=targets.organizations,
     )
+    inventory.members = targets.members
+    return inventory
+
+
+def check_retire_accounts(retire: frozenset[str], accounts: list[Account], members: frozenset[str] | None,
+                          settings: Settings) -> None:
+    """Refuse to retire, wholesale, the CIs of an account that a run collects (run --retire-account): only
+    an account no run collects may be named, one that left the Organization or that aws.exclude_accounts
+    leaves out. Its CIs are otherwise kept for ever, since nothing of an account not collected is retired."""
+    if not retire:
+        return
+    excluded = set(settings.aws.exclude_accounts)
+    where = {**dict.fromkeys(members or (), "in the Organization"),
+             **dict.fromkeys((a.account_id for a in accounts), "a target of this run"),
+             **dict.fromkeys(settings.aws.accounts, "in aws.accounts")}
+    refused = sorted((account, where[account]) for account in retire if account in where and account not in excluded)
+    if refused:
+        account, why = refused[0]
+        raise UsageError(
+            f"--retire-account {account}: the account is {why}, so its CIs are reconciled from what is collected in "
+            "it (and retired one by one as its resources go), never retired wholesale. Only an account that no run "
+            "collects may be named: one that left the Organization, or one in aws.exclude_accounts. Nothing was "
+            "written.")
 
 
 # -- plan inputs -------------------------------------------------------------
@@ -330,14 +356,17 @@ def run_pipeline(
     inventory_file: Path | None = None,
     mappings: MappingSet | None = None,
     shard: tuple[int, int] | None = None,
+    retire_accounts: frozenset[str] = frozenset(),
 ) -> RunOutcome:
-    """accounts -> sessions -> collect -> map -> plan -> apply -> report."""
+    """accounts -> sessions -> collect -> map -> plan -> apply -> report. ``retire_accounts``: accounts
+    that no run collects, whose CIs are all to be retired (run --retire-account; see check_retire_accounts)."""
     with fewer_gc_passes():
-        return _run_pipeline(settings, mode, force, inventory_file, mappings, shard)
+        return _run_pipeline(settings, mode, force, inventory_file, mappings, shard, retire_accounts)
 
 
 def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Path | None,
-                  mappings: MappingSet | None, shard: tuple[int, int] | None) -> RunOutcome:
+                  mappings: MappingSet | None, shard: tuple[int, int] | None,
+                  retire_accounts: frozenset[str]) -> RunOutcome:
     run_id, started, clock = new_run_id(), _now(), StageClock()
     set_run_id(run_id)
     mappings = mappings or load_mappings(settings.mappings_folder())
@@ -353,11 +382,12 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if inventory_file:
             with clock.stage("collect"):
                 inventory = read_inventory(inventory_file)
+            check_retire_accounts(retire_accounts, inventory.accounts, inventory.members, settings)
             _check_servicenow(reader, sn, tables[0])
         else:
             _check_servicenow(reader, sn, tables[0])
             with clock.stage("collect"):
-                inventory = collect_from_aws(settings, mappings, shard)
+                inventory = collect_from_aws(settings, mappings, shard, retire_accounts)
         if nothing_collected(inventory):
             # nothing planned: not even the Organization's structure (which Organizations may still give) is written
             raise _NothingCollected()
@@ -379,8 +409,8 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             plan = plan_changes(
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force,
-                            _snow_time(started), settings.reconcile.last_discovered_days),
-                cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE),
+                            _snow_time(started), settings.reconcile.last_discovered_days, retire_accounts),
+                cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE), inventory.members,
             )
             plan.warnings.extend([*mapped.warnings, *cmdb.notes])
         writer = TableApiWriter(tables_client, sn.batch_size)

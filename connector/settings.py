@@ -32,7 +32,7 @@ DEFAULT_CONFIG_NAME = "config.toml"
 CONFIG_ENV = "CMDB_CONFIG"
 SECRET_KEYS = {("aws", "external_id"), ("servicenow", "password"), ("servicenow", "client_secret")}
 
-_ACCOUNT_ID = re.compile(r"^\d{12}$")
+ACCOUNT_ID = re.compile(r"^\d{12}$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, us-gov-west-1, eu-isoe-west-1
 _EXTERNAL_ID = re.compile(r"^[\w+=,.@:/-]{2,1224}$")
 
@@ -83,7 +83,7 @@ class AwsSettings(_Section):
     @field_validator("accounts", "exclude_accounts")
     @classmethod
     def _account_ids(cls, value: list[str]) -> list[str]:
-        bad = [v for v in value if not _ACCOUNT_ID.match(v)]
+        bad = [v for v in value if not ACCOUNT_ID.match(v)]
         if bad:
             raise ValueError(f"account ids are 12 digits, as strings; not {bad}")
         return value
@@ -91,7 +91,7 @@ class AwsSettings(_Section):
     @field_validator("organization_account_id")
     @classmethod
     def _org_account(cls, value: str) -> str:
-        if value and not _ACCOUNT_ID.match(value):
+        if value and not ACCOUNT_ID.match(value):
             raise ValueError(f"an account id is 12 digits, as a string; not {value!r}")
         return value
 

@@ -17,7 +17,7 @@ import boto3
 
 from ..errors import ConnectorError, UsageError
 from ..models import OK, Account, OrganizationTree
-from ..settings import Settings
+from ..settings import ACCOUNT_ID, Settings
 from .accounts import discover_accounts, management_account, walk_organization
 from .sessions import RoleSettings, SessionPool
 
@@ -35,6 +35,14 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
     if not 1 <= k <= n:
         raise UsageError(f"--shard {text!r}: K must be between 1 and N")
     return k, n
+
+
+def parse_account_ids(values: list[str], option: str) -> frozenset[str]:
+    """Account ids given on the command line (``option`` names them in an error): 12 digits each."""
+    bad = [value for value in values if not ACCOUNT_ID.match(value)]
+    if bad:
+        raise UsageError(f"{option} {bad[0]!r}: an AWS account id is 12 digits")
+    return frozenset(values)
 
 
 def in_shard(account_id: str, shard: tuple[int, int] | None) -> bool:
@@ -67,6 +75,8 @@ class Targets(NamedTuple):
     # the Organizations client the accounts were listed through (for the accounts' and OUs' tags); None
     # with aws.accounts
     organizations: Any = None
+    # every account of the Organization, when it was listed in full (see Inventory.members); None if not
+    members: frozenset[str] | None = None
 
 
 def target_accounts(settings: Settings, pool: SessionPool, shard: tuple[int, int] | None = None) -> list[Account]:
@@ -94,6 +104,8 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
         return client, "the base credentials"
 
     accounts = discover_accounts(aws.accounts, aws.exclude_accounts, aws.organizational_units, org_client)
+    # the listing is the whole Organization unless aws.organizational_units narrowed it (then the tree says)
+    members = None if aws.accounts or aws.organizational_units else frozenset(a.account_id for a in accounts)
     organization = None
     if tree and aws.accounts:
         log.info("accounts: listed in aws.accounts, so the Organization's OUs are not read: its CIs and each "
@@ -102,12 +114,14 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
         management = management_account(accounts)
         if management:
             organization = walk_organization(*org_client(), management_account=management)
+            if organization.failure is None and organization.parents:
+                members = frozenset(organization.parents).union(members or ())
             accounts = [replace(a, raw={**a.raw, "Parent": organization.parents[a.account_id]})
                         if a.account_id in organization.parents else a for a in accounts]
             if not in_shard(management, shard):
                 organization = None  # the management account's shard has it
     return Targets([a for a in accounts if in_shard(a.account_id, shard)], organization,
-                   None if aws.accounts else org_client()[0])
+                   None if aws.accounts else org_client()[0], members)
 
 
 def open_account_sessions(pool: SessionPool, accounts: list[Account], workers: int = 16) -> list[Account]:

@@ -63,6 +63,9 @@ class PlanOptions:
     # whose last_discovered is older than that many days is stamped again (see _stale_before).
     now: str = ""
     last_discovered_days: float = 0.0
+    # accounts whose owned CIs are all retired, though not collected (run --retire-account: accounts that no
+    # run collects any more, which the operator says are gone); the guard still holds
+    retire_accounts: frozenset[str] = frozenset()
 
     @property
     def stamps(self) -> bool:
@@ -119,6 +122,9 @@ class Plan:
     held: set[CIKey] = field(default_factory=set)
     guards: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    # account -> table -> how many of our active CIs it has, left as they are, where the account is no
+    # longer in the Organization (see plan_changes' ``members``)
+    departed: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
 
 def _ok_scopes(scopes: Iterable[Scope], problems: Iterable[MappingProblem]) -> set[tuple[str, str, str]]:
@@ -303,8 +309,10 @@ def _plan_table(
     options: PlanOptions,
     plan: Plan,
     stale_before: dict[str, str] | None = None,
+    members: frozenset[str] | None = None,
 ) -> None:
-    """One class's plan; ``stale_before``: ``_stale_before(options)``, made once for every class."""
+    """One class's plan; ``stale_before``: ``_stale_before(options)``, made once for every class;
+    ``members``: see plan_changes."""
     if policy.identity_field in policy.missing_fields:
         _hold_class(table, desired, plan, (
             f"{table}: the class has no field {policy.identity_field} on this instance (sys_dictionary), and it is "
@@ -385,7 +393,8 @@ def _plan_table(
     plan.unchanged[table] += unchanged + emptied
     plan.changes.extend(_stamped(change, options, *current_of[change.sys_id]) for change in updates)
     plan.changes.extend(refreshes)
-    retires, active, unmatched_objects = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan)
+    retires, active, unmatched_objects = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan,
+                                                       members)
     plan.changes.extend(_guard_twins(table, creates, where, unmatched_objects, active, options, plan))
     plan.changes.extend(retires)
 
@@ -501,22 +510,26 @@ def _change_of_match(
     return CIChange(UPDATE, table, ci.identity, current.sys_id, diff, "adopted: CI of another source, now owned" if adopted else "")
 
 
-def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: PlanOptions) -> bool:
-    """The client-side re-check of a fetched record, whatever the query said."""
+def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: PlanOptions,
+               scope: tuple[str, str] | None) -> bool:
+    """The client-side re-check of a fetched record, whatever the query said; ``scope``: the (account,
+    region) its correlation_id says."""
     if ci.fields.get("discovery_source") != options.discovery_source:
         return False
     if ci.fields.get("sys_class_name") != policy.table:
         return False
-    scope = account_and_region(ci.fields.get("correlation_id", ""))
     if scope is None:
         return False
+    if scope[0] in options.retire_accounts:
+        return True  # an account the operator says is gone, which no run collects (run --retire-account)
     return all((scope[0], scope[1], source) in ok_scopes for source in policy.sources)
 
 
-def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan
+def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan, members=None
                   ) -> tuple[list[CIChange], int, set[tuple[tuple[str, str] | None, str]]]:
     """The retires of one table: (those to make, owned CIs active, the (account and region, ``object_id``)
-    of every owned CI that no desired CI matched; None for the first where its correlation_id does not say)."""
+    of every owned CI that no desired CI matched; None for the first where its correlation_id does not say).
+    An active CI kept because its account is not among ``members`` is counted in ``plan.departed``."""
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
@@ -535,12 +548,15 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
             sys_ids.setdefault((table, key), ci.sys_id)  # duplicates too: one of them stands for the key
         if ci.sys_id in claimed:
             continue  # one of duplicates: reported above
+        scope = account_and_region(fields.get("correlation_id", ""))
         if fields.get("object_id"):
-            unmatched_objects.add((account_and_region(fields.get("correlation_id", "")), fields["object_id"]))
+            unmatched_objects.add((scope, fields["object_id"]))
         if retired:
             still_retired += 1  # already retired and still gone: unchanged
-        elif _retirable(ci, policy, ok_scopes, options):
+        elif _retirable(ci, policy, ok_scopes, options, scope):
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
+        elif members is not None and scope is not None and scope[0] not in members:
+            plan.departed[scope[0]][table] += 1  # unknown is not empty: kept, and named
     plan.unchanged[table] += still_retired
     if not retires:
         return [], active, unmatched_objects
@@ -852,12 +868,16 @@ def plan_changes(
     key_values: list[ExistingKeyValue] | None = None,
     other_classes: list[ExistingCI] | None = None,
     tag_lengths: dict[str, int] | None = None,
+    members: frozenset[str] | None = None,
 ) -> Plan:
     """``existing``: what the CMDB holds of each table; None for a table that could not be read
     (unknown, which is not empty: see ``_hold_class``).
     ``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed.
     ``other_classes``: our CIs in classes that no policy covers (see ``_plan_other_classes``).
-    ``tag_lengths``: the max_length of cmdb_key_value's ``key`` and ``value``, where known."""
+    ``tag_lengths``: the max_length of cmdb_key_value's ``key`` and ``value``, where known.
+    ``members``: every account of the Organization, when it was listed in full (Inventory.members). Our
+    active CIs in other accounts are of accounts that left it: not collected, so never retired (unless
+    ``options.retire_accounts`` names them), but counted in ``plan.departed`` and named in a warning."""
     plan = Plan()
     ok_scopes = _ok_scopes(scopes, problems)
     stale_before = _stale_before(options)
@@ -872,10 +892,26 @@ def plan_changes(
                 "written, none retired, and their relations and tags left as they are."))
         else:
             _plan_table(table, by_table.get(table, []), existing.get(table) or [], policy, ok_scopes, options, plan,
-                        stale_before)
+                        stale_before, members)
     if other_classes:
         _plan_other_classes(other_classes, policies, options, plan)
     _plan_relations(desired, relations, rel_types, policies, options, plan)
     if key_values is not None:
         _plan_key_values(desired, existing, key_values, ok_scopes, options, plan, tag_lengths or {})
+    if plan.departed:
+        plan.warnings.append(_departed_warning(plan.departed, options))
     return plan
+
+
+def _departed_warning(departed: dict[str, Counter], options: PlanOptions) -> str:
+    """One warning for every account that left the Organization with CIs of ours still active."""
+    totals = sorted(((account, sum(tables.values())) for account, tables in departed.items()),
+                    key=lambda item: (-item[1], item[0]))
+    shown = ", ".join(f"{account} ({n})" for account, n in totals[:10]) + (
+        f" and {len(totals) - 10} more" if len(totals) > 10 else "")
+    return (
+        f"{len(totals)} account(s) no longer in the Organization still hold {sum(n for _a, n in totals)} active CI(s) "
+        f"of this connector (discovery_source = {options.discovery_source}): {shown}. Not collected, so left as they "
+        "are (unknown is not empty); each is in the report's departed_accounts. If an account is gone for good, "
+        "retire its CIs: cmdb-connector run --retire-account ACCOUNT_ID."
+    )

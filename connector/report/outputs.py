@@ -171,6 +171,12 @@ def render_html(report: dict[str, Any]) -> str:
               else '<p id="scopes">None: every scope was collected.</p>')
     counts = _table(["class", *ACTIONS], [[t, *(c.get(a, 0) for a in ACTIONS)] for t, c in report["tables"].items()], "counts")
     problems = [f"{p['table']} {'/'.join(p['scope'])}: {p['message']}" for p in report.get("mapping_problems", [])]
+    departed = report.get("departed_accounts") or []  # reports before it have none
+    gone = ("<h2>Accounts no longer in the Organization</h2><p>Their CIs are not collected, so they are left as they "
+            "are; <code>run --retire-account ID</code> retires those of an account gone for good.</p>" + _table(
+                ["account", "active CIs", "by class"],
+                [[d["account_id"], sum(d["cis"].values()), ", ".join(f"{t}: {n}" for t, n in d["cis"].items())]
+                 for d in departed], "departed")) if departed else ""
     notes = "".join(_notes(title, items)
                     for title, items in (("Guards", report.get("guards", [])), ("Errors", report.get("errors", [])),
                                          ("Mapping problems", problems),
@@ -196,6 +202,7 @@ def render_html(report: dict[str, Any]) -> str:
 <h2>Changes per class</h2>{_chart(report['tables'])}{counts}
 <h2>Accounts</h2>{accounts}
 <h2>Scopes not collected</h2>{scopes}
+{gone}
 {notes}
 <h2>Change list</h2>
 <p><input id="search" type="search" placeholder="filter: class, identity, field, value..." size="50">
@@ -276,6 +283,15 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
               "# HELP cmdb_connector_warnings Warnings in the last run (writes the instance undid, relation targets "
               "not found).", "# TYPE cmdb_connector_warnings gauge",
               f"cmdb_connector_warnings {len(report.get('warnings') or [])}"]
+    departed = report.get("departed_accounts") or []
+    lines += ["# HELP cmdb_connector_departed_accounts Accounts no longer in the Organization that still hold active "
+              "CIs of this connector (left as they are).", "# TYPE cmdb_connector_departed_accounts gauge",
+              f"cmdb_connector_departed_accounts {len(departed)}"]
+    if departed:
+        lines += ["# HELP cmdb_connector_departed_account_cis Active CIs of this connector in an account no longer "
+                  "in the Organization.", "# TYPE cmdb_connector_departed_account_cis gauge"]
+        lines += [f'cmdb_connector_departed_account_cis{{account="{_label(d["account_id"])}"}} {sum(d["cis"].values())}'
+                  for d in departed]
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ which of them contains each account, kept true as accounts move and OUs go; neve
 from __future__ import annotations
 
 import json
+import subprocess
 from collections import Counter
 
 import boto3
@@ -11,7 +12,7 @@ import pytest
 
 from connector.sandbox.aws import FAKE_KEYS, AwsSandbox, RegionPlan, seed_organization
 from connector.sandbox.servicenow import ServiceNowStandIn
-from tests.e2e.test_run_e2e import EXTERNAL_ID, PASSWORD, relation_keys, run_cli
+from tests.e2e.test_run_e2e import CLI, EXTERNAL_ID, PASSWORD, cli_env, relation_keys, run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -161,4 +162,54 @@ def test_a_closed_account_is_non_operational_and_its_resources_are_left_as_they_
     assert ("sandbox", "bravo") in structure(sn)
     sn.stats.clear()
     assert run_cli(aws.url, config(), "run")[0] == 0
+    assert writes(sn) == Counter()
+
+
+def test_an_account_that_leaves_the_organization_is_named_and_retired_only_when_asked(world):
+    """Its CIs are not collected any more: kept as they are (unknown is not empty), and named in the report;
+    `run --retire-account` retires them, the operator's word, and is refused for an account still in it."""
+    aws, sn, org, config = world
+    assert run_cli(aws.url, config(), "run")[0] == 0
+    bravo = org.accounts["bravo"]
+    theirs = {r["sys_id"]: dict(r) for r in sn.store.rows("cmdb_ci") if f":{bravo}:" in r["correlation_id"]}
+    per_table = Counter(r["sys_class_name"] for r in theirs.values())
+    assert per_table["cmdb_ci_cloud_service_account"] == 1 and len(per_table) > 2  # its own CI, datacenter, ...
+    organizations(aws).remove_account_from_organization(AccountId=bravo)
+
+    code, report, output = run_cli(aws.url, config(), "plan")
+    assert code == 0, output
+    assert report["departed_accounts"] == [{"account_id": bravo, "cis": dict(sorted(per_table.items()))}]
+    assert f"{bravo} ({len(theirs)})" in output and "--retire-account" in output  # in the log, too
+    assert not [c for c in report["changes"] if c["action"] == "retire" and c["identity"].count(bravo)]
+    code, report, output = run_cli(aws.url, config(), "run")
+    assert code == 0, output
+    assert {sys_id: dict(sn.store.get("cmdb_ci", sys_id)) for sys_id in theirs} == theirs  # left as they were
+
+    # an account still in the Organization is refused, before anything is collected or written
+    sn.stats.clear()
+    proc = subprocess.run([*CLI, "--config", str(config()), "run", "--retire-account", org.accounts["alpha"]],
+                          capture_output=True, text=True, env=cli_env(aws.url), timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert f"--retire-account {org.accounts['alpha']}: the account is a target of this run" in proc.stderr
+    assert "Traceback" not in proc.stderr and writes(sn) == Counter()
+    proc = subprocess.run([*CLI, "--config", str(config()), "plan", "--retire-account", "12345"],
+                          capture_output=True, text=True, env=cli_env(aws.url), timeout=300)
+    assert proc.returncode == 2 and "'12345': an AWS account id is 12 digits" in proc.stderr
+
+    # the gone account's CIs are most of their classes: the guard holds them, then --force
+    code, report, output = run_cli(aws.url, config(), "run", "--retire-account", bravo)
+    assert code == 0, output
+    assert {sys_id: dict(sn.store.get("cmdb_ci", sys_id)) for sys_id in theirs} == theirs
+    assert any("would retire" in guard for guard in report["guards"])
+    code, report, output = run_cli(aws.url, config(), "run", "--retire-account", bravo, "--force")
+    assert code == 0, output
+    retired = {c["sys_id"] for c in report["changes"] if c["action"] == "retire"}
+    assert retired == set(theirs)
+    assert all((r["install_status"], r["operational_status"]) == ("7", "6")
+               for r in (sn.store.get("cmdb_ci", sys_id) for sys_id in theirs))
+    assert report["departed_accounts"] == []
+    sn.stats.clear()
+    for again in ((), ("--retire-account", bravo)):  # converged: nothing more to write, nothing left to name
+        code, report, output = run_cli(aws.url, config(), "run", *again)
+        assert (code, report["departed_accounts"]) == (0, []), output
     assert writes(sn) == Counter()

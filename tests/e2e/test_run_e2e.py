@@ -42,7 +42,8 @@ def world(tmp_path):
         yield aws, sn, org, config
 
 
-def run_cli(endpoint: str, config: Path, *args: str) -> tuple[int, dict, str]:
+def cli_env(endpoint: str) -> dict[str, str]:
+    """The environment of a CLI run against the sandbox: its endpoint, the central keys, the secrets."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CMDB_"))}
     env.update(
         AWS_ENDPOINT_URL=endpoint,
@@ -53,7 +54,12 @@ def run_cli(endpoint: str, config: Path, *args: str) -> tuple[int, dict, str]:
         CMDB_AWS__EXTERNAL_ID=EXTERNAL_ID,
         CMDB_SERVICENOW__PASSWORD=PASSWORD,
     )
-    proc = subprocess.run([*CLI, "--config", str(config), *args], capture_output=True, text=True, env=env, timeout=300)
+    return env
+
+
+def run_cli(endpoint: str, config: Path, *args: str) -> tuple[int, dict, str]:
+    proc = subprocess.run([*CLI, "--config", str(config), *args], capture_output=True, text=True,
+                          env=cli_env(endpoint), timeout=300)
     output = proc.stdout + proc.stderr
     assert "Traceback" not in output, output
     for secret in (EXTERNAL_ID, PASSWORD, "e2e-central-secret"):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from connector.errors import ServiceNowPermissionError
 from connector.models import OK, Account, Inventory, Scope
 from connector.reconcile.apply import apply_plan, describe
@@ -144,3 +146,35 @@ def test_an_unexpected_error_still_writes_a_report(tmp_path, monkeypatch):
     assert outcome.exit_code == EXIT_FAILED
     assert outcome.report["errors"] == ["unexpected KeyError: 'a bug'"]
     assert outcome.report_path.exists() and outcome.report_path.with_suffix(".html").exists()
+
+
+def test_retire_account_is_refused_for_an_account_that_a_run_collects(tmp_path):
+    """Only an account no run collects may have its CIs retired wholesale: one that left the Organization, or
+    that aws.exclude_accounts leaves out; the inventory's accounts, its Organization and aws.accounts say."""
+    from connector.errors import UsageError
+    from connector.inventory import write_inventory
+    from connector.run import check_retire_accounts, run_pipeline
+    from connector.sandbox.synthetic import synthetic_inventory
+    from connector.settings import load_settings
+
+    def settings(**aws):
+        return load_settings(None, {"aws": {"external_id": "xx-yy", **aws},
+                                    "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"},
+                                    "report": {"output_dir": str(tmp_path / "reports")}})
+
+    inventory = synthetic_inventory(accounts=1, instances=1)
+    (target,) = [a.account_id for a in inventory.accounts]
+    member, gone = "222222222222", "333333333333"
+    inventory.members = frozenset({target, member})
+    accounts = inventory.accounts
+    check_retire_accounts(frozenset({gone}), accounts, inventory.members, settings())  # not refused
+    check_retire_accounts(frozenset({member}), accounts, inventory.members, settings(exclude_accounts=[member]))
+    for retire, config, why in ((target, {}, "a target of this run"), (member, {}, "in the Organization"),
+                                (gone, {"accounts": [gone]}, "in aws.accounts")):
+        with pytest.raises(UsageError, match=f"--retire-account {retire}: the account is {why}"):
+            check_retire_accounts(frozenset({retire, gone}), accounts, inventory.members, settings(**config))
+    # run --inventory checks it on the inventory read, before ServiceNow is asked anything
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    with pytest.raises(UsageError, match=f"--retire-account {member}: the account is in the Organization"):
+        run_pipeline(settings(), inventory_file=path, retire_accounts=frozenset({member}))

@@ -736,3 +736,53 @@ def test_a_mapping_that_gives_last_discovered_a_value_of_its_own_keeps_it():
         ("create", launched), ("update", None)]
     assert next(c for c in p.changes if c.action == "create").payload["first_discovered"] == NOW
     assert p.unchanged[VM] == 1  # old as it is, no refresh
+
+
+# -- accounts that left the Organization --------------------------------------------------------------------
+
+GONE = "999988887777"
+
+
+def plan_with_members(desired, existing, members, options=OPTIONS):
+    by_table: dict[str, list] = {}
+    for ci in existing:
+        by_table.setdefault(ci.table, []).append(ci)
+    return plan_changes(list(desired), by_table, list(SCOPES), [], [], REL_TYPES, POLICIES, options, members=members)
+
+
+def test_cis_of_an_account_that_left_the_organization_are_kept_and_named():
+    existing = [existing_vm(1), existing_vm(2, account=GONE), existing_vm(3, account=GONE),
+                existing_vm(4, account=GONE, install_status="7", operational_status="6")]  # retired already: not named
+    p = plan_with_members([desired_vm(1)], existing, frozenset({A}))
+    assert p.changes == []  # unknown is not empty: nothing of an account not collected is retired
+    assert p.departed == {GONE: {VM: 2}}
+    (warning,) = [w for w in p.warnings if GONE in w]
+    assert f"{GONE} (2)" in warning and "--retire-account" in warning and "no longer in the Organization" in warning
+
+
+def test_no_account_is_departed_when_the_organization_was_not_listed_in_full():
+    existing = [existing_vm(1), existing_vm(2, account=GONE)]
+    assert plan_with_members([desired_vm(1)], existing, None).departed == {}
+    # an account of the Organization that is not collected (another shard, excluded) has not left it
+    assert plan_with_members([desired_vm(1)], existing, frozenset({A, GONE})).departed == {}
+
+
+def test_retire_account_retires_its_owned_cis_only_after_the_client_side_check():
+    theirs = existing_vm(5, account=GONE, discovery_source="ServiceNow")  # not ours: never retired
+    other_class = ExistingCI(VM, "s6", {**existing_vm(6, account=GONE).fields, "sys_class_name": "cmdb_ci_server",
+                                        "sys_id": "s6"})
+    ours = [existing_vm(n) for n in range(10, 20)]  # the gone account's CIs are a small share of the class
+    existing = [*ours, *(existing_vm(n, account=GONE) for n in (2, 3)), theirs, other_class]
+    desired = [desired_vm(n) for n in range(10, 20)]
+    options = replace(OPTIONS, retire_accounts=frozenset({GONE}))
+    p = plan_with_members(desired, existing, frozenset({A}), options)
+    assert actions(p) == [("retire", vm_id(2, GONE)), ("retire", vm_id(3, GONE))]
+    assert p.changes[0].diff == {"install_status": ("1", "7"), "operational_status": ("1", "6")}
+    assert p.departed == {} and not p.guards
+    # without --retire-account, they are kept
+    assert actions(plan_with_members(desired, existing, frozenset({A}))) == []
+    # the guard holds for them too: an account with most of a table's CIs retires none without --force
+    p = plan_with_members(desired[:1], [*ours[:1], *existing[10:]], frozenset({A}), options)
+    assert actions(p) == [] and "would retire 2 of 3" in p.guards[0]
+    p = plan_with_members(desired[:1], [*ours[:1], *existing[10:]], frozenset({A}), replace(options, force=True))
+    assert actions(p) == [("retire", vm_id(2, GONE)), ("retire", vm_id(3, GONE))]
