@@ -53,8 +53,9 @@ def _parser() -> argparse.ArgumentParser:
                                 parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
 
     shard_help = "only the accounts of shard K of N (a stable hash of the account id)"
-    retire_help = ("retire every CI of this account, which no run collects any more (it left the Organization, "
-                   "or aws.exclude_accounts leaves it out); may be repeated; the guard still holds")
+    retire_help = ("retire every CI of this account, which the configuration no longer targets (gone from the "
+                   "Organization, or left out by aws.accounts, aws.organizational_units or aws.exclude_accounts: "
+                   "the report's untargeted_accounts); may be repeated; the guard still holds")
     run = sub.add_parser("run", help="collect, map, plan, apply, report")
     run.add_argument("--shard", metavar="K/N", help=shard_help)
     run.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")

@@ -1,5 +1,5 @@
-"""The inventory file: JSON Lines of scopes, resources and accounts, and, when the Organization was
-listed in full, one line of its account ids (``organization_accounts``).
+"""The inventory file: JSON Lines of scopes, resources and accounts, and one line of the ids of every
+account the configuration targets, in any shard (``targeted_accounts``).
 
 An inventory collected in one network zone can be reconciled from another.
 """
@@ -27,8 +27,8 @@ def write_inventory(inventory: Inventory, path: Path) -> None:
         for r in inventory.records:
             out.write(json.dumps({"kind": "resource", "account_id": r.account_id, "region": r.region,
                                   "source": r.source, "resource": r.resource}, default=str) + "\n")
-        if inventory.members is not None:
-            out.write(json.dumps({"kind": "organization_accounts", "account_ids": sorted(inventory.members)}) + "\n")
+        if inventory.targeted is not None:
+            out.write(json.dumps({"kind": "targeted_accounts", "account_ids": sorted(inventory.targeted)}) + "\n")
 
 
 def read_inventory(path: Path) -> Inventory:
@@ -57,11 +57,11 @@ def read_inventory(path: Path) -> Inventory:
                 elif kind == "account":
                     inventory.accounts.append(Account(row["account_id"], row.get("name") or row["account_id"],
                                                       row.get("status", "ok"), row.get("error"), row.get("raw") or {}))
-                elif kind == "organization_accounts":
+                elif kind == "targeted_accounts":
                     ids = row["account_ids"]
                     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
                         raise ValueError("account_ids is not a list of account ids")
-                    inventory.members = frozenset(ids)
+                    inventory.targeted = frozenset(ids)
                 else:
                     raise ValueError(f"unknown kind {kind!r}")
             except KeyError as exc:

@@ -79,10 +79,11 @@ class Inventory:
     accounts: list[Account] = field(default_factory=list)
     scopes: list[Scope] = field(default_factory=list)
     records: list[Record] = field(default_factory=list)
-    # Every account of the Organization (of every shard, excluded and suspended ones too), when this run
-    # listed it in full; None when it is not known (aws.accounts; aws.organizational_units without the
-    # tree). A CI of ours in an account not among them is of an account that left the Organization.
-    members: frozenset[str] | None = None
+    # Every account the configuration targets, in any shard: listed (by Organizations, under
+    # aws.organizational_units if set, or in aws.accounts) and not in aws.exclude_accounts; suspended ones
+    # too. None when not known (an inventory written without it). A CI of ours in any other account is
+    # one that no run collects any more (see plan_changes' ``targeted``).
+    targeted: frozenset[str] | None = None
 
 
 @dataclass(frozen=True)

@@ -100,26 +100,27 @@ def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int,
     pool = open_session_pool(settings)
     tree = any(source.kind in ORGANIZATION_KINDS for source in mappings.sources.values())
     targets = find_targets(settings, pool, shard, tree=tree)
-    check_retire_accounts(retire_accounts, targets.accounts, targets.members, settings)
+    check_retire_accounts(retire_accounts, targets.accounts, targets.targeted, settings)
     accounts = open_account_sessions(pool, targets.accounts, settings.aws.max_workers)
     inventory = collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
         settings.aws.max_workers, settings.aws.max_workers_per_account, tags=settings.reconcile.tags,
         organization=targets.organization, organizations=targets.organizations,
     )
-    inventory.members = targets.members
+    inventory.targeted = targets.targeted
     return inventory
 
 
-def check_retire_accounts(retire: frozenset[str], accounts: list[Account], members: frozenset[str] | None,
+def check_retire_accounts(retire: frozenset[str], accounts: list[Account], targeted: frozenset[str] | None,
                           settings: Settings) -> None:
     """Refuse to retire, wholesale, the CIs of an account that a run collects (run --retire-account): only
-    an account no run collects may be named, one that left the Organization or that aws.exclude_accounts
-    leaves out. Its CIs are otherwise kept for ever, since nothing of an account not collected is retired."""
+    an account that the configuration no longer targets may be named (gone from the Organization, or left
+    out by aws.accounts, aws.organizational_units or aws.exclude_accounts). Its CIs are otherwise kept for
+    ever, since nothing of an account not collected is retired. ``accounts``: this run's (or inventory's)."""
     if not retire:
         return
     excluded = set(settings.aws.exclude_accounts)
-    where = {**dict.fromkeys(members or (), "in the Organization"),
+    where = {**dict.fromkeys(targeted or (), "targeted by this configuration"),
              **dict.fromkeys((a.account_id for a in accounts), "a target of this run"),
              **dict.fromkeys(settings.aws.accounts, "in aws.accounts")}
     refused = sorted((account, where[account]) for account in retire if account in where and account not in excluded)
@@ -128,8 +129,8 @@ def check_retire_accounts(retire: frozenset[str], accounts: list[Account], membe
         raise UsageError(
             f"--retire-account {account}: the account is {why}, so its CIs are reconciled from what is collected in "
             "it (and retired one by one as its resources go), never retired wholesale. Only an account that no run "
-            "collects may be named: one that left the Organization, or one in aws.exclude_accounts. Nothing was "
-            "written.")
+            "collects may be named: one gone from the Organization, or left out by aws.accounts, "
+            "aws.organizational_units or aws.exclude_accounts (the report's untargeted_accounts). Nothing was written.")
 
 
 # -- plan inputs -------------------------------------------------------------
@@ -146,6 +147,7 @@ def table_policies(mappings: MappingSet, field_lengths: dict[str, dict[str, int]
             relations=tuple((r.type, r.to, r.role) for m in variants for r in m.relations),
             max_lengths=(field_lengths or {}).get(table, {}),
             missing_fields=frozenset((missing_fields or {}).get(table, ())),
+            structure=all(m.source.kind in ORGANIZATION_KINDS for m in variants),
         )
         for table, variants in mappings.tables.items()
     }
@@ -382,7 +384,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if inventory_file:
             with clock.stage("collect"):
                 inventory = read_inventory(inventory_file)
-            check_retire_accounts(retire_accounts, inventory.accounts, inventory.members, settings)
+            check_retire_accounts(retire_accounts, inventory.accounts, inventory.targeted, settings)
             _check_servicenow(reader, sn, tables[0])
         else:
             _check_servicenow(reader, sn, tables[0])
@@ -410,7 +412,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
                 mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force,
                             _snow_time(started), settings.reconcile.last_discovered_days, retire_accounts),
-                cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE), inventory.members,
+                cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE), inventory.targeted,
             )
             plan.warnings.extend([*mapped.warnings, *cmdb.notes])
         writer = TableApiWriter(tables_client, sn.batch_size)

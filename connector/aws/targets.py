@@ -75,8 +75,8 @@ class Targets(NamedTuple):
     # the Organizations client the accounts were listed through (for the accounts' and OUs' tags); None
     # with aws.accounts
     organizations: Any = None
-    # every account of the Organization, when it was listed in full (see Inventory.members); None if not
-    members: frozenset[str] | None = None
+    # every account the configuration targets, in any shard (see Inventory.targeted)
+    targeted: frozenset[str] = frozenset()
 
 
 def target_accounts(settings: Settings, pool: SessionPool, shard: tuple[int, int] | None = None) -> list[Account]:
@@ -104,8 +104,7 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
         return client, "the base credentials"
 
     accounts = discover_accounts(aws.accounts, aws.exclude_accounts, aws.organizational_units, org_client)
-    # the listing is the whole Organization unless aws.organizational_units narrowed it (then the tree says)
-    members = None if aws.accounts or aws.organizational_units else frozenset(a.account_id for a in accounts)
+    targeted = frozenset(a.account_id for a in accounts if a.account_id not in aws.exclude_accounts)
     organization = None
     if tree and aws.accounts:
         log.info("accounts: listed in aws.accounts, so the Organization's OUs are not read: its CIs and each "
@@ -114,14 +113,12 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
         management = management_account(accounts)
         if management:
             organization = walk_organization(*org_client(), management_account=management)
-            if organization.failure is None and organization.parents:
-                members = frozenset(organization.parents).union(members or ())
             accounts = [replace(a, raw={**a.raw, "Parent": organization.parents[a.account_id]})
                         if a.account_id in organization.parents else a for a in accounts]
             if not in_shard(management, shard):
                 organization = None  # the management account's shard has it
     return Targets([a for a in accounts if in_shard(a.account_id, shard)], organization,
-                   None if aws.accounts else org_client()[0], members)
+                   None if aws.accounts else org_client()[0], targeted)
 
 
 def open_account_sessions(pool: SessionPool, accounts: list[Account], workers: int = 16) -> list[Account]:

@@ -50,6 +50,10 @@ class TablePolicy:
     max_lengths: dict[str, int] = field(default_factory=dict)
     # fields the mapping writes that the class does not have on the instance (sys_dictionary)
     missing_fields: frozenset[str] = frozenset()
+    # the Organization's structure (the Organization, its OUs: sources of an ORGANIZATION_KINDS kind), not
+    # an account's resources: retired only when a walk of the tree no longer finds them, never with the
+    # account their correlation_id names (the management account) by --retire-account, nor named with it
+    structure: bool = False
 
 
 @dataclass(frozen=True)
@@ -63,8 +67,8 @@ class PlanOptions:
     # whose last_discovered is older than that many days is stamped again (see _stale_before).
     now: str = ""
     last_discovered_days: float = 0.0
-    # accounts whose owned CIs are all retired, though not collected (run --retire-account: accounts that no
-    # run collects any more, which the operator says are gone); the guard still holds
+    # accounts whose owned CIs are all retired, though not collected (run --retire-account: accounts that the
+    # configuration no longer targets, which the operator says are gone); the guard still holds
     retire_accounts: frozenset[str] = frozenset()
 
     @property
@@ -122,9 +126,9 @@ class Plan:
     held: set[CIKey] = field(default_factory=set)
     guards: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    # account -> table -> how many of our active CIs it has, left as they are, where the account is no
-    # longer in the Organization (see plan_changes' ``members``)
-    departed: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    # account -> table -> how many of our active CIs it has, left as they are, where the configuration no
+    # longer targets the account (see plan_changes' ``targeted``)
+    untargeted: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
 
 def _ok_scopes(scopes: Iterable[Scope], problems: Iterable[MappingProblem]) -> set[tuple[str, str, str]]:
@@ -309,10 +313,10 @@ def _plan_table(
     options: PlanOptions,
     plan: Plan,
     stale_before: dict[str, str] | None = None,
-    members: frozenset[str] | None = None,
+    targeted: frozenset[str] | None = None,
 ) -> None:
     """One class's plan; ``stale_before``: ``_stale_before(options)``, made once for every class;
-    ``members``: see plan_changes."""
+    ``targeted``: see plan_changes."""
     if policy.identity_field in policy.missing_fields:
         _hold_class(table, desired, plan, (
             f"{table}: the class has no field {policy.identity_field} on this instance (sys_dictionary), and it is "
@@ -394,7 +398,7 @@ def _plan_table(
     plan.changes.extend(_stamped(change, options, *current_of[change.sys_id]) for change in updates)
     plan.changes.extend(refreshes)
     retires, active, unmatched_objects = _plan_retires(table, unique, matched, claimed, policy, ok_scopes, options, plan,
-                                                       members)
+                                                       targeted)
     plan.changes.extend(_guard_twins(table, creates, where, unmatched_objects, active, options, plan))
     plan.changes.extend(retires)
 
@@ -520,16 +524,16 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
         return False
     if scope is None:
         return False
-    if scope[0] in options.retire_accounts:
+    if scope[0] in options.retire_accounts and not policy.structure:
         return True  # an account the operator says is gone, which no run collects (run --retire-account)
     return all((scope[0], scope[1], source) in ok_scopes for source in policy.sources)
 
 
-def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan, members=None
+def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan, targeted=None
                   ) -> tuple[list[CIChange], int, set[tuple[tuple[str, str] | None, str]]]:
     """The retires of one table: (those to make, owned CIs active, the (account and region, ``object_id``)
     of every owned CI that no desired CI matched; None for the first where its correlation_id does not say).
-    An active CI kept because its account is not among ``members`` is counted in ``plan.departed``."""
+    An active CI kept because its account is not among ``targeted`` is counted in ``plan.untargeted``."""
     source, sys_ids = options.discovery_source, plan.sys_ids
     active = still_retired = 0
     retires: list[CIChange] = []
@@ -555,8 +559,8 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
             still_retired += 1  # already retired and still gone: unchanged
         elif _retirable(ci, policy, ok_scopes, options, scope):
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
-        elif members is not None and scope is not None and scope[0] not in members:
-            plan.departed[scope[0]][table] += 1  # unknown is not empty: kept, and named
+        elif targeted is not None and scope is not None and scope[0] not in targeted and not policy.structure:
+            plan.untargeted[scope[0]][table] += 1  # unknown is not empty: kept, and named
     plan.unchanged[table] += still_retired
     if not retires:
         return [], active, unmatched_objects
@@ -868,16 +872,17 @@ def plan_changes(
     key_values: list[ExistingKeyValue] | None = None,
     other_classes: list[ExistingCI] | None = None,
     tag_lengths: dict[str, int] | None = None,
-    members: frozenset[str] | None = None,
+    targeted: frozenset[str] | None = None,
 ) -> Plan:
     """``existing``: what the CMDB holds of each table; None for a table that could not be read
     (unknown, which is not empty: see ``_hold_class``).
     ``key_values``: the cmdb_key_value rows of our CIs, read when tags are managed.
     ``other_classes``: our CIs in classes that no policy covers (see ``_plan_other_classes``).
     ``tag_lengths``: the max_length of cmdb_key_value's ``key`` and ``value``, where known.
-    ``members``: every account of the Organization, when it was listed in full (Inventory.members). Our
-    active CIs in other accounts are of accounts that left it: not collected, so never retired (unless
-    ``options.retire_accounts`` names them), but counted in ``plan.departed`` and named in a warning."""
+    ``targeted``: every account the configuration targets, in any shard (Inventory.targeted); None when
+    not known. Our active CIs in any other account are in none of the scopes collected, so they are never
+    retired (unless ``options.retire_accounts`` names it), but counted in ``plan.untargeted`` and named in
+    a warning: with nothing to update or retire them, they would go stale unseen."""
     plan = Plan()
     ok_scopes = _ok_scopes(scopes, problems)
     stale_before = _stale_before(options)
@@ -892,26 +897,28 @@ def plan_changes(
                 "written, none retired, and their relations and tags left as they are."))
         else:
             _plan_table(table, by_table.get(table, []), existing.get(table) or [], policy, ok_scopes, options, plan,
-                        stale_before, members)
+                        stale_before, targeted)
     if other_classes:
         _plan_other_classes(other_classes, policies, options, plan)
     _plan_relations(desired, relations, rel_types, policies, options, plan)
     if key_values is not None:
         _plan_key_values(desired, existing, key_values, ok_scopes, options, plan, tag_lengths or {})
-    if plan.departed:
-        plan.warnings.append(_departed_warning(plan.departed, options))
+    if plan.untargeted:
+        plan.warnings.append(_untargeted_warning(plan.untargeted, options))
     return plan
 
 
-def _departed_warning(departed: dict[str, Counter], options: PlanOptions) -> str:
-    """One warning for every account that left the Organization with CIs of ours still active."""
-    totals = sorted(((account, sum(tables.values())) for account, tables in departed.items()),
+def _untargeted_warning(untargeted: dict[str, Counter], options: PlanOptions) -> str:
+    """One warning for every account no longer targeted that holds CIs of ours still active."""
+    totals = sorted(((account, sum(tables.values())) for account, tables in untargeted.items()),
                     key=lambda item: (-item[1], item[0]))
     shown = ", ".join(f"{account} ({n})" for account, n in totals[:10]) + (
         f" and {len(totals) - 10} more" if len(totals) > 10 else "")
     return (
-        f"{len(totals)} account(s) no longer in the Organization still hold {sum(n for _a, n in totals)} active CI(s) "
-        f"of this connector (discovery_source = {options.discovery_source}): {shown}. Not collected, so left as they "
-        "are (unknown is not empty); each is in the report's departed_accounts. If an account is gone for good, "
-        "retire its CIs: cmdb-connector run --retire-account ACCOUNT_ID."
+        f"{len(totals)} account(s) that the configuration no longer targets (gone from the Organization, or left out "
+        "by aws.accounts, aws.organizational_units or aws.exclude_accounts) still hold "
+        f"{sum(n for _a, n in totals)} active CI(s) of this connector (discovery_source = {options.discovery_source}): "
+        f"{shown}. No run collects them, so they are left as they are (unknown is not empty); each account is in the "
+        "report's untargeted_accounts. If an account is gone for good, retire its CIs: cmdb-connector run "
+        "--retire-account ACCOUNT_ID."
     )

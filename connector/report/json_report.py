@@ -160,9 +160,9 @@ def build_report(
         "key_values": key_values,
         "changes": changes,
         "duplicates": plan.duplicates if plan else [],
-        # accounts no longer in the Organization that still hold active CIs of ours (left as they are)
-        "departed_accounts": [{"account_id": account, "cis": dict(sorted(tables.items()))}
-                              for account, tables in sorted(plan.departed.items())] if plan else [],
+        # accounts the configuration no longer targets that still hold active CIs of ours (left as they are)
+        "untargeted_accounts": [{"account_id": account, "cis": dict(sorted(tables.items()))}
+                                for account, tables in sorted(plan.untargeted.items())] if plan else [],
         "guards": plan.guards if plan else [],
         "warnings": plan.warnings if plan else [],
         "mapping_problems": [{"scope": list(p.scope), "table": p.table, "message": p.message} for p in problems],

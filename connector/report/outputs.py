@@ -171,12 +171,13 @@ def render_html(report: dict[str, Any]) -> str:
               else '<p id="scopes">None: every scope was collected.</p>')
     counts = _table(["class", *ACTIONS], [[t, *(c.get(a, 0) for a in ACTIONS)] for t, c in report["tables"].items()], "counts")
     problems = [f"{p['table']} {'/'.join(p['scope'])}: {p['message']}" for p in report.get("mapping_problems", [])]
-    departed = report.get("departed_accounts") or []  # reports before it have none
-    gone = ("<h2>Accounts no longer in the Organization</h2><p>Their CIs are not collected, so they are left as they "
-            "are; <code>run --retire-account ID</code> retires those of an account gone for good.</p>" + _table(
+    untargeted = report.get("untargeted_accounts") or []  # reports before it have none
+    gone = ("<h2>Accounts no longer targeted</h2><p>Gone from the Organization, or left out by the configuration: no "
+            "run collects them, so their CIs are left as they are; <code>run --retire-account ID</code> retires those "
+            "of an account gone for good.</p>" + _table(
                 ["account", "active CIs", "by class"],
                 [[d["account_id"], sum(d["cis"].values()), ", ".join(f"{t}: {n}" for t, n in d["cis"].items())]
-                 for d in departed], "departed")) if departed else ""
+                 for d in untargeted], "untargeted")) if untargeted else ""
     notes = "".join(_notes(title, items)
                     for title, items in (("Guards", report.get("guards", [])), ("Errors", report.get("errors", [])),
                                          ("Mapping problems", problems),
@@ -283,15 +284,15 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
               "# HELP cmdb_connector_warnings Warnings in the last run (writes the instance undid, relation targets "
               "not found).", "# TYPE cmdb_connector_warnings gauge",
               f"cmdb_connector_warnings {len(report.get('warnings') or [])}"]
-    departed = report.get("departed_accounts") or []
-    lines += ["# HELP cmdb_connector_departed_accounts Accounts no longer in the Organization that still hold active "
-              "CIs of this connector (left as they are).", "# TYPE cmdb_connector_departed_accounts gauge",
-              f"cmdb_connector_departed_accounts {len(departed)}"]
-    if departed:
-        lines += ["# HELP cmdb_connector_departed_account_cis Active CIs of this connector in an account no longer "
-                  "in the Organization.", "# TYPE cmdb_connector_departed_account_cis gauge"]
-        lines += [f'cmdb_connector_departed_account_cis{{account="{_label(d["account_id"])}"}} {sum(d["cis"].values())}'
-                  for d in departed]
+    untargeted = report.get("untargeted_accounts") or []
+    lines += ["# HELP cmdb_connector_untargeted_accounts Accounts the configuration no longer targets that still hold "
+              "active CIs of this connector (left as they are).", "# TYPE cmdb_connector_untargeted_accounts gauge",
+              f"cmdb_connector_untargeted_accounts {len(untargeted)}"]
+    if untargeted:
+        lines += ["# HELP cmdb_connector_untargeted_account_cis Active CIs of this connector in an account the "
+                  "configuration no longer targets.", "# TYPE cmdb_connector_untargeted_account_cis gauge"]
+        lines += [f'cmdb_connector_untargeted_account_cis{{account="{_label(d["account_id"])}"}} {sum(d["cis"].values())}'
+                  for d in untargeted]
     return "\n".join(lines) + "\n"
 
 

@@ -111,6 +111,10 @@ def test_accounts_listed_in_the_config_leave_the_organization_and_its_relations_
     oid = organizations(aws).describe_organization()["Organization"]["Id"]
     assert names[org.accounts["alpha"]] == ("alpha", oid) and names[org.accounts["bravo"]] == ("bravo", oid)
     assert live(sn, "cmdb_ci_aws_org_unit") == ["production", "sandbox", "workloads"]
+    # the management account, not listed, is named with its CIs; the Organization's and OUs' CIs are not its
+    (untargeted,) = report["untargeted_accounts"]
+    assert untargeted["account_id"] == org.management_account and untargeted["cis"]["cmdb_ci_cloud_service_account"] == 1
+    assert not {"cmdb_ci_cloud_org", "cmdb_ci_aws_org_unit"} & set(untargeted["cis"])
 
 
 def tags_of(sn: ServiceNowStandIn, name: str) -> dict[str, str]:
@@ -178,7 +182,7 @@ def test_an_account_that_leaves_the_organization_is_named_and_retired_only_when_
 
     code, report, output = run_cli(aws.url, config(), "plan")
     assert code == 0, output
-    assert report["departed_accounts"] == [{"account_id": bravo, "cis": dict(sorted(per_table.items()))}]
+    assert report["untargeted_accounts"] == [{"account_id": bravo, "cis": dict(sorted(per_table.items()))}]
     assert f"{bravo} ({len(theirs)})" in output and "--retire-account" in output  # in the log, too
     assert not [c for c in report["changes"] if c["action"] == "retire" and c["identity"].count(bravo)]
     code, report, output = run_cli(aws.url, config(), "run")
@@ -207,9 +211,9 @@ def test_an_account_that_leaves_the_organization_is_named_and_retired_only_when_
     assert retired == set(theirs)
     assert all((r["install_status"], r["operational_status"]) == ("7", "6")
                for r in (sn.store.get("cmdb_ci", sys_id) for sys_id in theirs))
-    assert report["departed_accounts"] == []
+    assert report["untargeted_accounts"] == []
     sn.stats.clear()
     for again in ((), ("--retire-account", bravo)):  # converged: nothing more to write, nothing left to name
         code, report, output = run_cli(aws.url, config(), "run", *again)
-        assert (code, report["departed_accounts"]) == (0, []), output
+        assert (code, report["untargeted_accounts"]) == (0, []), output
     assert writes(sn) == Counter()

@@ -149,8 +149,8 @@ def test_an_unexpected_error_still_writes_a_report(tmp_path, monkeypatch):
 
 
 def test_retire_account_is_refused_for_an_account_that_a_run_collects(tmp_path):
-    """Only an account no run collects may have its CIs retired wholesale: one that left the Organization, or
-    that aws.exclude_accounts leaves out; the inventory's accounts, its Organization and aws.accounts say."""
+    """Only an account no run collects may have its CIs retired wholesale: one the configuration no longer
+    targets; the inventory's accounts, those it says are targeted, and aws.accounts say."""
     from connector.errors import UsageError
     from connector.inventory import write_inventory
     from connector.run import check_retire_accounts, run_pipeline
@@ -165,16 +165,16 @@ def test_retire_account_is_refused_for_an_account_that_a_run_collects(tmp_path):
     inventory = synthetic_inventory(accounts=1, instances=1)
     (target,) = [a.account_id for a in inventory.accounts]
     member, gone = "222222222222", "333333333333"
-    inventory.members = frozenset({target, member})
+    inventory.targeted = frozenset({target, member})  # member: another shard's
     accounts = inventory.accounts
-    check_retire_accounts(frozenset({gone}), accounts, inventory.members, settings())  # not refused
-    check_retire_accounts(frozenset({member}), accounts, inventory.members, settings(exclude_accounts=[member]))
-    for retire, config, why in ((target, {}, "a target of this run"), (member, {}, "in the Organization"),
+    check_retire_accounts(frozenset({gone}), accounts, inventory.targeted, settings())  # not refused
+    check_retire_accounts(frozenset({member}), accounts, inventory.targeted, settings(exclude_accounts=[member]))
+    for retire, config, why in ((target, {}, "a target of this run"), (member, {}, "targeted by this configuration"),
                                 (gone, {"accounts": [gone]}, "in aws.accounts")):
         with pytest.raises(UsageError, match=f"--retire-account {retire}: the account is {why}"):
-            check_retire_accounts(frozenset({retire, gone}), accounts, inventory.members, settings(**config))
+            check_retire_accounts(frozenset({retire, gone}), accounts, inventory.targeted, settings(**config))
     # run --inventory checks it on the inventory read, before ServiceNow is asked anything
     path = tmp_path / "inventory.jsonl"
     write_inventory(inventory, path)
-    with pytest.raises(UsageError, match=f"--retire-account {member}: the account is in the Organization"):
+    with pytest.raises(UsageError, match=f"--retire-account {member}: the account is targeted by this configuration"):
         run_pipeline(settings(), inventory_file=path, retire_accounts=frozenset({member}))

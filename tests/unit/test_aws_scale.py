@@ -119,21 +119,19 @@ def test_organizational_units_limit_the_targets(organization, tmp_path):
     assert sorted(a.account_id for a in accounts) == sorted(organization["members"][1::2])
 
 
-def test_the_organizations_members_are_known_when_it_is_listed_in_full(organization, tmp_path):
-    """Every account of the Organization, whatever the shard, the exclusions or the OUs targeted: the
-    accounts that left it are the others. Not known with aws.accounts, nor with aws.organizational_units
-    and no tree to walk."""
+def test_the_accounts_targeted_are_those_of_every_shard_less_the_excluded(organization, tmp_path):
+    """Whatever the shard: the accounts listed (by Organizations, under the OUs targeted, or in aws.accounts),
+    suspended ones too, less aws.exclude_accounts. Our CIs in any other account are collected by no run."""
     members = organization["members"]
-    everyone = frozenset([*members, MANAGEMENT])
     pool = lambda settings: targets.open_session_pool(settings)  # noqa: E731
     full = settings_for(tmp_path, exclude_accounts=[members[1]])
     found = targets.find_targets(full, pool(full), (1, 3))
-    assert found.members == everyone and len(found.accounts) < len(everyone)
+    assert found.targeted == frozenset([*members, MANAGEMENT]) - {members[1]}  # members[0], suspended, among them
+    assert 0 < len(found.accounts) < len(found.targeted)
     units = settings_for(tmp_path, organizational_units=[organization["ous"][1]])
-    assert targets.find_targets(units, pool(units)).members is None
-    assert targets.find_targets(units, pool(units), tree=True).members == everyone
-    listed = settings_for(tmp_path, accounts=[members[3]])
-    assert targets.find_targets(listed, pool(listed), tree=True).members is None
+    assert targets.find_targets(units, pool(units), tree=True).targeted == frozenset(members[1::2])
+    listed = settings_for(tmp_path, accounts=[members[3], members[4]], exclude_accounts=[members[4]])
+    assert targets.find_targets(listed, pool(listed), tree=True).targeted == {members[3]}
 
 
 def test_list_accounts_goes_through_the_role_in_the_organization_account(organization, monkeypatch, tmp_path):

@@ -18,14 +18,14 @@ def test_written_then_read_back_whole(tmp_path):
     assert [a.account_id for a in again.accounts] == [a.account_id for a in inventory.accounts]
 
 
-def test_the_organizations_accounts_go_with_it_and_none_stays_none(tmp_path):
+def test_the_accounts_targeted_go_with_it_and_none_stays_none(tmp_path):
     inventory = synthetic_inventory(accounts=2, instances=1)
     path = tmp_path / "inventory.jsonl"
     write_inventory(inventory, path)
-    assert read_inventory(path).members is None  # not known (aws.accounts): nothing is said to have left
-    inventory.members = frozenset({"111111111111", "222222222222"})
+    assert read_inventory(path).targeted is None  # not known (another tool's file): no account is named
+    inventory.targeted = frozenset({"111111111111", "222222222222"})
     write_inventory(inventory, path)
-    assert read_inventory(path).members == inventory.members
+    assert read_inventory(path).targeted == inventory.targeted
 
 
 def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
@@ -43,8 +43,8 @@ def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
     (b'{"kind": "scope", "account_id": "1", "region": "r", "source": "s", "status": "fine"}', "unknown status 'fine'"),
     ("{}".encode("utf-16"), "not UTF-8 text: save the file as UTF-8"),
     (b"not json", "invalid literal"),
-    (b'{"kind": "organization_accounts", "account_ids": "111111111111"}', "account_ids is not a list of account ids"),
-    (b'{"kind": "organization_accounts"}', "no 'account_ids' in this line"),
+    (b'{"kind": "targeted_accounts", "account_ids": "111111111111"}', "account_ids is not a list of account ids"),
+    (b'{"kind": "targeted_accounts"}', "no 'account_ids' in this line"),
 ])
 def test_a_bad_line_is_named_with_its_number_and_why(tmp_path, line, reason):
     path = tmp_path / "inventory.jsonl"

@@ -171,18 +171,18 @@ def test_a_change_note_is_on_the_page_and_in_the_csv():
     assert row["note"] == note
 
 
-def test_accounts_no_longer_in_the_organization_have_a_section_and_a_gauge():
+def test_accounts_no_longer_targeted_have_a_section_and_a_gauge():
     from connector.report.outputs import render_prometheus
 
     report = report_with(0, [])
-    assert "no longer in the Organization" not in render_html(report)
-    assert "cmdb_connector_departed_accounts 0\n" in render_prometheus(report)
-    assert "cmdb_connector_departed_account_cis{" not in render_prometheus(report)
-    report["departed_accounts"] = [{"account_id": "999988887777",
-                                    "cis": {"cmdb_ci_aws_datacenter": 2, "cmdb_ci_vm_instance": 5}}]
+    assert "no longer targeted" not in render_html(report)
+    assert "cmdb_connector_untargeted_accounts 0\n" in render_prometheus(report)
+    assert "cmdb_connector_untargeted_account_cis{" not in render_prometheus(report)
+    report["untargeted_accounts"] = [{"account_id": "999988887777",
+                                      "cis": {"cmdb_ci_aws_datacenter": 2, "cmdb_ci_vm_instance": 5}}]
     page = render_html(report)
-    assert "<h2>Accounts no longer in the Organization</h2>" in page
+    assert "<h2>Accounts no longer targeted</h2>" in page
     assert "<td>999988887777</td><td>7</td><td>cmdb_ci_aws_datacenter: 2, cmdb_ci_vm_instance: 5</td>" in page
     metrics = render_prometheus(report)
-    assert "cmdb_connector_departed_accounts 1\n" in metrics
-    assert 'cmdb_connector_departed_account_cis{account="999988887777"} 7\n' in metrics
+    assert "cmdb_connector_untargeted_accounts 1\n" in metrics
+    assert 'cmdb_connector_untargeted_account_cis{account="999988887777"} 7\n' in metrics

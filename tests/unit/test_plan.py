@@ -738,33 +738,51 @@ def test_a_mapping_that_gives_last_discovered_a_value_of_its_own_keeps_it():
     assert p.unchanged[VM] == 1  # old as it is, no refresh
 
 
-# -- accounts that left the Organization --------------------------------------------------------------------
+# -- accounts the configuration no longer targets ---------------------------------------------------------
 
 GONE = "999988887777"
 
 
-def plan_with_members(desired, existing, members, options=OPTIONS):
+def plan_targeting(desired, existing, targeted, options=OPTIONS, policies=POLICIES):
     by_table: dict[str, list] = {}
     for ci in existing:
         by_table.setdefault(ci.table, []).append(ci)
-    return plan_changes(list(desired), by_table, list(SCOPES), [], [], REL_TYPES, POLICIES, options, members=members)
+    return plan_changes(list(desired), by_table, list(SCOPES), [], [], REL_TYPES, policies, options, targeted=targeted)
 
 
-def test_cis_of_an_account_that_left_the_organization_are_kept_and_named():
+def test_cis_of_an_account_no_longer_targeted_are_kept_and_named():
     existing = [existing_vm(1), existing_vm(2, account=GONE), existing_vm(3, account=GONE),
                 existing_vm(4, account=GONE, install_status="7", operational_status="6")]  # retired already: not named
-    p = plan_with_members([desired_vm(1)], existing, frozenset({A}))
+    p = plan_targeting([desired_vm(1)], existing, frozenset({A}))
     assert p.changes == []  # unknown is not empty: nothing of an account not collected is retired
-    assert p.departed == {GONE: {VM: 2}}
+    assert p.untargeted == {GONE: {VM: 2}}
     (warning,) = [w for w in p.warnings if GONE in w]
-    assert f"{GONE} (2)" in warning and "--retire-account" in warning and "no longer in the Organization" in warning
+    assert f"{GONE} (2)" in warning and "--retire-account" in warning and "no longer targets" in warning
 
 
-def test_no_account_is_departed_when_the_organization_was_not_listed_in_full():
+def test_no_account_is_named_when_the_targets_are_not_known_or_it_is_one():
     existing = [existing_vm(1), existing_vm(2, account=GONE)]
-    assert plan_with_members([desired_vm(1)], existing, None).departed == {}
-    # an account of the Organization that is not collected (another shard, excluded) has not left it
-    assert plan_with_members([desired_vm(1)], existing, frozenset({A, GONE})).departed == {}
+    assert plan_targeting([desired_vm(1)], existing, None).untargeted == {}  # an inventory without them
+    # a target not collected in this run (another shard's, suspended, denied) is still a target
+    assert plan_targeting([desired_vm(1)], existing, frozenset({A, GONE})).untargeted == {}
+
+
+def test_the_organizations_structure_is_neither_named_nor_retired_with_the_management_account():
+    """Its CIs name the management account in their correlation_id; without the tree (aws.accounts), they are
+    not desired. They stand for the Organization, not for that account's resources."""
+    org = "cmdb_ci_cloud_org"
+    policies = {**POLICIES, org: TablePolicy(org, "correlation_id", ("organizations:organization",), RETIRE, REVIVE,
+                                             structure=True)}
+    ci = ExistingCI(org, "o1", {"sys_id": "o1", "sys_class_name": org, "discovery_source": DS, "object_id": "o-1",
+                                "correlation_id": f"arn:aws:organizations::{GONE}:organization/o-1",
+                                "install_status": "1", "operational_status": "1"})
+    existing = [ci, existing_vm(2, account=GONE), *(existing_vm(n) for n in range(10, 20))]
+    desired = [desired_vm(n) for n in range(10, 20)]
+    p = plan_targeting(desired, existing, frozenset({A}), policies=policies)
+    assert p.untargeted == {GONE: {VM: 1}}
+    p = plan_targeting(desired, existing, frozenset({A}), replace(OPTIONS, retire_accounts=frozenset({GONE}), force=True),
+                       policies)
+    assert actions(p) == [("retire", vm_id(2, GONE))]
 
 
 def test_retire_account_retires_its_owned_cis_only_after_the_client_side_check():
@@ -775,14 +793,14 @@ def test_retire_account_retires_its_owned_cis_only_after_the_client_side_check()
     existing = [*ours, *(existing_vm(n, account=GONE) for n in (2, 3)), theirs, other_class]
     desired = [desired_vm(n) for n in range(10, 20)]
     options = replace(OPTIONS, retire_accounts=frozenset({GONE}))
-    p = plan_with_members(desired, existing, frozenset({A}), options)
+    p = plan_targeting(desired, existing, frozenset({A}), options)
     assert actions(p) == [("retire", vm_id(2, GONE)), ("retire", vm_id(3, GONE))]
     assert p.changes[0].diff == {"install_status": ("1", "7"), "operational_status": ("1", "6")}
-    assert p.departed == {} and not p.guards
+    assert p.untargeted == {} and not p.guards
     # without --retire-account, they are kept
-    assert actions(plan_with_members(desired, existing, frozenset({A}))) == []
+    assert actions(plan_targeting(desired, existing, frozenset({A}))) == []
     # the guard holds for them too: an account with most of a table's CIs retires none without --force
-    p = plan_with_members(desired[:1], [*ours[:1], *existing[10:]], frozenset({A}), options)
+    p = plan_targeting(desired[:1], [*ours[:1], *existing[10:]], frozenset({A}), options)
     assert actions(p) == [] and "would retire 2 of 3" in p.guards[0]
-    p = plan_with_members(desired[:1], [*ours[:1], *existing[10:]], frozenset({A}), replace(options, force=True))
+    p = plan_targeting(desired[:1], [*ours[:1], *existing[10:]], frozenset({A}), replace(options, force=True))
     assert actions(p) == [("retire", vm_id(2, GONE)), ("retire", vm_id(3, GONE))]
