@@ -143,6 +143,18 @@ class ExistingKeyValue(NamedTuple):
     value: str
 
 
+class Lookup(NamedTuple):
+    """How a reference field gets its sys_id from the value a resource gives: the one record of ``table``
+    whose ``field`` holds that value (compared without case) and that matches the encoded query ``where``."""
+
+    table: str
+    field: str
+    where: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.table}.{self.field}" + (f" ({self.where})" if self.where else "")
+
+
 @dataclass(frozen=True)
 class MappingProblem:
     """An item that could not be mapped. Its scope then counts as incomplete."""

@@ -32,8 +32,9 @@ from .errors import (
 from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
 from .mapping.load import MappingSet, load_mappings
+from .mapping.lookups import lookup_values, resolve_lookups
 from .mapping.transform import MapResult, map_inventory
-from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, Account, DesiredCI, ExistingCI,
+from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, Account, DesiredCI, ExistingCI, Lookup,
                      ExistingKeyValue, ExistingRelation,
                      Inventory)
 from .reconcile.apply import ApplyResult, apply_plan, predict_with
@@ -170,6 +171,9 @@ class CmdbState:
     unread: dict[str, str] = field(default_factory=dict)
     # table -> the fields written to it that the class does not have (sys_dictionary)
     missing_fields: dict[str, set[str]] = field(default_factory=dict)
+    # each lookup of the mappings' reference fields -> value in lower case -> sys_ids of the records it names;
+    # None for a lookup whose table could not be read
+    lookups: dict[Lookup, dict[str, list[str]] | None] = field(default_factory=dict)
 
 
 def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, workers: int = 1) -> CmdbState:
@@ -189,8 +193,13 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
                    for table, variants in mappings.tables.items()}
         if tagged:
             written[KV_TABLE] = {"key", "value"}
+        wanted = lookup_values(mapped.cis, mappings.lookups)
+        for lookup in wanted:  # the fields looked up in, checked with the rest
+            written.setdefault(lookup.table, set()).add(lookup.field)
         dictionary = pool.submit(reader.dictionary, written)
         key_values = pool.submit(reader.key_values) if tagged else None
+        looked_up = {lookup: pool.submit(_look_up, reader, lookup, values, dictionary)
+                     for lookup, values in wanted.items()}
         # The largest tables first: their pages are the longest part of the read.
         tables = sorted(mappings.tables.items(), key=lambda item: -len(desired_by_table.get(item[0], ())))
         found = pool.map(lambda item: _read_class(reader, item[0], item[1], desired_by_table.get(item[0], [])), tables)
@@ -204,8 +213,25 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
             dictionary, Dictionary({}, {}), "field lengths not read from sys_dictionary and sys_db_object, so a value "
             "longer than its field is not cut to fit (the instance cuts it, and each run writes it again), and a "
             "mapped field the class lacks is not found")
+        lookups: dict[Lookup, dict[str, list[str]] | None] = {}
+        for lookup, future in looked_up.items():
+            lookups[lookup], why = _optional(future, None, f"{lookup.table} not read for the lookups in {lookup}")
+            more_notes += why
     return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None, other_classes,
-                     field_lengths, notes + more_notes, unread, missing_fields)
+                     field_lengths, notes + more_notes, unread, missing_fields, lookups)
+
+
+def _look_up(reader: CmdbReader, lookup: Lookup, values: set[str], dictionary: Future) -> dict[str, list[str]]:
+    """``reader.look_up``, once the dictionary says the field looked up in exists: the instance would drop
+    a condition on a field it lacks, and answer with every record of the table (every user, say)."""
+    try:
+        missing = dictionary.result().missing
+    except ServiceNowError:
+        missing = {}  # not known: asked, and every row is checked again on our side
+    if lookup.field in missing.get(lookup.table, ()):
+        raise ServiceNowBadRequest(f"{lookup.table} has no field {lookup.field} (sys_dictionary): check the "
+                                   "mapping's lookup")
+    return reader.look_up(lookup, values)
 
 
 def _optional(read: Future, unknown, why: str) -> tuple[Any, list[str]]:
@@ -408,17 +434,19 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             log.error("%s", errors[-1])
         policies = table_policies(mappings, cmdb.field_lengths, cmdb.missing_fields)
         with clock.stage("plan"):
+            # the reference fields' values made the sys_ids of the records they name (pure, as plan is)
+            desired, looked_up = resolve_lookups(mapped.cis, mappings.lookups, cmdb.lookups)
             plan = plan_changes(
-                mapped.cis, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
+                desired, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force,
                             _snow_time(started), settings.reconcile.last_discovered_days, retire_accounts),
                 cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE), inventory.targeted,
             )
-            plan.warnings.extend([*mapped.warnings, *cmdb.notes])
+            plan.warnings.extend([*mapped.warnings, *looked_up, *cmdb.notes])
         writer = TableApiWriter(tables_client, sn.batch_size)
         if sn.writer == "ire":
             creates = {(c.table, c.identity) for c in plan.changes if c.action == CREATE}
-            writer = IreWriter(tables_client, writer, sn.discovery_source, mapped.cis, plan.sys_ids, creates,
+            writer = IreWriter(tables_client, writer, sn.discovery_source, desired, plan.sys_ids, creates,
                                sn.batch_size, scanned_at=_snow_time(started))
             if mode == "plan":  # what IRE's identification would make of the CI writes, asked, committing nothing
                 predict_with(plan, writer, policies, sn.workers)

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from ..errors import MappingError
+from ..models import Lookup
 from ..tomlfile import read_toml_file
 from .expressions import Evaluator, compile_field, compile_path
 from .schema import MappingFile
@@ -131,6 +132,8 @@ class Mapping:
     tags: CompiledTags | None = None
     # field -> its known_when: where it finds nothing, the field's value is for a create only
     known_when: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
+    # reference field -> how its sys_id is looked up from the value mapped (resolved after the CMDB's read)
+    lookups: dict[str, Lookup] = field(default_factory=dict)
 
 
 @dataclass
@@ -143,6 +146,16 @@ class MappingSet:
 
     def for_source(self, name: str) -> list[Mapping]:
         return [m for m in self.mappings.values() if m.source.name == name]
+
+    @property
+    def lookups(self) -> dict[str, dict[str, Lookup]]:
+        """table -> {reference field: its lookup}, for the classes with any (one per field: see
+        _check_across_files)."""
+        out: dict[str, dict[str, Lookup]] = {}
+        for mapping in self.mappings.values():
+            if mapping.lookups:
+                out.setdefault(mapping.table, {}).update(mapping.lookups)
+        return out
 
     @property
     def tables(self) -> dict[str, list[Mapping]]:
@@ -246,6 +259,8 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
             from_call=spec.tags.operation is not None),
         known_when={name: compile_path(value.known_when) for name, value in spec.fields.items()
                     if value.known_when is not None},
+        lookups={name: Lookup(value.lookup.table, value.lookup.field, value.lookup.where)
+                 for name, value in spec.fields.items() if value.lookup is not None},
     )
 
 
@@ -284,6 +299,10 @@ def _check_across_files(result: MappingSet, problems: list[str], broken: set[str
                 if getattr(other, attribute) != getattr(first, attribute):
                     key = "target.identity" if attribute == "identity_field" else f"lifecycle.{attribute}"
                     problems.append(f"{other.file}: {key}: differs from {first.file.name}; one class has one {key}")
+            for name in sorted(set(first.fields) & set(other.fields)):
+                if first.lookups.get(name) != other.lookups.get(name):
+                    problems.append(f"{other.file}: fields.{name}: its lookup differs from {first.file.name}'s; a "
+                                    "field of one class is looked up one way (or not at all) in every file")
     built_by: dict[str, Mapping] = {}
     for mapping in result.mappings.values():
         other = built_by.setdefault(mapping.identity_spec, mapping)

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models import DesiredCI, Inventory
+from ..models import DesiredCI, Inventory, Lookup
 from .functions import snow_value
 from .load import MappingSet
 from .transform import MapResult
@@ -40,6 +40,8 @@ class ClassPreview:
     unknown_relations: Counter = field(default_factory=Counter)
     not_mapped: int = 0  # items that could not be mapped
     first_problem: str = ""
+    # reference field -> (its lookup, the distinct values to look up): resolved only when run
+    lookups: dict[str, tuple[Lookup, set[str]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -60,7 +62,9 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
     for table, variants in mappings.tables.items():
         if tables is None or table in tables:
             names = sorted({name for mapping in variants for name in mapping.fields})
-            classes[table] = ClassPreview(table, sorted(m.file.name for m in variants), fields=names)
+            classes[table] = ClassPreview(table, sorted(m.file.name for m in variants), fields=names,
+                                          lookups={name: (lookup, set())
+                                                   for name, lookup in mappings.lookups.get(table, {}).items()})
     for ci in mapped.cis:
         summary = classes.get(ci.table)
         if summary is None:
@@ -72,6 +76,10 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
             names = [name for name in names if name not in ci.create_only]
             summary.unknown_fields.update(list(ci.create_only))  # the names: a dict would add its values
         summary.mapped.update(names)
+        for name, (_lookup, values) in summary.lookups.items():
+            value = snow_value(ci.fields.get(name) or ci.create_only.get(name))
+            if value:
+                values.add(value)
         summary.empty.update(name for name in names if ci.fields.get(name) in (None, ""))
         for ref in ci.relations:
             summary.relations[ref.type] += 1
@@ -107,6 +115,9 @@ def preview_lines(result: Preview) -> list[str]:
             some = [f"{name} {c.empty[name]}/{c.mapped[name]}" for name in c.fields if 0 < c.empty[name] < c.mapped[name]]
             if some:
                 lines.append(f"  empty in some CIs: {', '.join(some)}")
+        if c.lookups:
+            lines.append("  looked up when run (the sys_id of the one record a value names): " + ", ".join(
+                f"{name} in {lookup} ({len(values)} distinct value(s))" for name, (lookup, values) in sorted(c.lookups.items())))
         if c.unknown_fields:
             lines.append("  not known to the items (known_when), for a new CI only: " + ", ".join(
                 f"{name} {count}/{c.cis}" for name, count in sorted(c.unknown_fields.items())))

@@ -30,6 +30,40 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# a ServiceNow table or field name: lower case, digits, underscores (a custom one starts with u_)
+SNOW_NAME = r"^[a-z][a-z0-9_]*$"
+
+
+class LookupSpec(_Strict):
+    """A reference field set from a value the resource gives (a tag's e-mail address, a group's name):
+    the sys_id of the one record of ``table`` whose ``field`` holds it, looked up at run time. ``where``:
+    an encoded query such a record must also match (``active=true``)."""
+
+    table: str = Field(pattern=SNOW_NAME)
+    field: str = Field(pattern=SNOW_NAME)
+    where: str = ""
+
+    @model_validator(mode="after")
+    def _where_narrows(self) -> "LookupSpec":
+        if "^NQ" in self.where or self.where.startswith(("^", "NQ")):
+            raise ValueError("where: one encoded query that narrows the lookup (active=true), without ^NQ "
+                             "and without a leading ^")
+        return self
+
+
+def _as_lookup(value: Any) -> Any:
+    """``"sys_user.email"`` is shorthand for ``{ table = "sys_user", field = "email" }``."""
+    if isinstance(value, str):
+        table, dot, name = value.partition(".")
+        if not dot:
+            raise ValueError(f"{value!r}: write the table and its field, as \"sys_user.email\"")
+        return {"table": table, "field": name}
+    return value
+
+
+Lookup = Annotated[LookupSpec, BeforeValidator(_as_lookup)]
+
+
 class FieldSpec(_Strict):
     """One CMDB field. Exactly one of path, template, tag or value."""
 
@@ -44,6 +78,8 @@ class FieldSpec(_Strict):
     # in aws.accounts has no name or Organization of its own): its value is then written only when the CI
     # is created, never over the value a CI holds.
     known_when: KnownWhen = None
+    # a reference field: the value found is looked up, and the field gets that record's sys_id
+    lookup: Lookup | None = None
 
     @model_validator(mode="after")
     def _one_source(self) -> "FieldSpec":
@@ -187,4 +223,7 @@ class MappingFile(_Strict):
             )
         if self.fields[self.target.identity].known_when is not None:
             raise ValueError(f"the identity field {self.target.identity!r} takes no known_when: a CI is known by it")
+        if self.fields[self.target.identity].lookup is not None:
+            raise ValueError(f"the identity field {self.target.identity!r} takes no lookup: a CI is known by it, "
+                             "as the resource gives it")
         return self

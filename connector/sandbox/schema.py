@@ -18,7 +18,11 @@ CI_FIELDS = (
     "name", "short_description", "install_status", "operational_status", "discovery_source",
     "correlation_id", "object_id", "first_discovered", "last_discovered", "company", "location",
     "asset_tag", "serial_number", "comments", "environment", "category", "subcategory",
+    # who looks after it: references to users and groups, as on cmdb_ci
+    "owned_by", "managed_by", "supported_by", "assigned_to", "support_group", "assignment_group",
 )
+USER_REFERENCES = ("owned_by", "managed_by", "supported_by", "assigned_to")
+GROUP_REFERENCES = ("support_group", "assignment_group")
 
 # table -> (parent table, own fields)
 TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
@@ -48,6 +52,7 @@ TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "cmdb_rel_ci": (None, ("parent", "child", "type", "port", "percent_outage")),
     "cmdb_rel_type": (None, ("name", "parent_descriptor", "child_descriptor", "sys_name")),
     "sys_user": (None, ("user_name", "name", "email", "active")),
+    "sys_user_group": (None, ("name", "email", "active", "manager")),
     # where IRE keeps each source's key of a CI (sys_object_source_info)
     "sys_object_source": (None, ("name", "id", "target_sys_id", "target_table", "last_scan")),
     # the dictionary, read-only: served from this module (see Store.rows)
@@ -62,8 +67,8 @@ FIELD_TYPES: dict[str, str] = {
     **dict.fromkeys(("install_status", "operational_status", "cpus", "memory", "disks_size", "size", "size_bytes",
                      "available_ip_count", "code_size", "table_size", "item_count", "tcp_port", "percent_outage",
                      "sys_mod_count", "max_length"), "integer"),
-    **dict.fromkeys(("company", "location", "parent", "child", "type", "configuration_item", "super_class"),
-                    "reference"),
+    **dict.fromkeys(("company", "location", "parent", "child", "type", "configuration_item", "super_class",
+                     "manager", *USER_REFERENCES, *GROUP_REFERENCES), "reference"),
     **dict.fromkeys(("is_master_account", "active"), "boolean"),
     **dict.fromkeys(("first_discovered", "last_discovered", "sys_created_on", "sys_updated_on"), "glide_date_time"),
     "sys_id": "GUID",
@@ -81,6 +86,8 @@ REFERENCES: dict[str, dict[str, str]] = {
     "sys_db_object": {"super_class": "sys_db_object"},
     "cmdb_rel_ci": {"parent": "cmdb_ci", "child": "cmdb_ci", "type": "cmdb_rel_type"},
     "cmdb_key_value": {"configuration_item": "cmdb_ci"},
+    "cmdb_ci": {**dict.fromkeys(USER_REFERENCES, "sys_user"), **dict.fromkeys(GROUP_REFERENCES, "sys_user_group")},
+    "sys_user_group": {"manager": "sys_user"},
 }
 
 REL_TYPES = (

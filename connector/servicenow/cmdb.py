@@ -21,7 +21,7 @@ from ..errors import (AmbiguousWriteError, ServiceNowBadRequest, ServiceNowError
                       ServiceNowPermissionError)
 from ..mapping.functions import all_strings
 from ..mapping.schema import DEFAULT_RETIRE
-from ..models import ExistingCI, ExistingKeyValue, ExistingRelation
+from ..models import ExistingCI, ExistingKeyValue, ExistingRelation, Lookup
 from .client import TableClient
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,35 @@ class CmdbReader:
             return self._cis(table, f"{field}IN{','.join(chunk)}^sys_class_name={table}{extra}", wanted)
 
         return [ci for found in map_in_order(read, chunks, self.workers, "adopt") for ci in found]
+
+    def look_up(self, lookup: Lookup, values: Iterable[str]) -> dict[str, list[str]]:
+        """The records of ``lookup.table`` whose ``lookup.field`` holds one of ``values`` and that match
+        ``lookup.where``: each value, in lower case -> the sys_ids of those records.
+
+        Compared without case, as an instance's queries usually compare; each value is asked for as
+        given and in lower case, so that an instance that compares with case still finds a record kept in
+        lower case (an e-mail address, most often). Each row is checked again here against the values
+        asked for: the instance drops a condition it cannot use (a misspelled field) and would then return
+        every record. A value with ``^`` is never asked for (an encoded query cannot escape it:
+        "x^NQactive=true" would be a query of its own); one with a comma, which an IN list would split, is
+        asked for alone.
+        """
+        asked = {form for value in values if value and "^" not in value for form in (value, value.lower())}
+        wanted = {value.lower() for value in asked}
+        queries = [f"{lookup.field}IN{','.join(chunk)}" for chunk in _chunks(sorted(v for v in asked if "," not in v))]
+        queries += [f"{lookup.field}={value}" for value in sorted(asked) if "," in value]
+        narrowed = f"^{lookup.where}" if lookup.where else ""
+
+        def read(query: str) -> list[dict[str, Any]]:
+            return list(self.tables.query(lookup.table, query + narrowed, ["sys_id", lookup.field]))
+
+        found: dict[str, list[str]] = {}
+        for rows in map_in_order(read, queries, self.workers, "lookup"):
+            for row in _string_rows(rows):
+                key = row.get(lookup.field, "").lower()
+                if key in wanted and row["sys_id"] not in found.get(key, ()):
+                    found.setdefault(key, []).append(row["sys_id"])
+        return found
 
     def field_lengths(self, fields: dict[str, Iterable[str]]) -> dict[str, dict[str, int]]:
         """Each table's string fields among ``fields[table]`` -> their ``max_length`` (see ``dictionary``)."""

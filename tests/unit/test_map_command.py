@@ -216,3 +216,17 @@ def test_relations_that_exclude_each_other_are_counted_not_called_broken(tmp_pat
     assert "  Contains::Contained by -> cmdb_ci_aws_org_unit: none for 1 of 3 CI(s)" in out
     assert "  Contains::Contained by -> cmdb_ci_cloud_org: none for 2 of 3 CI(s)" in out
     assert not any("known_when" in line or "matches nothing" in line for line in out)
+
+
+def test_a_looked_up_field_says_where_and_how_many_values_and_shows_them_as_mapped(tmp_path, inventory_file, capsys):
+    folder = edited_mappings(tmp_path, {"cmdb_ci_vm_instance.toml": (
+        'ip_address = "PrivateIpAddress"',
+        'ip_address = "PrivateIpAddress"\nowned_by = { path = "Tags[?Key==\'Name\'].Value | [0]", lookup = "sys_user.user_name" }')})
+    output = tmp_path / "cis.jsonl"
+    assert main(["map", "--inventory", str(inventory_file), "--mappings", str(folder), "--class", "cmdb_ci_vm_instance",
+                 "--output", str(output)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert ("  looked up when run (the sys_id of the one record a value names): owned_by in sys_user.user_name "
+            "(3 distinct value(s))") in out
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert {row["fields"]["owned_by"] for row in rows} == {"app-0", "app-1", "app-2"}  # as mapped: not looked up offline

@@ -388,6 +388,34 @@ INVALID_CASES += [
 ]
 
 
+OWNER = 'owned_by = { tag = "Owner", lookup = "sys_user.email" }\n'
+INVALID_CASES += [
+    ("lookup without a field", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = "sys_user" }\n'),
+     "cmdb_ci_network.toml: fields.owned_by.lookup: 'sys_user': write the table and its field, as \"sys_user.email\""),
+    ("lookup unknown key", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = { table = '
+                                         '"sys_user", field = "email", order = "name" } }\n'),
+     "cmdb_ci_network.toml: fields.owned_by.lookup.order: unknown key"),
+    ("lookup where with NQ", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = { table = '
+                                           '"sys_user", field = "email", where = "active=true^NQactive=false" } }\n'),
+     "cmdb_ci_network.toml: fields.owned_by.lookup: where: one encoded query that narrows the lookup"),
+    ("lookup on the identity", VALID.replace('vpc/{VpcId}" }', 'vpc/{VpcId}", lookup = "sys_user.email" }'),
+     "cmdb_ci_network.toml: (top level): the identity field 'correlation_id' takes no lookup"),
+]
+
+
+def test_a_lookup_is_compiled_and_one_class_looks_a_field_up_one_way(tmp_path):
+    from connector.models import Lookup
+
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID.replace("[fields]\n", "[fields]\n" + OWNER))
+    assert load_mappings(tmp_path).lookups == {"cmdb_ci_network": {"owned_by": Lookup("sys_user", "email")}}
+    other = VALID.replace('name = "ec2:vpc"', 'name = "ec2:other"').replace("[fields]\n", "[fields]\n" + OWNER.replace(
+        '"sys_user.email"', '{ table = "sys_user", field = "email", where = "active=true" }'))
+    (tmp_path / "cmdb_ci_network.other.toml").write_text(other)
+    with pytest.raises(MappingError, match=r"cmdb_ci_network.toml: fields.owned_by: its lookup differs from "
+                                           r"cmdb_ci_network.other.toml's"):
+        load_mappings(tmp_path)
+
+
 @pytest.mark.parametrize("name, text, expected", INVALID_CASES, ids=[c[0] for c in INVALID_CASES])
 def test_invalid_mapping_file_error(tmp_path, name, text, expected):
     (tmp_path / "cmdb_ci_network.toml").write_text(text)
