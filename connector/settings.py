@@ -184,6 +184,52 @@ class _TomlData(PydanticBaseSettingsSource):
         return _TOML_DATA.get({})
 
 
+class _EnvWithSecretFiles(PydanticBaseSettingsSource):
+    """The environment, where a secret may also come from a file: ``CMDB_SERVICENOW__PASSWORD_FILE``
+    names the file that holds ``servicenow.password`` (systemd's ``LoadCredential``, a Kubernetes or
+    Docker secret), so that the secret is in no process's environment. One trailing line break is
+    dropped; an empty or unreadable file, or the variable and its ``_FILE`` both set, is a ConfigError
+    naming the variable and the path, never the content."""
+
+    def __init__(self, settings_cls, env: PydanticBaseSettingsSource):
+        super().__init__(settings_cls)
+        self._env = env
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - unused API
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        data = self._env()
+        for section, key in sorted(SECRET_KEYS):
+            values = data.get(section)
+            if not isinstance(values, dict) or f"{key}_file" not in values:
+                continue
+            variable = _env_name((section, key))
+            if key in values:
+                raise ConfigError(f"{variable} and {variable}_FILE are both set: set one of them")
+            values[key] = read_secret_file(Path(values.pop(f"{key}_file")), f"{variable}_FILE")
+        return data
+
+
+def read_secret_file(path: Path, variable: str) -> str:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{variable}: cannot read {path}: {reason}") from None
+    secret = text.removesuffix("\n").removesuffix("\r")
+    if not secret:
+        raise ConfigError(f"{variable}: {path} is empty")
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0
+    if mode & 0o044:
+        logging.getLogger(__name__).warning(
+            "%s (from %s) may be read by other users of this host (mode %o): chmod 600 it", path, variable, mode)
+    return secret
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -208,7 +254,7 @@ class Settings(BaseSettings):
         dotenv_settings,
         file_secret_settings,
     ):
-        return (init_settings, env_settings, _TomlData(settings_cls))
+        return (init_settings, _EnvWithSecretFiles(settings_cls, env_settings), _TomlData(settings_cls))
 
     def path(self, value: Path) -> Path:
         """A configured path, resolved against the config file's folder."""

@@ -62,6 +62,43 @@ def test_env_overrides_file_including_nested_lists(tmp_path, monkeypatch):
     assert settings.reconcile.retire is False
 
 
+def test_a_secret_may_come_from_a_file_named_by_its_variable(tmp_path, monkeypatch, caplog):
+    """systemd's LoadCredential, a container's secret: CMDB_<SECTION>__<KEY>_FILE, one trailing line break
+    dropped; over the config file's value, as its variable would be."""
+    secret = tmp_path / "servicenow-password"
+    secret.write_text("from-a-file\n")
+    secret.chmod(0o600)
+    external = tmp_path / "external-id"
+    external.write_text("ext-from-file")
+    external.chmod(0o644)  # others may read it: said, by path, never by value
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD_FILE", str(secret))
+    monkeypatch.setenv("CMDB_AWS__EXTERNAL_ID_FILE", str(external))
+    settings = load_settings(write(tmp_path, GOOD))
+    assert settings.servicenow.password.get_secret_value() == "from-a-file"
+    assert settings.aws.external_id.get_secret_value() == "ext-from-file"
+    assert f"{external} (from CMDB_AWS__EXTERNAL_ID_FILE) may be read by other users" in caplog.text
+    assert "ext-from-file" not in caplog.text
+
+
+@pytest.mark.parametrize("content, extra, expected", [
+    (None, {}, "CMDB_SERVICENOW__PASSWORD_FILE: cannot read {path}: No such file or directory"),
+    ("\n", {}, "CMDB_SERVICENOW__PASSWORD_FILE: {path} is empty"),
+    ("s3cret-value", {"CMDB_SERVICENOW__PASSWORD": "s3cret-other"},
+     "CMDB_SERVICENOW__PASSWORD and CMDB_SERVICENOW__PASSWORD_FILE are both set: set one of them"),
+])
+def test_a_secret_file_that_cannot_be_used_is_named_never_its_content(tmp_path, monkeypatch, content, extra, expected):
+    path = tmp_path / "secret"
+    if content is not None:
+        path.write_text(content)
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD_FILE", str(path))
+    for name, value in extra.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD))
+    assert str(info.value) == expected.format(path=path)
+    assert "s3cret" not in str(info.value)
+
+
 def test_secrets_are_masked_in_repr(tmp_path):
     settings = load_settings(write(tmp_path, GOOD))
     text = repr(settings) + str(settings) + settings.model_dump_json()
