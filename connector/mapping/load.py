@@ -134,6 +134,8 @@ class Mapping:
     known_when: dict[str, Callable[[Any], Any]] = field(default_factory=dict)
     # reference field -> how its sys_id is looked up from the value mapped (resolved after the CMDB's read)
     lookups: dict[str, Lookup] = field(default_factory=dict)
+    # the fields marked create_only: in known_when too, as fields no item ever knows
+    create_only: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -164,6 +166,11 @@ class MappingSet:
         for mapping in self.mappings.values():
             out.setdefault(mapping.table, []).append(mapping)
         return dict(sorted(out.items()))
+
+
+def _never_known(_item: Any) -> None:
+    """The known_when of a create_only field: no item knows it, so its value is for a create only."""
+    return None
 
 
 def builtin_mappings_dir() -> Path:
@@ -257,8 +264,10 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         tags=None if spec.tags is None else CompiledTags(
             compile_path(spec.tags.path), spec.tags.key, spec.tags.value, tuple(spec.tags.exclude),
             from_call=spec.tags.operation is not None),
-        known_when={name: compile_path(value.known_when) for name, value in spec.fields.items()
-                    if value.known_when is not None},
+        known_when={**{name: compile_path(value.known_when) for name, value in spec.fields.items()
+                       if value.known_when is not None},
+                    **{name: _never_known for name, value in spec.fields.items() if value.create_only}},
+        create_only=frozenset(name for name, value in spec.fields.items() if value.create_only),
         lookups={name: Lookup(value.lookup.table, value.lookup.field, value.lookup.where)
                  for name, value in spec.fields.items() if value.lookup is not None},
     )

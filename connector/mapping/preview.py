@@ -42,6 +42,7 @@ class ClassPreview:
     first_problem: str = ""
     # reference field -> (its lookup, the distinct values to look up): resolved only when run
     lookups: dict[str, tuple[Lookup, set[str]]] = field(default_factory=dict)
+    create_only: list[str] = field(default_factory=list)  # fields its files mark create_only
 
 
 @dataclass
@@ -58,11 +59,13 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
     declared = {(m.table, m.source.name): [(r.type, r.to) for r in m.relations] for m in mappings.mappings.values()}
     # a class fed by several files (one per AWS API) maps a field in some of them only
     fields_of = {(m.table, m.source.name): list(m.fields) for m in mappings.mappings.values()}
+    create_only_of = {(m.table, m.source.name): m.create_only for m in mappings.mappings.values()}
     classes: dict[str, ClassPreview] = {}
     for table, variants in mappings.tables.items():
         if tables is None or table in tables:
             names = sorted({name for mapping in variants for name in mapping.fields})
             classes[table] = ClassPreview(table, sorted(m.file.name for m in variants), fields=names,
+                                          create_only=sorted({f for m in variants for f in m.create_only}),
                                           lookups={name: (lookup, set())
                                                    for name, lookup in mappings.lookups.get(table, {}).items()})
     for ci in mapped.cis:
@@ -74,7 +77,8 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
         names = fields_of.get((ci.table, ci.scope[2]), summary.fields)
         if ci.create_only:  # not known, so neither filled nor empty
             names = [name for name in names if name not in ci.create_only]
-            summary.unknown_fields.update(list(ci.create_only))  # the names: a dict would add its values
+            marked = create_only_of.get((ci.table, ci.scope[2]), ())
+            summary.unknown_fields.update(name for name in ci.create_only if name not in marked)
         summary.mapped.update(names)
         for name, (_lookup, values) in summary.lookups.items():
             value = snow_value(ci.fields.get(name) or ci.create_only.get(name))
@@ -118,6 +122,8 @@ def preview_lines(result: Preview) -> list[str]:
         if c.lookups:
             lines.append("  looked up when run (the sys_id of the one record a value names): " + ", ".join(
                 f"{name} in {lookup} ({len(values)} distinct value(s))" for name, (lookup, values) in sorted(c.lookups.items())))
+        if c.create_only:
+            lines.append(f"  written on a create only (create_only), then left to the CMDB: {', '.join(c.create_only)}")
         if c.unknown_fields:
             lines.append("  not known to the items (known_when), for a new CI only: " + ", ".join(
                 f"{name} {count}/{c.cis}" for name, count in sorted(c.unknown_fields.items())))

@@ -80,6 +80,8 @@ class FieldSpec(_Strict):
     known_when: KnownWhen = None
     # a reference field: the value found is looked up, and the field gets that record's sys_id
     lookup: Lookup | None = None
+    # written when the CI is created only, never over the value a CI holds (people edit it afterwards)
+    create_only: bool = False
 
     @model_validator(mode="after")
     def _one_source(self) -> "FieldSpec":
@@ -89,6 +91,9 @@ class FieldSpec(_Strict):
                 "give exactly one of path, template, tag or value"
                 + (f" (got {', '.join(given)})" if given else "")
             )
+        if self.create_only and self.known_when is not None:
+            raise ValueError("create_only writes the field on a create only, whatever the item knows: known_when "
+                             "adds nothing to it")
         compile_field(self)  # JMESPath, template variables and transforms, checked now
         return self
 
@@ -223,6 +228,8 @@ class MappingFile(_Strict):
             )
         if self.fields[self.target.identity].known_when is not None:
             raise ValueError(f"the identity field {self.target.identity!r} takes no known_when: a CI is known by it")
+        if self.fields[self.target.identity].create_only:
+            raise ValueError(f"the identity field {self.target.identity!r} is not create_only: a CI is known by it")
         if self.fields[self.target.identity].lookup is not None:
             raise ValueError(f"the identity field {self.target.identity!r} takes no lookup: a CI is known by it, "
                              "as the resource gives it")

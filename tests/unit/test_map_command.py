@@ -230,3 +230,17 @@ def test_a_looked_up_field_says_where_and_how_many_values_and_shows_them_as_mapp
             "(3 distinct value(s))") in out
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert {row["fields"]["owned_by"] for row in rows} == {"app-0", "app-1", "app-2"}  # as mapped: not looked up offline
+
+
+def test_a_create_only_field_is_said_so_and_not_called_unknown(tmp_path, inventory_file, capsys):
+    folder = edited_mappings(tmp_path, {"cmdb_ci_vm_instance.toml": (
+        'short_description = "InstanceType"', 'short_description = { path = "InstanceType", create_only = true }')})
+    output = tmp_path / "cis.jsonl"
+    assert main(["map", "--inventory", str(inventory_file), "--mappings", str(folder), "--class", "cmdb_ci_vm_instance",
+                 "--output", str(output)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "  written on a create only (create_only), then left to the CMDB: short_description" in out
+    assert not [line for line in out if "known_when" in line]
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert all(row["create_only"] == {"short_description": "t3.micro"} and "short_description" not in row["fields"]
+               for row in rows)

@@ -398,6 +398,11 @@ INVALID_CASES += [
     ("lookup where with NQ", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = { table = '
                                            '"sys_user", field = "email", where = "active=true^NQactive=false" } }\n'),
      "cmdb_ci_network.toml: fields.owned_by.lookup: where: one encoded query that narrows the lookup"),
+    ("create_only with known_when", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", create_only = true, '
+                                                  'known_when = "VpcId" }'),
+     "cmdb_ci_network.toml: fields.name: create_only writes the field on a create only"),
+    ("create_only identity", VALID.replace('vpc/{VpcId}" }', 'vpc/{VpcId}", create_only = true }'),
+     "cmdb_ci_network.toml: (top level): the identity field 'correlation_id' is not create_only"),
     ("lookup on the identity", VALID.replace('vpc/{VpcId}" }', 'vpc/{VpcId}", lookup = "sys_user.email" }'),
      "cmdb_ci_network.toml: (top level): the identity field 'correlation_id' takes no lookup"),
 ]
