@@ -80,8 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--output", metavar="FILE", type=Path, required=True)
     collect.add_argument("--shard", metavar="K/N", help=shard_help)
 
-    access = sub.add_parser("check-access", help="assume the role in every target account and print the result")
+    access = sub.add_parser("check-access", help="assume the role in every target account, and read one row of "
+                                                 "every ServiceNow table a run reads; print the results")
     access.add_argument("--shard", metavar="K/N", help=shard_help)
+    only = access.add_mutually_exclusive_group()
+    only.add_argument("--aws-only", action="store_true", help="the AWS side only")
+    only.add_argument("--servicenow-only", action="store_true", help="the ServiceNow side only (no AWS credentials needed)")
 
     sub.add_parser("validate", help="check the config and every mapping file")
 
@@ -264,17 +268,46 @@ def cmd_check_access(args) -> int:
     from .aws.targets import find_targets, open_session_pool
 
     settings = _settings(args)
-    pool = open_session_pool(settings)
-    targets = find_targets(settings, pool, parse_shard(args.shard), tree=True)
-    accounts = targets.accounts
-    management = management_account(accounts)
-    rows = check_access(pool, accounts, settings.aws.role_name, management)
-    print(render_table(rows))
-    tree = targets.organization
-    if tree is not None:  # the Organization's OUs, for its CIs and each account's place (not with aws.accounts)
-        print(f"organization: {tree.failure[1]}" if tree.failure else
-              f"organization: {len(tree.units)} OU(s) read, and the parent of {len(tree.parents)} account(s)")
-    return 3 if any(r.status not in ("ok", "skipped") for r in rows) or (tree and tree.failure) else 0
+    failed = False
+    if not args.servicenow_only:
+        pool = open_session_pool(settings)
+        targets = find_targets(settings, pool, parse_shard(args.shard), tree=True)
+        accounts = targets.accounts
+        management = management_account(accounts)
+        rows = check_access(pool, accounts, settings.aws.role_name, management)
+        print(render_table(rows))
+        tree = targets.organization
+        if tree is not None:  # the Organization's OUs, for its CIs and each account's place (not with aws.accounts)
+            print(f"organization: {tree.failure[1]}" if tree.failure else
+                  f"organization: {len(tree.units)} OU(s) read, and the parent of {len(tree.parents)} account(s)")
+        failed = any(r.status not in ("ok", "skipped") for r in rows) or bool(tree and tree.failure)
+    if not args.aws_only:
+        if not args.servicenow_only:
+            print()
+        failed = _check_servicenow_access(settings) or failed
+    return 3 if failed else 0
+
+
+def _check_servicenow_access(settings: Settings) -> bool:
+    """The ServiceNow side of check-access, printed; True if any check failed."""
+    from .servicenow.access import check_servicenow, needs_of, render_servicenow
+    from .servicenow.client import TableClient
+    from .servicenow.cmdb import CmdbReader
+
+    mappings = load_mappings(settings.mappings_folder())
+    sn = settings.servicenow
+    tags = settings.reconcile.tags and any(m.tags is not None for m in mappings.mappings.values())
+    needs = needs_of(mappings.tables, tags, {lookup.table for fields in mappings.lookups.values()
+                                             for lookup in fields.values()})
+    relation_types = {r.type for m in mappings.mappings.values() for r in m.relations}
+    tables = TableClient(sn)
+    try:
+        rows = check_servicenow(tables, CmdbReader(tables, sn.discovery_source, sn.workers), needs, relation_types,
+                                sn.writer == "ire", sn.discovery_source, sn.workers)
+    finally:
+        tables.close()
+    print(render_servicenow(rows, f"{sn.instance_url} as {sn.username or sn.client_id} ({sn.auth})"))
+    return any(row.status != "ok" for row in rows)
 
 
 def cmd_demo(args) -> int:

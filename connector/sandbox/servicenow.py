@@ -90,6 +90,7 @@ class Faults:
         self.session_queue_limit = 0     # more waiting on one JSESSIONID than this: empty 202 (0 = off)
         self.acl_denied_tables: list = []  # writes to these tables: 403 from an ACL
         self.missing_tables: list = []   # tables the instance lacks (a class whose plugin is not installed): 400
+        self.acl_read_denied_tables: list = []  # reads of these tables: 403 from a table-level read ACL
         self.acl_hidden_prefix = ""      # rows whose name starts with this are hidden by ACL, after paging
         # IRE reconciliation rules: "class.field" -> the one data source that may update it (IRE leaves the
         # field as it is on an update from any other source, and says nothing)
@@ -141,6 +142,8 @@ class TableApi:
                params: dict[str, list[str]], body: bytes, user: str) -> Reply:
         if table not in TABLES or table in self.faults.missing_tables:
             return error(400, f"Invalid table {table}")
+        if method == "GET" and table in self.faults.acl_read_denied_tables:
+            return error(403, "User Not Authorized", "Read ACL restricts this table to other roles")
         one = lambda key: (params.get(key) or [""])[0]  # noqa: E731
         fields, links = one("sysparm_fields"), one("sysparm_exclude_reference_link").lower() != "true"
         if method == "GET" and sys_id is None:

@@ -391,7 +391,8 @@ def test_check_access_prints_the_table_and_exits_3_for_a_denied_account(world):
            "CMDB_SERVICENOW__PASSWORD": PASSWORD}
     proc = subprocess.run([*CLI, "--config", str(config), "check-access"], capture_output=True, text=True, env=env)
     assert proc.returncode == 3, proc.stderr
-    lines = proc.stdout.splitlines()
+    aws_part, servicenow_part = proc.stdout.split("\n\n")
+    lines = aws_part.splitlines()
     assert lines[0].split() == ["ACCOUNT", "NAME", "STATUS", "EXTERNAL_ID", "REASON"]
     bravo = next(line for line in lines if line.startswith(org.accounts["bravo"]))
     assert " denied " in bravo and "AccessDenied" in bravo
@@ -399,6 +400,9 @@ def test_check_access_prints_the_table_and_exits_3_for_a_denied_account(world):
     assert "hint: the role is missing" in proc.stdout
     assert lines[-2] == "3 account(s): 2 ok, 0 skipped, 1 failed"
     assert lines[-1] == "organization: 0 OU(s) read, and the parent of 3 account(s)"
+    # then the ServiceNow side: every table a run reads, read by the connector's user
+    assert servicenow_part.startswith(f"servicenow: {sn.url} as svc_cmdb (basic)\n")
+    assert ", 0 failed. Writes are not tried" in servicenow_part
     assert EXTERNAL_ID not in proc.stdout + proc.stderr
     assert sn.writes() == 0
 
