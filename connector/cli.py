@@ -141,6 +141,13 @@ def cmd_validate(args) -> int:
         print(f"tags to cmdb_key_value (reconcile.tags = true) for {len(tagged)} classes: {', '.join(tagged) or 'none'}")
     else:
         print(f"tags: off (reconcile.tags = false); {len(tagged)} classes map them")
+    looked_up = [f"{table}.{name} in {lookup}" for table, fields in mappings.lookups.items()
+                 for name, lookup in sorted(fields.items())]
+    if looked_up:
+        print(f"reference fields looked up when run: {', '.join(looked_up)}")
+    seeded = sorted({f"{m.table}.{name}" for m in mappings.mappings.values() for name in m.create_only})
+    if seeded:
+        print(f"written on a create only (create_only): {', '.join(seeded)}")
     return 0
 
 

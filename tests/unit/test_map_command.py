@@ -244,3 +244,18 @@ def test_a_create_only_field_is_said_so_and_not_called_unknown(tmp_path, invento
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert all(row["create_only"] == {"short_description": "t3.micro"} and "short_description" not in row["fields"]
                for row in rows)
+
+
+def test_validate_names_the_looked_up_and_the_create_only_fields(tmp_path, capsys):
+    folder = edited_mappings(tmp_path, {"cmdb_ci_vm_instance.toml": (
+        'short_description = "InstanceType"',
+        'short_description = { path = "InstanceType", create_only = true }\n'
+        'owned_by = { tag = "Owner", lookup = { table = "sys_user", field = "email", where = "active=true" } }')})
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\n[servicenow]\ninstance_url = "http://127.0.0.1:9"\n'
+                      f'username = "u"\npassword = "p"\n[reconcile]\nmappings_dir = "{folder}"\n')
+    config.chmod(0o600)
+    assert main(["validate", "--config", str(config)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "reference fields looked up when run: cmdb_ci_vm_instance.owned_by in sys_user.email (active=true)" in out
+    assert "written on a create only (create_only): cmdb_ci_vm_instance.short_description" in out
