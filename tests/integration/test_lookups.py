@@ -30,10 +30,10 @@ def mappings_with(tmp_path, *lines: str):
     return folder
 
 
-def settings_for(server, tmp_path, folder):
+def settings_for(server, tmp_path, folder, writer: str = "table"):
     return load_settings(None, {"aws": {"external_id": "not-used-here"},
                                 "servicenow": {"instance_url": server.url, "username": "svc", "password": PASSWORD,
-                                               "workers": 4},
+                                               "workers": 4, "writer": writer},
                                 "reconcile": {"mappings_dir": str(folder)},
                                 "report": {"output_dir": str(tmp_path / "reports")}})
 
@@ -115,3 +115,14 @@ def test_a_lookup_field_the_table_lacks_reads_nothing_and_leaves_the_field(tmp_p
         assert any("sys_user not read for the lookups in sys_user.emial" in w and "has no field emial" in w
                    for w in outcome.report["warnings"])
         assert not [q for q in server.reads if "/table/sys_user?" in q]
+
+
+def test_through_ire_the_looked_up_sys_id_is_written_and_a_rerun_writes_nothing(tmp_path):
+    by_instance, path = tagged_inventory(tmp_path, [{"Owner": "jane@example.com"}, {}])
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        jane = add(server, "sys_user", user_name="jane", email="jane@example.com", active="true")
+        settings = settings_for(server, tmp_path, mappings_with(tmp_path, OWNER), writer="ire")
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        assert [vms(server)[i]["owned_by"] for i in by_instance] == [jane, ""]
+        outcome = run_pipeline(settings, inventory_file=path)
+        assert outcome.exit_code == 0 and outcome.report["changes"] == []
