@@ -297,6 +297,7 @@ def cmd_check_access(args) -> int:
 
 def _check_servicenow_access(settings: Settings) -> bool:
     """The ServiceNow side of check-access, printed; True if any check failed."""
+    from .run import fields_written
     from .servicenow.access import check_servicenow, needs_of, render_servicenow
     from .servicenow.client import TableClient
     from .servicenow.cmdb import CmdbReader
@@ -304,13 +305,14 @@ def _check_servicenow_access(settings: Settings) -> bool:
     mappings = load_mappings(settings.mappings_folder())
     sn = settings.servicenow
     tags = settings.reconcile.tags and any(m.tags is not None for m in mappings.mappings.values())
-    needs = needs_of(mappings.tables, tags, {lookup.table for fields in mappings.lookups.values()
-                                             for lookup in fields.values()})
+    lookups = {lookup for fields in mappings.lookups.values() for lookup in fields.values()}
+    needs = needs_of(mappings.tables, tags, {lookup.table for lookup in lookups})
     relation_types = {r.type for m in mappings.mappings.values() for r in m.relations}
     tables = TableClient(sn)
     try:
         rows = check_servicenow(tables, CmdbReader(tables, sn.discovery_source, sn.workers), needs, relation_types,
-                                sn.writer == "ire", sn.discovery_source, sn.workers)
+                                sn.writer == "ire", sn.discovery_source, sn.workers,
+                                fields_written(mappings, tags, lookups))
     finally:
         tables.close()
     print(render_servicenow(rows, f"{sn.instance_url} as {sn.username or sn.client_id} ({sn.auth})"))

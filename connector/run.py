@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter, methodcaller
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -188,15 +188,8 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
         relations = pool.submit(reader.relations, rel_names)
         others = pool.submit(reader.owned_in_other_classes, mappings.tables)
         tagged = any(ci.tags is not None for ci in mapped.cis)
-        # the fields each class is written: the mappings', and discovery_source, which marks the CIs ours
-        written = {table: {f for m in variants for f in m.fields} | {"discovery_source"}
-                   for table, variants in mappings.tables.items()}
-        if tagged:
-            written[KV_TABLE] = {"key", "value"}
         wanted = lookup_values(mapped.cis, mappings.lookups)
-        for lookup in wanted:  # the fields looked up in, checked with the rest
-            written.setdefault(lookup.table, set()).add(lookup.field)
-        dictionary = pool.submit(reader.dictionary, written)
+        dictionary = pool.submit(reader.dictionary, fields_written(mappings, tagged, wanted))
         key_values = pool.submit(reader.key_values) if tagged else None
         looked_up = {lookup: pool.submit(_look_up, reader, lookup, values, dictionary)
                      for lookup, values in wanted.items()}
@@ -219,6 +212,18 @@ def read_cmdb(reader: CmdbReader, mappings: MappingSet, mapped: MapResult, worke
             more_notes += why
     return CmdbState(cis, rel_types, rels, key_values.result() if key_values is not None else None, other_classes,
                      field_lengths, notes + more_notes, unread, missing_fields, lookups)
+
+
+def fields_written(mappings: MappingSet, tagged: bool, lookups: Iterable[Lookup]) -> dict[str, set[str]]:
+    """The fields the dictionary is asked about: those each class is written (the mappings', and
+    discovery_source, which marks the CIs ours), cmdb_key_value's with tags, and the lookups' fields."""
+    written = {table: {f for m in variants for f in m.fields} | {"discovery_source"}
+               for table, variants in mappings.tables.items()}
+    if tagged:
+        written[KV_TABLE] = {"key", "value"}
+    for lookup in lookups:
+        written.setdefault(lookup.table, set()).add(lookup.field)
+    return written
 
 
 def _look_up(reader: CmdbReader, lookup: Lookup, values: set[str], dictionary: Future) -> dict[str, list[str]]:

@@ -34,6 +34,7 @@ class TableAccess:
     need: str  # what a run reads it for
     status: str
     reason: str = ""
+    read: bool = False  # a read of the table itself (the HINTS are for those)
 
 
 def _status(exc: ServiceNowError) -> str:
@@ -58,8 +59,10 @@ def needs_of(classes: Iterable[str], tags: bool, lookup_tables: Iterable[str]) -
 
 
 def check_servicenow(tables: TableClient, reader: CmdbReader, needs: list[tuple[str, str]], relation_types: set[str],
-                     ire: bool, data_source: str, workers: int = 4) -> list[TableAccess]:
-    """The login, then each need, each relation type, and the IRE API when ``ire``."""
+                     ire: bool, data_source: str, workers: int = 4,
+                     written: dict[str, set[str]] | None = None) -> list[TableAccess]:
+    """The login, then each need, each relation type, the fields ``written`` (table -> the fields a run
+    writes or looks up in it: do the classes have them?), and the IRE API when ``ire``."""
     try:
         reader.check_login(needs[0][0] if needs else CI_TABLE)
     except ServiceNowError as exc:
@@ -71,12 +74,14 @@ def check_servicenow(tables: TableClient, reader: CmdbReader, needs: list[tuple[
         try:
             total = tables.count(table, "")
         except ServiceNowError as exc:
-            return TableAccess(table, why, _status(exc), str(exc))
-        return TableAccess(table, why, OK, "readable" if total is None else f"readable, {total} row(s)")
+            return TableAccess(table, why, _status(exc), str(exc), read=True)
+        return TableAccess(table, why, OK, "readable" if total is None else f"readable, {total} row(s)", read=True)
 
     rows += map_in_order(probe, needs, workers, "check")
     if relation_types and all(row.status == OK for row in rows if row.table == REL_TYPE_TABLE):
         rows.append(_relation_types(reader, relation_types))
+    if written and all(row.status == OK for row in rows if row.table in (CLASS_TABLE, DICTIONARY_TABLE)):
+        rows += _fields(reader, written)
     if ire:
         try:
             check_ire_access(tables, data_source)
@@ -100,6 +105,21 @@ def _relation_types(reader: CmdbReader, names: set[str]) -> TableAccess:
     return TableAccess(REL_TYPE_TABLE, need, OK, f"all {len(names)} found")
 
 
+def _fields(reader: CmdbReader, written: dict[str, set[str]]) -> list[TableAccess]:
+    """One row per table with fields its class lacks (a run leaves them unwritten, with a warning), or one
+    row saying that every field is there."""
+    need = "the fields the mappings write or look up"
+    try:
+        missing = reader.dictionary(written).missing
+    except ServiceNowError as exc:
+        return [TableAccess(DICTIONARY_TABLE, need, _status(exc), str(exc))]
+    rows = [TableAccess(table, need, MISSING, f"no field {', '.join(sorted(names))} on this instance (sys_dictionary): "
+                        "a misspelled name in the mapping, or a field to add to the class")
+            for table, names in sorted(missing.items()) if names]
+    return rows or [TableAccess(DICTIONARY_TABLE, need, OK,
+                                f"all {sum(len(names) for names in written.values())} found")]
+
+
 def render_servicenow(rows: list[TableAccess], where: str) -> str:
     headers = ("TABLE", "STATUS", "NEEDED FOR", "REASON")
     cells = [(r.table, r.status, r.need, r.reason) for r in rows]
@@ -108,8 +128,7 @@ def render_servicenow(rows: list[TableAccess], where: str) -> str:
     lines = [f"servicenow: {where}", "  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
     for row, cell in zip(rows, cells):
         lines.append("  ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip())
-        hint = HINTS.get(row.status) if row.table not in ("(login)", IRE_API, REL_TYPE_TABLE) or (
-            row.table == REL_TYPE_TABLE and row.status == DENIED) else None
+        hint = HINTS.get(row.status) if row.read else None
         if hint:
             lines.append(f"    hint: {hint}")
     failed = sum(r.status != OK for r in rows)

@@ -11,10 +11,10 @@ from connector.sandbox.servicenow import ServiceNowStandIn
 PASSWORD = "access-password"
 
 
-def config(tmp_path, url: str, extra: str = "") -> str:
+def config(tmp_path, url: str, extra: str = "", reconcile: str = "") -> str:
     path = tmp_path / "config.toml"
     path.write_text(f'[aws]\nexternal_id = "not-used-here"\n\n[servicenow]\ninstance_url = "{url}"\nusername = "svc"\n'
-                    f'{extra}\n[reconcile]\ntags = true\n\n[report]\noutput_dir = "reports"\n')
+                    f'{extra}\n[reconcile]\ntags = true\n{reconcile}\n[report]\noutput_dir = "reports"\n')
     path.chmod(0o600)
     return str(path)
 
@@ -65,6 +65,29 @@ def test_refused_and_missing_tables_a_missing_relation_type_and_the_ire_api_are_
     assert "not in cmdb_rel_type: Located in::Houses" in out
     assert "it needs the itil or asset role" in out
     assert out.count("    hint: grant the user read on it") == 1 and out.count("    hint: the instance lacks it") == 1
+
+
+def test_a_field_the_class_lacks_is_named_before_any_run(tmp_path, standin, capsys):
+    """A misspelled field in a mapping, or a lookup's: a run would leave it unwritten, with a warning."""
+    import shutil
+
+    from connector.mapping.load import builtin_mappings_dir
+
+    assert main(["check-access", "--servicenow-only", "--config", config(tmp_path, standin.url)]) == 0
+    out = capsys.readouterr().out
+    assert lines_of(out)["sys_dictionary"] == ["ok", "ok"]  # readable, and every field the built-in files write
+    assert "the fields the mappings write or look up" in out
+    folder = tmp_path / "mappings"
+    shutil.copytree(builtin_mappings_dir(), folder, ignore=shutil.ignore_patterns("__*"))
+    path = folder / "cmdb_ci_vm_instance.toml"
+    path.write_text(path.read_text().replace('ip_address = "PrivateIpAddress"', 'ip_adress = "PrivateIpAddress"\n'
+                                             'owned_by = { tag = "Owner", lookup = "sys_user.emial" }'))
+    edited = config(tmp_path, standin.url, reconcile=f'mappings_dir = "{folder}"\n')
+    assert main(["check-access", "--servicenow-only", "--config", edited]) == 3
+    out = capsys.readouterr().out
+    assert "no field ip_adress on this instance (sys_dictionary)" in out and "no field emial on this instance" in out
+    rows = lines_of(out)
+    assert rows["cmdb_ci_vm_instance"] == ["ok", "missing"] and rows["sys_user"] == ["ok", "missing"]
 
 
 def test_a_refused_login_is_one_row_and_exit_3(tmp_path, standin, capsys, monkeypatch):
