@@ -403,7 +403,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     run_id, started, clock = new_run_id(), _now(), StageClock()
     set_run_id(run_id)
     mappings = mappings or load_mappings(settings.mappings_folder())
-    inventory, mapped, plan, applied = None, MapResult(), None, None
+    inventory, mapped, plan, applied, looked_up = None, MapResult(), None, None, None
     errors: list[str] = []
     tables = list(mappings.tables)
     sn = settings.servicenow
@@ -440,14 +440,15 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         policies = table_policies(mappings, cmdb.field_lengths, cmdb.missing_fields)
         with clock.stage("plan"):
             # the reference fields' values made the sys_ids of the records they name (pure, as plan is)
-            desired, looked_up = resolve_lookups(mapped.cis, mappings.lookups, cmdb.lookups)
+            looked_up = resolve_lookups(mapped.cis, mappings.lookups, cmdb.lookups)
+            desired = looked_up.cis
             plan = plan_changes(
                 desired, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force,
                             _snow_time(started), settings.reconcile.last_discovered_days, retire_accounts),
                 cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE), inventory.targeted,
             )
-            plan.warnings.extend([*mapped.warnings, *looked_up, *cmdb.notes])
+            plan.warnings.extend([*mapped.warnings, *looked_up.warnings, *cmdb.notes])
         writer = TableApiWriter(tables_client, sn.batch_size)
         if sn.writer == "ire":
             creates = {(c.table, c.identity) for c in plan.changes if c.action == CREATE}
@@ -485,6 +486,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         run_id=run_id, mode=mode, started_at=started, finished_at=_now(), exit_code=exit_code,
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
         timings=clock.seconds, cpu_timings=clock.cpu, instance=str(sn.instance_url),
+        unresolved_lookups=looked_up.unresolved if looked_up is not None else [],
     )
     _log_findings(report)
     output_dir = settings.path(settings.report.output_dir)

@@ -10,12 +10,22 @@ in one warning per field, with a count and an example.
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, NamedTuple
 
 from ..models import NOTHING, DesiredCI, Lookup
 from .functions import snow_value
 
 NOT_FOUND, SEVERAL, UNASKED, UNREAD = "not found", "several", "unasked", "unread"
+# what each reason means, in the report's unresolved_lookups
+REASONS = {NOT_FOUND: "names no record", SEVERAL: "names several records", UNASKED: "holds ^: not asked",
+           UNREAD: "its table could not be read"}
+
+
+class Resolved(NamedTuple):
+    cis: list[DesiredCI]
+    warnings: list[str]  # one per field and reason, with a count and an example
+    # every value not resolved: {table, identity, field, value, reason}, for whoever mends the tags
+    unresolved: list[dict[str, str]]
 
 
 def lookup_values(cis: Iterable[DesiredCI], lookups: dict[str, dict[str, Lookup]]) -> dict[Lookup, set[str]]:
@@ -34,14 +44,16 @@ def lookup_values(cis: Iterable[DesiredCI], lookups: dict[str, dict[str, Lookup]
 
 
 def resolve_lookups(cis: list[DesiredCI], lookups: dict[str, dict[str, Lookup]],
-                    found: Mapping[Lookup, dict[str, list[str]] | None]) -> tuple[list[DesiredCI], list[str]]:
-    """The CIs with each looked-up field's value made the sys_id of the one record it names, and the
-    warnings. ``found``: lookup -> value in lower case -> sys_ids (``CmdbReader.look_up``), None for a
-    lookup whose table could not be read (every value of it unresolved). An empty value stays empty: the
-    resource names no one (a field's ``known_when`` can say that this is unknown instead)."""
+                    found: Mapping[Lookup, dict[str, list[str]] | None]) -> Resolved:
+    """The CIs with each looked-up field's value made the sys_id of the one record it names, the
+    warnings, and each value not resolved. ``found``: lookup -> value in lower case -> sys_ids
+    (``CmdbReader.look_up``), None for a lookup whose table could not be read (every value of it
+    unresolved). An empty value stays empty: the resource names no one (a field's ``known_when`` can say
+    that this is unknown instead)."""
     if not lookups:
-        return cis, []
+        return Resolved(cis, [], [])
     misses: dict[tuple[str, str, str], list] = {}  # (table, field, why) -> [count, example value, CI, records]
+    unresolved: list[dict[str, str]] = []
     out: list[DesiredCI] = []
     for ci in cis:
         fields = lookups.get(ci.table)
@@ -50,18 +62,19 @@ def resolve_lookups(cis: list[DesiredCI], lookups: dict[str, dict[str, Lookup]],
             continue
         values, create_only = ci.fields, ci.create_only
         for name, lookup in fields.items():
-            values = _resolved(values, name, lookup, found, ci, misses)
+            values = _resolved(values, name, lookup, found, ci, misses, unresolved)
             if create_only:
-                create_only = _resolved(create_only, name, lookup, found, ci, misses) or NOTHING
+                create_only = _resolved(create_only, name, lookup, found, ci, misses, unresolved) or NOTHING
         out.append(ci if values is ci.fields and create_only is ci.create_only
                    else replace(ci, fields=values, create_only=create_only))
-    return out, [_warning(table, name, why, lookups[table][name], *miss)
-                 for (table, name, why), miss in sorted(misses.items())]
+    return Resolved(out, [_warning(table, name, why, lookups[table][name], *miss)
+                          for (table, name, why), miss in sorted(misses.items())], unresolved)
 
 
 def _resolved(values: Mapping[str, Any], name: str, lookup: Lookup, found: Mapping[Lookup, dict[str, list[str]] | None],
-              ci: DesiredCI, misses: dict) -> Mapping[str, Any]:
-    """``values`` with ``name`` made a sys_id, or left out (its miss counted); as it is if it has no value."""
+              ci: DesiredCI, misses: dict, unresolved: list[dict[str, str]]) -> Mapping[str, Any]:
+    """``values`` with ``name`` made a sys_id, or left out (its miss counted and listed); as it is if it
+    has no value."""
     if name not in values:
         return values
     value = snow_value(values[name])
@@ -79,6 +92,8 @@ def _resolved(values: Mapping[str, Any], name: str, lookup: Lookup, found: Mappi
         why = SEVERAL if matches else NOT_FOUND
     miss = misses.setdefault((ci.table, name, why), [0, value, ci.identity, len(matches)])
     miss[0] += 1
+    unresolved.append({"table": ci.table, "identity": ci.identity, "field": name, "value": value,
+                       "reason": REASONS[why], "lookup": str(lookup)})
     return {k: v for k, v in values.items() if k != name}
 
 

@@ -106,6 +106,7 @@ def build_report(
     timings: dict[str, float] | None = None,
     cpu_timings: dict[str, float] | None = None,
     instance: str = "",
+    unresolved_lookups: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {
         t: dict.fromkeys(COUNTS, 0) for t in tables
@@ -166,6 +167,8 @@ def build_report(
         "guards": plan.guards if plan else [],
         "warnings": plan.warnings if plan else [],
         "mapping_problems": [{"scope": list(p.scope), "table": p.table, "message": p.message} for p in problems],
+        # each reference field's value that named no record, or several (mapping lookups): left as it was
+        "unresolved_lookups": list(unresolved_lookups or []),
         "errors": errors,
         # seconds per stage (collect, map, read the CMDB, plan, apply): wall, and CPU
         "timings": dict(timings or {}),

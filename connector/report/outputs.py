@@ -171,6 +171,8 @@ def render_html(report: dict[str, Any]) -> str:
               else '<p id="scopes">None: every scope was collected.</p>')
     counts = _table(["class", *ACTIONS], [[t, *(c.get(a, 0) for a in ACTIONS)] for t, c in report["tables"].items()], "counts")
     problems = [f"{p['table']} {'/'.join(p['scope'])}: {p['message']}" for p in report.get("mapping_problems", [])]
+    unresolved = [f"{u['table']}.{u['field']} of {u['identity']}: {u['value']!r} {u['reason']} in {u['lookup']}"
+                  for u in report.get("unresolved_lookups") or []]
     untargeted = report.get("untargeted_accounts") or []  # reports before it have none
     gone = ("<h2>Accounts no longer targeted</h2><p>Gone from the Organization, or left out by the configuration: no "
             "run collects them, so their CIs are left as they are; <code>run --retire-account ID</code> retires those "
@@ -180,7 +182,7 @@ def render_html(report: dict[str, Any]) -> str:
                  for d in untargeted], "untargeted")) if untargeted else ""
     notes = "".join(_notes(title, items)
                     for title, items in (("Guards", report.get("guards", [])), ("Errors", report.get("errors", [])),
-                                         ("Mapping problems", problems),
+                                         ("Mapping problems", problems), ("Lookups not resolved", unresolved),
                                          ("Duplicates", report.get("duplicates", [])), ("Warnings", report.get("warnings", [])))
                     if items)
     options = "".join(f'<option value="{a}">{a}</option>'

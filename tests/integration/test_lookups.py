@@ -82,6 +82,10 @@ def test_owners_and_groups_are_looked_up_and_what_is_not_one_record_is_left_as_i
                 "(e.g. 'bob@example.com'") in warnings
         assert "owned_by: 1 CI(s) whose value names no record of sys_user.email (e.g. 'nobody@example.com'" in warnings
         assert "owned_by: 1 CI(s) whose value holds ^, which an encoded query cannot carry" in warnings
+        assert sorted((u["identity"].rsplit("/", 1)[1], u["reason"]) for u in outcome.report["unresolved_lookups"]) == [
+            (ids[1], "names several records"), (ids[2], "names no record"), (ids[3], "holds ^: not asked")]
+        page = outcome.report_path.with_suffix(".html").read_text()
+        assert "<h2>Lookups not resolved (3)</h2>" in page and "&#x27;nobody@example.com&#x27; names no record" in page
         # no query carried what a tag held beyond a value: ^ never reached the instance
         assert not [q for q in map(unquote_plus, server.reads) if "NQ" in q]
         assert [q for q in map(unquote_plus, server.reads) if "/table/sys_user_group?" in q and "Ops, EU" in q]

@@ -23,7 +23,7 @@ def test_one_record_gives_its_sys_id_and_anything_else_leaves_the_field_out():
                                                                          ("1", "r", "ec2:vpc"))]
     assert lookup_values(cis, LOOKUPS) == {USERS: {"Jane@X.com", "bob@x.com", "nobody@x.com", "a^NQb", "jane@x.com"}}
     found = {USERS: {"jane@x.com": ["u-jane"], "bob@x.com": ["u-bob", "u-bob2"]}}
-    out, warnings = resolve_lookups(cis, LOOKUPS, found)
+    out, warnings, unresolved = resolve_lookups(cis, LOOKUPS, found)
     assert [ci.fields.get("owned_by", "(left out)") for ci in out] == [
         "u-jane", "(left out)", "(left out)", "(left out)", "", "(left out)", "x"]
     assert out[5].create_only == {"owned_by": "u-jane"}  # a create's value, looked up too
@@ -33,10 +33,16 @@ def test_one_record_gives_its_sys_id_and_anything_else_leaves_the_field_out():
                                         "holds ^, which an encoded query cannot carry")):
         assert warning.startswith(f"cmdb_ci_vm_instance.owned_by: 1 CI(s) whose value {kind}"), warning
     assert "(e.g. 'bob@x.com' for arn:2: 2 records)" in warnings[1]
+    # and every one of them, for whoever mends the tags
+    assert [(u["identity"], u["value"], u["reason"]) for u in unresolved] == [
+        ("arn:2", "bob@x.com", "names several records"), ("arn:3", "nobody@x.com", "names no record"),
+        ("arn:4", "a^NQb", "holds ^: not asked")]
+    assert unresolved[0]["field"] == "owned_by" and unresolved[0]["lookup"] == "sys_user.email"
 
 
 def test_a_table_not_read_leaves_every_value_of_its_lookups_out():
-    out, warnings = resolve_lookups([vm(1, "jane@x.com"), vm(2, "")], LOOKUPS, {USERS: None})
+    out, warnings, unresolved = resolve_lookups([vm(1, "jane@x.com"), vm(2, "")], LOOKUPS, {USERS: None})
+    assert [u["reason"] for u in unresolved] == ["its table could not be read"]
     assert "owned_by" not in out[0].fields and out[1].fields["owned_by"] == ""
     (warning,) = warnings
     assert warning.startswith("cmdb_ci_vm_instance.owned_by: 1 CI(s) whose value could not be looked up: sys_user "
@@ -45,4 +51,4 @@ def test_a_table_not_read_leaves_every_value_of_its_lookups_out():
 
 def test_no_lookups_no_work():
     cis = [vm(1, "jane@x.com")]
-    assert resolve_lookups(cis, {}, {}) == (cis, [])
+    assert resolve_lookups(cis, {}, {}) == (cis, [], [])
