@@ -26,6 +26,9 @@ log = logging.getLogger("connector")
 PATH_MISTAKES = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.EROFS, errno.EEXIST}
 
 
+EXIT_DRIFT = 4  # plan --fail-on-drift: the run was ok, and the CMDB differs from AWS
+
+
 def _common_options(parser: argparse.ArgumentParser, after_command: bool = False) -> None:
     """--config, -v and --log-format; after the command, without defaults (see _parser)."""
     def default(value):
@@ -75,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
     plan.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append", default=[],
                       help=retire_help)
+    plan.add_argument("--fail-on-drift", action="store_true",
+                      help=f"exit {EXIT_DRIFT} when the plan has any write to make (a drift gate for a pipeline)")
 
     collect = sub.add_parser("collect", help="collect the inventory into a JSON Lines file")
     collect.add_argument("--output", metavar="FILE", type=Path, required=True)
@@ -239,6 +244,9 @@ def cmd_run(args) -> int:
             print(line)
         print(f"report: {outcome.report_path}")
         print(f"html: {outcome.report_path.with_suffix('.html')}", flush=True)
+        if getattr(args, "fail_on_drift", False) and outcome.exit_code == 0 and outcome.report["changes"]:
+            print(f"drift: {len(outcome.report['changes'])} write(s) planned (--fail-on-drift: exit {EXIT_DRIFT})")
+            return EXIT_DRIFT
         return outcome.exit_code
 
     install_stop_handlers()
