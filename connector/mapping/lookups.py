@@ -4,7 +4,7 @@ the sys_ids of the records they name, as ServiceNow stores a reference.
 Pure: the records were read with the CMDB (``CmdbReader.look_up``), between map and plan. A value
 that names no record, or several, is not guessed at: its field is left out of that CI, so the CI's
 value is left as it is (unknown is not empty) and a create goes without it; each such case is named
-in one warning per field, with a count and an example.
+in one warning per field, with a count and an example, and listed in the report's unresolved_lookups.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ class Resolved(NamedTuple):
 def lookup_values(cis: Iterable[DesiredCI], lookups: dict[str, dict[str, Lookup]]) -> dict[Lookup, set[str]]:
     """Each lookup -> the distinct values, not empty, mapped into the fields it serves."""
     wanted: dict[Lookup, set[str]] = {}
+    if not lookups:
+        return wanted
     for ci in cis:
         fields = lookups.get(ci.table)
         if not fields:

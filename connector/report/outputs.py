@@ -286,6 +286,10 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
               "# HELP cmdb_connector_warnings Warnings in the last run (writes the instance undid, relation targets "
               "not found).", "# TYPE cmdb_connector_warnings gauge",
               f"cmdb_connector_warnings {len(report.get('warnings') or [])}"]
+    lines += ["# HELP cmdb_connector_unresolved_lookups Values of looked-up reference fields that named no record, "
+              "or several, in the last run (each field left as it was).",
+              "# TYPE cmdb_connector_unresolved_lookups gauge",
+              f"cmdb_connector_unresolved_lookups {len(report.get('unresolved_lookups') or [])}"]
     untargeted = report.get("untargeted_accounts") or []
     lines += ["# HELP cmdb_connector_untargeted_accounts Accounts the configuration no longer targets that still hold "
               "active CIs of this connector (left as they are).", "# TYPE cmdb_connector_untargeted_accounts gauge",

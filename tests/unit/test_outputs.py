@@ -177,6 +177,10 @@ def test_accounts_no_longer_targeted_have_a_section_and_a_gauge():
     report = report_with(0, [])
     assert "no longer targeted" not in render_html(report)
     assert "cmdb_connector_untargeted_accounts 0\n" in render_prometheus(report)
+    assert "cmdb_connector_unresolved_lookups 0\n" in render_prometheus(report)
+    report["unresolved_lookups"] = [{"table": "t", "identity": "i", "field": "owned_by", "value": "x",
+                                     "reason": "names no record", "lookup": "sys_user.email"}]
+    assert "cmdb_connector_unresolved_lookups 1\n" in render_prometheus(report)
     assert "cmdb_connector_untargeted_account_cis{" not in render_prometheus(report)
     report["untargeted_accounts"] = [{"account_id": "999988887777",
                                       "cis": {"cmdb_ci_aws_datacenter": 2, "cmdb_ci_vm_instance": 5}}]
