@@ -318,9 +318,8 @@ def _check_servicenow_access(settings: Settings) -> bool:
     relation_types = {r.type for m in mappings.mappings.values() for r in m.relations}
     tables = TableClient(sn)
     try:
-        rows = check_servicenow(tables, CmdbReader(tables, sn.discovery_source, sn.workers), needs, relation_types,
-                                sn.writer == "ire", sn.discovery_source, sn.workers,
-                                fields_written(mappings, tags, lookups))
+        rows = check_servicenow(CmdbReader(tables, sn.discovery_source, sn.workers), needs, relation_types,
+                                sn.writer == "ire", fields_written(mappings, tags, lookups))
     finally:
         tables.close()
     print(render_servicenow(rows, f"{sn.instance_url} as {sn.username or sn.client_id} ({sn.auth})"))

@@ -15,7 +15,6 @@ from typing import Iterable
 from ..concurrency import map_in_order
 from ..errors import (ServiceNowAuthError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound,
                       ServiceNowPermissionError)
-from .client import TableClient
 from .cmdb import CI_TABLE, CLASS_TABLE, DICTIONARY_TABLE, KV_TABLE, REL_TABLE, REL_TYPE_TABLE, CmdbReader
 from .ire import check_access as check_ire_access
 
@@ -58,8 +57,7 @@ def needs_of(classes: Iterable[str], tags: bool, lookup_tables: Iterable[str]) -
     return needs
 
 
-def check_servicenow(tables: TableClient, reader: CmdbReader, needs: list[tuple[str, str]], relation_types: set[str],
-                     ire: bool, data_source: str, workers: int = 4,
+def check_servicenow(reader: CmdbReader, needs: list[tuple[str, str]], relation_types: set[str], ire: bool,
                      written: dict[str, set[str]] | None = None) -> list[TableAccess]:
     """The login, then each need, each relation type, the fields ``written`` (table -> the fields a run
     writes or looks up in it: do the classes have them?), and the IRE API when ``ire``."""
@@ -72,19 +70,19 @@ def check_servicenow(tables: TableClient, reader: CmdbReader, needs: list[tuple[
     def probe(need: tuple[str, str]) -> TableAccess:
         table, why = need
         try:
-            total = tables.count(table, "")
+            total = reader.tables.count(table, "")
         except ServiceNowError as exc:
             return TableAccess(table, why, _status(exc), str(exc), read=True)
         return TableAccess(table, why, OK, "readable" if total is None else f"readable, {total} row(s)", read=True)
 
-    rows += map_in_order(probe, needs, workers, "check")
+    rows += map_in_order(probe, needs, reader.workers, "check")
     if relation_types and all(row.status == OK for row in rows if row.table == REL_TYPE_TABLE):
         rows.append(_relation_types(reader, relation_types))
     if written and all(row.status == OK for row in rows if row.table in (CLASS_TABLE, DICTIONARY_TABLE)):
         rows += _fields(reader, written)
     if ire:
         try:
-            check_ire_access(tables, data_source)
+            check_ire_access(reader.tables, reader.discovery_source)
             rows.append(TableAccess(IRE_API, 'the IRE API (servicenow.writer = "ire")', OK, "may be used"))
         except ServiceNowError as exc:
             rows.append(TableAccess(IRE_API, 'the IRE API (servicenow.writer = "ire")', _status(exc), str(exc)))
