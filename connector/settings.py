@@ -207,11 +207,11 @@ class _EnvWithSecretFiles(PydanticBaseSettingsSource):
             variable = _env_name((section, key))
             if key in values:
                 raise ConfigError(f"{variable} and {variable}_FILE are both set: set one of them")
-            values[key] = read_secret_file(Path(values.pop(f"{key}_file")), f"{variable}_FILE")
+            values[key] = _read_secret_file(Path(values.pop(f"{key}_file")), f"{variable}_FILE")
         return data
 
 
-def read_secret_file(path: Path, variable: str) -> str:
+def _read_secret_file(path: Path, variable: str) -> str:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -220,11 +220,8 @@ def read_secret_file(path: Path, variable: str) -> str:
     secret = text.removesuffix("\n").removesuffix("\r")
     if not secret:
         raise ConfigError(f"{variable}: {path} is empty")
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0
-    if mode & 0o044:
+    mode = _mode_others_may_read(path)
+    if mode:
         logging.getLogger(__name__).warning(
             "%s (from %s) may be read by other users of this host (mode %o): chmod 600 it", path, variable, mode)
     return secret
@@ -322,15 +319,21 @@ def _warn_of_secrets_others_may_read(path: Path, data: dict[str, Any]) -> None:
     permission) is logged as a warning, named by key, never by value."""
     held = [f"{section}.{key}" for section, key in sorted(SECRET_KEYS)
             if isinstance(data.get(section), dict) and data[section].get(key)]
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        return
-    if held and mode & 0o044:
+    mode = _mode_others_may_read(path)
+    if held and mode:
         logging.getLogger(__name__).warning(
             "%s holds %s and other users of this host may read it (mode %o): chmod 600 it, or set the secret "
             "in the environment instead (%s)", path, ", ".join(held), mode,
             ", ".join(_env_name(tuple(name.split("."))) for name in held))
+
+
+def _mode_others_may_read(path: Path) -> int:
+    """The file's permission bits, if its group or others may read it; 0 if not (or if it is not known)."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return 0
+    return mode if mode & 0o044 else 0
 
 
 def _unknown_env_sections() -> list[str]:

@@ -61,7 +61,7 @@ def _as_lookup(value: Any) -> Any:
     return value
 
 
-Lookup = Annotated[LookupSpec, BeforeValidator(_as_lookup)]
+LookupValue = Annotated[LookupSpec, BeforeValidator(_as_lookup)]
 
 
 class FieldSpec(_Strict):
@@ -79,7 +79,7 @@ class FieldSpec(_Strict):
     # is created, never over the value a CI holds.
     known_when: KnownWhen = None
     # a reference field: the value found is looked up, and the field gets that record's sys_id
-    lookup: Lookup | None = None
+    lookup: LookupValue | None = None
     # written when the CI is created only, never over the value a CI holds (people edit it afterwards)
     create_only: bool = False
 
