@@ -598,3 +598,21 @@ def test_two_resources_under_one_identity_are_a_warning_and_one_resource_seen_tw
         f"cmdb_ci_network: 2 resource(s) map to an identity that another resource has already, with other values "
         f"(e.g. arn:aws:ec2::{ACCOUNT}:vpc/vpc-1): only the first of each is written. Make the identity unique in "
         "cmdb_ci_network.toml (a correlation_id template without the region or the account?)"]
+
+
+def test_the_commented_lookup_example_of_the_instance_file_loads_once_uncommented(tmp_path):
+    """The example a CMDB admin copies from must not rot."""
+    import re
+    import shutil
+
+    from connector.mapping.load import builtin_mappings_dir
+    from connector.models import Lookup
+
+    folder = tmp_path / "mappings"
+    shutil.copytree(builtin_mappings_dir(), folder, ignore=shutil.ignore_patterns("__*"))
+    path = folder / "cmdb_ci_vm_instance.toml"
+    text, count = re.subn(r"^# (owned_by|support_group) = ", r"\1 = ", path.read_text(), flags=re.M)
+    assert count == 2
+    path.write_text(text)
+    assert load_mappings(folder).lookups == {"cmdb_ci_vm_instance": {
+        "owned_by": Lookup("sys_user", "email"), "support_group": Lookup("sys_user_group", "name", "active=true")}}
