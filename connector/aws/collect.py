@@ -19,7 +19,7 @@ from typing import Any, Callable, ContextManager, Iterable, Iterator
 from botocore.exceptions import ClientError
 
 from ..concurrency import map_in_order
-from ..mapping.load import CompiledDetail, CompiledSource
+from ..mapping.load import CompiledDetail, CompiledJoin, CompiledSource
 from ..progress import bar
 from ..models import (ERROR, GLOBAL_REGION, OK, ORGANIZATION_KINDS, SKIPPED, Account, Inventory, OrganizationTree,
                       Record, Scope)
@@ -96,8 +96,8 @@ class AccountCalls:
             return call(item)
 
 
-def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTurn | AccountCalls | None = None
-                ) -> list[dict[str, Any]]:
+def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTurn | AccountCalls | None = None,
+                shared: "RegionAnswers | None" = None) -> list[dict[str, Any]]:
     """Every item of one source, every page; with ``tags``, each item's tags
     where the source needs a call per item for them.
 
@@ -119,7 +119,59 @@ def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTur
     tags_call = source.tags_call if tags else None
     if detail is not None or tags_call is not None:
         items = calls.each(lambda item: _per_item(client, detail, tags_call, source.tags_none_when, item), items)
+    if source.join is not None:
+        items = _joined(client, source.join, items, calls, shared)
     return jsonable(items)
+
+
+class SharedAnswers:
+    """The answers of a ``[source.join]`` with ``shared = true`` (AWS's own catalogue, the same for every
+    account: the instance types), kept for the run per region, so that each value is asked once per region
+    rather than once per account. A value asked and not found is kept as such: not asked again."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answers: dict[tuple[str, str], dict[Any, Any]] = {}  # (region, join) -> value -> entry
+        self._asked: dict[tuple[str, str], set[Any]] = defaultdict(set)
+
+    def for_region(self, region: str) -> "RegionAnswers":
+        return RegionAnswers(self, region)
+
+    def known(self, where: tuple[str, str]) -> tuple[set[Any], dict[Any, Any]]:
+        with self._lock:
+            return set(self._asked[where]), dict(self._answers.get(where, {}))
+
+    def keep(self, where: tuple[str, str], asked: Iterable[Any], found: dict[Any, Any]) -> None:
+        with self._lock:
+            self._asked[where].update(asked)
+            self._answers.setdefault(where, {}).update(found)
+
+
+@dataclass(frozen=True)
+class RegionAnswers:
+    answers: SharedAnswers
+    region: str
+
+
+def _joined(client, join: CompiledJoin, items: list[Any], calls: InTurn | AccountCalls,
+            shared: RegionAnswers | None = None) -> list[Any]:
+    """The items with the answers of ``[source.join]``: one call (all its pages) per ``per_call`` distinct
+    values, several at once within the account's bound; with ``join.shared``, only the values no unit of
+    the region asked yet. Any error fails the unit, as a detail call's does."""
+
+    def ask(values: list[Any]) -> list[Any]:
+        params = join.call_params(values)
+        if client.can_paginate(join.operation):
+            return list(client.get_paginator(join.operation).paginate(**params))
+        return [getattr(client, join.operation)(**params)]
+
+    where = (shared.region, join.text) if shared is not None and join.shared else None
+    asked, known = shared.answers.known(where) if where else (set(), {})
+    chunks = join.chunks(items, asked)
+    index = join.index(page for answer in calls.each(ask, chunks) for page in answer)
+    if where:
+        shared.answers.keep(where, (value for chunk in chunks for value in chunk), index)
+    return join.merge(items, {**known, **index})
 
 
 def _per_item(client, detail: CompiledDetail | None, tags_call: CompiledDetail | None, none_when: tuple[str, ...],
@@ -169,6 +221,7 @@ class Collector:
         )
         self._slots_lock = threading.Lock()
         self._run_slots = threading.Semaphore(max_workers)
+        self.shared = SharedAnswers()
 
     def _calls(self, account_id: str) -> AccountCalls:
         with self._slots_lock:
@@ -184,7 +237,7 @@ class Collector:
         try:
             with calls.slot():  # a client may have to renew the account's credentials first
                 client = self.pool.client(unit.account_id, source.service, region)
-            items = fetch_items(client, source, self.tags, calls)
+            items = fetch_items(client, source, self.tags, calls, self.shared.for_region(region))
         except Exception as exc:  # noqa: BLE001 - every failure is kept in its unit
             status, reason = classify_error(exc)
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")

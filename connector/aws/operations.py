@@ -57,11 +57,15 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
             operations = _operations(service)
         except UnknownServiceError:  # listed, but no model to load: nothing to check it against
             continue
-        calls = [("source", source.operation, source.params)] if source.kind == "api" else []
+        # (key, operation, {where each parameter is named: its name})
+        calls = [("source", source.operation, _named("source", source.params))] if source.kind == "api" else []
         if source.detail:
-            calls.append(("source.detail", source.detail.operation, source.detail.params))
+            calls.append(("source.detail", source.detail.operation, _named("source.detail", source.detail.params)))
+        if source.join:
+            calls.append(("source.join", source.join.operation, {"source.join.param": source.join.param,
+                                                                 **_named("source.join", source.join.params)}))
         if source.tags_call:
-            calls.append(("tags", source.tags_call.operation, source.tags_call.params))
+            calls.append(("tags", source.tags_call.operation, _named("tags", source.tags_call.params)))
         for key, operation, params in calls:
             if not operation:
                 continue
@@ -70,9 +74,13 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
                                 f"{service}{did_you_mean(operation, frozenset(operations))}")
                 continue
             known = operations[operation]
-            problems.extend(f"{mapping.file}: {key}.params.{name}: not a parameter of {service} {operation}"
-                            f"{did_you_mean(name, known)}" for name in params if name not in known)
+            problems.extend(f"{mapping.file}: {where}: not a parameter of {service} {operation}"
+                            f"{did_you_mean(name, known)}" for where, name in params.items() if name not in known)
     return problems
+
+
+def _named(key: str, params: dict) -> dict[str, str]:
+    return {f"{key}.params.{name}": name for name in params}
 
 
 def check_operations(mappings: MappingSet) -> None:

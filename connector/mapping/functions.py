@@ -78,6 +78,19 @@ def _scaled(divisor: float) -> Callable[[Any], Any]:
     return convert
 
 
+def _product(value: Any) -> Any:
+    """The product of a list of numbers (``[CoreCount, ThreadsPerCore]`` -> vCPUs); a number stays itself.
+    Absent if any member is absent or not a number: a part unknown leaves the whole unknown."""
+    members = value if isinstance(value, (list, tuple)) else [value]
+    numbers = [_to_int(member) if not isinstance(member, bool) else None for member in members]
+    if not numbers or None in numbers:
+        return None
+    product = 1
+    for number in numbers:
+        product *= number
+    return product
+
+
 def _join(separator: str) -> Callable[[Any], Any]:
     def join(value: Any) -> Any:
         if isinstance(value, (list, tuple)):
@@ -111,6 +124,7 @@ TRANSFORMS: dict[str, Callable[[str | None], Callable[[Any], Any]]] = {
     "timestamp": lambda _arg: _timestamp,
     "join": lambda arg: _join(", " if arg is None else arg),
     "first": lambda _arg: lambda v: (v[0] if v else None) if isinstance(v, list) else v,
+    "product": lambda _arg: _product,
     "truncate": _truncate,
 }
 

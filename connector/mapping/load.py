@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
@@ -33,6 +33,7 @@ class CompiledSource:
     scope: str
     items_text: str | None = None
     detail: "CompiledDetail | None" = None
+    join: "CompiledJoin | None" = None
     # a call per item for its tags (made only when reconcile.tags is on), its
     # answer kept under TAGS_KEY; error codes that mean "no tags"
     tags_call: "CompiledDetail | None" = None
@@ -42,7 +43,8 @@ class CompiledSource:
     def call_signature(self) -> tuple:
         """Two files may share a source only if they describe the same calls."""
         return (self.kind, self.service, self.operation, repr(sorted(self.params.items())),
-                self.items_text, self.scope, self.tags_call_text)
+                self.items_text, self.scope, self.tags_call_text,
+                self.join.text if self.join else "")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,63 @@ class CompiledDetail:
         if isinstance(item, dict) and isinstance(found, dict):
             return {**item, **found}
         return found
+
+
+@dataclass(frozen=True)
+class CompiledJoin:
+    """``[source.join]``: the answers of a few calls per unit, joined to its items by a value."""
+
+    operation: str
+    param: str
+    params: dict[str, Any]
+    on: Callable[[Any], Any]
+    items: Callable[[Any], Any]
+    match: Callable[[Any], Any]
+    result: Callable[[Any], Any]
+    key: str
+    per_call: int
+    shared: bool = False  # the answers are the same for every account: asked once per region per run
+    text: str = ""  # the spec, to tell two joins apart
+
+    def chunks(self, items: list[Any], asked: set[Any] = frozenset()) -> list[list[Any]]:
+        """The distinct values the items are joined on (but those ``asked`` already), ``per_call`` at a
+        time, in a stable order."""
+        values = sorted({value for value in map(self._value, items) if value is not None} - asked, key=repr)
+        return [values[i:i + self.per_call] for i in range(0, len(values), self.per_call)]
+
+    def _value(self, item: Any) -> Any:
+        value = self.on(item) if isinstance(item, dict) else None
+        return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+
+    def call_params(self, values: list[Any]) -> dict[str, Any]:
+        return {**self.params, self.param: values}
+
+    def index(self, pages: Iterable[Any]) -> dict[Any, Any]:
+        """value -> what an item keeps of its entry. A value two different entries claim is left out:
+        which one is the item's is not known."""
+        found: dict[Any, Any] = {}
+        contested: set[Any] = set()
+        for page in pages:
+            for entry in self.items(page) or []:
+                value = self.match(entry)
+                if value is None or not isinstance(value, (str, int)):
+                    continue
+                kept = self.result(entry)
+                if value in found and found[value] != kept:
+                    contested.add(value)
+                found[value] = kept
+        for value in contested:
+            del found[value]
+        return found
+
+    def merge(self, items: list[Any], index: dict[Any, Any]) -> list[Any]:
+        """Each item with its entry under ``key``; one whose value has no entry stays as it is (what the
+        entry would tell is unknown, not empty: a field read from it should carry ``known_when``)."""
+        joined = []
+        for item in items:
+            value = self._value(item)
+            joined.append({**item, self.key: index[value]} if value is not None and value in index else item)
+        return joined
 
 
 @dataclass(frozen=True)
@@ -194,6 +253,19 @@ def _compile_source(spec, tags=None) -> CompiledSource:
             params={name: compile_path(expr) for name, expr in spec.detail.params.items()},
             result=compile_path(spec.detail.result),
             key=spec.detail.key,
+        ),
+        join=None if spec.join is None else CompiledJoin(
+            operation=spec.join.operation,
+            param=spec.join.param,
+            params=dict(spec.join.params),
+            on=compile_path(spec.join.on),
+            items=compile_path(spec.join.items),
+            match=compile_path(spec.join.match),
+            result=compile_path(spec.join.result),
+            key=spec.join.key,
+            per_call=spec.join.per_call,
+            shared=spec.join.shared,
+            text=spec.join.model_dump_json(),
         ),
         tags_call=None if call is None else CompiledDetail(
             operation=call.operation,

@@ -125,6 +125,39 @@ class DetailSpec(_Strict):
         return self
 
 
+class JoinSpec(_Strict):
+    """One call (or a few) per collection unit, whose answers join its items: the specs of the instance
+    types the unit's instances use (describe_instance_types), the AMIs they were launched from."""
+
+    operation: str
+    # the call's parameter that takes the values (a list), at most per_call of them a call
+    param: str
+    # JMESPath over each item: the value it is joined on (InstanceType)
+    on: str
+    # JMESPath from an answer page to its entries (InstanceTypes)
+    items: str
+    # JMESPath over an entry: the value it is for (InstanceType)
+    match: str
+    # JMESPath over the matching entry: what the item keeps of it ("@": all of it)
+    result: str = "@"
+    # the item keeps it under this key
+    key: str = Field(min_length=1)
+    # other parameters of the call, as given
+    params: dict[str, Any] = Field(default_factory=dict)
+    per_call: int = Field(default=100, ge=1, le=1000)
+    # true: the answers are AWS's own catalogue, the same for every account (instance types), so each
+    # value is asked once per region per run, through whichever account's unit needs it first
+    shared: bool = False
+
+    @model_validator(mode="after")
+    def _compiles(self) -> "JoinSpec":
+        for expression in (self.on, self.items, self.match, self.result):
+            compile_path(expression)
+        if self.param in self.params:
+            raise ValueError(f"params.{self.param}: the values go in {self.param!r} (param); not also in params")
+        return self
+
+
 class SourceSpec(_Strict):
     """Where the items come from.
 
@@ -146,6 +179,7 @@ class SourceSpec(_Strict):
     id: str
     scope: Literal["regional", "global"] = "regional"
     detail: DetailSpec | None = None
+    join: JoinSpec | None = None
 
     @model_validator(mode="after")
     def _api_needs_call(self) -> "SourceSpec":
@@ -153,6 +187,8 @@ class SourceSpec(_Strict):
             missing = [k for k in ("service", "operation", "items") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"kind = 'api' needs {', '.join(missing)}")
+        elif self.join is not None:
+            raise ValueError("join: only for kind = 'api' (its items come from the accounts stage, not a call)")
         for expression in (self.items, self.id):
             if expression is not None:
                 compile_path(expression)

@@ -38,5 +38,7 @@ def synthetic_inventory(accounts: int = 2, regions: tuple[str, ...] = ("us-east-
                             "InstanceId": f"i-{a:04x}{v:04x}{s:04x}{i:06x}", "InstanceType": "t3.micro",
                             "State": {"Code": 16, "Name": "running"}, "SubnetId": subnet_id, "VpcId": vpc_id,
                             "PrivateIpAddress": f"10.{v}.{s}.{i % 250 + 4}",
+                            "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
+                            "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 1024},
                             "Tags": [{"Key": "Name", "Value": f"app-{i}"}]}))
     return inventory

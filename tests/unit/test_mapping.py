@@ -53,6 +53,8 @@ DESCRIBE_INSTANCES_ITEM = {
     "SubnetId": "subnet-0d4e5f", "VpcId": "vpc-0a1b2c", "LaunchTime": "2024-05-06T07:08:09+00:00",
     "Placement": {"AvailabilityZone": "eu-west-1a", "Tenancy": "default"},
     "Tags": [{"Key": "Name", "Value": "web-1"}, {"Key": "env", "Value": "prod"}],
+    "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
+    "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 8192},  # [source.join]: describe_instance_types
 }
 
 DC = f"arn:aws:ec2:{REGION}:{ACCOUNT}:region/{REGION}"
@@ -101,7 +103,7 @@ GOLDEN = [
         "cmdb_ci_vm_instance", "ec2:instance", REGION, DESCRIBE_INSTANCES_ITEM,
         {"name": "web-1", "object_id": "i-0123456789abcdef0", "vm_inst_id": "i-0123456789abcdef0",
          "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0",
-         "state": "on", "ip_address": "10.0.1.15", "short_description": "m5.large"},
+         "state": "on", "ip_address": "10.0.1.15", "short_description": "m5.large", "cpus": "2", "memory": "8192"},
         (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),
          RelationRef("Located in::Houses", "cmdb_ci_availability_zone", AZ)),
     ),

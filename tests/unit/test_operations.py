@@ -35,6 +35,18 @@ def test_every_call_of_the_built_in_mappings_is_known():
     (("[fields]", '[source.detail]\noperation = "describe_vpc_attribute"\nparams = { VpcID = "VpcId" }\n[fields]'),
      "cmdb_ci_network.toml: source.detail.params.VpcID: not a parameter of ec2 describe_vpc_attribute (did you "
      "mean 'VpcId'"),
+    (("[fields]", '[source.join]\noperation = "describe_dhcp_options"\nparam = "DhcpOptionId"\non = "DhcpOptionsId"\n'
+                  'items = "DhcpOptions"\nmatch = "DhcpOptionsId"\nkey = "Dhcp"\n[fields]'),
+     "cmdb_ci_network.toml: source.join.param: not a parameter of ec2 describe_dhcp_options (did you mean "
+     "'DhcpOptionsIds'"),
+    (("[fields]", '[source.join]\noperation = "describe_dhcp_option"\nparam = "DhcpOptionsIds"\non = "DhcpOptionsId"\n'
+                  'items = "DhcpOptions"\nmatch = "DhcpOptionsId"\nkey = "Dhcp"\n[fields]'),
+     "cmdb_ci_network.toml: source.join.operation: 'describe_dhcp_option' is not an operation of ec2 (did you "
+     "mean 'describe_dhcp_options'"),
+    (("[fields]", '[source.join]\noperation = "describe_dhcp_options"\nparam = "DhcpOptionsIds"\non = "DhcpOptionsId"\n'
+                  'items = "DhcpOptions"\nmatch = "DhcpOptionsId"\nkey = "Dhcp"\nparams = { DryRn = false }\n[fields]'),
+     "cmdb_ci_network.toml: source.join.params.DryRn: not a parameter of ec2 describe_dhcp_options (did you "
+     "mean 'DryRun'"),
 ])
 def test_a_misspelled_service_or_operation_is_named_with_the_nearest_real_one(tmp_path, edit, expected):
     mappings = folder_with(tmp_path, VALID.replace(*edit))

@@ -1,0 +1,213 @@
+"""``[source.join]``: a few calls per unit whose answers join its items (the instance types' vCPUs and
+memory), and the ``product`` transform that makes an instance's vCPUs of its CPU options."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from connector.aws.collect import collect_inventory, fetch_items
+from connector.aws.sessions import RoleSettings, SessionPool
+from connector.errors import MappingError
+from connector.mapping.functions import make_transform
+from connector.mapping.load import MappingSet, load_mappings
+from connector.mapping.transform import map_record
+from connector.models import DENIED, OK, Account, Record
+
+from .test_mapping import VALID
+
+ACCOUNT, REGION = "111122223333", "eu-west-1"
+ROLE = RoleSettings("CMDBReadRole", "ext-id-123", "CMDBInventorySession", 3600)
+JOIN = ('[source.join]\noperation = "describe_dhcp_options"\nparam = "DhcpOptionsIds"\non = "DhcpOptionsId"\n'
+        'items = "DhcpOptions"\nmatch = "DhcpOptionsId"\nkey = "Dhcp"\n')
+
+
+def instance_mapping():
+    return load_mappings().mappings["cmdb_ci_vm_instance"]
+
+
+def running(instance_id: str, instance_type: str, **extra) -> dict:
+    return {"InstanceId": instance_id, "InstanceType": instance_type, "State": {"Name": "running"},
+            "Placement": {"AvailabilityZone": f"{REGION}a"}, **extra}
+
+
+def type_info(name: str, vcpus: int, mib: int) -> dict:
+    return {"InstanceType": name, "VCpuInfo": {"DefaultVCpus": vcpus, "DefaultCores": vcpus},
+            "MemoryInfo": {"SizeInMiB": mib}, "CurrentGeneration": True}
+
+
+@pytest.mark.parametrize("value, expected", [
+    ([4, 2], 8), ([2], 2), (["4", 2], 8), (3, 3), ([4, None], None), ([None], None), ([], None), (None, None),
+    ([4, "x"], None), ([True, 2], None),
+])
+def test_product_multiplies_every_member_and_a_member_unknown_leaves_it_unknown(value, expected):
+    assert make_transform("product")(value) == expected
+
+
+@mock_aws
+def test_instances_carry_their_types_vcpus_and_memory_from_one_call_per_unit():
+    ec2 = boto3.client("ec2", region_name=REGION)
+    image = "ami-12345678"
+    ec2.run_instances(ImageId=image, MinCount=2, MaxCount=2, InstanceType="m5.large")
+    ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro")
+    calls = []
+    ec2.meta.events.register("before-parameter-build.ec2.DescribeInstanceTypes",
+                             lambda params, **_: calls.append(sorted(params["InstanceTypes"])))
+    mapping = instance_mapping()
+    items = fetch_items(ec2, mapping.source)
+    assert calls == [["m5.large", "t3.micro"]]  # the distinct types, once
+    specs = {item["InstanceType"]: item["InstanceTypeSpecs"] for item in items}
+    assert specs == {"m5.large": {"DefaultVCpus": 2, "SizeInMiB": 8192},
+                     "t3.micro": {"DefaultVCpus": 2, "SizeInMiB": 1024}}
+    fields = {ci.fields["short_description"]: (ci.fields["cpus"], ci.fields["memory"])
+              for ci in (map_record(mapping, Record(ACCOUNT, REGION, "ec2:instance", item)) for item in items)}
+    assert fields == {"m5.large": ("2", "8192"), "t3.micro": ("2", "1024")}
+
+
+def test_the_values_go_per_call_at_a_time_and_a_type_without_an_entry_leaves_its_fields_unknown():
+    mapping = instance_mapping()
+    join = mapping.source.join
+    source = MappingSet({"x": mapping}).mappings["x"].source
+    object.__setattr__(join, "per_call", 2)  # three types: two calls
+    try:
+        client = boto3.client("ec2", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x")
+        with Stubber(client) as stub:
+            stub.add_response("describe_instances", {"Reservations": [{"Instances": [
+                running("i-1", "c5.xlarge", CpuOptions={"CoreCount": 2, "ThreadsPerCore": 1}),
+                running("i-2", "m5.large"), running("i-3", "m5.large"), running("i-4", "z9.huge")]}]})
+            stub.add_response("describe_instance_types", {"InstanceTypes": [type_info("c5.xlarge", 4, 8192),
+                                                                            type_info("m5.large", 2, 8192)]},
+                              {"InstanceTypes": ["c5.xlarge", "m5.large"]})
+            stub.add_response("describe_instance_types", {"InstanceTypes": []}, {"InstanceTypes": ["z9.huge"]})
+            items = fetch_items(client, source)
+            stub.assert_no_pending_responses()
+    finally:
+        object.__setattr__(join, "per_call", 100)
+    cis = {item["InstanceId"]: map_record(mapping, Record(ACCOUNT, REGION, "ec2:instance", item)) for item in items}
+    # the instance's own CPU options win over its type's default: 2 cores x 1 thread, not 4 vCPUs
+    assert (cis["i-1"].fields["cpus"], cis["i-1"].fields["memory"]) == ("2", "8192")
+    assert (cis["i-2"].fields["cpus"], cis["i-2"].fields["memory"]) == ("2", "8192")
+    # no entry for its type: vCPUs and memory unknown, so a CI keeps what it holds (written on a create only)
+    assert "InstanceTypeSpecs" not in items[3]
+    assert set(cis["i-4"].create_only) == {"cpus", "memory"}
+    assert "cpus" not in cis["i-2"].create_only
+
+
+def test_a_value_two_different_entries_claim_is_left_unknown():
+    join = instance_mapping().source.join
+    index = join.index([{"InstanceTypes": [type_info("m5.large", 2, 8192), type_info("m5.large", 2, 4096),
+                                           type_info("t3.micro", 2, 1024), type_info("t3.micro", 2, 1024)]}])
+    assert index == {"t3.micro": {"DefaultVCpus": 2, "SizeInMiB": 1024}}
+    items = join.merge([running("i-1", "m5.large"), running("i-2", "t3.micro"), "not-an-object"], index)
+    assert "InstanceTypeSpecs" not in items[0] and items[1]["InstanceTypeSpecs"]["SizeInMiB"] == 1024
+    assert items[2] == "not-an-object"
+
+
+def seed_instances(account: str, region: str, *instance_types: str) -> None:
+    creds = boto3.client("sts", region_name="us-east-1").assume_role(
+        RoleArn=f"arn:aws:iam::{account}:role/seed", RoleSessionName="seed")["Credentials"]
+    ec2 = boto3.client("ec2", region_name=region, aws_access_key_id=creds["AccessKeyId"],
+                       aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+    for instance_type in instance_types:
+        ec2.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1, InstanceType=instance_type)
+
+
+def opened_pool(*accounts: str) -> SessionPool:
+    pool = SessionPool(boto3.Session(), ROLE, "us-east-1")
+    assert all(pool.open(account)[0] == OK for account in accounts)
+    return pool
+
+
+def collect_instances(pool: SessionPool, source, accounts: list[str], regions: list[str]):
+    return collect_inventory(pool, [Account(a, a, raw={"Id": a, "Name": a}) for a in accounts],
+                             {source.name: source}, regions, max_workers=1, max_per_account=1)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@mock_aws
+def test_a_shared_join_asks_each_value_once_per_region_not_once_per_account(shared):
+    first, second = accounts = ["111122223333", "444455556666"]
+    regions = ["eu-west-1", "us-east-1"]
+    for account in accounts:
+        for region in regions:
+            seed_instances(account, region, "m5.large", "t3.micro")
+    seed_instances(second, "eu-west-1", "c5.xlarge")  # a type the first account's unit did not ask for
+    pool = opened_pool(*accounts)
+    asked: list[tuple[str, list[str]]] = []
+    for account in accounts:
+        pool.get(account).session.register(
+            "before-parameter-build.ec2.DescribeInstanceTypes",
+            lambda params, account=account, **_: asked.append((account, sorted(params["InstanceTypes"]))))
+    source = instance_mapping().source
+    object.__setattr__(source.join, "shared", shared)
+    try:  # one unit at a time, accounts in turn: first's eu-west-1, second's, first's us-east-1, second's
+        inventory = collect_instances(pool, source, accounts, regions)
+    finally:
+        object.__setattr__(source.join, "shared", True)
+    both = ["m5.large", "t3.micro"]
+    if shared:  # the second account asks only for what its region has not been asked yet; in us-east-1, nothing
+        assert asked == [(first, both), (second, ["c5.xlarge"]), (first, both)]
+    else:
+        assert asked == [(first, both), (second, ["c5.xlarge", *both]), (first, both), (second, both)]
+    specs = {(r.account_id, r.region, r.resource["InstanceType"]): r.resource.get("InstanceTypeSpecs")
+             for r in inventory.records}
+    assert len(specs) == 9 and all(specs.values())
+    assert specs[(accounts[1], "eu-west-1", "c5.xlarge")]["DefaultVCpus"] == 4
+
+
+@mock_aws
+def test_a_join_call_refused_fails_the_unit_so_nothing_of_it_is_retired():
+    seed_instances(ACCOUNT, REGION, "m5.large")
+    pool = opened_pool(ACCOUNT)
+
+    def refuse(**_):
+        raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "You are not authorized to "
+                                     "perform: ec2:DescribeInstanceTypes"}}, "DescribeInstanceTypes")
+
+    pool.get(ACCOUNT).session.register("before-call.ec2.DescribeInstanceTypes", refuse)
+    inventory = collect_instances(pool, instance_mapping().source, [ACCOUNT], [REGION])
+    [scope] = inventory.scopes
+    assert (scope.source, scope.status) == ("ec2:instance", DENIED)
+    assert "DescribeInstanceTypes" in scope.error
+    assert inventory.records == []
+
+
+def test_an_instance_saved_before_the_join_keeps_the_cmdbs_vcpus_and_memory():
+    """An inventory collected by an older version, or another tool's, has no specs: unknown, not empty."""
+    ci = map_record(instance_mapping(), Record(ACCOUNT, REGION, "ec2:instance", running("i-1", "m5.large")))
+    assert "cpus" not in ci.fields and "memory" not in ci.fields
+    assert set(ci.create_only) == {"cpus", "memory"}
+
+
+INVALID_JOINS = [
+    ("join without key", VALID.replace("[fields]", JOIN.replace('key = "Dhcp"\n', "") + "[fields]"),
+     "cmdb_ci_network.toml: source.join.key: required key is missing"),
+    ("join bad jmespath", VALID.replace("[fields]", JOIN.replace('on = "DhcpOptionsId"', 'on = "Dhcp["') + "[fields]"),
+     "cmdb_ci_network.toml: source.join: JMESPath does not compile"),
+    ("join values also in params", VALID.replace("[fields]", JOIN + 'params = { DhcpOptionsIds = [] }\n[fields]'),
+     "cmdb_ci_network.toml: source.join: params.DhcpOptionsIds: the values go in 'DhcpOptionsIds' (param)"),
+    ("join per_call zero", VALID.replace("[fields]", JOIN + "per_call = 0\n[fields]"),
+     "cmdb_ci_network.toml: source.join.per_call: Input should be greater than or equal to 1"),
+    ("join on a region", VALID.replace('service = "ec2"\noperation = "describe_vpcs"\nitems = "Vpcs"\n',
+                                       'kind = "region"\n').replace("[fields]", JOIN + "[fields]"),
+     "cmdb_ci_network.toml: source: join: only for kind = 'api'"),
+]
+
+
+@pytest.mark.parametrize("name, text, expected", INVALID_JOINS, ids=[c[0] for c in INVALID_JOINS])
+def test_a_wrong_join_is_named_with_its_file_and_key(tmp_path, name, text, expected):
+    (tmp_path / "cmdb_ci_network.toml").write_text(text)
+    with pytest.raises(MappingError) as info:
+        load_mappings(tmp_path)
+    assert any(expected in p for p in info.value.problems), info.value.problems
+
+
+def test_two_files_of_one_source_must_join_alike(tmp_path):
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID.replace("[fields]", JOIN + "[fields]"))
+    (tmp_path / "cmdb_ci_network.other.toml").write_text(VALID)
+    with pytest.raises(MappingError) as info:
+        load_mappings(tmp_path)
+    assert any("source.name: 'ec2:vpc' is also defined, differently" in p for p in info.value.problems)
