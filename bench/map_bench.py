@@ -19,7 +19,7 @@ from connector.models import Inventory, Record
 
 
 def instance(i: int) -> dict:
-    """Shaped like one describe_instances item, as collection stores it (JSON-safe)."""
+    """Shaped like one describe_instances item, as collection stores it (JSON-safe), its type's specs joined."""
     return {
         "InstanceId": f"i-{i:017x}", "InstanceType": "m5.large", "ImageId": "ami-0abcdef1234567890",
         "State": {"Code": 16, "Name": "running" if i % 10 else "stopped"}, "PrivateIpAddress": f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}",
@@ -30,6 +30,8 @@ def instance(i: int) -> dict:
         "SecurityGroups": [{"GroupId": "sg-0f00", "GroupName": "web"}],
         "NetworkInterfaces": [{"NetworkInterfaceId": f"eni-{i:017x}", "PrivateIpAddress": "10.0.0.1"}],
         "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": f"vol-{i:017x}", "Status": "attached"}}],
+        "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
+        "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 8192},  # [source.join]: describe_instance_types
     }
 
 

@@ -86,6 +86,14 @@ def _fast(node: dict[str, Any]) -> Callable[[Any], Any] | None:
         left, right = (_fast(c) for c in children)
         if left and right:
             return lambda item: (lambda first: first if _truthy(first) else right(item))(left(item))
+    if kind == "and_expression":
+        left, right = (_fast(c) for c in children)
+        if left and right:
+            return lambda item: (lambda first: right(item) if _truthy(first) else first)(left(item))
+    if kind == "multi_select_list":
+        members = [_fast(c) for c in children]
+        if all(members):
+            return lambda item: None if item is None else [member(item) for member in members]
     if kind == "index_expression" and children[1]["type"] == "index":
         base, index = _fast(children[0]), children[1]["value"]
         if base:

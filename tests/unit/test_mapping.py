@@ -495,6 +495,8 @@ FAST_CASES = [
     "(Tags[?Key=='Name'].Value | [0]) || InstanceId", "Location || 'us-east-1'", "Attachments[0].InstanceId",
     "Endpoint.Port", "Name || Id", "Tags[?Key=='env'].Value | [0]", "a.b.c", "a[0]", "a[-1]", "@",
     "x || y || z", "Tags[?Key=='Name'].Value | [1]", "Id == Organization.MasterAccountId",
+    "CpuOptions && [CpuOptions.CoreCount, CpuOptions.ThreadsPerCore] || [InstanceTypeSpecs.DefaultVCpus]",
+    "x && y", "x && y && z", "[x, y]", "Endpoint.[Port, Address]", "[a.b, x] || z",
 ]
 FAST_ITEMS = [
     {}, {"Tags": []}, {"Tags": None}, {"Tags": "oops"}, {"Tags": [{"Key": "Name", "Value": None}, {"Key": "Name", "Value": "b"}]},
@@ -503,6 +505,10 @@ FAST_ITEMS = [
     {"Attachments": {"0": "x"}}, {"Endpoint": {"Port": 5432}}, {"Endpoint": None}, {"Name": "", "Id": "1"},
     {"Name": [], "Id": {}}, {"a": {"b": {"c": 0}}}, {"a": [1, 2]}, {"a": "str"}, {"x": False, "y": {}, "z": 0},
     {"Id": "1", "Organization": {"MasterAccountId": "1"}},
+    {"CpuOptions": {"CoreCount": 2, "ThreadsPerCore": 1}, "InstanceTypeSpecs": {"DefaultVCpus": 4}},
+    {"CpuOptions": {}, "InstanceTypeSpecs": {"DefaultVCpus": 4}}, {"CpuOptions": None, "InstanceTypeSpecs": {}},
+    {"InstanceTypeSpecs": {"DefaultVCpus": 4}}, {"x": 0, "y": "", "z": 1}, {"x": "a", "y": [1], "z": None},
+    {"Endpoint": {"Port": 1, "Address": "h"}}, {"Endpoint": "text"}, {"a": {"b": None}, "x": None, "z": 3},
 ]
 
 
