@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +12,14 @@ import orjson
 
 from ..models import OK, SKIPPED, Inventory, MappingProblem
 from ..reconcile.apply import ApplyResult
-from ..reconcile.plan import CIChange, KeyValueChange, Plan, RelationChange
+from ..reconcile.plan import LAST_DISCOVERED, CIChange, KeyValueChange, Plan, RelationChange
 from ..servicenow.cmdb import KV_TABLE, REL_TABLE
 
 ACTIONS_COUNTED = {"create": "created", "update": "updated", "retire": "retired", "revive": "revived",
                    "refresh": "refreshed"}
 # per table: each CI once (a refreshed CI is unchanged but for its last_discovered stamp)
 COUNTS = ("created", "updated", "retired", "revived", "refreshed", "unchanged")
+FIELDS_SHOWN = 5  # on the terminal, per class: the fields most updated
 KV_COUNTED = {"create": "created", "update": "updated", "delete": "deleted"}
 
 
@@ -114,6 +115,7 @@ def build_report(
     relations = {"created": 0, "deleted": 0, "unchanged": 0}
     key_values = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 0}
     changes: list[dict[str, Any]] = []
+    drifted: dict[str, Counter] = defaultdict(Counter)  # table -> field -> CIs updated for it
     errors = list(errors)
     if plan is not None:
         for table, n in plan.unchanged.items():
@@ -137,6 +139,8 @@ def build_report(
             else:
                 if isinstance(change, CIChange):
                     counts[change.table][ACTIONS_COUNTED[change.action]] += 1
+                    if change.action == "update":  # the run's stamp of each CI written is not drift
+                        drifted[change.table].update(name for name in change.diff if name != LAST_DISCOVERED)
                 elif isinstance(change, KeyValueChange):
                     key_values[KV_COUNTED[change.action]] += 1
                 else:
@@ -160,6 +164,9 @@ def build_report(
         # tags in cmdb_key_value (reconcile.tags); all zero when tags are not managed
         "key_values": key_values,
         "changes": changes,
+        # per class, each field the updates set, with how many CIs had it differ from AWS: most first
+        "drifted_fields": {table: dict(sorted(fields.items(), key=lambda kv: (-kv[1], kv[0])))
+                           for table, fields in sorted(drifted.items()) if fields},
         "duplicates": plan.duplicates if plan else [],
         # accounts the configuration no longer targets that still hold active CIs of ours (left as they are)
         "untargeted_accounts": [{"account_id": account, "cis": dict(sorted(tables.items()))}
@@ -210,13 +217,17 @@ def tag_totals(report: dict[str, Any]) -> str:
 
 
 def change_lines(report: dict[str, Any]) -> list[str]:
-    """One line per class with writes (planned, for a plan), then relations and tags: the drift at a
-    glance on the terminal. Nothing for a run that writes nothing."""
+    """One line per class with writes (planned, for a plan), with the fields its updates set most, then
+    relations and tags: the drift at a glance on the terminal. Nothing for a run that writes nothing."""
     lines = []
+    drifted = report.get("drifted_fields") or {}
     for table, counts in report["tables"].items():
         done = [f"{counts[k]} {k}" for k in COUNTS if k != "unchanged" and counts.get(k)]
         if done:
-            lines.append(f"  {table}: {', '.join(done)}")
+            fields = list((drifted.get(table) or {}).items())
+            shown = ", ".join(f"{name} {n}" for name, n in fields[:FIELDS_SHOWN])
+            more = f", {len(fields) - FIELDS_SHOWN} more" if len(fields) > FIELDS_SHOWN else ""
+            lines.append(f"  {table}: {', '.join(done)}" + (f" ({shown}{more})" if fields else ""))
     for name, counts in (("relations", report["relations"]), ("tags", report.get("key_values") or {})):
         done = [f"{n} {k}" for k, n in counts.items() if k != "unchanged" and n]
         if done:

@@ -173,6 +173,11 @@ def render_html(report: dict[str, Any]) -> str:
     problems = [f"{p['table']} {'/'.join(p['scope'])}: {p['message']}" for p in report.get("mapping_problems", [])]
     unresolved = [f"{u['table']}.{u['field']} of {u['identity']}: {u['value']!r} {u['reason']} in {u['lookup']}"
                   for u in report.get("unresolved_lookups") or []]
+    drifted = report.get("drifted_fields") or {}  # reports before it have none
+    drift = ("<h2>Fields that drifted</h2><p>The fields the updates set, per class: how many CIs held another "
+             "value than AWS gives. A field that drifts on every run is edited in the CMDB by someone else.</p>"
+             + _table(["class", "field", "CIs"], [[t, f, n] for t, fields in drifted.items() for f, n in fields.items()],
+                      "drifted")) if drifted else ""
     untargeted = report.get("untargeted_accounts") or []  # reports before it have none
     gone = ("<h2>Accounts no longer targeted</h2><p>Gone from the Organization, or left out by the configuration: no "
             "run collects them, so their CIs are left as they are; <code>run --retire-account ID</code> retires those "
@@ -205,6 +210,7 @@ def render_html(report: dict[str, Any]) -> str:
 <h2>Changes per class</h2>{_chart(report['tables'])}{counts}
 <h2>Accounts</h2>{accounts}
 <h2>Scopes not collected</h2>{scopes}
+{drift}
 {gone}
 {notes}
 <h2>Change list</h2>
@@ -290,6 +296,12 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
               "or several, in the last run (each field left as it was).",
               "# TYPE cmdb_connector_unresolved_lookups gauge",
               f"cmdb_connector_unresolved_lookups {len(report.get('unresolved_lookups') or [])}"]
+    drifted = report.get("drifted_fields") or {}
+    if drifted:
+        lines += ["# HELP cmdb_connector_drifted_fields CIs whose field the last run set again (it differed from "
+                  "AWS), by class and field.", "# TYPE cmdb_connector_drifted_fields gauge"]
+        lines += [f'cmdb_connector_drifted_fields{{table="{_label(t)}",field="{_label(f)}"}} {n}'
+                  for t, fields in drifted.items() for f, n in fields.items()]
     untargeted = report.get("untargeted_accounts") or []
     lines += ["# HELP cmdb_connector_untargeted_accounts Accounts the configuration no longer targets that still hold "
               "active CIs of this connector (left as they are).", "# TYPE cmdb_connector_untargeted_accounts gauge",

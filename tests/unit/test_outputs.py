@@ -81,6 +81,12 @@ def test_the_terminal_lists_the_classes_with_writes_and_nothing_for_a_run_that_w
     report["relations"] = {"created": 0, "deleted": 0, "unchanged": 12}
     report["key_values"] = {"created": 0, "updated": 0, "deleted": 0, "unchanged": 3}
     assert change_lines(report) == []
+    # the fields the updates set, most first: the first five, and how many more
+    report["tables"]["cmdb_ci_network"]["updated"] = 9
+    report["drifted_fields"] = {"cmdb_ci_network": {f"f{n}": 9 - n for n in range(7)}}
+    assert change_lines(report) == ["would change:", "  cmdb_ci_network: 9 updated (f0 9, f1 8, f2 7, f3 6, f4 5, 2 more)"]
+    report["drifted_fields"] = {"cmdb_ci_network": {"cidr": 9}}
+    assert change_lines(report)[1] == "  cmdb_ci_network: 9 updated (cidr 9)"
 
 
 def test_a_long_change_list_shows_those_to_look_at_first_and_says_where_the_rest_are():
@@ -190,3 +196,44 @@ def test_accounts_no_longer_targeted_have_a_section_and_a_gauge():
     metrics = render_prometheus(report)
     assert "cmdb_connector_untargeted_accounts 1\n" in metrics
     assert 'cmdb_connector_untargeted_account_cis{account="999988887777"} 7\n' in metrics
+
+
+def test_the_fields_that_drifted_are_counted_per_class_on_the_page_and_as_gauges():
+    """The one-shot drift report's summary: which fields the CMDB holds otherwise than AWS, on how many CIs.
+    The run's own last_discovered stamp is no drift, and neither is a failed write or a create."""
+    from connector.reconcile.apply import ApplyResult, Outcome
+    from connector.reconcile.plan import CIChange, Plan
+    from connector.report.outputs import render_prometheus
+
+    vm, stamp = "cmdb_ci_vm_instance", ("2026-11-01 00:00:00", "2026-12-01 00:00:00")
+    changes = [
+        CIChange("update", vm, "a", "1", {"name": ("old", "web-1"), "memory": ("4096", "8192"), "last_discovered": stamp}),
+        CIChange("update", vm, "b", "2", {"memory": ("", "8192")}),
+        CIChange("update", vm, "c", "3", {"memory": ("1", "2"), "cpus": ("1", "2")}),  # its write fails
+        CIChange("update", "cmdb_ci_network", "d", "4", {"cidr": ("10.0.0.0/8", "10.0.0.0/16")}),
+        CIChange("refresh", vm, "e", "5", {"last_discovered": stamp}),
+        CIChange("create", vm, "f", None, {"name": ("", "web-2"), "memory": ("", "8192")}),
+    ]
+    plan = Plan(changes=changes)
+
+    def report(applied=None):
+        return build_report(run_id="20261201T000000Z-abcdef", mode="run" if applied else "plan",
+                            started_at="2026-12-01T00:00:00+00:00", finished_at="2026-12-01T00:01:00+00:00",
+                            exit_code=0, inventory=None, plan=plan, applied=applied, problems=[], errors=[],
+                            tables=[vm, "cmdb_ci_network"])
+
+    planned = report()
+    assert planned["drifted_fields"] == {"cmdb_ci_network": {"cidr": 1},
+                                         vm: {"memory": 3, "cpus": 1, "name": 1}}  # most first, then by name
+    assert list(planned["drifted_fields"][vm]) == ["memory", "cpus", "name"]
+    outcomes = [Outcome(c, c.sys_id or "new", "HTTP 403" if c.identity == "c" else None) for c in changes]
+    ran = report(ApplyResult(outcomes=outcomes))
+    assert ran["drifted_fields"][vm] == {"memory": 2, "name": 1}  # c's write failed: the CMDB still differs
+    page = render_html(ran)
+    assert "<h2>Fields that drifted</h2>" in page
+    assert "<td>cmdb_ci_vm_instance</td><td>memory</td><td>2</td>" in page
+    metrics = render_prometheus(ran)
+    assert 'cmdb_connector_drifted_fields{table="cmdb_ci_vm_instance",field="memory"} 2\n' in metrics
+    assert 'field="last_discovered"' not in metrics
+    quiet = report_with(0, [])
+    assert "Fields that drifted" not in render_html(quiet) and "drifted_fields{" not in render_prometheus(quiet)
