@@ -118,6 +118,11 @@ class ServiceNowUnavailable(ServiceNowError):
         self.retry_after = retry_after
 
 
+class ServiceNowShiftedRead(ServiceNowError):
+    """Rows were added to or removed from the table while it was read a page at a time: pages by offset
+    then skip rows or repeat them, so the read is not complete (a CI skipped would be created twice)."""
+
+
 class AmbiguousWriteError(ServiceNowError):
     """A create may or may not have been applied (the answer was lost).
 

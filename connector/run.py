@@ -27,6 +27,7 @@ from .errors import (
     ServiceNowError,
     ServiceNowNotFound,
     ServiceNowPermissionError,
+    ServiceNowShiftedRead,
     UsageError,
 )
 from .inventory import read_inventory
@@ -252,10 +253,12 @@ def _read_class(reader: CmdbReader, table: str, variants: list, desired: list[De
                 ) -> tuple[list[ExistingCI] | None, str]:
     """``_read_table``, or (None, why) when the instance refuses the class for good: it lacks the class
     (a plugin not installed: 400 "Invalid table") or an ACL refuses it. The other classes are reconciled;
-    this one is left as it is. A failure that may pass (throttling, an outage) still fails the run."""
+    this one is left as it is; so is a class whose rows changed each time it was read (someone else writing
+    to it all along: its read is not complete, and a CI it skipped would be created twice). A failure that
+    may pass (throttling, an outage) still fails the run."""
     try:
         return _read_table(reader, table, variants, desired), ""
-    except (ServiceNowBadRequest, ServiceNowPermissionError, ServiceNowNotFound) as exc:
+    except (ServiceNowBadRequest, ServiceNowPermissionError, ServiceNowNotFound, ServiceNowShiftedRead) as exc:
         return None, str(exc)
 
 

@@ -92,6 +92,11 @@ class Faults:
         self.missing_tables: list = []   # tables the instance lacks (a class whose plugin is not installed): 400
         self.acl_read_denied_tables: list = []  # reads of these tables: 403 from a table-level read ACL
         self.acl_hidden_prefix = ""      # rows whose name starts with this are hidden by ACL, after paging
+        # table -> n: right after the first page of a read by pages of it is served, the first n rows of
+        # that page are deleted (by someone else: a CMDB Data Manager policy, say), so the later pages of
+        # the read, by offset, begin n rows further on. For the next _times reads of the table (0: all)
+        self.delete_after_first_page: dict = {}
+        self.delete_after_first_page_times = 1
         # IRE reconciliation rules: "class.field" -> the one data source that may update it (IRE leaves the
         # field as it is on an update from any other source, and says nothing)
         self.ire_authoritative: dict = {}
@@ -118,6 +123,7 @@ class TableApi:
         # one paged read cost one scan, as an index would make them on a real instance
         self._results: dict[tuple[str, str], tuple[int, list[dict[str, str]]]] = {}
         self._results_lock = threading.Lock()
+        self._fault_lock = threading.Lock()
         # (sysparm_fields, links) -> sys_id -> (the record, its sys_mod_count, how it was rendered): a
         # record is rendered again for a list only once it has changed (every change counts up sys_mod_count)
         self._rendered: dict[tuple[str, bool], dict[str, tuple[dict[str, str], str, dict[str, Any]]]] = {}
@@ -229,7 +235,24 @@ class TableApi:
         if one("sysparm_suppress_pagination_header").lower() != "true" and limit > 0:
             headers["Link"] = self._links(table, params, offset, limit, total)
         links = one("sysparm_exclude_reference_link").lower() != "true"
-        return Reply(200, {"result": self._rendered_rows(table, page, one("sysparm_fields"), links)}, headers)
+        reply = Reply(200, {"result": self._rendered_rows(table, page, one("sysparm_fields"), links)}, headers)
+        if offset == 0 and 0 < limit < total and table in self.faults.delete_after_first_page:
+            self._delete_under_the_read(table, page)
+        return reply
+
+    def _delete_under_the_read(self, table: str, page: list[dict[str, str]]) -> None:
+        """The fault ``delete_after_first_page``: rows of the page just served deleted before its next pages."""
+        faults = self.faults
+        with self._fault_lock:
+            if table not in faults.delete_after_first_page:
+                return
+            count = int(faults.delete_after_first_page[table])
+            if faults.delete_after_first_page_times == 1:  # the last one: the fault is over
+                faults.delete_after_first_page, faults.delete_after_first_page_times = {}, 1
+            elif faults.delete_after_first_page_times > 1:
+                faults.delete_after_first_page_times -= 1
+        for record in page[:count]:
+            self.store.delete(record["sys_class_name"], record["sys_id"])
 
     def _rendered_rows(self, table: str, page: list[dict[str, str]], fields: str, links: bool) -> list[dict[str, Any]]:
         """The page's records as ``renderer`` renders them, each rendered once per change of it."""

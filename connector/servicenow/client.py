@@ -11,6 +11,7 @@ not follow ``rel="next"``.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 import uuid
@@ -23,12 +24,17 @@ import pysnow
 import requests
 
 from ..concurrency import FairSlots
-from ..errors import ServiceNowBadResponse
+from ..errors import ServiceNowBadResponse, ServiceNowShiftedRead
 from ..settings import ServiceNowSettings
 from .auth import make_auth
 from .transport import ServiceNowSession
 
 API_BASE = "/api/now"
+# A read whose table changed meanwhile is made again: twice with its pages at once, then one page after
+# another (a shorter window for the table to change in), before the read fails.
+READ_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
 
 
 class TableClient:
@@ -119,8 +125,25 @@ class TableClient:
 
     def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1) -> Iterator[dict[str, Any]]:
-        """Every matching row: ``pages``, row by row."""
-        return chain.from_iterable(self.pages(table, query, fields, page_size, workers))
+        """Every matching row (``read``), row by row."""
+        return iter(self.read(table, query, fields, page_size, workers))
+
+    def read(self, table: str, query: str, fields: list[str], page_size: int | None = None,
+             workers: int = 1, convert: Callable[[list[dict]], list] | None = None) -> list:
+        """Every matching row, as ``convert`` makes each page (``pages``), complete: when rows were added or
+        removed while the pages were read (someone else's writes, a CMDB Data Manager policy deleting
+        retired CIs), the read is made again, the last time one page after another; if the table changed
+        every time, ``ServiceNowShiftedRead``. An offset read of a table that changed meanwhile skips rows,
+        or repeats them: one of our CIs skipped would be created again, a duplicate."""
+        def read(at_once: int) -> list:
+            return list(chain.from_iterable(self.pages(table, query, fields, page_size, at_once, convert)))
+
+        for attempt in range(1, READ_ATTEMPTS):
+            try:
+                return read(workers)
+            except ServiceNowShiftedRead as exc:
+                log.warning("%s; reading it again (%d of %d)", exc, attempt + 1, READ_ATTEMPTS, extra={"table": table})
+        return read(1)
 
     def pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1, convert: Callable[[list[dict]], list] | None = None) -> Iterator[list]:
@@ -129,7 +152,11 @@ class TableClient:
         A short page is not the end: ``sysparm_limit`` applies before ACLs, so
         the count in ``X-Total-Count`` decides; without it, an empty page does.
         Once the first page has given the count, the other pages are fetched
-        by up to ``workers`` sessions at once, and yielded in order.
+        by up to ``workers`` sessions at once, and yielded in order. Each page
+        carries the count again: a page that tells another count than the first
+        (rows added or removed between them) raises ``ServiceNowShiftedRead``
+        once every page is yielded, since the pages then skipped rows or
+        repeated them.
 
         ``convert``, if given, makes each page into what is yielded, in the
         thread that fetched it, as soon as it is in: pages come in out of order,
@@ -146,13 +173,22 @@ class TableClient:
         yield rows
         if total is not None and total.isdigit():
             offsets = list(range(limit, int(total), limit))
+            counts = set()
             if workers > 1 and len(offsets) > 1:
                 with ThreadPoolExecutor(max_workers=min(workers, len(offsets)), thread_name_prefix="read") as pool:
-                    for rows, _count in pool.map(page, offsets):
+                    for rows, count in pool.map(page, offsets):
+                        counts.add(count)
                         yield rows
             else:
                 for at in offsets:
-                    yield page(at)[0]
+                    rows, count = page(at)
+                    counts.add(count)
+                    yield rows
+            if counts - {total}:
+                told = ", then ".join(sorted(c for c in counts - {total} if c is not None)) or "none"
+                raise ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({total} rows "
+                                            f"when the first page was read, then {told}): its pages by offset "
+                                            "skipped or repeated rows")
             return
         offset = limit
         while rows:

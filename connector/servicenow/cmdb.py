@@ -99,7 +99,7 @@ class CmdbReader:
 
     def _read(self, table: str, query: str, fields: list[str], convert: Callable[[list[dict[str, Any]]], list]) -> list:
         """Every row of the query, each page made by ``convert`` in the thread that fetched it."""
-        return list(chain.from_iterable(self.tables.pages(table, query, fields, workers=self.workers, convert=convert)))
+        return self.tables.read(table, query, fields, workers=self.workers, convert=convert)
 
     def owned_cis(self, table: str, fields: Iterable[str]) -> list[ExistingCI]:
         """One paged query for the table's CIs stamped with our discovery_source."""
@@ -110,11 +110,8 @@ class CmdbReader:
         a class whose mapping file was removed or renamed. Each CI's table is its class."""
         query = (f"discovery_source={self.discovery_source}^sys_class_nameNOT IN{','.join(sorted(set(tables)))}"
                  f"^install_status!={DEFAULT_RETIRE['install_status']}")
-        return [
-            ExistingCI(row.get("sys_class_name", ""), row["sys_id"], row)
-            for page in self.tables.pages(CI_TABLE, query, list(BASE_FIELDS), workers=self.workers)
-            for row in _string_rows(page)
-        ]
+        return [ExistingCI(row.get("sys_class_name", ""), row["sys_id"], row)
+                for row in _string_rows(self.tables.read(CI_TABLE, query, list(BASE_FIELDS), workers=self.workers))]
 
     def check_login(self, table: str) -> None:
         """One row of one class (``table``) counted in cmdb_ci, before anything else is done: an instance

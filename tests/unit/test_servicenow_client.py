@@ -515,7 +515,7 @@ def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
         def __init__(self):
             self.lock, self.now, self.peak, self.queries = threading.Lock(), 0, 0, []
 
-        def pages(self, table, query, fields, workers=1, convert=lambda page: page):
+        def read(self, table, query, fields, workers=1, convert=lambda page: page):
             with self.lock:
                 self.now += 1
                 self.peak = max(self.peak, self.now)
@@ -524,7 +524,7 @@ def test_adoption_lookups_ask_several_chunks_at_once_and_keep_every_answer():
             with self.lock:
                 self.now -= 1
             values = query.split("IN", 1)[1].split("^", 1)[0].split(",")
-            return [convert([{"sys_id": f"s-{v}", "correlation_id": v} for v in values])]  # one page
+            return convert([{"sys_id": f"s-{v}", "correlation_id": v} for v in values])  # one page
 
     tables = SlowTables()
     values = [f"arn-{n:04d}" for n in range(450)]  # 5 chunks of at most 100

@@ -1,0 +1,73 @@
+"""A table that changes while it is read a page at a time, against the stand-in over HTTP.
+
+Pages by offset then skip rows (rows deleted before the next page's offset) or repeat them (rows added):
+one of our CIs skipped would be planned as a create, a duplicate of the CI the CMDB has. Each page tells
+the count again; a read whose pages disagree is read again, and a class that changes on every read is left
+as it is, never written from an incomplete read.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from connector.run import run_pipeline
+from connector.sandbox.servicenow import ServiceNowStandIn
+from connector.settings import load_settings
+
+from .test_lookups import PASSWORD, VM, tagged_inventory
+
+INSTANCES = 35
+
+
+def settings_for(server, tmp_path):
+    return load_settings(None, {"aws": {"external_id": "not-used-here"},
+                                "servicenow": {"instance_url": server.url, "username": "svc", "password": PASSWORD,
+                                               "workers": 4, "page_size": 10},
+                                "report": {"output_dir": str(tmp_path / "reports")}})
+
+
+def correlation_ids(server) -> Counter:
+    return Counter(row["correlation_id"] for row in server.store.rows(VM))
+
+
+def test_rows_deleted_under_a_read_make_it_read_again_and_nothing_is_created_twice(tmp_path, caplog):
+    _by_instance, path = tagged_inventory(tmp_path, [{}] * INSTANCES)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        assert len(correlation_ids(server)) == INSTANCES
+        # the first page's first 3 rows are deleted once it is served: pages 2-4, by offset, would skip 3 more
+        server.faults.update({"delete_after_first_page": {VM: 3}})
+        with caplog.at_level(logging.WARNING):
+            again = run_pipeline(settings, inventory_file=path)
+        assert again.exit_code == 0
+        assert again.report["tables"][VM]["created"] == 3  # the 3 deleted, made again; none of the skipped
+        assert again.report["tables"][VM]["unchanged"] == INSTANCES - 3
+        ids = correlation_ids(server)
+        assert len(ids) == INSTANCES and set(ids.values()) == {1}  # no duplicate
+        assert any("cmdb_ci_vm_instance: rows were added or removed while it was read (35 rows when the first page "
+                   "was read, then 32)" in r.getMessage() and "reading it again (2 of 3)" in r.getMessage()
+                   for r in caplog.records)
+        assert server.faults.delete_after_first_page == {}  # once, as set
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+
+def test_a_class_that_changes_on_every_read_is_left_as_it_is_and_the_run_fails(tmp_path):
+    _by_instance, path = tagged_inventory(tmp_path, [{}] * INSTANCES)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        server.faults.update({"delete_after_first_page": {VM: 1}, "delete_after_first_page_times": 0})
+        outcome = run_pipeline(settings, inventory_file=path)
+        server.faults.update({"delete_after_first_page": {}})
+        assert outcome.exit_code == 1
+        assert outcome.report["tables"][VM]["created"] == 0  # nothing planned from an incomplete read
+        assert not [c for c in outcome.report["changes"] if c["table"] == VM]
+        assert any(e.startswith(f"{VM}: its CIs could not be read") and "rows were added or removed" in e
+                   for e in outcome.report["errors"])
+        assert len(correlation_ids(server)) == INSTANCES - 3  # the three reads' deletions, someone else's doing
+        assert set(correlation_ids(server).values()) == {1}
+        healed = run_pipeline(settings, inventory_file=path)  # once the table is still: the 3 made again
+        assert healed.exit_code == 0 and healed.report["tables"][VM]["created"] == 3
+        assert len(correlation_ids(server)) == INSTANCES
