@@ -130,7 +130,7 @@ GOLDEN = [
          "AvailabilityZone": "eu-west-1a", "CreateTime": "2024-05-06T07:08:09+00:00", "Encrypted": True, "Size": 100,
          "SnapshotId": "", "State": "in-use", "VolumeId": "vol-0aa", "Iops": 3000, "VolumeType": "gp3",
          "Tags": [{"Key": "Name", "Value": "web-1-root"}]},
-        {"name": "web-1-root", "object_id": "vol-0aa", "size": "100", "storage_type": "gp3",
+        {"name": "web-1-root", "object_id": "vol-0aa", "size": "100", "size_bytes": "107374182400", "storage_type": "gp3",
          "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:volume/vol-0aa"},
         (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),
          RelationRef("Contains::Contained by", "cmdb_ci_vm_instance",
