@@ -40,6 +40,7 @@ from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, 
                      Inventory)
 from .reconcile.apply import ApplyResult, apply_plan, predict_with
 from .reconcile.plan import CREATE, PlanOptions, TablePolicy, plan_changes
+from .report.absent import absent_state_path, load_absent, save_absent
 from .report.history import previous_run_report, prune_reports, repeated_writes
 from .report.json_report import build_report, summary_line, write_report
 from .ops import EXIT_INTERRUPTED, fewer_gc_passes, freeze_long_lived, set_run_id, stop_requested
@@ -319,6 +320,11 @@ def _log_findings(report: dict) -> None:
         log.warning("guard: %s", guard)
     for warning in report["warnings"]:
         log.warning("%s", warning)
+    pending = report.get("retire_pending") or []
+    if pending:
+        log.info("%d CI(s) gone from AWS are left active until they have been gone reconcile.retire_after_hours, "
+                 "e.g. %s %s, retired from %s UTC (all of them in the report's retire_pending)",
+                 len(pending), pending[0]["table"], pending[0]["identity"], pending[0]["retire_from"])
     problems = report["mapping_problems"]
     if problems:
         first = problems[0]
@@ -410,6 +416,9 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     errors: list[str] = []
     tables = list(mappings.tables)
     sn = settings.servicenow
+    instance, grace = str(sn.instance_url), settings.reconcile.retire_after_hours
+    output_dir = settings.path(settings.report.output_dir)
+    absent_file = absent_state_path(output_dir, shard)
     tables_client = TableClient(sn)
     try:
         reader = CmdbReader(tables_client, sn.discovery_source, sn.workers)
@@ -448,7 +457,8 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
             plan = plan_changes(
                 desired, cmdb.cis, inventory.scopes, mapped.problems, cmdb.relations, cmdb.rel_types, policies,
                 PlanOptions(sn.discovery_source, settings.reconcile.retire, settings.reconcile.max_retire_fraction, force,
-                            _snow_time(started), settings.reconcile.last_discovered_days, retire_accounts),
+                            _snow_time(started), settings.reconcile.last_discovered_days, retire_accounts,
+                            grace, load_absent(absent_file, instance, sn.discovery_source) if grace else {}),
                 cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE), inventory.targeted,
             )
             plan.warnings.extend([*mapped.warnings, *looked_up.warnings, *cmdb.notes])
@@ -462,6 +472,13 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):
                 applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)
+        if mode == "run" and grace:  # since when each CI is gone, for the next run (a plan only reads it)
+            try:
+                save_absent(absent_file, instance, sn.discovery_source, plan.absent)
+            except OSError as exc:
+                errors.append(f"{absent_file}: not written ({exc.strerror or exc}): the next run waits again, from "
+                              "its own time, before it retires the CIs gone from AWS")
+                log.error("%s", errors[-1])
         exit_code = EXIT_INTERRUPTED if stop_requested() else exit_code_for(inventory, mapped, applied, cmdb.unread)
         if stop_requested():
             errors.append("interrupted by a stop signal: writes not yet started were left for the next run")
@@ -488,11 +505,10 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     report = build_report(
         run_id=run_id, mode=mode, started_at=started, finished_at=_now(), exit_code=exit_code,
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
-        timings=clock.seconds, cpu_timings=clock.cpu, instance=str(sn.instance_url),
+        timings=clock.seconds, cpu_timings=clock.cpu, instance=instance,
         unresolved_lookups=looked_up.unresolved if looked_up is not None else [],
     )
     _log_findings(report)
-    output_dir = settings.path(settings.report.output_dir)
     report["warnings"] = [*report["warnings"], *_writes_that_did_not_stick(report, output_dir)]
     path = write_report(report, output_dir)
     write_outputs(report, path)

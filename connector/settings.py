@@ -163,6 +163,9 @@ class ReconcileSettings(_Section):
     # stamp last_discovered on every CI written, and again on an unchanged CI once its stamp is older
     # than this many days (between half and all of it, spread by sys_id); 0 never stamps it
     last_discovered_days: float = Field(7, ge=0, le=3650)
+    # a CI gone from AWS is retired only once it has been gone this long (hours, over the runs between;
+    # kept in report.output_dir); 0 retires it in the first run that does not find it
+    retire_after_hours: float = Field(0, ge=0, le=87600)
 
 
 class ReportSettings(_Section):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from ..arn import account_and_region
 from ..mapping.functions import SNOW_TIMESTAMP, all_strings, snow_value  # snow_value: the one normalisation
@@ -70,6 +70,11 @@ class PlanOptions:
     # accounts whose owned CIs are all retired, though not collected (run --retire-account: accounts that the
     # configuration no longer targets, which the operator says are gone); the guard still holds
     retire_accounts: frozenset[str] = frozenset()
+    # reconcile.retire_after_hours: a CI gone from AWS is retired only once it has been gone that long, by
+    # ``absent_since`` (each such CI's first run without it, from the previous run: see Plan.absent); 0
+    # retires it in the first run that does not find it
+    retire_after_hours: float = 0.0
+    absent_since: Mapping[CIKey, str] = field(default_factory=dict)
 
     @property
     def stamps(self) -> bool:
@@ -129,6 +134,12 @@ class Plan:
     # account -> table -> how many of our active CIs it has, left as they are, where the configuration no
     # longer targets the account (see plan_changes' ``targeted``)
     untargeted: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
+    # with reconcile.retire_after_hours: every owned CI still active that AWS no longer has (in a scope
+    # collected in full, or one that was not collected and was gone before) -> (its sys_id, since when it is
+    # gone, ServiceNow's UTC time): the next run's PlanOptions.absent_since. ``retire_pending``: those of them
+    # not gone long enough to be retired in this run -> the time from which a run retires them
+    absent: dict[CIKey, tuple[str, str]] = field(default_factory=dict)
+    retire_pending: dict[CIKey, str] = field(default_factory=dict)
 
 
 def _ok_scopes(scopes: Iterable[Scope], problems: Iterable[MappingProblem]) -> set[tuple[str, str, str]]:
@@ -529,6 +540,25 @@ def _retirable(ci: ExistingCI, policy: TablePolicy, ok_scopes: set, options: Pla
     return all((scope[0], scope[1], source) in ok_scopes for source in policy.sources)
 
 
+def _retire_cutoff(options: PlanOptions) -> str | None:
+    """With reconcile.retire_after_hours, the time (ServiceNow's UTC form, which sorts as time does) a CI
+    must have been gone since to be retired now: "" (never) without the run's time. None: no wait."""
+    if not options.retire_after_hours:
+        return None
+    if not options.now:
+        return ""
+    now = datetime.strptime(options.now, SNOW_TIMESTAMP)
+    return (now - timedelta(hours=options.retire_after_hours)).strftime(SNOW_TIMESTAMP)
+
+
+def _later(when: str, hours: float) -> str:
+    """ServiceNow's UTC time ``hours`` after ``when`` ("" if ``when`` is not one)."""
+    try:
+        return (datetime.strptime(when, SNOW_TIMESTAMP) + timedelta(hours=hours)).strftime(SNOW_TIMESTAMP)
+    except ValueError:
+        return ""
+
+
 def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan, targeted=None
                   ) -> tuple[list[CIChange], int, set[tuple[tuple[str, str] | None, str]]]:
     """The retires of one table: (those to make, owned CIs active, the (account and region, ``object_id``)
@@ -539,6 +569,7 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
     retires: list[CIChange] = []
     unmatched_objects: set[tuple[tuple[str, str] | None, str]] = set()
     retired_when = policy.retire.items() if policy.retire else None  # _is_retired, inlined in this hot loop
+    cutoff = _retire_cutoff(options)
     for ci in existing:
         fields = ci.fields
         if fields.get("discovery_source") != source or fields.get("sys_class_name") != table:
@@ -558,9 +589,19 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
         if retired:
             still_retired += 1  # already retired and still gone: unchanged
         elif _retirable(ci, policy, ok_scopes, options, scope):
+            if cutoff is not None and scope[0] not in options.retire_accounts:  # retired once gone long enough
+                since = plan.absent.setdefault((table, key), (ci.sys_id, options.absent_since.get((table, key))
+                                                              or options.now))[1]
+                if not (since and since <= cutoff):
+                    plan.retire_pending[(table, key)] = _later(since, options.retire_after_hours)
+                    continue
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
-        elif targeted is not None and scope is not None and scope[0] not in targeted and not policy.structure:
-            plan.untargeted[scope[0]][table] += 1  # unknown is not empty: kept, and named
+        else:
+            if cutoff is not None and (table, key) in options.absent_since:
+                # gone before, not known now (its scope not collected in full): still gone since then
+                plan.absent[(table, key)] = (ci.sys_id, options.absent_since[(table, key)])
+            if targeted is not None and scope is not None and scope[0] not in targeted and not policy.structure:
+                plan.untargeted[scope[0]][table] += 1  # unknown is not empty: kept, and named
     plan.unchanged[table] += still_retired
     if not retires:
         return [], active, unmatched_objects

@@ -167,6 +167,10 @@ def build_report(
         # per class, each field the updates set, with how many CIs had it differ from AWS: most first
         "drifted_fields": {table: dict(sorted(fields.items(), key=lambda kv: (-kv[1], kv[0])))
                            for table, fields in sorted(drifted.items()) if fields},
+        # CIs gone from AWS, kept active until they have been gone reconcile.retire_after_hours
+        "retire_pending": [{"table": table, "identity": identity, "sys_id": plan.absent[(table, identity)][0],
+                            "gone_since": plan.absent[(table, identity)][1], "retire_from": retire_from}
+                           for (table, identity), retire_from in sorted(plan.retire_pending.items())] if plan else [],
         "duplicates": plan.duplicates if plan else [],
         # accounts the configuration no longer targets that still hold active CIs of ours (left as they are)
         "untargeted_accounts": [{"account_id": account, "cis": dict(sorted(tables.items()))}

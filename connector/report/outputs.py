@@ -178,6 +178,14 @@ def render_html(report: dict[str, Any]) -> str:
              "value than AWS gives. A field that drifts on every run is edited in the CMDB by someone else.</p>"
              + _table(["class", "field", "CIs"], [[t, f, n] for t, fields in drifted.items() for f, n in fields.items()],
                       "drifted")) if drifted else ""
+    pending = report.get("retire_pending") or []  # reports before it have none
+    waiting = ("<h2>Gone from AWS, retired later</h2><p>Owned CIs that AWS no longer has, left active until they "
+               "have been gone <code>reconcile.retire_after_hours</code>: a run from then on retires each one that "
+               "is still gone.</p>" + _table(["class", "identity", "gone since (UTC)", "retired from (UTC)"],
+                                              [[p["table"], p["identity"], p["gone_since"], p["retire_from"]]
+                                               for p in pending[:NOTES_SHOWN]], "pending")
+               + (f"<p>... and {len(pending) - NOTES_SHOWN} more: see the JSON report</p>"
+                  if len(pending) > NOTES_SHOWN else "")) if pending else ""
     untargeted = report.get("untargeted_accounts") or []  # reports before it have none
     gone = ("<h2>Accounts no longer targeted</h2><p>Gone from the Organization, or left out by the configuration: no "
             "run collects them, so their CIs are left as they are; <code>run --retire-account ID</code> retires those "
@@ -211,6 +219,7 @@ def render_html(report: dict[str, Any]) -> str:
 <h2>Accounts</h2>{accounts}
 <h2>Scopes not collected</h2>{scopes}
 {drift}
+{waiting}
 {gone}
 {notes}
 <h2>Change list</h2>
@@ -302,6 +311,9 @@ def render_prometheus(report: dict[str, Any], previous: str = "") -> str:
                   "AWS), by class and field.", "# TYPE cmdb_connector_drifted_fields gauge"]
         lines += [f'cmdb_connector_drifted_fields{{table="{_label(t)}",field="{_label(f)}"}} {n}'
                   for t, fields in drifted.items() for f, n in fields.items()]
+    lines += ["# HELP cmdb_connector_retire_pending CIs gone from AWS, kept active until they have been gone "
+              "reconcile.retire_after_hours.", "# TYPE cmdb_connector_retire_pending gauge",
+              f"cmdb_connector_retire_pending {len(report.get('retire_pending') or [])}"]
     untargeted = report.get("untargeted_accounts") or []
     lines += ["# HELP cmdb_connector_untargeted_accounts Accounts the configuration no longer targets that still hold "
               "active CIs of this connector (left as they are).", "# TYPE cmdb_connector_untargeted_accounts gauge",

@@ -237,3 +237,18 @@ def test_the_fields_that_drifted_are_counted_per_class_on_the_page_and_as_gauges
     assert 'field="last_discovered"' not in metrics
     quiet = report_with(0, [])
     assert "Fields that drifted" not in render_html(quiet) and "drifted_fields{" not in render_prometheus(quiet)
+
+
+def test_the_cis_waiting_to_be_retired_have_a_section_and_a_gauge():
+    from connector.report.outputs import render_prometheus
+
+    report = report_with(0, [])
+    assert "retired later" not in render_html(report) and "cmdb_connector_retire_pending 0\n" in render_prometheus(report)
+    report["retire_pending"] = [{"table": "cmdb_ci_vm_instance", "identity": f"arn:i-{n}", "sys_id": f"s{n}",
+                                 "gone_since": "2026-12-01 00:00:00", "retire_from": "2026-12-02 00:00:00"}
+                                for n in range(102)]
+    page = render_html(report)
+    assert "<h2>Gone from AWS, retired later</h2>" in page
+    assert "<td>cmdb_ci_vm_instance</td><td>arn:i-0</td><td>2026-12-01 00:00:00</td><td>2026-12-02 00:00:00</td>" in page
+    assert "arn:i-99<" in page and "arn:i-100<" not in page and "... and 2 more: see the JSON report" in page
+    assert "cmdb_connector_retire_pending 102\n" in render_prometheus(report)

@@ -804,3 +804,51 @@ def test_retire_account_retires_its_owned_cis_only_after_the_client_side_check()
     assert actions(p) == [] and "would retire 2 of 3" in p.guards[0]
     p = plan_targeting(desired[:1], [*ours[:1], *existing[10:]], frozenset({A}), replace(options, force=True))
     assert actions(p) == [("retire", vm_id(2, GONE)), ("retire", vm_id(3, GONE))]
+
+
+# -- a wait before retiring (reconcile.retire_after_hours) ---------------------------------------------------
+
+WAIT_NOW = "2026-12-01 12:00:00"
+WAITING = PlanOptions(DS, now=WAIT_NOW, retire_after_hours=24)
+
+
+def test_a_ci_gone_is_retired_only_once_it_has_been_gone_the_hours_set():
+    present = [desired_vm(n) for n in range(1, 9)]  # 8 of 10 still there: under the guard's share
+    cis = [existing_vm(n) for n in range(1, 11)]
+    first = plan(present, cis, options=WAITING)
+    assert [c for c in first.changes if c.action == "retire"] == []
+    assert first.absent == {(VM, vm_id(9)): ("s9", WAIT_NOW), (VM, vm_id(10)): ("s10", WAIT_NOW)}  # gone since this run
+    assert first.retire_pending == {(VM, vm_id(9)): "2026-12-02 12:00:00", (VM, vm_id(10)): "2026-12-02 12:00:00"}
+    # a later run, 23 hours on: still waiting, since the first run's time (not its own)
+    later = replace(WAITING, now="2026-12-02 11:00:00", absent_since={k: v[1] for k, v in first.absent.items()})
+    assert plan(present, cis, options=later).retire_pending == first.retire_pending
+    # 24 hours on: retired; one that came back in between is no longer waited for
+    due = replace(later, now="2026-12-02 12:00:00")
+    back = plan([*present, desired_vm(10)], cis, options=due)
+    assert actions(back) == [("retire", vm_id(9))] and back.retire_pending == {}
+    assert back.absent == {(VM, vm_id(9)): ("s9", WAIT_NOW)}  # retired now: the next run finds it retired, not active
+    without_wait = plan(present, cis, options=replace(due, retire_after_hours=0))
+    assert actions(without_wait) == sorted([("retire", vm_id(9)), ("retire", vm_id(10))])
+    assert without_wait.absent == {}
+
+
+def test_a_ci_gone_keeps_its_time_through_a_run_that_could_not_collect_its_scope():
+    since = {(VM, vm_id(2)): "2026-11-29 00:00:00"}
+    options = replace(WAITING, absent_since=since)
+    denied = [Scope(A, R, "ec2:instance", DENIED), Scope(A, R, "ec2:region", OK)]
+    p = plan([], [existing_vm(1), existing_vm(2)], scopes=denied, options=options)
+    assert p.changes == [] and p.retire_pending == {}
+    assert p.absent == {(VM, vm_id(2)): ("s2", "2026-11-29 00:00:00")}  # the one gone before: still gone since then
+
+
+def test_the_wait_does_not_loosen_the_guard_nor_hold_back_an_account_the_operator_retires():
+    cis = [existing_vm(n) for n in range(1, 5)]
+    since = {(VM, vm_id(n)): "2026-11-01 00:00:00" for n in range(1, 5)}
+    guarded = plan([], cis, options=replace(WAITING, absent_since=since))
+    assert guarded.changes == [] and guarded.guards and len(guarded.absent) == 4  # all due, held by the guard
+    other = "999988887777"
+    gone = plan([], [existing_vm(1, account=other)],
+                options=replace(WAITING, retire_accounts=frozenset({other}), force=True))
+    assert actions(gone) == [("retire", vm_id(1, other))] and gone.retire_pending == {}
+    no_clock = plan([desired_vm(1)], [existing_vm(1), existing_vm(2)], options=replace(WAITING, now=""))
+    assert no_clock.changes == [] and list(no_clock.retire_pending) == [(VM, vm_id(2))]  # no time: never due
