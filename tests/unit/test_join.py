@@ -17,12 +17,10 @@ from connector.mapping.load import MappingSet, load_mappings
 from connector.mapping.transform import map_record
 from connector.models import DENIED, OK, Account, Record
 
-from .test_mapping import VALID
+from .test_mapping import JOIN, VALID  # the wrong joins are among test_mapping's INVALID_CASES
 
 ACCOUNT, REGION = "111122223333", "eu-west-1"
 ROLE = RoleSettings("CMDBReadRole", "ext-id-123", "CMDBInventorySession", 3600)
-JOIN = ('[source.join]\noperation = "describe_dhcp_options"\nparam = "DhcpOptionsIds"\non = "DhcpOptionsId"\n'
-        'items = "DhcpOptions"\nmatch = "DhcpOptionsId"\nkey = "Dhcp"\n')
 
 
 def instance_mapping():
@@ -180,29 +178,6 @@ def test_an_instance_saved_before_the_join_keeps_the_cmdbs_vcpus_and_memory():
     ci = map_record(instance_mapping(), Record(ACCOUNT, REGION, "ec2:instance", running("i-1", "m5.large")))
     assert "cpus" not in ci.fields and "memory" not in ci.fields
     assert set(ci.create_only) == {"cpus", "memory"}
-
-
-INVALID_JOINS = [
-    ("join without key", VALID.replace("[fields]", JOIN.replace('key = "Dhcp"\n', "") + "[fields]"),
-     "cmdb_ci_network.toml: source.join.key: required key is missing"),
-    ("join bad jmespath", VALID.replace("[fields]", JOIN.replace('on = "DhcpOptionsId"', 'on = "Dhcp["') + "[fields]"),
-     "cmdb_ci_network.toml: source.join: JMESPath does not compile"),
-    ("join values also in params", VALID.replace("[fields]", JOIN + 'params = { DhcpOptionsIds = [] }\n[fields]'),
-     "cmdb_ci_network.toml: source.join: params.DhcpOptionsIds: the values go in 'DhcpOptionsIds' (param)"),
-    ("join per_call zero", VALID.replace("[fields]", JOIN + "per_call = 0\n[fields]"),
-     "cmdb_ci_network.toml: source.join.per_call: Input should be greater than or equal to 1"),
-    ("join on a region", VALID.replace('service = "ec2"\noperation = "describe_vpcs"\nitems = "Vpcs"\n',
-                                       'kind = "region"\n').replace("[fields]", JOIN + "[fields]"),
-     "cmdb_ci_network.toml: source: join: only for kind = 'api'"),
-]
-
-
-@pytest.mark.parametrize("name, text, expected", INVALID_JOINS, ids=[c[0] for c in INVALID_JOINS])
-def test_a_wrong_join_is_named_with_its_file_and_key(tmp_path, name, text, expected):
-    (tmp_path / "cmdb_ci_network.toml").write_text(text)
-    with pytest.raises(MappingError) as info:
-        load_mappings(tmp_path)
-    assert any(expected in p for p in info.value.problems), info.value.problems
 
 
 def test_two_files_of_one_source_must_join_alike(tmp_path):

@@ -423,6 +423,23 @@ def test_a_lookup_is_compiled_and_one_class_looks_a_field_up_one_way(tmp_path):
         load_mappings(tmp_path)
 
 
+JOIN = ('[source.join]\noperation = "describe_dhcp_options"\nparam = "DhcpOptionsIds"\non = "DhcpOptionsId"\n'
+        'items = "DhcpOptions"\nmatch = "DhcpOptionsId"\nkey = "Dhcp"\n')
+INVALID_CASES += [
+    ("join without key", VALID.replace("[fields]", JOIN.replace('key = "Dhcp"\n', "") + "[fields]"),
+     "cmdb_ci_network.toml: source.join.key: required key is missing"),
+    ("join bad jmespath", VALID.replace("[fields]", JOIN.replace('on = "DhcpOptionsId"', 'on = "Dhcp["') + "[fields]"),
+     "cmdb_ci_network.toml: source.join: JMESPath does not compile"),
+    ("join values also in params", VALID.replace("[fields]", JOIN + 'params = { DhcpOptionsIds = [] }\n[fields]'),
+     "cmdb_ci_network.toml: source.join: params.DhcpOptionsIds: the values go in 'DhcpOptionsIds' (param)"),
+    ("join per_call zero", VALID.replace("[fields]", JOIN + "per_call = 0\n[fields]"),
+     "cmdb_ci_network.toml: source.join.per_call: Input should be greater than or equal to 1"),
+    ("join on a region", VALID.replace('service = "ec2"\noperation = "describe_vpcs"\nitems = "Vpcs"\n',
+                                       'kind = "region"\n').replace("[fields]", JOIN + "[fields]"),
+     "cmdb_ci_network.toml: source: join: only for kind = 'api'"),
+]
+
+
 @pytest.mark.parametrize("name, text, expected", INVALID_CASES, ids=[c[0] for c in INVALID_CASES])
 def test_invalid_mapping_file_error(tmp_path, name, text, expected):
     (tmp_path / "cmdb_ci_network.toml").write_text(text)
