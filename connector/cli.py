@@ -153,6 +153,15 @@ def cmd_validate(args) -> int:
     seeded = sorted({f"{m.table}.{name}" for m in mappings.mappings.values() for name in m.create_only})
     if seeded:
         print(f"written on a create only (create_only): {', '.join(seeded)}")
+    joined = sorted({f"{m.table} from {m.source.join.operation}" + (" (asked once per region)" if m.source.join.shared
+                                                                    else "")
+                     for m in mappings.mappings.values() if m.source.join is not None})
+    if joined:
+        print(f"joined to a call for many items at once ([source.join]): {', '.join(joined)}")
+    wait = settings.reconcile.retire_after_hours
+    print(f"retire: a CI gone from AWS is retired once gone {wait:g} hour(s) (reconcile.retire_after_hours)" if wait
+          else "retire: a CI gone from AWS is retired by the first run that misses it (reconcile.retire_after_hours = 0)"
+          if settings.reconcile.retire else "retire: off (reconcile.retire = false)")
     return 0
 
 

@@ -594,6 +594,7 @@ def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options,
                                                               or options.now))[1]
                 if not (since and since <= cutoff):
                     plan.retire_pending[(table, key)] = _later(since, options.retire_after_hours)
+                    plan.unchanged[table] += 1  # still active, and nothing written: gone, not long enough
                     continue
             retires.append(CIChange(RETIRE, table, key, ci.sys_id, _diff(fields, policy.retire)))
         else:
@@ -932,6 +933,8 @@ def plan_changes(
         by_table[ci.table].append(ci)
     for table, policy in policies.items():
         if table in existing and existing[table] is None:
+            if options.retire_after_hours:  # not read: those gone before are still gone since then
+                plan.absent.update({key: ("", since) for key, since in options.absent_since.items() if key[0] == table})
             unknown = by_table.get(table, [])
             _hold_class(table, unknown, plan, (
                 f"{table}: its CIs could not be read from ServiceNow (see errors): none of its {len(unknown)} CI(s) "

@@ -819,6 +819,7 @@ def test_a_ci_gone_is_retired_only_once_it_has_been_gone_the_hours_set():
     assert [c for c in first.changes if c.action == "retire"] == []
     assert first.absent == {(VM, vm_id(9)): ("s9", WAIT_NOW), (VM, vm_id(10)): ("s10", WAIT_NOW)}  # gone since this run
     assert first.retire_pending == {(VM, vm_id(9)): "2026-12-02 12:00:00", (VM, vm_id(10)): "2026-12-02 12:00:00"}
+    assert first.unchanged[VM] == 10  # the two waiting are still active, and nothing is written to them
     # a later run, 23 hours on: still waiting, since the first run's time (not its own)
     later = replace(WAITING, now="2026-12-02 11:00:00", absent_since={k: v[1] for k, v in first.absent.items()})
     assert plan(present, cis, options=later).retire_pending == first.retire_pending
@@ -839,6 +840,8 @@ def test_a_ci_gone_keeps_its_time_through_a_run_that_could_not_collect_its_scope
     p = plan([], [existing_vm(1), existing_vm(2)], scopes=denied, options=options)
     assert p.changes == [] and p.retire_pending == {}
     assert p.absent == {(VM, vm_id(2)): ("s2", "2026-11-29 00:00:00")}  # the one gone before: still gone since then
+    unread = plan_changes([], {VM: None}, SCOPES, [], [], REL_TYPES, POLICIES, options)  # the class not read at all
+    assert unread.absent == {(VM, vm_id(2)): ("", "2026-11-29 00:00:00")}
 
 
 def test_the_wait_does_not_loosen_the_guard_nor_hold_back_an_account_the_operator_retires():
