@@ -547,3 +547,36 @@ def test_one_accounts_many_items_never_hold_up_another_accounts_items():
     last_small = max(i for i, account in enumerate(watch.finished) if account == "222222222222")
     # the small account's calls ran beside the big one's first few, not after its queue of 30
     assert watch.finished[:last_small].count("111111111111") < 15
+
+
+@mock_aws
+def test_check_access_calls_names_each_listing_refused_in_each_account():
+    """check-access --calls: each listing the mappings name, once per account, in its first region; what a
+    service control policy refuses (simulated: RDS and Lambda in one account) is named, the rest allowed."""
+    from botocore.exceptions import ClientError
+
+    from connector.aws.access import check_calls, render_calls
+
+    pool = SessionPool(boto3.Session(), RoleSettings("CMDBReadRole", "ext-id", "sess", 3600), "us-east-1")
+    good, fenced = "111111111111", "222222222222"
+    assert pool.open(good)[0] == OK and pool.open(fenced)[0] == OK
+
+    def scp(model, **_):
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": f"explicit deny in a service control "
+                                     f"policy: {model.name}"}}, model.name)
+
+    for event in ("before-call.rds.DescribeDBInstances", "before-call.lambda.ListFunctions"):
+        pool.get(fenced).session.register(event, scp)
+    sources = load_mappings().sources
+    rows = check_calls(pool, [good, fenced], sources, "eu-west-1", max_workers=4)
+    listings = {f"{s.service}:{s.operation}" for s in sources.values() if s.kind == "api"}
+    assert {r.call for r in rows} == listings and len(rows) == 2 * len(listings)
+    refused = {(r.account_id, r.call, r.status) for r in rows if r.status != OK}
+    assert refused == {(fenced, "rds:describe_db_instances", DENIED), (fenced, "lambda:list_functions", DENIED)}
+    regions = {r.call: r.region for r in rows if r.account_id == good}
+    assert regions["ec2:describe_instances"] == "eu-west-1" and regions["s3:list_buckets"] == "us-east-1"  # global
+    text = render_calls(rows)
+    assert f"  {fenced} eu-west-1 rds:describe_db_instances: denied: " in text and "service control policy" in text
+    assert text.splitlines()[-1] == (f"calls: {len(listings)} listing(s) in 2 account(s): {2 * len(listings) - 2} "
+                                     "allowed, 2 refused or failed (their scopes would not be collected, so nothing "
+                                     "in them retired)")

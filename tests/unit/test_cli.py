@@ -101,3 +101,28 @@ def test_check_access_says_when_the_organizations_ous_cannot_be_read_and_exits_3
     assert out[-2] == "1 account(s): 1 ok, 0 skipped, 0 failed"
     assert out[-1] == ("organization: cannot read the Organization's OUs through the base credentials: "
                        "AccessDeniedException on ListRoots")
+
+
+def test_check_access_calls_prints_the_refused_listings_and_exits_3(tmp_path, monkeypatch, capsys):
+    from connector.aws import access, targets
+    from connector.models import Account
+
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\nregions = ["eu-west-1", "us-east-1"]\naccounts = ["111111111111"]\n'
+                      '[servicenow]\ninstance_url = "http://127.0.0.1:9"\nusername = "u"\npassword = "p"\n')
+    monkeypatch.setattr(targets, "find_targets", lambda *a, **k: targets.Targets([Account("111111111111", "m")], None))
+    monkeypatch.setattr(access, "check_access", lambda *a: [access.AccessRow("111111111111", "m", "ok", "role assumed", "yes")])
+    asked = []
+
+    def calls(pool, account_ids, sources, region, workers):
+        asked.append((account_ids, region, "ec2:instance" in sources))
+        return [access.CallRow("111111111111", region, "rds:describe_db_instances", "denied", "AccessDeniedException"),
+                access.CallRow("111111111111", region, "ec2:describe_instances", "ok", "")]
+
+    monkeypatch.setattr(access, "check_calls", calls)
+    assert main(["--config", str(config), "check-access", "--aws-only"]) == 0 and asked == []  # only when asked
+    assert main(["--config", str(config), "check-access", "--aws-only", "--calls"]) == 3
+    assert asked == [(["111111111111"], "eu-west-1", True)]  # the first region
+    out = capsys.readouterr().out.splitlines()
+    assert "  111111111111 eu-west-1 rds:describe_db_instances: denied: AccessDeniedException" in out
+    assert out[-1].startswith("calls: 2 listing(s) in 1 account(s): 1 allowed, 1 refused or failed")
