@@ -161,9 +161,12 @@ def cmd_validate(args) -> int:
     if joined:
         print(f"joined to a call for many items at once ([source.join]): {', '.join(joined)}")
     wait = settings.reconcile.retire_after_hours
-    print(f"retire: a CI gone from AWS is retired once gone {wait:g} hour(s) (reconcile.retire_after_hours)" if wait
-          else "retire: a CI gone from AWS is retired by the first run that misses it (reconcile.retire_after_hours = 0)"
-          if settings.reconcile.retire else "retire: off (reconcile.retire = false)")
+    if not settings.reconcile.retire:
+        print("retire: off (reconcile.retire = false)")
+    elif wait:
+        print(f"retire: a CI gone from AWS is retired once gone {wait:g} hour(s) (reconcile.retire_after_hours)")
+    else:
+        print("retire: a CI gone from AWS is retired by the first run that misses it (reconcile.retire_after_hours = 0)")
     return 0
 
 

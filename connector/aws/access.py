@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
-
-from concurrent.futures import ThreadPoolExecutor
 
 from ..models import DENIED, OK, SKIPPED, Account
 from .sessions import SessionPool, classify_error

@@ -266,3 +266,6 @@ def test_validate_names_the_looked_up_and_the_create_only_fields(tmp_path, capsy
     assert main(["validate", "--config", str(config)]) == 0
     assert ("retire: a CI gone from AWS is retired once gone 36 hour(s) (reconcile.retire_after_hours)"
             in capsys.readouterr().out.splitlines())
+    config.write_text(config.read_text() + "retire = false\n")
+    assert main(["validate", "--config", str(config)]) == 0
+    assert "retire: off (reconcile.retire = false)" in capsys.readouterr().out.splitlines()
