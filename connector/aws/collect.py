@@ -97,7 +97,7 @@ class AccountCalls:
 
 
 def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTurn | AccountCalls | None = None,
-                shared: "RegionAnswers | None" = None) -> list[dict[str, Any]]:
+                shared: "SharedAnswers | None" = None) -> list[dict[str, Any]]:
     """Every item of one source, every page; with ``tags``, each item's tags
     where the source needs a call per item for them.
 
@@ -126,16 +126,14 @@ def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTur
 
 class SharedAnswers:
     """The answers of a ``[source.join]`` with ``shared = true`` (AWS's own catalogue, the same for every
-    account: the instance types), kept for the run per region, so that each value is asked once per region
-    rather than once per account. A value asked and not found is kept as such: not asked again."""
+    account: the instance types), kept for the run per region (the client's), so that each value is asked
+    once per region rather than once per account. A value asked and not found is kept as such: not asked
+    again."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._answers: dict[tuple[str, str], dict[Any, Any]] = {}  # (region, join) -> value -> entry
         self._asked: dict[tuple[str, str], set[Any]] = defaultdict(set)
-
-    def for_region(self, region: str) -> "RegionAnswers":
-        return RegionAnswers(self, region)
 
     def known(self, where: tuple[str, str]) -> tuple[set[Any], dict[Any, Any]]:
         with self._lock:
@@ -147,14 +145,8 @@ class SharedAnswers:
             self._answers.setdefault(where, {}).update(found)
 
 
-@dataclass(frozen=True)
-class RegionAnswers:
-    answers: SharedAnswers
-    region: str
-
-
 def _joined(client, join: CompiledJoin, items: list[Any], calls: InTurn | AccountCalls,
-            shared: RegionAnswers | None = None) -> list[Any]:
+            shared: SharedAnswers | None = None) -> list[Any]:
     """The items with the answers of ``[source.join]``: one call (all its pages) per ``per_call`` distinct
     values, several at once within the account's bound; with ``join.shared``, only the values no unit of
     the region asked yet. Any error fails the unit, as a detail call's does."""
@@ -165,12 +157,12 @@ def _joined(client, join: CompiledJoin, items: list[Any], calls: InTurn | Accoun
             return list(client.get_paginator(join.operation).paginate(**params))
         return [getattr(client, join.operation)(**params)]
 
-    where = (shared.region, join.text) if shared is not None and join.shared else None
-    asked, known = shared.answers.known(where) if where else (set(), {})
+    where = (client.meta.region_name, join.text) if shared is not None and join.shared else None
+    asked, known = shared.known(where) if where else (set(), {})
     chunks = join.chunks(items, asked)
     index = join.index(page for answer in calls.each(ask, chunks) for page in answer)
     if where:
-        shared.answers.keep(where, (value for chunk in chunks for value in chunk), index)
+        shared.keep(where, (value for chunk in chunks for value in chunk), index)
     return join.merge(items, {**known, **index})
 
 
@@ -237,7 +229,7 @@ class Collector:
         try:
             with calls.slot():  # a client may have to renew the account's credentials first
                 client = self.pool.client(unit.account_id, source.service, region)
-            items = fetch_items(client, source, self.tags, calls, self.shared.for_region(region))
+            items = fetch_items(client, source, self.tags, calls, self.shared)
         except Exception as exc:  # noqa: BLE001 - every failure is kept in its unit
             status, reason = classify_error(exc)
             code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")

@@ -13,10 +13,12 @@ reads as empty: the wait starts again, which delays a retire and never hastens o
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from pathlib import Path
 
 import orjson
 
+from ..mapping.functions import SNOW_TIMESTAMP
 from .json_report import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,18 @@ def load_absent(path: Path, instance: str, discovery_source: str) -> dict[CIKey,
             instance, discovery_source):
         return {}  # another instance's (a dev instance, then prod, in one folder), or another connector's
     return {(row["table"], row["identity"]): row["since"] for row in state.get("absent") or []
-            if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("table", "identity", "since"))}
+            if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("table", "identity", "since"))
+            and _is_time(row["since"])}
+
+
+def _is_time(text: str) -> bool:
+    """ServiceNow's UTC time, as plan compares it (a row edited by hand into something else is dropped: its
+    wait starts again)."""
+    try:
+        datetime.strptime(text, SNOW_TIMESTAMP)
+    except ValueError:
+        return False
+    return True
 
 
 def save_absent(path: Path, instance: str, discovery_source: str, absent: dict[CIKey, tuple[str, str]]) -> None:

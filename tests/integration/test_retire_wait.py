@@ -83,6 +83,10 @@ def test_the_kept_times_of_another_instance_or_a_broken_file_start_the_wait_agai
     assert load_absent(path, "https://dev.service-now.com", "AWS CMDB Connector") == {(VM, "arn:i-1"): row["since"]}
     assert load_absent(path, "https://prod.service-now.com", "AWS CMDB Connector") == {}
     assert load_absent(path, "https://dev.service-now.com", "Another connector") == {}
+    edited = {**row, "identity": "arn:i-2", "since": "yesterday"}  # edited by hand into something else: dropped
+    path.write_text(json.dumps({"instance": "https://dev.service-now.com", "discovery_source": "AWS CMDB Connector",
+                                "absent": [row, edited]}))
+    assert load_absent(path, "https://dev.service-now.com", "AWS CMDB Connector") == {(VM, "arn:i-1"): row["since"]}
     path.write_text('{"instance": ')
     with caplog.at_level(logging.WARNING):
         assert load_absent(path, "https://dev.service-now.com", "AWS CMDB Connector") == {}
