@@ -132,17 +132,17 @@ class SharedAnswers:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._answers: dict[tuple[str, str], dict[Any, Any]] = {}  # (region, join) -> value -> entry
+        self._answers: dict[tuple[str, str], dict[Any, Any]] = defaultdict(dict)  # (region, join) -> value -> entry
         self._asked: dict[tuple[str, str], set[Any]] = defaultdict(set)
 
     def known(self, where: tuple[str, str]) -> tuple[set[Any], dict[Any, Any]]:
         with self._lock:
-            return set(self._asked[where]), dict(self._answers.get(where, {}))
+            return set(self._asked[where]), dict(self._answers[where])
 
     def keep(self, where: tuple[str, str], asked: Iterable[Any], found: dict[Any, Any]) -> None:
         with self._lock:
             self._asked[where].update(asked)
-            self._answers.setdefault(where, {}).update(found)
+            self._answers[where].update(found)
 
 
 def _joined(client, join: CompiledJoin, items: list[Any], calls: InTurn | AccountCalls,

@@ -197,10 +197,7 @@ def _stale_before(options: PlanOptions) -> dict[str, str] | None:
     """
     if not options.stamps:
         return None
-    try:
-        now = datetime.strptime(options.now, SNOW_TIMESTAMP).replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise ValueError(f"PlanOptions.now is not ServiceNow's UTC time (YYYY-MM-DD HH:MM:SS): {options.now!r}") from None
+    now = _run_time(options)
     period = timedelta(days=options.last_discovered_days)
 
     def before(fraction: float) -> str:
@@ -211,6 +208,14 @@ def _stale_before(options: PlanOptions) -> dict[str, str] | None:
     unstamped = "".join(d for d in HEX_DIGITS if int(d, 16) % days == today) + ("*" if today == 0 else "")
     return {"": before(1.0), **{digit: before(1 - int(digit, 16) / 32) for digit in HEX_DIGITS + HEX_DIGITS.upper()},
             UNSTAMPED: unstamped}
+
+
+def _run_time(options: PlanOptions) -> datetime:
+    """The run's time, ``options.now``, as a datetime (UTC)."""
+    try:
+        return datetime.strptime(options.now, SNOW_TIMESTAMP).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ValueError(f"PlanOptions.now is not ServiceNow's UTC time (YYYY-MM-DD HH:MM:SS): {options.now!r}") from None
 
 
 def _due_refresh(ci: DesiredCI, current: ExistingCI, stale_before: dict[str, str] | None) -> bool:
@@ -547,8 +552,7 @@ def _retire_cutoff(options: PlanOptions) -> str | None:
         return None
     if not options.now:
         return ""
-    now = datetime.strptime(options.now, SNOW_TIMESTAMP)
-    return (now - timedelta(hours=options.retire_after_hours)).strftime(SNOW_TIMESTAMP)
+    return (_run_time(options) - timedelta(hours=options.retire_after_hours)).strftime(SNOW_TIMESTAMP)
 
 
 def _later(when: str, hours: float) -> str:

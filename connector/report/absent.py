@@ -19,11 +19,10 @@ from pathlib import Path
 import orjson
 
 from ..mapping.functions import SNOW_TIMESTAMP
+from ..reconcile.plan import CIKey
 from .json_report import write_text_atomic
 
 log = logging.getLogger(__name__)
-
-CIKey = tuple[str, str]  # (table, identity)
 
 
 def absent_state_path(output_dir: Path, shard: tuple[int, int] | None) -> Path:
