@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import secrets
 import ssl
 import sys
@@ -97,6 +98,10 @@ class Faults:
         # the read, by offset, begin n rows further on. For the next _times reads of the table (0: all)
         self.delete_after_first_page: dict = {}
         self.delete_after_first_page_times = 1
+        # table -> n: at the same moment, n rows are added to it that sort after every other (another shard's
+        # creates, say: copies of the page's first rows, in account 999999999999), so that with as many
+        # deleted the count stays the same; for the same reads as delete_after_first_page
+        self.add_after_first_page: dict = {}
         # IRE reconciliation rules: "class.field" -> the one data source that may update it (IRE leaves the
         # field as it is on an update from any other source, and says nothing)
         self.ire_authoritative: dict = {}
@@ -236,22 +241,30 @@ class TableApi:
             headers["Link"] = self._links(table, params, offset, limit, total)
         links = one("sysparm_exclude_reference_link").lower() != "true"
         reply = Reply(200, {"result": self._rendered_rows(table, page, one("sysparm_fields"), links)}, headers)
-        if offset == 0 and 0 < limit < total and table in self.faults.delete_after_first_page:
-            self._delete_under_the_read(table, page)
+        if offset == 0 and 0 < limit < total and (table in self.faults.delete_after_first_page
+                                                  or table in self.faults.add_after_first_page):
+            self._change_under_the_read(table, page)
         return reply
 
-    def _delete_under_the_read(self, table: str, page: list[dict[str, str]]) -> None:
-        """The fault ``delete_after_first_page``: rows of the page just served deleted before its next pages."""
+    def _change_under_the_read(self, table: str, page: list[dict[str, str]]) -> None:
+        """The faults ``delete_after_first_page`` and ``add_after_first_page``: rows of the page just served
+        deleted, and rows added after every other, before its next pages are read."""
         faults = self.faults
         with self._fault_lock:
-            if table not in faults.delete_after_first_page:
+            deleted = int(faults.delete_after_first_page.get(table, 0))
+            added = int(faults.add_after_first_page.get(table, 0))
+            if not deleted and not added:
                 return
-            count = int(faults.delete_after_first_page[table])
             if faults.delete_after_first_page_times == 1:  # the last one: the fault is over
-                faults.delete_after_first_page, faults.delete_after_first_page_times = {}, 1
+                faults.delete_after_first_page, faults.add_after_first_page = {}, {}
             elif faults.delete_after_first_page_times > 1:
                 faults.delete_after_first_page_times -= 1
-        for record in page[:count]:
+        for n, record in enumerate(page[:added]):
+            copy = {k: v for k, v in record.items() if not k.startswith("sys_")}
+            copy["object_id"] = f"{copy.get('object_id', '')}-copy{n}"
+            copy["correlation_id"] = re.sub(r":\d{12}:", ":999999999999:", copy.get("correlation_id", ""), count=1) + f"-copy{n}"
+            self.store.insert(record["sys_class_name"], copy, "another.shard", sys_id=f"{'f' * 24}{n:08d}")
+        for record in page[:deleted]:
             self.store.delete(record["sys_class_name"], record["sys_id"])
 
     def _rendered_rows(self, table: str, page: list[dict[str, str]], fields: str, links: bool) -> list[dict[str, Any]]:

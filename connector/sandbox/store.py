@@ -131,9 +131,10 @@ class Store:
                 self._db.close()
                 self._db = None
 
-    def insert(self, table: str, values: dict[str, Any], user: str) -> dict[str, str]:
+    def insert(self, table: str, values: dict[str, Any], user: str, sys_id: str | None = None) -> dict[str, str]:
+        """A new record; ``sys_id`` as given (ServiceNow lets an insert set it), else a new one."""
         now = _now()
-        sys_id = uuid.uuid4().hex
+        sys_id = sys_id or uuid.uuid4().hex
         record = {f: "" for f in fields_of(table)}
         with self.lock:
             record.update(self._fit(table, values))

@@ -16,6 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
@@ -35,6 +36,18 @@ API_BASE = "/api/now"
 READ_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Page:
+    """One page of a read: ``rows`` (converted), the count it told, whether it came back with every row it
+    asked for (none hidden by ACLs, not the table's end), its first row, unconverted, where it began one row
+    early (``TableClient.pages``), and the ``sys_id`` of its last row."""
+    rows: list
+    total: str | None
+    full: bool
+    head_row: dict[str, Any] | None
+    last: str | None
 
 
 class TableClient:
@@ -117,11 +130,16 @@ class TableClient:
 
     # -- reads --------------------------------------------------------------
     def _page(self, table: str, ordered: str, fields: list[str], limit: int, offset: int,
-              convert: Callable[[list[dict]], list] | None = None) -> tuple[list, str | None]:
+              convert: Callable[[list[dict]], list] | None = None, overlap: bool = False) -> _Page:
+        """One page; with ``overlap``, it begins one row early, on the row the page before should have
+        ended on: that row is left out of ``rows`` and kept, unconverted, in ``head_row``."""
         with self._client() as client:
             response = self._resource(client, table).get(query=ordered, limit=limit, offset=offset, fields=list(fields))
-            rows, total = response.all(), response.headers.get("X-Total-Count")
-        return (rows if convert is None else convert(rows)), total
+            raw, total = response.all(), response.headers.get("X-Total-Count")
+        head_row = raw[0] if overlap and raw else None
+        last = raw[-1].get("sys_id") if raw else None
+        rows = raw[1:] if head_row is not None else raw
+        return _Page(rows if convert is None else convert(rows), total, len(raw) == limit, head_row, last)
 
     def query(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1) -> Iterator[dict[str, Any]]:
@@ -152,11 +170,18 @@ class TableClient:
         A short page is not the end: ``sysparm_limit`` applies before ACLs, so
         the count in ``X-Total-Count`` decides; without it, an empty page does.
         Once the first page has given the count, the other pages are fetched
-        by up to ``workers`` sessions at once, and yielded in order. Each page
-        carries the count again: a page that tells another count than the first
-        (rows added or removed between them) raises ``ServiceNowShiftedRead``
-        once every page is yielded, since the pages then skipped rows or
-        repeated them.
+        by up to ``workers`` sessions at once, and yielded in order.
+
+        Each page tells whether the table changed since the page before it was
+        read, twice over, and raises ``ServiceNowShiftedRead`` once every page
+        is yielded if it did (the pages then skipped rows or repeated them):
+        it carries the count again, which must be the first's; and (where
+        ``sys_id`` is among ``fields``) it begins one row early, on the row
+        the page before ended on, which must be that very row. Counts alone
+        miss a row added and another removed between two pages; the seams miss
+        nothing that shifted a page. Where ACLs hid rows of the page before
+        (its rows fewer than it asked for), its last row is not known to stand
+        where the next page begins, and only a seam that goes back is told.
 
         ``convert``, if given, makes each page into what is yielded, in the
         thread that fetched it, as soon as it is in: pages come in out of order,
@@ -165,41 +190,73 @@ class TableClient:
         """
         limit = page_size or self._settings.page_size
         ordered = f"{query}^ORDERBYsys_id" if query else "ORDERBYsys_id"
+        overlap = "sys_id" in fields
 
-        def page(at: int) -> tuple[list, str | None]:
+        def page(at: int) -> _Page:
+            if overlap:
+                return self._page(table, ordered, fields, limit + 1, at - 1, convert, overlap=True)
             return self._page(table, ordered, fields, limit, at, convert)
 
-        rows, total = page(0)
-        yield rows
+        before = self._page(table, ordered, fields, limit, 0, convert)
+        total = before.total
+        yield before.rows
+        shifts: list[str] = []
+
+        def seam(at: int, after: _Page) -> list:
+            """``after``'s rows, with its first row where it is not the one ``before`` ended on but ACLs
+            leave that unknown; a seam that shows a change goes to ``shifts``."""
+            nonlocal before
+            previous, before = before, after
+            if not overlap:
+                return after.rows
+            head = after.head_row.get("sys_id") if after.head_row is not None else None
+            if head == previous.last:
+                return after.rows
+            if previous.full or (head is not None and previous.last is not None and head < previous.last):
+                shifts.append(f"the page at offset {at} began on {head or 'no row'}, not on {previous.last}, "
+                              "the row the page before ended on")
+                return after.rows
+            if after.head_row is None:
+                return after.rows
+            return (convert([after.head_row]) if convert is not None else [after.head_row]) + after.rows
+
         if total is not None and total.isdigit():
             offsets = list(range(limit, int(total), limit))
             counts = set()
             if workers > 1 and len(offsets) > 1:
                 with ThreadPoolExecutor(max_workers=min(workers, len(offsets)), thread_name_prefix="read") as pool:
-                    for rows, count in pool.map(page, offsets):
-                        counts.add(count)
-                        yield rows
+                    for at, after in zip(offsets, pool.map(page, offsets)):
+                        counts.add(after.total)
+                        yield seam(at, after)
             else:
                 for at in offsets:
-                    rows, count = page(at)
-                    counts.add(count)
-                    yield rows
+                    after = page(at)
+                    counts.add(after.total)
+                    yield seam(at, after)
             other = sorted({int(c) for c in counts if c is not None and c.isdigit()} - {int(total)})
             if other:  # (a page without the count tells nothing either way)
                 told = ", then ".join(map(str, other))
                 raise ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({total} rows "
                                             f"when the first page was read, then {told}): its pages by offset "
                                             "skipped or repeated rows")
+            if shifts:
+                raise ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({shifts[0]}"
+                                            + (f"; {len(shifts) - 1} other page(s) too" if len(shifts) > 1 else "")
+                                            + "): its pages by offset skipped or repeated rows")
             return
-        offset = limit
-        while rows:
-            rows, _count = page(offset)
+        offset, rows = limit, before.rows
+        while rows:  # no count told: until a page comes back empty
+            after = page(offset)
+            rows = seam(offset, after)
             yield rows
             offset += limit
+        if shifts:
+            raise ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({shifts[0]}): its "
+                                        "pages by offset skipped or repeated rows")
 
     def count(self, table: str, query: str) -> int | None:
         """How many rows match, from ``X-Total-Count`` (one row fetched), or None if not told."""
-        _rows, total = self._page(table, query, ["sys_id"], 1, 0)
+        total = self._page(table, query, ["sys_id"], 1, 0).total
         return int(total) if total is not None and total.isdigit() else None
 
     # -- writes -------------------------------------------------------------

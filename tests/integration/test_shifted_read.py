@@ -53,6 +53,28 @@ def test_rows_deleted_under_a_read_make_it_read_again_and_nothing_is_created_twi
         assert run_pipeline(settings, inventory_file=path).report["changes"] == []
 
 
+def test_rows_added_and_deleted_under_a_read_in_equal_numbers_are_told_by_the_seams(tmp_path, caplog):
+    _by_instance, path = tagged_inventory(tmp_path, [{}] * INSTANCES)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        # 3 rows deleted from the first page, and 3 added after every other (another shard's creates): the
+        # count stays 35, but the pages after the first, by offset, begin 3 rows further on
+        server.faults.update({"delete_after_first_page": {VM: 3}, "add_after_first_page": {VM: 3}})
+        with caplog.at_level(logging.WARNING):
+            again = run_pipeline(settings, inventory_file=path)
+        assert again.exit_code == 0, again.report["errors"]
+        assert again.report["tables"][VM]["created"] == 3  # the 3 deleted, made again; none of the skipped
+        assert again.report["tables"][VM]["unchanged"] == INSTANCES - 3
+        ids = correlation_ids(server)
+        assert len(ids) == INSTANCES + 3 and set(ids.values()) == {1}  # no duplicate; the other shard's 3 kept
+        assert sum(":999999999999:" in i for i in ids) == 3
+        assert any("the page at offset 10 began on" in r.getMessage() and "reading it again (2 of 3)" in r.getMessage()
+                   for r in caplog.records)
+        assert server.faults.add_after_first_page == {}  # once, as set
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+
 def test_a_class_that_changes_on_every_read_is_left_as_it_is_and_the_run_fails(tmp_path):
     _by_instance, path = tagged_inventory(tmp_path, [{}] * INSTANCES)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:

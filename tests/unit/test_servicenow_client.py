@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import chain
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -13,6 +14,7 @@ from connector.errors import (
     ServiceNowBadResponse,
     ServiceNowNotFound,
     ServiceNowPermissionError,
+    ServiceNowShiftedRead,
     ServiceNowUnavailable,
 )
 from connector.servicenow.client import TableClient
@@ -41,13 +43,15 @@ def params(call) -> dict[str, str]:
 def test_paged_read_orders_by_sys_id_limits_fields_and_trusts_the_count_not_a_short_page():
     rows = [{"sys_id": f"{i:02d}", "name": f"vm{i}"} for i in range(5)]
     responses.get(TABLE_URL, json={"result": rows[0:1]}, headers={"X-Total-Count": "5"})  # short page (ACL)
+    # each later page begins one row early, on the row the page before ended on: row 01, hidden here too
     responses.get(TABLE_URL, json={"result": rows[2:4]}, headers={"X-Total-Count": "5"})
-    responses.get(TABLE_URL, json={"result": rows[4:5]}, headers={"X-Total-Count": "5"})
+    responses.get(TABLE_URL, json={"result": rows[3:5]}, headers={"X-Total-Count": "5"})
     tables, _ = client(page_size=2)
     got = list(tables.query("cmdb_ci_vm_instance", "discovery_source=X", ["sys_id", "name"]))
-    assert [r["sys_id"] for r in got] == ["00", "02", "03", "04"]
+    assert [r["sys_id"] for r in got] == ["00", "02", "03", "04"]  # 02 kept (ACLs hid the seam), 03 once
     sent = [params(c) for c in responses.calls]
-    assert [p["sysparm_offset"] for p in sent] == ["0", "2", "4"]
+    assert [p["sysparm_offset"] for p in sent] == ["0", "1", "3"]
+    assert [p["sysparm_limit"] for p in sent] == ["2", "3", "3"]
     assert sent[0]["sysparm_query"] == "discovery_source=X^ORDERBYsys_id"
     assert sent[0]["sysparm_fields"] == "sys_id,name"
     assert sent[0]["sysparm_limit"] == "2"
@@ -59,10 +63,51 @@ def test_paged_read_orders_by_sys_id_limits_fields_and_trusts_the_count_not_a_sh
 @responses.activate
 def test_without_a_count_an_empty_page_ends_the_read():
     responses.get(TABLE_URL, json={"result": [{"sys_id": "a"}]})
-    responses.get(TABLE_URL, json={"result": []})
+    responses.get(TABLE_URL, json={"result": [{"sys_id": "a"}]})  # the seam only: the end
     tables, _ = client(page_size=1)
     assert [r["sys_id"] for r in tables.query("cmdb_ci_vm_instance", "", ["sys_id"])] == ["a"]
     assert params(responses.calls[0])["sysparm_query"] == "ORDERBYsys_id"
+    assert [params(c)["sysparm_offset"] for c in responses.calls] == ["0", "0"]
+
+
+def page_of(*ids: str, total: int) -> dict:
+    return {"json": {"result": [{"sys_id": i} for i in ids]}, "headers": {"X-Total-Count": str(total)}}
+
+
+@responses.activate
+def test_a_row_added_and_another_removed_between_two_pages_is_told_by_the_seam_and_read_again():
+    # 6 rows a-f, pages of 2. After the first page, "a" is removed and "z" added: the count stays 6, but
+    # the pages by offset after it begin one row further on; without a look at the seam, "c" is skipped.
+    responses.get(TABLE_URL, **page_of("a", "b", total=6))
+    responses.get(TABLE_URL, **page_of("c", "d", "e", total=6))  # offset 1 of b c d e f z: "c", not "b"
+    responses.get(TABLE_URL, **page_of("e", "f", "z", total=6))
+    responses.get(TABLE_URL, **page_of("b", "c", total=6))  # read again, the table still now
+    responses.get(TABLE_URL, **page_of("c", "d", "e", total=6))
+    responses.get(TABLE_URL, **page_of("e", "f", "z", total=6))
+    tables, _ = client(page_size=2)
+    with pytest.raises(ServiceNowShiftedRead, match="the page at offset 2 began on c, not on b"):
+        list(chain.from_iterable(tables.pages("cmdb_ci_vm_instance", "", ["sys_id"])))
+    assert [r["sys_id"] for r in tables.read("cmdb_ci_vm_instance", "", ["sys_id"])] == ["b", "c", "d", "e", "f", "z"]
+
+
+@responses.activate
+def test_rows_added_before_a_seam_go_back_past_it_even_where_acls_hid_rows():
+    # a b c d, "a" hidden by an ACL: the first page short. Then "0" and "00" are added and "c" and "d"
+    # removed (the count stays 4): the next page begins before the row the first page ended on
+    responses.get(TABLE_URL, **page_of("b", total=4))
+    responses.get(TABLE_URL, **page_of("00", "b", total=4))  # offset 1 of 0 00 a b
+    tables, _ = client(page_size=2)
+    with pytest.raises(ServiceNowShiftedRead, match="the page at offset 2 began on 00, not on b"):
+        list(chain.from_iterable(tables.pages("cmdb_ci_vm_instance", "", ["sys_id"])))
+
+
+@responses.activate
+def test_a_read_without_sys_id_among_its_fields_pages_without_seams():
+    responses.get(TABLE_URL, json={"result": [{"name": "x"}, {"name": "y"}]}, headers={"X-Total-Count": "3"})
+    responses.get(TABLE_URL, json={"result": [{"name": "z"}]}, headers={"X-Total-Count": "3"})
+    tables, _ = client(page_size=2)
+    assert [r["name"] for r in tables.read("cmdb_ci_vm_instance", "", ["name"])] == ["x", "y", "z"]
+    assert [params(c)["sysparm_offset"] for c in responses.calls] == ["0", "2"]
 
 
 @responses.activate
