@@ -11,7 +11,7 @@ import re
 from typing import Any, Callable
 
 import jmespath
-from jmespath.exceptions import IncompleteExpressionError, JMESPathError, LexerError, ParseError
+from jmespath.exceptions import IncompleteExpressionError, JMESPathError, JMESPathTypeError, LexerError, ParseError
 
 from .functions import TRANSFORMS, make_transform, snow_string
 
@@ -107,9 +107,46 @@ def _fast(node: dict[str, Any]) -> Callable[[Any], Any] | None:
                     return None
 
             return at
+    if kind == "comparator" and node["value"] in ("eq", "ne"):
+        return _fast_comparison(node)
+    if kind == "function_expression" and node["value"] == "length" and len(children) == 1:
+        argument = _fast(children[0])
+        if argument:
+            def length(item: Any) -> Any:
+                found = argument(item)
+                if isinstance(found, (str, list, dict)):
+                    return len(found)
+                raise JMESPathTypeError("length", found, _jmespath_type(found), ["string", "array", "object"])
+
+            return length
     if kind == "pipe":
         return _fast_tag(node)
     return None
+
+
+def _jmespath_type(value: Any) -> str:
+    """JMESPath's name for the type of ``value``, as its errors say it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, (int, float)) else type(value).__name__
+
+
+def _fast_comparison(node: dict[str, Any]) -> Callable[[Any], Any] | None:
+    """``a == 'text'``, ``a != `null```: against a literal string or null, where Python's == is
+    JMESPath's (a number or a boolean literal is not: Python has 1 == true)."""
+    left, right = node["children"]
+    if right["type"] != "literal" and left["type"] == "literal":
+        left, right = right, left
+    if right["type"] != "literal" or not (right["value"] is None or isinstance(right["value"], str)):
+        return None
+    value, getter = right["value"], _fast(left)
+    if getter is None:
+        return None
+    if node["value"] == "eq":
+        return (lambda item: getter(item) is None) if value is None else (lambda item: getter(item) == value)
+    return (lambda item: getter(item) is not None) if value is None else (lambda item: getter(item) != value)
 
 
 def _fast_tag(node: dict[str, Any]) -> Callable[[Any], Any] | None:

@@ -18,8 +18,10 @@ class MapResult:
 
 
 def _finds_nothing(known_when, item) -> bool:
-    """A mapping's known_when over ``item`` found nothing: the item does not know that field or relation."""
-    return known_when(item) in (None, "", [], {})
+    """A mapping's known_when over ``item`` found nothing, or said false (a test such as
+    ``Foo != `null```, true for an empty list): the item does not know that field or relation."""
+    found = known_when(item)
+    return found is False or found in (None, "", [], {})
 
 
 def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredCI:

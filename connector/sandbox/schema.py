@@ -39,7 +39,8 @@ TABLES: dict[str, tuple[str | None, tuple[str, ...]]] = {
     "cmdb_ci_compute_security_group": ("cmdb_ci", ("description",)),
     "cmdb_ci_vm": ("cmdb_ci", ()),
     "cmdb_ci_vm_object": ("cmdb_ci", ()),
-    "cmdb_ci_vm_instance": ("cmdb_ci_vm_object", ("vm_inst_id", "state", "cpus", "memory", "ip_address", "disks_size")),
+    "cmdb_ci_vm_instance": ("cmdb_ci_vm_object", ("vm_inst_id", "state", "cpus", "memory", "ip_address", "disks",
+                                                  "disks_size", "nics")),
     "cmdb_ci_storage_volume": ("cmdb_ci", ("size", "storage_type", "size_bytes")),
     "cmdb_ci_cloud_load_balancer": ("cmdb_ci", ("dns_name", "type")),
     "cmdb_ci_cloud_database": ("cmdb_ci", ("type", "version", "tcp_port", "category")),
@@ -64,8 +65,8 @@ SCHEMA_TABLES = ("sys_db_object", "sys_dictionary")
 # Fields that are not strings, by their type in sys_dictionary; every other field is a string
 # of 255 characters, unless STRING_LENGTHS says otherwise.
 FIELD_TYPES: dict[str, str] = {
-    **dict.fromkeys(("install_status", "operational_status", "cpus", "memory", "disks_size", "size", "size_bytes",
-                     "available_ip_count", "code_size", "table_size", "item_count", "tcp_port", "percent_outage",
+    **dict.fromkeys(("install_status", "operational_status", "cpus", "memory", "disks", "disks_size", "nics", "size",
+                     "size_bytes", "available_ip_count", "code_size", "table_size", "item_count", "tcp_port", "percent_outage",
                      "sys_mod_count", "max_length"), "integer"),
     **dict.fromkeys(("company", "location", "parent", "child", "type", "configuration_item", "super_class",
                      "manager", *USER_REFERENCES, *GROUP_REFERENCES), "reference"),

@@ -40,5 +40,7 @@ def synthetic_inventory(accounts: int = 2, regions: tuple[str, ...] = ("us-east-
                             "PrivateIpAddress": f"10.{v}.{s}.{i % 250 + 4}",
                             "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
                             "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 1024},
+                            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"Status": "attached"}}],
+                            "NetworkInterfaces": [{"SubnetId": subnet_id, "Status": "in-use"}],
                             "Tags": [{"Key": "Name", "Value": f"app-{i}"}]}))
     return inventory

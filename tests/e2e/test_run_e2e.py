@@ -119,6 +119,7 @@ def assert_account_in_cmdb(sn, org, account: str, name: str) -> None:
             assert vm["state"] == "on" and vm["ip_address"] and vm["vm_inst_id"] == vm["object_id"]
             # a t3.micro's vCPUs and memory, from moto's describe_instance_types ([source.join])
             assert (vm["cpus"], vm["memory"]) == ("2", "1024")
+            assert (vm["disks"], vm["nics"]) == ("1", "1")  # moto's root volume and primary interface
             assert vm["correlation_id"] == f"arn:aws:ec2:{region}:{account}:instance/{vm['object_id']}"
             assert (vm["correlation_id"], "Hosted on::Hosts", dc_key) in rels
             zone = f"arn:aws:ec2:{region}:{account}:availability-zone/"

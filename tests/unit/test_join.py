@@ -28,8 +28,10 @@ def instance_mapping():
 
 
 def running(instance_id: str, instance_type: str, **extra) -> dict:
+    """An item of describe_instances (whose lists AWS always gives, empty or not)."""
     return {"InstanceId": instance_id, "InstanceType": instance_type, "State": {"Name": "running"},
-            "Placement": {"AvailabilityZone": f"{REGION}a"}, **extra}
+            "Placement": {"AvailabilityZone": f"{REGION}a"}, "BlockDeviceMappings": [], "NetworkInterfaces": [],
+            **extra}
 
 
 def type_info(name: str, vcpus: int, mib: int) -> dict:
@@ -178,6 +180,26 @@ def test_an_instance_saved_before_the_join_keeps_the_cmdbs_vcpus_and_memory():
     ci = map_record(instance_mapping(), Record(ACCOUNT, REGION, "ec2:instance", running("i-1", "m5.large")))
     assert "cpus" not in ci.fields and "memory" not in ci.fields
     assert set(ci.create_only) == {"cpus", "memory"}
+
+
+def test_an_instance_counts_its_disks_and_nics_and_one_with_none_has_zero():
+    """disks and nics count the lists of describe_instances; an empty list is 0, known (its known_when,
+    ``BlockDeviceMappings != `null```, says true), and an item without the list does not know them."""
+    mapping = instance_mapping()
+
+    def mapped(*without: str, **extra):
+        item = {k: v for k, v in running("i-1", "m5.large", **extra).items() if k not in without}
+        return map_record(mapping, Record(ACCOUNT, REGION, "ec2:instance", item))
+
+    ci = mapped(BlockDeviceMappings=[{"DeviceName": "/dev/xvda"}, {"DeviceName": "/dev/sdf"}],
+                NetworkInterfaces=[{"NetworkInterfaceId": "eni-1"}])
+    assert (ci.fields["disks"], ci.fields["nics"]) == ("2", "1")
+    ci = mapped(BlockDeviceMappings=[], NetworkInterfaces=[])
+    assert (ci.fields["disks"], ci.fields["nics"]) == ("0", "0")
+    assert not {"disks", "nics"} & set(ci.create_only)
+    ci = mapped("BlockDeviceMappings", "NetworkInterfaces")  # saved by another tool: the CMDB's counts kept
+    assert "disks" not in ci.fields and "nics" not in ci.fields
+    assert {"disks", "nics"} <= set(ci.create_only)
 
 
 def test_two_files_of_one_source_must_join_alike(tmp_path):

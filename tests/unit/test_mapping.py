@@ -55,6 +55,9 @@ DESCRIBE_INSTANCES_ITEM = {
     "Tags": [{"Key": "Name", "Value": "web-1"}, {"Key": "env", "Value": "prod"}],
     "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
     "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 8192},  # [source.join]: describe_instance_types
+    "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": "vol-1", "Status": "attached"}},
+                            {"DeviceName": "/dev/sdf", "Ebs": {"VolumeId": "vol-2", "Status": "attached"}}],
+    "NetworkInterfaces": [{"NetworkInterfaceId": "eni-1", "SubnetId": "subnet-0d4e5f"}],
 }
 
 DC = f"arn:aws:ec2:{REGION}:{ACCOUNT}:region/{REGION}"
@@ -103,7 +106,8 @@ GOLDEN = [
         "cmdb_ci_vm_instance", "ec2:instance", REGION, DESCRIBE_INSTANCES_ITEM,
         {"name": "web-1", "object_id": "i-0123456789abcdef0", "vm_inst_id": "i-0123456789abcdef0",
          "correlation_id": f"arn:aws:ec2:{REGION}:{ACCOUNT}:instance/i-0123456789abcdef0",
-         "state": "on", "ip_address": "10.0.1.15", "short_description": "m5.large", "cpus": "2", "memory": "8192"},
+         "state": "on", "ip_address": "10.0.1.15", "short_description": "m5.large", "cpus": "2", "memory": "8192",
+         "disks": "2", "nics": "1"},
         (RelationRef("Hosted on::Hosts", "cmdb_ci_aws_datacenter", DC),
          RelationRef("Located in::Houses", "cmdb_ci_availability_zone", AZ)),
     ),
@@ -514,6 +518,8 @@ FAST_CASES = [
     "x || y || z", "Tags[?Key=='Name'].Value | [1]", "Id == Organization.MasterAccountId",
     "CpuOptions && [CpuOptions.CoreCount, CpuOptions.ThreadsPerCore] || [InstanceTypeSpecs.DefaultVCpus]",
     "x && y", "x && y && z", "[x, y]", "Endpoint.[Port, Address]", "[a.b, x] || z",
+    "length(BlockDeviceMappings || `[]`)", "BlockDeviceMappings != `null`", "`null` == Tags", "Name == 'web'",
+    "Name != 'web'", "Location == `\"eu-west-1\"`", "length(Name)", "length(a)", "x == `false`", "z != `0`",
 ]
 FAST_ITEMS = [
     {}, {"Tags": []}, {"Tags": None}, {"Tags": "oops"}, {"Tags": [{"Key": "Name", "Value": None}, {"Key": "Name", "Value": "b"}]},
@@ -526,6 +532,8 @@ FAST_ITEMS = [
     {"CpuOptions": {}, "InstanceTypeSpecs": {"DefaultVCpus": 4}}, {"CpuOptions": None, "InstanceTypeSpecs": {}},
     {"InstanceTypeSpecs": {"DefaultVCpus": 4}}, {"x": 0, "y": "", "z": 1}, {"x": "a", "y": [1], "z": None},
     {"Endpoint": {"Port": 1, "Address": "h"}}, {"Endpoint": "text"}, {"a": {"b": None}, "x": None, "z": 3},
+    {"BlockDeviceMappings": []}, {"BlockDeviceMappings": [{"DeviceName": "/dev/xvda"}]}, {"BlockDeviceMappings": None},
+    {"BlockDeviceMappings": "x"}, {"Name": "web"}, {"Name": 5}, {"Name": True}, {"x": 0, "z": False},
 ]
 
 
@@ -537,7 +545,15 @@ def test_fast_paths_agree_with_jmespath(expression):
 
     compiled = compile_path(expression)
     for item in FAST_ITEMS:
-        assert compiled(item) == jmespath.search(expression, item), (expression, item)
+        try:
+            expected = jmespath.search(expression, item)
+        except jmespath.exceptions.JMESPathTypeError as exc:  # length() of a number, say: the same error
+            with pytest.raises(jmespath.exceptions.JMESPathTypeError) as raised:
+                compiled(item)
+            assert str(raised.value) == str(exc), (expression, item)
+            continue
+        found = compiled(item)
+        assert found == expected and type(found) is type(expected), (expression, item)
 
 
 # -- tags ------------------------------------------------------------------------
