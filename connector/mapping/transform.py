@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from jmespath.exceptions import JMESPathError
 
 from ..arn import partition_for
 from ..models import NONE_UNKNOWN, NOTHING, DesiredCI, Inventory, MappingProblem, Record, RelationRef
@@ -24,6 +27,15 @@ def _finds_nothing(known_when, item) -> bool:
     return found is False or found in (None, "", [], {})
 
 
+def _named(part: str, mapping: Mapping, item: Any, evaluate: Callable[[], Any]) -> Any:
+    """``evaluate()``; a JMESPath that fails on this item (``length()`` of a missing list, say) is a
+    ``ValueError`` that names the part of the mapping and the item."""
+    try:
+        return evaluate()
+    except JMESPathError as exc:
+        raise ValueError(f"{part}: {exc} (item {mapping.source.id(item)!r})") from None
+
+
 def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredCI:
     """One raw item -> one desired CI. ``ValueError`` when the identity is absent.
 
@@ -36,21 +48,36 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
         "partition": partition_for(record.region),
         "source": record.source,
     }
-    values = {name: evaluate(item, ctx) for name, evaluate in mapping.fields.items()}
-    create_only = {name: values.pop(name) for name, known in mapping.known_when.items()
-                   if _finds_nothing(known, item)} if mapping.known_when else NOTHING
+    try:
+        values = {name: evaluate(item, ctx) for name, evaluate in mapping.fields.items()}
+        create_only = {name: values.pop(name) for name, known in mapping.known_when.items()
+                       if _finds_nothing(known, item)} if mapping.known_when else NOTHING
+    except JMESPathError:  # a function given what it does not take (length() of a missing list): which field
+        for name, evaluate in mapping.fields.items():
+            _named(f"[fields] {name}", mapping, item, lambda: evaluate(item, ctx))
+            if name in mapping.known_when:
+                _named(f"[fields] {name} known_when", mapping, item, lambda: mapping.known_when[name](item))
+        raise
     identity = values.get(mapping.identity_field)
     if not identity:
         raise ValueError(f"{mapping.identity_field} is empty for item {mapping.source.id(item)!r}")
     relations = []
     unknown = []
-    for rel in mapping.relations:
-        if rel.known_when is not None and _finds_nothing(rel.known_when, item):
-            unknown.append((rel.type, rel.to))
-            continue
-        target = rel.identity(item, ctx)
-        if target:
-            relations.append(RelationRef(type=rel.type, table=rel.to, identity=target, role=rel.role))
+    try:
+        for rel in mapping.relations:
+            if rel.known_when is not None and _finds_nothing(rel.known_when, item):
+                unknown.append((rel.type, rel.to))
+                continue
+            target = rel.identity(item, ctx)
+            if target:
+                relations.append(RelationRef(type=rel.type, table=rel.to, identity=target, role=rel.role))
+    except JMESPathError:  # which relation
+        for rel in mapping.relations:
+            part = f"[[relations]] {rel.type} -> {rel.to}"
+            if rel.known_when is not None:
+                _named(f"{part} known_when", mapping, item, lambda: rel.known_when(item))
+            _named(f"{part} identity", mapping, item, lambda: rel.identity(item, ctx))
+        raise
     return DesiredCI(
         table=mapping.table,
         identity=identity,

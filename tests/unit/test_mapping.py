@@ -325,6 +325,23 @@ def test_item_without_identity_is_a_problem_of_its_scope(mappings):
     assert "cmdb_ci_network.toml: correlation_id is empty" in result.problems[0].message
 
 
+@pytest.mark.parametrize("extra, part", [
+    ('cidr = "length(NoSuchList)"\n', "[fields] cidr"),
+    ('cidr = { path = "CidrBlock", known_when = "length(NoSuchList)" }\n', "[fields] cidr known_when"),
+    ('[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_network"\nidentity = "length(NoSuchList)"\n',
+     "[[relations]] Hosted on::Hosts -> cmdb_ci_network identity"),
+])
+def test_a_path_that_fails_on_an_item_names_its_field_or_relation_and_the_item(tmp_path, extra, part):
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID + extra)
+    inventory = Inventory(records=[Record(ACCOUNT, REGION, "ec2:vpc", {"VpcId": "vpc-1", "CidrBlock": "10.0.0.0/16"})])
+    result = map_inventory(inventory, load_mappings(tmp_path))
+    assert result.cis == []
+    (problem,) = result.problems
+    assert problem.scope == (ACCOUNT, REGION, "ec2:vpc")  # its scope's CIs are then neither retired nor emptied
+    assert problem.message == (f"cmdb_ci_network.toml: {part}: In function length(), invalid type for value: None, "
+                               "expected one of: ['string', 'array', 'object'], received: \"null\" (item 'vpc-1')")
+
+
 @pytest.mark.parametrize("value, expected", [
     (None, None), (True, "true"), (False, "false"), (8, "8"), (8.0, "8"), (2.5, "2.5"), ("x", "x"),
 ])
