@@ -165,8 +165,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 def parse_duration(text: str, allow_zero: bool = False) -> float:
     match = _DURATION.match(text.strip())
-    if not match or (int(match.group(1)) == 0 and not allow_zero):
+    if not match:
         raise UsageError(f"{text!r}: a duration is a whole number and a unit: 90s, 30m, 6h, 1d")
+    if int(match.group(1)) == 0 and not allow_zero:
+        raise UsageError(f"{text!r}: the duration must be more than 0: 90s, 30m, 6h, 1d")
     return int(match.group(1)) * _UNITS[match.group(2)]
 
 

@@ -32,6 +32,8 @@ def test_bad_duration_and_shard_are_usage_errors(tmp_path, capsys):
                       'username = "u"\npassword = "p"\n')
     assert main(["--config", str(config), "run", "--every", "soon"]) == 2
     assert "a duration is a whole number and a unit" in capsys.readouterr().err
+    assert main(["--config", str(config), "run", "--every", "0m"]) == 2
+    assert "'0m': the duration must be more than 0" in capsys.readouterr().err
     assert main(["--config", str(config), "plan", "--shard", "5/4"]) == 2
     assert "--shard '5/4': K must be between 1 and N" in capsys.readouterr().err
 
