@@ -92,7 +92,8 @@ def _parser() -> argparse.ArgumentParser:
     only.add_argument("--aws-only", action="store_true", help="the AWS side only")
     only.add_argument("--servicenow-only", action="store_true", help="the ServiceNow side only (no AWS credentials needed)")
     access.add_argument("--calls", action="store_true", help="also make each listing the mappings name once in each "
-                        "account, in its first region, and name those refused (a service control policy, say)")
+                        "account and region (its first page, as a run does), and name those refused (a service "
+                        "control policy, say)")
 
     sub.add_parser("validate", help="check the config and every mapping file")
 
@@ -313,10 +314,8 @@ def cmd_check_access(args) -> int:
         if args.calls:
             from .aws.access import check_calls, render_calls
 
-            regions = settings.aws.regions
-            region = pool.default_region if regions == ["all"] else regions[0]
             sources = load_mappings(settings.mappings_folder()).sources
-            calls = check_calls(pool, [r.account_id for r in rows if r.status == "ok"], sources, region,
+            calls = check_calls(pool, [r.account_id for r in rows if r.status == "ok"], sources, settings.aws.regions,
                                 settings.aws.max_workers)
             print(render_calls(calls))
             failed = failed or any(c.status != "ok" for c in calls)

@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from ..models import DENIED, OK, SKIPPED, Account
+from .collect import regions_for
 from .sessions import SessionPool, classify_error
 
 log = logging.getLogger(__name__)
@@ -107,18 +108,19 @@ class CallRow:
     reason: str
 
 
-def check_calls(pool: SessionPool, account_ids: list[str], sources: dict[str, Any], region: str,
+def check_calls(pool: SessionPool, account_ids: list[str], sources: dict[str, Any], regions: list[str],
                 max_workers: int) -> list[CallRow]:
     """Each API listing of ``sources`` called once (its first page) in each of ``account_ids`` (their roles
-    assumed in ``pool``), in ``region`` (a global one in the pool's default region), ``max_workers`` at a
-    time."""
+    assumed in ``pool``): a regional one in each of ``regions`` (``aws.regions``; ``["all"]``: those enabled
+    for the account), a global one in the pool's default region; ``max_workers`` at a time. An account whose
+    enabled regions cannot be listed is one row, for that call. As many calls as the first page of each
+    listing a run makes: a service control policy that denies a service, or a region, shows here."""
     calls = sorted({(s.service, s.operation, s.scope, json.dumps(s.params, sort_keys=True, default=str))
                     for s in sources.values() if s.kind == "api" and s.service and s.operation})
-    pool.warm({service for service, *_rest in calls})
+    pool.warm({service for service, *_rest in calls} | ({"ec2"} if regions == ["all"] else set()))
 
-    def one(job: tuple[str, tuple]) -> CallRow:
-        account_id, (service, operation, scope, params) = job
-        where = pool.default_region if scope == "global" else region
+    def one(job: tuple[str, str, tuple]) -> CallRow:
+        account_id, where, (service, operation, _scope, params) = job
         try:
             client = pool.client(account_id, service, where)
             getattr(client, operation)(**json.loads(params))
@@ -127,9 +129,19 @@ def check_calls(pool: SessionPool, account_ids: list[str], sources: dict[str, An
             return CallRow(account_id, where, f"{service}:{operation}", status if status != OK else "error", reason)
         return CallRow(account_id, where, f"{service}:{operation}", OK, "")
 
-    jobs = [(account_id, call) for account_id in account_ids for call in calls]
+    rows: list[CallRow] = []
+    jobs: list[tuple[str, str, tuple]] = []
     with ThreadPoolExecutor(max_workers=max(1, max_workers), thread_name_prefix="check-calls") as executor:
-        return list(executor.map(one, jobs))
+        found = executor.map(lambda account_id: regions_for(pool, account_id, regions), account_ids)
+        for account_id, (account_regions, failure) in zip(account_ids, found):
+            if failure is not None:
+                rows.append(CallRow(account_id, pool.default_region, "ec2:describe_regions", *failure))
+                continue
+            for call in calls:
+                places = [pool.default_region] if call[2] == "global" else account_regions
+                jobs.extend((account_id, where, call) for where in places)
+        rows.extend(executor.map(one, jobs))
+    return rows
 
 
 def render_calls(rows: list[CallRow]) -> str:
@@ -138,7 +150,9 @@ def render_calls(rows: list[CallRow]) -> str:
     lines = [f"  {r.account_id} {r.region} {r.call}: {r.status}: {r.reason}" for r in bad]
     accounts = len({r.account_id for r in rows})
     calls = len({r.call for r in rows})
-    lines.append(f"calls: {calls} listing(s) in {accounts} account(s): {len(rows) - len(bad)} allowed, {len(bad)} "
+    regions = len({r.region for r in rows})
+    lines.append(f"calls: {calls} listing(s) in {accounts} account(s) and {regions} region(s): "
+                 f"{len(rows) - len(bad)} allowed, {len(bad)} "
                  "refused or failed" + (" (their scopes would not be collected, so nothing in them retired)"
                                         if bad else ""))
     return "\n".join(lines)

@@ -276,7 +276,7 @@ def collect_inventory(
     if "all" in regions:
         pool.warm({"ec2"})
     with ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="regions") as executor:
-        found = list(executor.map(lambda a: _regions_for(pool, a, regions), reachable))
+        found = list(executor.map(lambda a: regions_for(pool, a.account_id, regions), reachable))
     per_account: list[list[Unit]] = []
     for account, (account_regions, failure) in zip(reachable, found):
         if failure is not None:
@@ -379,12 +379,13 @@ def _account_units(account: Account, regions: list[str], sources: dict[str, Comp
     return units
 
 
-def _regions_for(pool: SessionPool, account: Account, regions: list[str]) -> tuple[list[str], tuple[str, str] | None]:
-    """The account's regions, or the (status, reason) that makes all its scopes unknown."""
+def regions_for(pool: SessionPool, account_id: str, regions: list[str]) -> tuple[list[str], tuple[str, str] | None]:
+    """The account's regions (``aws.regions``; ``["all"]``: those enabled for it), or the (status, reason)
+    that makes all its scopes unknown."""
     if regions != ["all"]:
         return list(regions), None
     try:
-        return enabled_regions(pool, account.account_id, pool.default_region), None
+        return enabled_regions(pool, account_id, pool.default_region), None
     except Exception as exc:  # noqa: BLE001 - the account's scopes become unknown
         status, reason = classify_error(exc)
         return [], (status if status != OK else ERROR, f"cannot list enabled regions: {reason}")

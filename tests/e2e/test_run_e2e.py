@@ -409,13 +409,18 @@ def test_check_access_prints_the_table_and_exits_3_for_a_denied_account(world):
     assert ", 0 failed. Writes are not tried" in servicenow_part
     assert EXTERNAL_ID not in proc.stdout + proc.stderr
     assert sn.writes() == 0
-    # --calls: each listing the mappings name, once in each account whose role was assumed, over moto's HTTP
+    # --calls: each listing the mappings name, once in each account whose role was assumed and each region
+    # (a global one once), over moto's HTTP
     proc = subprocess.run([*CLI, "--config", str(config), "check-access", "--aws-only", "--calls"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 3, proc.stderr  # bravo is still denied; its calls are not made
-    listings = len({f"{s.service}:{s.operation}" for s in load_mappings().sources.values() if s.kind == "api"})
-    assert proc.stdout.splitlines()[-1] == (f"calls: {listings} listing(s) in 2 account(s): {2 * listings} allowed, "
-                                            "0 refused or failed")
+    api = [s for s in load_mappings().sources.values() if s.kind == "api"]
+    listings = len({f"{s.service}:{s.operation}" for s in api})
+    made = len({(s.service, s.operation) for s in api if s.scope == "global"}) + len(REGIONS) * len(
+        {(s.service, s.operation) for s in api if s.scope != "global"})
+    regions = len(set(REGIONS) | {"us-east-1"})  # the default region, for the global listings
+    assert proc.stdout.splitlines()[-1] == (f"calls: {listings} listing(s) in 2 account(s) and {regions} region(s): "
+                                            f"{2 * made} allowed, 0 refused or failed")
 
 
 def test_shards_split_the_organization_without_overlap(world):

@@ -550,9 +550,10 @@ def test_one_accounts_many_items_never_hold_up_another_accounts_items():
 
 
 @mock_aws
-def test_check_access_calls_names_each_listing_refused_in_each_account():
-    """check-access --calls: each listing the mappings name, once per account, in its first region; what a
-    service control policy refuses (simulated: RDS and Lambda in one account) is named, the rest allowed."""
+def test_check_access_calls_names_each_listing_refused_in_each_account_and_region():
+    """check-access --calls: each listing the mappings name, once per account and region (a global one once);
+    what a service control policy refuses (simulated: RDS and Lambda in one account, everything in one
+    region of it) is named, the rest allowed."""
     from botocore.exceptions import ClientError
 
     from connector.aws.access import check_calls, render_calls
@@ -561,22 +562,59 @@ def test_check_access_calls_names_each_listing_refused_in_each_account():
     good, fenced = "111111111111", "222222222222"
     assert pool.open(good)[0] == OK and pool.open(fenced)[0] == OK
 
-    def scp(model, **_):
+    def scp(model, context=None, **_):
         raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": f"explicit deny in a service control "
                                      f"policy: {model.name}"}}, model.name)
 
+    def outside_the_regions_allowed(model, params, context=None, **_):
+        if params.get("context", {}).get("client_region") == "ap-south-1":
+            scp(model)
+
+    session = pool.get(fenced).session
     for event in ("before-call.rds.DescribeDBInstances", "before-call.lambda.ListFunctions"):
-        pool.get(fenced).session.register(event, scp)
+        session.register(event, scp)
+    session.register("before-call", outside_the_regions_allowed)
     sources = load_mappings().sources
-    rows = check_calls(pool, [good, fenced], sources, "eu-west-1", max_workers=4)
+    rows = check_calls(pool, [good, fenced], sources, ["eu-west-1", "ap-south-1"], max_workers=4)
     listings = {f"{s.service}:{s.operation}" for s in sources.values() if s.kind == "api"}
-    assert {r.call for r in rows} == listings and len(rows) == 2 * len(listings)
-    refused = {(r.account_id, r.call, r.status) for r in rows if r.status != OK}
-    assert refused == {(fenced, "rds:describe_db_instances", DENIED), (fenced, "lambda:list_functions", DENIED)}
-    regions = {r.call: r.region for r in rows if r.account_id == good}
-    assert regions["ec2:describe_instances"] == "eu-west-1" and regions["s3:list_buckets"] == "us-east-1"  # global
+    regional = {f"{s.service}:{s.operation}" for s in sources.values() if s.kind == "api" and s.scope != "global"}
+    assert {r.call for r in rows} == listings
+    assert len(rows) == 2 * (len(listings) + len(regional))  # a regional listing in each region, a global one once
+    assert {(r.call, r.region) for r in rows if r.account_id == good} == (
+        {(c, region) for c in regional for region in ("eu-west-1", "ap-south-1")}
+        | {(c, "us-east-1") for c in listings - regional})  # the global ones in the default region
+    refused = {(r.call, r.region) for r in rows if r.status != OK}
+    assert all(r.account_id == fenced and r.status == DENIED for r in rows if r.status != OK)
+    assert refused == ({("rds:describe_db_instances", "eu-west-1"), ("lambda:list_functions", "eu-west-1")}
+                       | {(c, "ap-south-1") for c in regional})
     text = render_calls(rows)
     assert f"  {fenced} eu-west-1 rds:describe_db_instances: denied: " in text and "service control policy" in text
-    assert text.splitlines()[-1] == (f"calls: {len(listings)} listing(s) in 2 account(s): {2 * len(listings) - 2} "
-                                     "allowed, 2 refused or failed (their scopes would not be collected, so nothing "
-                                     "in them retired)")
+    bad = len(regional) + 2
+    assert text.splitlines()[-1] == (f"calls: {len(listings)} listing(s) in 2 account(s) and 3 region(s): "
+                                     f"{len(rows) - bad} allowed, {bad} refused or failed (their scopes would not "
+                                     "be collected, so nothing in them retired)")
+
+
+@mock_aws
+def test_check_access_calls_in_every_enabled_region_with_all_and_an_account_whose_regions_cannot_be_listed():
+    from botocore.exceptions import ClientError
+
+    from connector.aws.access import check_calls
+    from connector.aws.collect import enabled_regions
+
+    pool = SessionPool(boto3.Session(), RoleSettings("CMDBReadRole", "ext-id", "sess", 3600), "us-east-1")
+    good, fenced = "111111111111", "222222222222"
+    assert pool.open(good)[0] == OK and pool.open(fenced)[0] == OK
+
+    def refused(model, **_):
+        raise ClientError({"Error": {"Code": "UnauthorizedOperation", "Message": "not allowed"}}, model.name)
+
+    pool.get(fenced).session.register("before-call.ec2.DescribeRegions", refused)
+    sources = {name: s for name, s in load_mappings().sources.items() if name in ("ec2:vpc", "s3:bucket")}
+    rows = check_calls(pool, [good, fenced], sources, ["all"], max_workers=4)
+    enabled = set(enabled_regions(pool, good, "us-east-1"))  # as collect finds them
+    assert len(enabled) > 10
+    assert {r.region for r in rows if r.account_id == good and r.call == "ec2:describe_vpcs"} == enabled
+    assert [r.call for r in rows if r.account_id == good].count("s3:list_buckets") == 1
+    (only,) = [r for r in rows if r.account_id == fenced]
+    assert (only.call, only.status) == ("ec2:describe_regions", DENIED) and "cannot list enabled regions" in only.reason

@@ -116,15 +116,15 @@ def test_check_access_calls_prints_the_refused_listings_and_exits_3(tmp_path, mo
     monkeypatch.setattr(access, "check_access", lambda *a: [access.AccessRow("111111111111", "m", "ok", "role assumed", "yes")])
     asked = []
 
-    def calls(pool, account_ids, sources, region, workers):
-        asked.append((account_ids, region, "ec2:instance" in sources))
-        return [access.CallRow("111111111111", region, "rds:describe_db_instances", "denied", "AccessDeniedException"),
-                access.CallRow("111111111111", region, "ec2:describe_instances", "ok", "")]
+    def calls(pool, account_ids, sources, regions, workers):
+        asked.append((account_ids, regions, "ec2:instance" in sources))
+        return [access.CallRow("111111111111", "eu-west-1", "rds:describe_db_instances", "denied", "AccessDeniedException"),
+                access.CallRow("111111111111", "us-east-1", "ec2:describe_instances", "ok", "")]
 
     monkeypatch.setattr(access, "check_calls", calls)
     assert main(["--config", str(config), "check-access", "--aws-only"]) == 0 and asked == []  # only when asked
     assert main(["--config", str(config), "check-access", "--aws-only", "--calls"]) == 3
-    assert asked == [(["111111111111"], "eu-west-1", True)]  # the first region
+    assert asked == [(["111111111111"], ["eu-west-1", "us-east-1"], True)]  # every region configured
     out = capsys.readouterr().out.splitlines()
     assert "  111111111111 eu-west-1 rds:describe_db_instances: denied: AccessDeniedException" in out
-    assert out[-1].startswith("calls: 2 listing(s) in 1 account(s): 1 allowed, 1 refused or failed")
+    assert out[-1].startswith("calls: 2 listing(s) in 1 account(s) and 2 region(s): 1 allowed, 1 refused or failed")
