@@ -56,11 +56,15 @@ def _parser() -> argparse.ArgumentParser:
                                 parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
 
     shard_help = "only the accounts of shard K of N (a stable hash of the account id)"
+    account_help = ("only this account, of those the configuration targets (may be repeated): the others are "
+                    "neither collected nor retired, as another shard's")
     retire_help = ("retire every CI of this account, which the configuration no longer targets (gone from the "
                    "Organization, or left out by aws.accounts, aws.organizational_units or aws.exclude_accounts: "
                    "the report's untargeted_accounts); may be repeated; the guard still holds")
     run = sub.add_parser("run", help="collect, map, plan, apply, report")
     run.add_argument("--shard", metavar="K/N", help=shard_help)
+    run.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
+                        help=account_help)
     run.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
     run.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
     run.add_argument("--force", action="store_true",
@@ -72,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
     plan.add_argument("--shard", metavar="K/N", help=shard_help)
+    plan.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
+                         help=account_help)
     plan.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
     plan.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
     plan.add_argument("--force", action="store_true", help="plan the writes a guard holds back, as run --force would")
@@ -84,10 +90,14 @@ def _parser() -> argparse.ArgumentParser:
     collect = sub.add_parser("collect", help="collect the inventory into a JSON Lines file")
     collect.add_argument("--output", metavar="FILE", type=Path, required=True)
     collect.add_argument("--shard", metavar="K/N", help=shard_help)
+    collect.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
+                            help=account_help)
 
     access = sub.add_parser("check-access", help="assume the role in every target account, and read one row of "
                                                  "every ServiceNow table a run reads; print the results")
     access.add_argument("--shard", metavar="K/N", help=shard_help)
+    access.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
+                           help=account_help)
     only = access.add_mutually_exclusive_group()
     only.add_argument("--aws-only", action="store_true", help="the AWS side only")
     only.add_argument("--servicenow-only", action="store_true", help="the ServiceNow side only (no AWS credentials needed)")
@@ -248,13 +258,14 @@ def cmd_run(args) -> int:
 
     settings = _settings(args)
     shard = parse_shard(args.shard)
+    only_accounts = parse_account_ids(args.only_accounts, "--account")
     retire_accounts = parse_account_ids(args.retire_accounts, "--retire-account")
     period = parse_duration(args.every) if args.every else None
     jitter = parse_duration(args.jitter, allow_zero=True) if args.jitter else min(300.0, (period or 0) / 10)
 
     def once() -> int:
         outcome = run_pipeline(settings, mode=args.command, force=args.force, inventory_file=args.inventory, shard=shard,
-                               retire_accounts=retire_accounts)
+                               retire_accounts=retire_accounts, only_accounts=only_accounts)
         for line in change_lines(outcome.report):
             print(line)
         print(f"report: {outcome.report_path}")
@@ -284,7 +295,8 @@ def cmd_collect(args) -> int:
     from .run import NOTHING_COLLECTED, collect_from_aws, exit_code_for, nothing_collected
 
     settings = _settings(args)
-    inventory = collect_from_aws(settings, load_mappings(settings.mappings_folder()), parse_shard(args.shard))
+    inventory = collect_from_aws(settings, load_mappings(settings.mappings_folder()), parse_shard(args.shard),
+                                 only=parse_account_ids(args.only_accounts, "--account"))
     write_inventory(inventory, args.output)
     print(f"inventory: {args.output} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes)")
     if nothing_collected(inventory):
@@ -301,7 +313,8 @@ def cmd_check_access(args) -> int:
     failed = False
     if not args.servicenow_only:
         pool = open_session_pool(settings)
-        targets = find_targets(settings, pool, parse_shard(args.shard), tree=True)
+        targets = find_targets(settings, pool, parse_shard(args.shard), tree=True,
+                               only=parse_account_ids(args.only_accounts, "--account"))
         accounts = targets.accounts
         management = management_account(accounts)
         rows = check_access(pool, accounts, settings.aws.role_name, management)

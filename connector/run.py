@@ -96,13 +96,13 @@ def new_run_id() -> str:
 
 
 def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int, int] | None = None,
-                     retire_accounts: frozenset[str] = frozenset()) -> Inventory:
+                     retire_accounts: frozenset[str] = frozenset(), only: frozenset[str] = frozenset()) -> Inventory:
     """accounts -> sessions -> collect. ``retire_accounts`` (run --retire-account) are checked against the
-    accounts found, before any is collected."""
+    accounts found, before any is collected; ``only`` (--account): these of the accounts targeted alone."""
     check_operations(mappings)  # before the first AWS call: a misspelled operation is the mapping's error
     pool = open_session_pool(settings)
     tree = any(source.kind in ORGANIZATION_KINDS for source in mappings.sources.values())
-    targets = find_targets(settings, pool, shard, tree=tree)
+    targets = find_targets(settings, pool, shard, tree=tree, only=only)
     check_retire_accounts(retire_accounts, targets.accounts, targets.targeted, settings)
     accounts = open_account_sessions(pool, targets.accounts, settings.aws.max_workers)
     inventory = collect_inventory(
@@ -399,16 +399,22 @@ def run_pipeline(
     mappings: MappingSet | None = None,
     shard: tuple[int, int] | None = None,
     retire_accounts: frozenset[str] = frozenset(),
+    only_accounts: frozenset[str] = frozenset(),
 ) -> RunOutcome:
     """accounts -> sessions -> collect -> map -> plan -> apply -> report. ``retire_accounts``: accounts
-    that no run collects, whose CIs are all to be retired (run --retire-account; see check_retire_accounts)."""
+    that no run collects, whose CIs are all to be retired (run --retire-account; see check_retire_accounts);
+    ``only_accounts`` (--account): of the accounts targeted, these alone are collected (not with a saved
+    inventory, which holds what it holds), as a shard of their own."""
+    if only_accounts and inventory_file:
+        raise UsageError("--account chooses the accounts to collect: not with --inventory (a saved inventory is "
+                         "reconciled whole; collect --account makes one of a few accounts)")
     with fewer_gc_passes():
-        return _run_pipeline(settings, mode, force, inventory_file, mappings, shard, retire_accounts)
+        return _run_pipeline(settings, mode, force, inventory_file, mappings, shard, retire_accounts, only_accounts)
 
 
 def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Path | None,
                   mappings: MappingSet | None, shard: tuple[int, int] | None,
-                  retire_accounts: frozenset[str]) -> RunOutcome:
+                  retire_accounts: frozenset[str], only_accounts: frozenset[str]) -> RunOutcome:
     run_id, started, clock = new_run_id(), _now(), StageClock()
     set_run_id(run_id)
     mappings = mappings or load_mappings(settings.mappings_folder())
@@ -432,7 +438,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         else:
             _check_servicenow(reader, sn, tables[0])
             with clock.stage("collect"):
-                inventory = collect_from_aws(settings, mappings, shard, retire_accounts)
+                inventory = collect_from_aws(settings, mappings, shard, retire_accounts, only_accounts)
         if nothing_collected(inventory):
             # nothing planned: not even the Organization's structure (which Organizations may still give) is written
             raise _NothingCollected()

@@ -84,10 +84,15 @@ def target_accounts(settings: Settings, pool: SessionPool, shard: tuple[int, int
 
 
 def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] | None = None,
-                 tree: bool = False) -> Targets:
+                 tree: bool = False, only: frozenset[str] = frozenset()) -> Targets:
     """The accounts of this run; with ``tree`` (a mapping file of the Organization's structure), the
-    Organization's OUs too, and each account's parent on its item (``Parent``)."""
+    Organization's OUs too, and each account's parent on its item (``Parent``). ``only`` (``--account``):
+    of the accounts targeted (and in ``shard``), these alone, as a shard of its own would be; one the
+    configuration does not target is a ``UsageError``."""
     aws = settings.aws
+
+    def chosen(account_id: str) -> bool:
+        return in_shard(account_id, shard) and (not only or account_id in only)
 
     @cache
     def org_client():
@@ -105,6 +110,10 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
 
     accounts = discover_accounts(aws.accounts, aws.exclude_accounts, aws.organizational_units, org_client)
     targeted = frozenset(a.account_id for a in accounts if a.account_id not in aws.exclude_accounts)
+    if only - targeted:
+        raise UsageError(f"--account {min(only - targeted)}: not an account the configuration targets (the "
+                         "Organization's accounts, or aws.accounts, under aws.organizational_units, less "
+                         "aws.exclude_accounts)")
     organization = None
     if tree and aws.accounts:
         log.info("accounts: listed in aws.accounts, so the Organization's OUs are not read: its CIs and each "
@@ -115,9 +124,9 @@ def find_targets(settings: Settings, pool: SessionPool, shard: tuple[int, int] |
             organization = walk_organization(*org_client(), management_account=management)
             accounts = [replace(a, raw={**a.raw, "Parent": organization.parents[a.account_id]})
                         if a.account_id in organization.parents else a for a in accounts]
-            if not in_shard(management, shard):
+            if not chosen(management):
                 organization = None  # the management account's shard has it
-    return Targets([a for a in accounts if in_shard(a.account_id, shard)], organization,
+    return Targets([a for a in accounts if chosen(a.account_id)], organization,
                    None if aws.accounts else org_client()[0], targeted)
 
 

@@ -438,3 +438,38 @@ def test_shards_split_the_organization_without_overlap(world):
     writes = sn.writes()
     code, report, _ = run_cli(aws.url, config, "run", "--shard", "1/2")
     assert code == 0 and report["changes"] == [] and sn.writes() == writes
+
+
+def test_a_run_of_one_account_leaves_the_others_as_they_are(world):
+    """run --account: that account alone is collected and reconciled; an instance gone from another is not
+    retired by it (that account was not collected), and a run of every account then retires it."""
+    aws, sn, org, config = world
+    aws.allow(org.accounts["bravo"])
+    alpha, bravo = org.accounts["alpha"], org.accounts["bravo"]
+    code, _report, output = run_cli(aws.url, config, "run")
+    assert code == 0, output
+    gone_alpha, gone_bravo = org.instances[(alpha, "us-east-1")][0], org.instances[(bravo, "eu-west-1")][0]
+    terminate_instance(aws.moto_url, alpha, "us-east-1", gone_alpha)
+    terminate_instance(aws.moto_url, bravo, "eu-west-1", gone_bravo)
+    bravo_before = sorted(of_account(cis(sn), bravo), key=lambda r: r["sys_id"])
+
+    code, report, output = run_cli(aws.url, config, "run", "--account", alpha)
+    assert code == 0, output
+    assert [a["account_id"] for a in report["accounts"]] == [alpha]
+    assert {s["account_id"] for s in report["scopes"]} == {alpha}
+    assert report["tables"]["cmdb_ci_vm_instance"]["retired"] == 1
+    assert all(f":{alpha}:" in c["identity"] for c in report["changes"] if c["table"] != "cmdb_rel_ci")
+    assert by_key(cis(sn))[f"arn:aws:ec2:us-east-1:{alpha}:instance/{gone_alpha}"]["install_status"] == "7"
+    assert sorted(of_account(cis(sn), bravo), key=lambda r: r["sys_id"]) == bravo_before  # untouched
+    assert report["untargeted_accounts"] == []  # bravo is targeted, by another run: not named as left behind
+
+    code, report, output = run_cli(aws.url, config, "run")
+    assert code == 0, output
+    assert by_key(cis(sn))[f"arn:aws:ec2:eu-west-1:{bravo}:instance/{gone_bravo}"]["install_status"] == "7"
+    retired = [c["identity"] for c in report["changes"] if c["action"] == "retire" and c["table"] == "cmdb_ci_vm_instance"]
+    assert retired == [f"arn:aws:ec2:eu-west-1:{bravo}:instance/{gone_bravo}"]
+
+    proc = subprocess.run([*CLI, "--config", str(config), "plan", "--account", "999999999999"],
+                          capture_output=True, text=True, env=cli_env(aws.url), timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "--account 999999999999: not an account the configuration targets" in proc.stderr

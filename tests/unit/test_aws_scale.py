@@ -134,6 +134,28 @@ def test_the_accounts_targeted_are_those_of_every_shard_less_the_excluded(organi
     assert targets.find_targets(listed, pool(listed), tree=True).targeted == {members[3]}
 
 
+def test_account_option_takes_those_accounts_alone_as_a_shard_of_their_own(organization, tmp_path):
+    """--account: of the accounts targeted, these alone; the Organization's tree only with the management
+    account among them; the accounts targeted still every one (their CIs are another run's, not untargeted)."""
+    members = organization["members"]
+    settings = settings_for(tmp_path, exclude_accounts=[members[1]])
+    pool = targets.open_session_pool(settings)
+    every = targets.find_targets(settings, pool, tree=True)
+    found = targets.find_targets(settings, pool, tree=True, only=frozenset({members[3], members[4]}))
+    assert sorted(a.account_id for a in found.accounts) == sorted([members[3], members[4]])
+    assert found.targeted == every.targeted and found.organization is None  # the management account's run reads it
+    assert all(a.raw.get("Parent") for a in found.accounts)  # each account's OU still known: the tree was walked
+    with_management = targets.find_targets(settings, pool, tree=True, only=frozenset({MANAGEMENT}))
+    assert [a.account_id for a in with_management.accounts] == [MANAGEMENT] and with_management.organization
+    pair = ([a for a in members[2:] if targets.in_shard(a, (1, 2))][:1]
+            + [a for a in members[2:] if not targets.in_shard(a, (1, 2))][:1])  # one in shard 1/2, one not
+    both = targets.find_targets(settings, pool, (1, 2), only=frozenset(pair))
+    assert [a.account_id for a in both.accounts] == pair[:1]  # and in the shard
+    for wrong in (members[1], "999999999999"):  # excluded, not in the Organization
+        with pytest.raises(UsageError, match=f"--account {wrong}: not an account the configuration targets"):
+            targets.find_targets(settings, pool, only=frozenset({wrong, members[3]}))
+
+
 def test_list_accounts_goes_through_the_role_in_the_organization_account(organization, monkeypatch, tmp_path):
     log = AssumeRoleLog()
     monkeypatch.setattr(targets.boto3, "Session", log.session_factory())

@@ -87,6 +87,33 @@ def test_a_path_that_cannot_be_written_is_named_without_a_traceback(tmp_path, ca
     assert f"\nerror: {blocker / 'reports'}: Not a directory (check the path" in f"\n{err}" and "Traceback" not in err
 
 
+def test_account_option_reaches_the_targets_of_check_access_and_collect(tmp_path, monkeypatch, capsys):
+    from connector import run
+    from connector.aws import access, targets
+    from connector.models import Account, Inventory
+
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\n[servicenow]\ninstance_url = "http://127.0.0.1:9"\n'
+                      'username = "u"\npassword = "p"\n')
+    asked = []
+
+    def find_targets(*_args, only=frozenset(), **_kw):
+        asked.append(only)
+        return targets.Targets([Account("111111111111", "m")], None)
+
+    monkeypatch.setattr(targets, "find_targets", find_targets)
+    monkeypatch.setattr(access, "check_access", lambda *a: [access.AccessRow("111111111111", "m", "ok", "role assumed", "yes")])
+    assert main(["--config", str(config), "check-access", "--aws-only", "--account", "111111111111",
+                 "--account", "222222222222"]) == 0
+    assert asked == [frozenset({"111111111111", "222222222222"})]
+    monkeypatch.setattr(run, "collect_from_aws", lambda *a, only=frozenset(), **k: asked.append(only) or Inventory())
+    main(["--config", str(config), "collect", "--output", str(tmp_path / "i.jsonl"), "--account", "333333333333"])
+    assert asked[-1] == frozenset({"333333333333"})
+    assert "(0 resources, 0 scopes)" in capsys.readouterr().out
+    assert main(["--config", str(config), "collect", "--output", str(tmp_path / "i.jsonl"), "--account", "33"]) == 2
+    assert "--account '33': an AWS account id is 12 digits" in capsys.readouterr().err
+
+
 def test_check_access_says_when_the_organizations_ous_cannot_be_read_and_exits_3(tmp_path, monkeypatch, capsys):
     from connector.aws import access, targets
     from connector.models import Account, OrganizationTree
