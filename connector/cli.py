@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="collect, map, plan, apply, report")
     run.add_argument("--shard", metavar="K/N", help=shard_help)
     run.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                        help=account_help)
+                     help=account_help)
     run.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
     run.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
     run.add_argument("--force", action="store_true",
@@ -77,7 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
     plan.add_argument("--shard", metavar="K/N", help=shard_help)
     plan.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                         help=account_help)
+                      help=account_help)
     plan.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
     plan.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
     plan.add_argument("--force", action="store_true", help="plan the writes a guard holds back, as run --force would")
@@ -91,13 +91,13 @@ def _parser() -> argparse.ArgumentParser:
     collect.add_argument("--output", metavar="FILE", type=Path, required=True)
     collect.add_argument("--shard", metavar="K/N", help=shard_help)
     collect.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                            help=account_help)
+                         help=account_help)
 
     access = sub.add_parser("check-access", help="assume the role in every target account, and read one row of "
                                                  "every ServiceNow table a run reads; print the results")
     access.add_argument("--shard", metavar="K/N", help=shard_help)
     access.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                           help=account_help)
+                        help=account_help)
     only = access.add_mutually_exclusive_group()
     only.add_argument("--aws-only", action="store_true", help="the AWS side only")
     only.add_argument("--servicenow-only", action="store_true", help="the ServiceNow side only (no AWS credentials needed)")

@@ -66,8 +66,8 @@ SCHEMA_TABLES = ("sys_db_object", "sys_dictionary")
 # of 255 characters, unless STRING_LENGTHS says otherwise.
 FIELD_TYPES: dict[str, str] = {
     **dict.fromkeys(("install_status", "operational_status", "cpus", "memory", "disks", "disks_size", "nics", "size",
-                     "size_bytes", "available_ip_count", "code_size", "table_size", "item_count", "tcp_port", "percent_outage",
-                     "sys_mod_count", "max_length"), "integer"),
+                     "size_bytes", "available_ip_count", "code_size", "table_size", "item_count", "tcp_port",
+                     "percent_outage", "sys_mod_count", "max_length"), "integer"),
     **dict.fromkeys(("company", "location", "parent", "child", "type", "configuration_item", "super_class",
                      "manager", *USER_REFERENCES, *GROUP_REFERENCES), "reference"),
     **dict.fromkeys(("is_master_account", "active"), "boolean"),

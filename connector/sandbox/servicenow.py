@@ -262,7 +262,8 @@ class TableApi:
         for n, record in enumerate(page[:added]):
             copy = {k: v for k, v in record.items() if not k.startswith("sys_")}
             copy["object_id"] = f"{copy.get('object_id', '')}-copy{n}"
-            copy["correlation_id"] = re.sub(r":\d{12}:", ":999999999999:", copy.get("correlation_id", ""), count=1) + f"-copy{n}"
+            arn = re.sub(r":\d{12}:", ":999999999999:", copy.get("correlation_id", ""), count=1)
+            copy["correlation_id"] = f"{arn}-copy{n}"
             self.store.insert(record["sys_class_name"], copy, "another.shard", sys_id=f"{'f' * 24}{n:08d}")
         for record in page[:deleted]:
             self.store.delete(record["sys_class_name"], record["sys_id"])
