@@ -263,9 +263,17 @@ def cmd_run(args) -> int:
     period = parse_duration(args.every) if args.every else None
     jitter = parse_duration(args.jitter, allow_zero=True) if args.jitter else min(300.0, (period or 0) / 10)
 
+    runs = 0
+
     def once() -> int:
-        outcome = run_pipeline(settings, mode=args.command, force=args.force, inventory_file=args.inventory, shard=shard,
-                               retire_accounts=retire_accounts, only_accounts=only_accounts)
+        nonlocal runs
+        # Each scheduled run reads the config again, as it reads the mapping files: an account added, a
+        # secret rotated in its *_FILE, take effect at the next run (a config broken meanwhile skips that
+        # run, named in the log). The lock and the schedule stay those of the start.
+        current = settings if not runs else _settings(args)
+        runs += 1
+        outcome = run_pipeline(current, mode=args.command, force=args.force, inventory_file=args.inventory,
+                               shard=shard, retire_accounts=retire_accounts, only_accounts=only_accounts)
         for line in change_lines(outcome.report):
             print(line)
         print(f"report: {outcome.report_path}")

@@ -38,6 +38,52 @@ def test_bad_duration_and_shard_are_usage_errors(tmp_path, capsys):
     assert "--shard '5/4': K must be between 1 and N" in capsys.readouterr().err
 
 
+def test_each_scheduled_run_reads_the_config_and_its_secret_files_again(tmp_path, monkeypatch, capsys):
+    """run --every: a password rotated in its *_FILE, or an account added, takes effect at the next run;
+    a config broken meanwhile skips that run, named in the log, and the schedule goes on."""
+    import json
+
+    from connector import ops, run
+    from connector.run import RunOutcome
+
+    config, secret = tmp_path / "config.toml", tmp_path / "password"
+    good = ('[aws]\nexternal_id = "xx-yy"\naccounts = ["111111111111"]\n[servicenow]\n'
+            'instance_url = "http://127.0.0.1:9"\nusername = "u"\n[report]\noutput_dir = "reports"\n')
+    config.write_text(good)
+    secret.write_text("first-secret\n")
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD_FILE", str(secret))
+    seen = []
+
+    def run_pipeline(settings, **_kw):
+        seen.append((settings.servicenow.password.get_secret_value(), settings.aws.accounts))
+        if len(seen) == 1:  # after the first run: the secret rotated, and the config saved broken
+            secret.write_text("second-secret\n")
+            config.write_text(good + "oops = [\n")
+        else:
+            ops._STOP.set()
+        return RunOutcome(0, {"mode": "run", "tables": {}, "relations": {}, "changes": []}, tmp_path / "r.json")
+
+    waits = []
+
+    def wait(_delay):  # the schedule's wait before each run; before the third, the config is mended
+        waits.append(_delay)
+        if len(waits) == 3:
+            config.write_text(good.replace('"111111111111"]', '"111111111111", "222222222222"]'))
+        return False
+
+    monkeypatch.setattr(run, "run_pipeline", run_pipeline)
+    monkeypatch.setattr(ops._STOP, "wait", wait)
+    try:
+        assert main(["--config", str(config), "run", "--every", "1h", "--jitter", "0s"]) == ops.EXIT_INTERRUPTED
+    finally:
+        ops._STOP.clear()
+    assert seen == [("first-secret", ["111111111111"]), ("second-secret", ["111111111111", "222222222222"])]
+    err = capsys.readouterr().err
+    errors = [entry["message"] for entry in map(json.loads, err.splitlines()) if entry["level"] == "error"]
+    assert len(errors) == 1 and errors[0].startswith(f"run not made: {config}: invalid TOML")
+    assert "first-secret" not in err and "second-secret" not in err
+
+
 def test_config_and_logging_options_after_the_command_too(tmp_path, capsys):
     """cmdb-connector run --config F works as cmdb-connector --config F run does; an option given
     before the command is not undone by the command's own, absent, one."""
