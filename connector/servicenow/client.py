@@ -50,6 +50,12 @@ class _Page:
     last: str | None
 
 
+def _shifted(table: str, how: str) -> ServiceNowShiftedRead:
+    """The error of a read whose table changed under its pages; ``how``: what told it."""
+    return ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({how}): its pages by offset "
+                                 "skipped or repeated rows")
+
+
 class TableClient:
     def __init__(self, settings: ServiceNowSettings, *, sleep=None):
         self._settings = settings
@@ -236,13 +242,9 @@ class TableClient:
             other = sorted({int(c) for c in counts if c is not None and c.isdigit()} - {int(total)})
             if other:  # (a page without the count tells nothing either way)
                 told = ", then ".join(map(str, other))
-                raise ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({total} rows "
-                                            f"when the first page was read, then {told}): its pages by offset "
-                                            "skipped or repeated rows")
+                raise _shifted(table, f"{total} rows when the first page was read, then {told}")
             if shifts:
-                raise ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({shifts[0]}"
-                                            + (f"; {len(shifts) - 1} other page(s) too" if len(shifts) > 1 else "")
-                                            + "): its pages by offset skipped or repeated rows")
+                raise _shifted(table, shifts[0] + (f"; {len(shifts) - 1} other page(s) too" if len(shifts) > 1 else ""))
             return
         offset, rows = limit, before.rows
         while rows:  # no count told: until a page comes back empty
@@ -251,8 +253,7 @@ class TableClient:
             yield rows
             offset += limit
         if shifts:
-            raise ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({shifts[0]}): its "
-                                        "pages by offset skipped or repeated rows")
+            raise _shifted(table, shifts[0])
 
     def count(self, table: str, query: str) -> int | None:
         """How many rows match, from ``X-Total-Count`` (one row fetched), or None if not told."""
