@@ -14,6 +14,14 @@ from typing import Any, Callable, Iterable
 SNOW_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
 
 
+def snow_time(text: str) -> datetime | None:
+    """ServiceNow's UTC time (``SNOW_TIMESTAMP``) as an aware datetime; None if ``text`` is not one."""
+    try:
+        return datetime.strptime(text, SNOW_TIMESTAMP).replace(tzinfo=timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
 _STRINGS_ONLY = {str}
 
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any, Callable, Iterable, Mapping
 
 from ..arn import account_and_region
-from ..mapping.functions import SNOW_TIMESTAMP, all_strings, snow_value  # snow_value: the one normalisation
+from ..mapping.functions import SNOW_TIMESTAMP, all_strings, snow_time, snow_value  # snow_value: the one normalisation
 from ..mapping.schema import DEFAULT_RETIRE
 from ..models import OK, DesiredCI, ExistingCI, ExistingKeyValue, ExistingRelation, MappingProblem, Scope
 from ..servicenow.cmdb import KV_TABLE  # a table's name, no client
@@ -212,10 +212,10 @@ def _stale_before(options: PlanOptions) -> dict[str, str] | None:
 
 def _run_time(options: PlanOptions) -> datetime:
     """The run's time, ``options.now``, as a datetime (UTC)."""
-    try:
-        return datetime.strptime(options.now, SNOW_TIMESTAMP).replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise ValueError(f"PlanOptions.now is not ServiceNow's UTC time (YYYY-MM-DD HH:MM:SS): {options.now!r}") from None
+    now = snow_time(options.now)
+    if now is None:
+        raise ValueError(f"PlanOptions.now is not ServiceNow's UTC time (YYYY-MM-DD HH:MM:SS): {options.now!r}")
+    return now
 
 
 def _due_refresh(ci: DesiredCI, current: ExistingCI, stale_before: dict[str, str] | None) -> bool:
@@ -557,10 +557,8 @@ def _retire_cutoff(options: PlanOptions) -> str | None:
 
 def _later(when: str, hours: float) -> str:
     """ServiceNow's UTC time ``hours`` after ``when`` ("" if ``when`` is not one)."""
-    try:
-        return (datetime.strptime(when, SNOW_TIMESTAMP) + timedelta(hours=hours)).strftime(SNOW_TIMESTAMP)
-    except ValueError:
-        return ""
+    since = snow_time(when)
+    return "" if since is None else (since + timedelta(hours=hours)).strftime(SNOW_TIMESTAMP)
 
 
 def _plan_retires(table, existing, matched, claimed, policy, ok_scopes, options, plan, targeted=None

@@ -13,12 +13,11 @@ reads as empty: the wait starts again, which delays a retire and never hastens o
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from pathlib import Path
 
 import orjson
 
-from ..mapping.functions import SNOW_TIMESTAMP
+from ..mapping.functions import snow_time
 from ..reconcile.plan import CIKey
 from .json_report import write_text_atomic
 
@@ -45,17 +44,7 @@ def load_absent(path: Path, instance: str, discovery_source: str) -> dict[CIKey,
         return {}  # another instance's (a dev instance, then prod, in one folder), or another connector's
     return {(row["table"], row["identity"]): row["since"] for row in state.get("absent") or []
             if isinstance(row, dict) and all(isinstance(row.get(k), str) for k in ("table", "identity", "since"))
-            and _is_time(row["since"])}
-
-
-def _is_time(text: str) -> bool:
-    """ServiceNow's UTC time, as plan compares it (a row edited by hand into something else is dropped: its
-    wait starts again)."""
-    try:
-        datetime.strptime(text, SNOW_TIMESTAMP)
-    except ValueError:
-        return False
-    return True
+            and snow_time(row["since"]) is not None}  # edited by hand into something else: its wait starts again
 
 
 def save_absent(path: Path, instance: str, discovery_source: str, absent: dict[CIKey, tuple[str, str]]) -> None:
