@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Mapping, NamedTuple
@@ -153,6 +154,35 @@ class Lookup(NamedTuple):
 
     def __str__(self) -> str:
         return f"{self.table}.{self.field}" + (f" ({self.where})" if self.where else "")
+
+    def where_fields(self) -> list[str]:
+        """The fields ``where`` names (of a dot-walk, the first), each once: the instance drops a condition
+        on a field the table lacks, and would then answer with more records than ``where`` lets through."""
+        return list(dict.fromkeys(name for name in map(query_term_field, query_terms(self.where)) if name))
+
+
+# the field a term of an encoded query begins with: a ServiceNow field name, lower case (an operator,
+# IN, LIKE, =, follows it)
+_TERM_FIELD = re.compile(r"[a-z_][a-z0-9_]*")
+# terms that name no field: the order of the answer, and the end of a query
+_FIELDLESS_TERMS = ("ORDERBY", "GROUPBY", "EQ")
+
+
+def query_terms(query: str) -> list[str]:
+    """The conditions of an encoded query, each without the OR it may begin with; not the terms that
+    only order the answer (ORDERBY)."""
+    terms = []
+    for term in query.split("^") if query else ():
+        if term.startswith(_FIELDLESS_TERMS):
+            continue
+        terms.append(term[2:] if term.startswith("OR") else term)
+    return terms
+
+
+def query_term_field(term: str) -> str:
+    """The field an encoded query's condition is on ("" when it does not begin with a field name)."""
+    match = _TERM_FIELD.match(term)
+    return match.group() if match else ""
 
 
 @dataclass(frozen=True)

@@ -224,20 +224,26 @@ def fields_written(mappings: MappingSet, tagged: bool, lookups: Iterable[Lookup]
     if tagged:
         written[KV_TABLE] = {"key", "value"}
     for lookup in lookups:
-        written.setdefault(lookup.table, set()).add(lookup.field)
+        written.setdefault(lookup.table, set()).update([lookup.field, *lookup.where_fields()])
     return written
 
 
 def _look_up(reader: CmdbReader, lookup: Lookup, values: set[str], dictionary: Future) -> dict[str, list[str]]:
-    """``reader.look_up``, once the dictionary says the field looked up in exists: the instance would drop
-    a condition on a field it lacks, and answer with every record of the table (every user, say)."""
+    """``reader.look_up``, once the dictionary says the field looked up in, and those its ``where`` names,
+    exist: the instance would drop a condition on a field it lacks, and answer with every record of the
+    table (every user, say), or every record the rest of ``where`` lets through (inactive users too)."""
     try:
         missing = dictionary.result().missing
     except ServiceNowError:
         missing = {}  # not known: asked, and every row is checked again on our side
-    if lookup.field in missing.get(lookup.table, ()):
+    lacks = missing.get(lookup.table, ())
+    if lookup.field in lacks:
         raise ServiceNowBadRequest(f"{lookup.table} has no field {lookup.field} (sys_dictionary): check the "
                                    "mapping's lookup")
+    unknown = [name for name in lookup.where_fields() if name in lacks]
+    if unknown:  # the instance would drop the condition, and the lookup would match records it should not
+        raise ServiceNowBadRequest(f"{lookup.table} has no field {', '.join(unknown)} (sys_dictionary), which the "
+                                   "lookup's where names: check the mapping's lookup")
     return reader.look_up(lookup, values)
 
 

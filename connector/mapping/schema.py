@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
+from ..models import query_term_field, query_terms
 from .expressions import compile_field, compile_path
 
 DEFAULT_RETIRE = {"install_status": "7", "operational_status": "6"}
@@ -48,6 +49,10 @@ class LookupSpec(_Strict):
         if "^NQ" in self.where or self.where.startswith(("^", "NQ")):
             raise ValueError("where: one encoded query that narrows the lookup (active=true), without ^NQ "
                              "and without a leading ^")
+        unnamed = [term for term in query_terms(self.where) if not query_term_field(term)]
+        if unnamed:
+            raise ValueError(f"where: {unnamed[0]!r} does not begin with a field name (lower case, as the table's "
+                             "dictionary spells it): the instance would drop that condition and let every record through")
         return self
 
 

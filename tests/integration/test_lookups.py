@@ -124,6 +124,28 @@ def test_a_lookup_field_the_table_lacks_reads_nothing_and_leaves_the_field(tmp_p
         assert not [q for q in server.reads if "/table/sys_user?" in q]
 
 
+def test_a_field_the_table_lacks_in_a_lookups_where_reads_nothing_and_leaves_the_field(tmp_path):
+    """The instance would drop "activ=true" and answer with the inactive group too: the CI would get it."""
+    _by_instance, path = tagged_inventory(tmp_path, [{"Team": "Platform"}])
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        add(server, "sys_user_group", name="Platform", active="false")
+        misspelled = TEAM.replace('where = "active=true"', 'where = "nameISNOTEMPTY^activ=true"')
+        settings = settings_for(server, tmp_path, mappings_with(tmp_path, misspelled))
+        outcome = run_pipeline(settings, inventory_file=path)
+        assert outcome.exit_code == 0
+        assert [r["support_group"] for r in server.store.rows(VM)] == [""]
+        assert any("sys_user_group not read for the lookups in sys_user_group.name (nameISNOTEMPTY^activ=true)" in w
+                   and "has no field activ (sys_dictionary), which the lookup's where names" in w
+                   for w in outcome.report["warnings"]), outcome.report["warnings"]
+        assert not [q for q in server.reads if "/table/sys_user_group?" in q]
+        # spelled right, the same group is not taken: it is inactive
+        settings = settings_for(server, tmp_path, mappings_with(tmp_path / "right", TEAM))
+        outcome = run_pipeline(settings, inventory_file=path)
+        assert [r["support_group"] for r in server.store.rows(VM)] == [""]
+        assert [q for q in server.reads if "/table/sys_user_group?" in q]
+        assert not [w for w in outcome.report["warnings"] if "has no field" in w]
+
+
 def test_through_ire_the_looked_up_sys_id_is_written_and_a_rerun_writes_nothing(tmp_path):
     by_instance, path = tagged_inventory(tmp_path, [{"Owner": "jane@example.com"}, {}])
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:

@@ -52,3 +52,10 @@ def test_a_table_not_read_leaves_every_value_of_its_lookups_out():
 def test_no_lookups_no_work():
     cis = [vm(1, "jane@x.com")]
     assert resolve_lookups(cis, {}, {}) == (cis, [], [])
+
+
+def test_the_fields_a_lookups_where_names_are_those_its_conditions_begin_with():
+    where = "active=true^ORu_tier.levelIN1,2^ORDERBYname^emailISNOTEMPTY^active=false^ORDERBYDESCsys_created_on"
+    assert Lookup("sys_user", "email", where).where_fields() == ["active", "u_tier", "email"]
+    assert Lookup("sys_user", "email").where_fields() == []
+    assert Lookup("sys_user", "email", "order_type=1^ORorigin=x").where_fields() == ["order_type", "origin"]

@@ -421,6 +421,9 @@ INVALID_CASES += [
     ("lookup where with NQ", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = { table = '
                                            '"sys_user", field = "email", where = "active=true^NQactive=false" } }\n'),
      "cmdb_ci_network.toml: fields.owned_by.lookup: where: one encoded query that narrows the lookup"),
+    ("lookup where without a field", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = { '
+                                                  'table = "sys_user", field = "email", where = "Active=true" } }\n'),
+     "cmdb_ci_network.toml: fields.owned_by.lookup: where: 'Active=true' does not begin with a field name"),
     ("create_only with known_when", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", create_only = true, '
                                                   'known_when = "VpcId" }'),
      "cmdb_ci_network.toml: fields.name: create_only writes the field on a create only"),
