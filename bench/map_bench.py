@@ -31,7 +31,8 @@ def instance(i: int) -> dict:
         "NetworkInterfaces": [{"NetworkInterfaceId": f"eni-{i:017x}", "PrivateIpAddress": "10.0.0.1"}],
         "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"VolumeId": f"vol-{i:017x}", "Status": "attached"}}],
         "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
-        "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 8192},  # [source.join]: describe_instance_types
+        "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 8192},  # [[source.join]]: describe_instance_types
+        "VolumeSizes": [8],  # [[source.join]]: describe_volumes
     }
 
 

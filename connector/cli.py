@@ -166,9 +166,9 @@ def cmd_validate(args) -> int:
     seeded = sorted({f"{m.table}.{name}" for m in mappings.mappings.values() for name in m.create_only})
     if seeded:
         print(f"written on a create only (create_only): {', '.join(seeded)}")
-    joined = sorted({f"{m.table} from {m.source.join.operation}" + (" (asked once per region)" if m.source.join.shared
-                                                                    else "")
-                     for m in mappings.mappings.values() if m.source.join is not None})
+    joined = sorted({f"{m.table} from " + " and ".join(
+        join.operation + (" (asked once per region)" if join.shared else "") for join in m.source.joins)
+        for m in mappings.mappings.values() if m.source.joins})
     if joined:
         print(f"joined to a call for many items at once ([source.join]): {', '.join(joined)}")
     wait = settings.reconcile.retire_after_hours

@@ -119,8 +119,8 @@ def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTur
     tags_call = source.tags_call if tags else None
     if detail is not None or tags_call is not None:
         items = calls.each(lambda item: _per_item(client, detail, tags_call, source.tags_none_when, item), items)
-    if source.join is not None:
-        items = _joined(client, source.join, items, calls, shared)
+    for join in source.joins:
+        items = _joined(client, join, items, calls, shared)
     return jsonable(items)
 
 

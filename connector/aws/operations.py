@@ -61,9 +61,10 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
         calls = [("source", source.operation, _named("source", source.params))] if source.kind == "api" else []
         if source.detail:
             calls.append(("source.detail", source.detail.operation, _named("source.detail", source.detail.params)))
-        if source.join:
-            calls.append(("source.join", source.join.operation, {"source.join.param": source.join.param,
-                                                                 **_named("source.join", source.join.params)}))
+        for n, join in enumerate(source.joins):
+            key = "source.join" if len(source.joins) == 1 else f"source.join[{n}]"
+            named = {f"{key}.param": join.param} if join.param else {f"{key}.filter": "Filters"}
+            calls.append((key, join.operation, {**named, **_named(key, join.params)}))
         if source.tags_call:
             calls.append(("tags", source.tags_call.operation, _named("tags", source.tags_call.params)))
         for key, operation, params in calls:

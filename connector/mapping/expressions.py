@@ -119,6 +119,20 @@ def _fast(node: dict[str, Any]) -> Callable[[Any], Any] | None:
                 raise JMESPathTypeError("length", found, _jmespath_type(found), ["string", "array", "object"])
 
             return length
+    if kind == "function_expression" and node["value"] == "sum" and len(children) == 1:
+        argument = _fast(children[0])
+        if argument:
+            def total(item: Any) -> Any:
+                found = argument(item)
+                if not isinstance(found, list):
+                    kind = {dict: "object", str: "string"}.get(type(found)) or _jmespath_type(found)
+                    raise JMESPathTypeError("sum", found, kind, ["array-number"])
+                for number in found:  # as jmespath tells it: the first member that is not a number
+                    if type(number) not in (int, float):
+                        raise JMESPathTypeError("sum", number, type(number).__name__, ["array-number"])
+                return sum(found)
+
+            return total
     if kind == "pipe":
         return _fast_tag(node)
     return None

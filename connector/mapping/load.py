@@ -33,7 +33,7 @@ class CompiledSource:
     scope: str
     items_text: str | None = None
     detail: "CompiledDetail | None" = None
-    join: "CompiledJoin | None" = None
+    joins: tuple["CompiledJoin", ...] = ()  # each joins the items in turn
     # a call per item for its tags (made only when reconcile.tags is on), its
     # answer kept under TAGS_KEY; error codes that mean "no tags"
     tags_call: "CompiledDetail | None" = None
@@ -44,7 +44,7 @@ class CompiledSource:
         """Two files may share a source only if they describe the same calls."""
         return (self.kind, self.service, self.operation, repr(sorted(self.params.items())),
                 self.items_text, self.scope, self.tags_call_text,
-                self.join.text if self.join else "")
+                tuple(join.text for join in self.joins))
 
 
 @dataclass(frozen=True)
@@ -69,10 +69,12 @@ class CompiledDetail:
 
 @dataclass(frozen=True)
 class CompiledJoin:
-    """``[source.join]``: the answers of a few calls per unit, joined to its items by a value."""
+    """``[source.join]``: the answers of a few calls per unit, joined to its items by a value, or by each
+    of a list of values (the item then keeps a list: an entry for each)."""
 
     operation: str
-    param: str
+    param: str | None  # the call's parameter that takes the values; or
+    filter: str | None  # the EC2-style filter that takes them
     params: dict[str, Any]
     on: Callable[[Any], Any]
     items: Callable[[Any], Any]
@@ -86,15 +88,21 @@ class CompiledJoin:
     def chunks(self, items: list[Any], asked: set[Any] = frozenset()) -> list[list[Any]]:
         """The distinct values the items are joined on (but those ``asked`` already), ``per_call`` at a
         time, in a stable order."""
-        values = sorted({value for value in map(self._value, items) if value is not None} - asked, key=repr)
-        return [values[i:i + self.per_call] for i in range(0, len(values), self.per_call)]
+        values = {value for item in items for value in (self._found(item) or ((),))[0]} - asked
+        ordered = sorted(values, key=repr)
+        return [ordered[i:i + self.per_call] for i in range(0, len(ordered), self.per_call)]
 
-    def _value(self, item: Any) -> Any:
+    def _found(self, item: Any) -> tuple[list[Any], bool] | None:
+        """(the values the item is joined on, whether ``on`` gave a list of them), or None."""
         value = self.on(item) if isinstance(item, dict) else None
-        return value if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+        if isinstance(value, list):
+            return (value, True) if all(map(_joinable, value)) else None
+        return ([value], False) if _joinable(value) else None
 
     def call_params(self, values: list[Any]) -> dict[str, Any]:
-        return {**self.params, self.param: values}
+        if self.filter is None:
+            return {**self.params, self.param: values}
+        return {**self.params, "Filters": [*self.params.get("Filters", []), {"Name": self.filter, "Values": values}]}
 
     def index(self, pages: Iterable[Any]) -> dict[Any, Any]:
         """value -> what an item keeps of its entry. A value two different entries claim is left out:
@@ -115,13 +123,24 @@ class CompiledJoin:
         return found
 
     def merge(self, items: list[Any], index: dict[Any, Any]) -> list[Any]:
-        """Each item with its entry under ``key``; one whose value has no entry stays as it is (what the
-        entry would tell is unknown, not empty: a field read from it should carry ``known_when``)."""
+        """Each item with its entry under ``key`` (with a list of values, the list of their entries, in
+        its order); one with a value that has no entry stays as it is (what the entry would tell is
+        unknown, not empty: a field read from it should carry ``known_when``)."""
         joined = []
         for item in items:
-            value = self._value(item)
-            joined.append({**item, self.key: index[value]} if value is not None and value in index else item)
+            found = self._found(item)
+            if found is None or not all(value in index for value in found[0]):
+                joined.append(item)
+            elif found[1]:
+                joined.append({**item, self.key: [index[value] for value in found[0]]})
+            else:
+                joined.append({**item, self.key: index[found[0][0]]})
         return joined
+
+
+def _joinable(value: Any) -> bool:
+    """A value a join can ask for: a text or a number (not a truth value)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -254,19 +273,20 @@ def _compile_source(spec, tags=None) -> CompiledSource:
             result=compile_path(spec.detail.result),
             key=spec.detail.key,
         ),
-        join=None if spec.join is None else CompiledJoin(
-            operation=spec.join.operation,
-            param=spec.join.param,
-            params=dict(spec.join.params),
-            on=compile_path(spec.join.on),
-            items=compile_path(spec.join.items),
-            match=compile_path(spec.join.match),
-            result=compile_path(spec.join.result),
-            key=spec.join.key,
-            per_call=spec.join.per_call,
-            shared=spec.join.shared,
-            text=spec.join.model_dump_json(),
-        ),
+        joins=tuple(CompiledJoin(
+            operation=join.operation,
+            param=join.param,
+            filter=join.filter,
+            params=dict(join.params),
+            on=compile_path(join.on),
+            items=compile_path(join.items),
+            match=compile_path(join.match),
+            result=compile_path(join.result),
+            key=join.key,
+            per_call=join.per_call,
+            shared=join.shared,
+            text=join.model_dump_json(),
+        ) for join in spec.join),
         tags_call=None if call is None else CompiledDetail(
             operation=call.operation,
             params={name: compile_path(expr) for name, expr in call.params.items()},
@@ -290,8 +310,12 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
     try:
         spec = MappingFile.model_validate(raw)
     except ValidationError as exc:
+        one_join = isinstance(raw.get("source"), dict) and isinstance(raw["source"].get("join"), dict)
         for err in exc.errors():
-            loc = ".".join(str(p) for p in err["loc"])
+            parts = list(err["loc"])
+            if one_join and parts[:3] == ["source", "join", 0]:
+                del parts[2]  # [source.join], one table: no list to count in
+            loc = ".".join(str(p) for p in parts)
             if err["type"] == "extra_forbidden":
                 problems.append(f"{path}: {loc}: unknown key")
             elif err["type"] == "missing":

@@ -135,9 +135,13 @@ class JoinSpec(_Strict):
     types the unit's instances use (describe_instance_types), the AMIs they were launched from."""
 
     operation: str
-    # the call's parameter that takes the values (a list), at most per_call of them a call
-    param: str
-    # JMESPath over each item: the value it is joined on (InstanceType)
+    # the call's parameter that takes the values (a list), at most per_call of them a call; or
+    param: str | None = None
+    # an EC2-style filter that takes them: Filters = [{Name = filter, Values = [...]}] (a value no
+    # resource has is left out of the answer, where an id in an ids parameter fails the call)
+    filter: str | None = None
+    # JMESPath over each item: the value it is joined on (InstanceType), or a list of them
+    # (BlockDeviceMappings[].Ebs.VolumeId): the item then keeps a list, an entry for each
     on: str
     # JMESPath from an answer page to its entries (InstanceTypes)
     items: str
@@ -158,9 +162,20 @@ class JoinSpec(_Strict):
     def _compiles(self) -> "JoinSpec":
         for expression in (self.on, self.items, self.match, self.result):
             compile_path(expression)
-        if self.param in self.params:
+        if (self.param is None) == (self.filter is None):
+            raise ValueError("give param (the call's parameter that takes the values) or filter (the name of an "
+                             "EC2-style filter that takes them), one of the two")
+        if self.param is not None and self.param in self.params:
             raise ValueError(f"params.{self.param}: the values go in {self.param!r} (param); not also in params")
+        if self.filter is not None and not isinstance(self.params.get("Filters", []), list):
+            raise ValueError("params.Filters: a list of filters ({ Name = ..., Values = [...] }), to which "
+                             "the filter of the values is added")
         return self
+
+
+def _one_or_more(value: Any) -> Any:
+    """``[source.join]`` (one table) is a list of one; ``[[source.join]]`` a list of them."""
+    return [value] if isinstance(value, dict) else value
 
 
 class SourceSpec(_Strict):
@@ -184,7 +199,8 @@ class SourceSpec(_Strict):
     id: str
     scope: Literal["regional", "global"] = "regional"
     detail: DetailSpec | None = None
-    join: JoinSpec | None = None
+    # each joins the items in turn; ``[source.join]`` is one, ``[[source.join]]`` several
+    join: Annotated[list[JoinSpec], BeforeValidator(_one_or_more)] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _api_needs_call(self) -> "SourceSpec":
@@ -192,8 +208,11 @@ class SourceSpec(_Strict):
             missing = [k for k in ("service", "operation", "items") if getattr(self, k) is None]
             if missing:
                 raise ValueError(f"kind = 'api' needs {', '.join(missing)}")
-        elif self.join is not None:
+        elif self.join:
             raise ValueError("join: only for kind = 'api' (its items come from the accounts stage, not a call)")
+        keys = [join.key for join in self.join]
+        if len(set(keys)) < len(keys):
+            raise ValueError(f"join: two joins keep their answers under one key ({sorted(keys)}): give each its own")
         for expression in (self.items, self.id):
             if expression is not None:
                 compile_path(expression)

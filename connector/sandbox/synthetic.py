@@ -40,7 +40,9 @@ def synthetic_inventory(accounts: int = 2, regions: tuple[str, ...] = ("us-east-
                             "PrivateIpAddress": f"10.{v}.{s}.{i % 250 + 4}",
                             "CpuOptions": {"CoreCount": 1, "ThreadsPerCore": 2},
                             "InstanceTypeSpecs": {"DefaultVCpus": 2, "SizeInMiB": 1024},
-                            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {"Status": "attached"}}],
+                            "BlockDeviceMappings": [{"DeviceName": "/dev/xvda", "Ebs": {
+                                "Status": "attached", "VolumeId": f"vol-{a:04x}{v:04x}{s:04x}{i:06x}"}}],
+                            "VolumeSizes": [8],
                             "NetworkInterfaces": [{"SubnetId": subnet_id, "Status": "in-use"}],
                             "Tags": [{"Key": "Name", "Value": f"app-{i}"}]}))
     return inventory

@@ -120,6 +120,9 @@ def assert_account_in_cmdb(sn, org, account: str, name: str) -> None:
             # a t3.micro's vCPUs and memory, from moto's describe_instance_types ([source.join])
             assert (vm["cpus"], vm["memory"]) == ("2", "1024")
             assert (vm["disks"], vm["nics"]) == ("1", "1")  # moto's root volume and primary interface
+            # the size of its volumes (describe_volumes, the second [[source.join]]), as the volume CIs tell it
+            volumes = [c for p, t, c in rels if p == vm["correlation_id"] and ":volume/" in c]
+            assert len(volumes) == 1 and vm["disks_size"] == keyed[volumes[0]]["size"] != ""
             assert vm["correlation_id"] == f"arn:aws:ec2:{region}:{account}:instance/{vm['object_id']}"
             assert (vm["correlation_id"], "Hosted on::Hosts", dc_key) in rels
             zone = f"arn:aws:ec2:{region}:{account}:availability-zone/"

@@ -69,7 +69,7 @@ def test_instances_carry_their_types_vcpus_and_memory_from_one_call_per_unit():
 
 def test_the_values_go_per_call_at_a_time_and_a_type_without_an_entry_leaves_its_fields_unknown():
     mapping = instance_mapping()
-    join = mapping.source.join
+    join = mapping.source.joins[0]
     source = MappingSet({"x": mapping}).mappings["x"].source
     object.__setattr__(join, "per_call", 2)  # three types: two calls
     try:
@@ -97,7 +97,7 @@ def test_the_values_go_per_call_at_a_time_and_a_type_without_an_entry_leaves_its
 
 
 def test_a_value_two_different_entries_claim_is_left_unknown():
-    join = instance_mapping().source.join
+    join = instance_mapping().source.joins[0]
     index = join.index([{"InstanceTypes": [type_info("m5.large", 2, 8192), type_info("m5.large", 2, 4096),
                                            type_info("t3.micro", 2, 1024), type_info("t3.micro", 2, 1024)]}])
     assert index == {"t3.micro": {"DefaultVCpus": 2, "SizeInMiB": 1024}}
@@ -142,11 +142,11 @@ def test_a_shared_join_asks_each_value_once_per_region_not_once_per_account(shar
             "before-parameter-build.ec2.DescribeInstanceTypes",
             lambda params, account=account, **_: asked.append((account, sorted(params["InstanceTypes"]))))
     source = instance_mapping().source
-    object.__setattr__(source.join, "shared", shared)
+    object.__setattr__(source.joins[0], "shared", shared)
     try:  # one unit at a time, accounts in turn: first's eu-west-1, second's, first's us-east-1, second's
         inventory = collect_instances(pool, source, accounts, regions)
     finally:
-        object.__setattr__(source.join, "shared", True)
+        object.__setattr__(source.joins[0], "shared", True)
     both = ["m5.large", "t3.micro"]
     if shared:  # the second account asks only for what its region has not been asked yet; in us-east-1, nothing
         assert asked == [(first, both), (second, ["c5.xlarge"]), (first, both)]
@@ -175,11 +175,12 @@ def test_a_join_call_refused_fails_the_unit_so_nothing_of_it_is_retired():
     assert inventory.records == []
 
 
-def test_an_instance_saved_before_the_join_keeps_the_cmdbs_vcpus_and_memory():
-    """An inventory collected by an older version, or another tool's, has no specs: unknown, not empty."""
+def test_an_instance_saved_before_the_joins_keeps_the_cmdbs_vcpus_memory_and_disks_size():
+    """An inventory collected by an older version, or another tool's, has no specs and no volume sizes:
+    unknown, not empty."""
     ci = map_record(instance_mapping(), Record(ACCOUNT, REGION, "ec2:instance", running("i-1", "m5.large")))
-    assert "cpus" not in ci.fields and "memory" not in ci.fields
-    assert set(ci.create_only) == {"cpus", "memory"}
+    assert not {"cpus", "memory", "disks_size"} & set(ci.fields)
+    assert set(ci.create_only) == {"cpus", "memory", "disks_size"}
 
 
 def test_an_instance_counts_its_disks_and_nics_and_one_with_none_has_zero():
@@ -208,3 +209,67 @@ def test_two_files_of_one_source_must_join_alike(tmp_path):
     with pytest.raises(MappingError) as info:
         load_mappings(tmp_path)
     assert any("source.name: 'ec2:vpc' is also defined, differently" in p for p in info.value.problems)
+
+
+@mock_aws
+def test_instances_carry_the_sizes_of_their_volumes_from_one_filtered_call_per_unit():
+    """The second join of the instance file: describe_volumes by the volume-id filter, the values being a
+    list for each instance (its BlockDeviceMappings' volume ids), the sizes kept in their order."""
+    ec2 = boto3.client("ec2", region_name=REGION)
+    image = "ami-12345678"
+    big = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="m5.large", BlockDeviceMappings=[
+        {"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}}, {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 50}}])
+    small = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, InstanceType="t3.micro", BlockDeviceMappings=[
+        {"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 20}}])
+    ec2.create_volume(AvailabilityZone=f"{REGION}a", Size=500)  # attached to none: not asked for
+    calls = []
+    ec2.meta.events.register("before-parameter-build.ec2.DescribeVolumes",
+                             lambda params, **_: calls.append(params["Filters"]))
+    mapping = instance_mapping()
+    items = {item["InstanceId"]: item for item in fetch_items(ec2, mapping.source)}
+    ids = {i: [m["Ebs"]["VolumeId"] for m in item["BlockDeviceMappings"]] for i, item in items.items()}
+    assert calls == [[{"Name": "volume-id", "Values": sorted(v for vs in ids.values() for v in vs)}]]
+    big_id, small_id = big["Instances"][0]["InstanceId"], small["Instances"][0]["InstanceId"]
+    sizes = {8: ids[big_id][[m["DeviceName"] for m in items[big_id]["BlockDeviceMappings"]].index("/dev/sda1")]}
+    assert items[big_id]["VolumeSizes"] == [8 if v == sizes[8] else 50 for v in ids[big_id]]
+    assert items[small_id]["VolumeSizes"] == [20]
+    fields = {i: map_record(mapping, Record(ACCOUNT, REGION, "ec2:instance", item)).fields for i, item in items.items()}
+    assert (fields[big_id]["disks"], fields[big_id]["disks_size"]) == ("2", "58")
+    assert (fields[small_id]["disks"], fields[small_id]["disks_size"]) == ("1", "20")
+
+
+def test_a_volume_not_in_the_answer_leaves_that_instances_sizes_unknown_and_none_is_zero():
+    mapping = instance_mapping()
+    join = mapping.source.joins[1]
+
+    def disk(volume: str) -> dict:
+        return {"DeviceName": "/dev/sdf", "Ebs": {"VolumeId": volume, "Status": "attached"}}
+
+    index = join.index([{"Volumes": [{"VolumeId": "vol-1", "Size": 8}, {"VolumeId": "vol-2", "Size": 30}]}])
+    items = join.merge([running("i-1", "m5.large", BlockDeviceMappings=[disk("vol-2"), disk("vol-1")]),
+                        running("i-2", "m5.large", BlockDeviceMappings=[disk("vol-1"), disk("vol-gone")]),
+                        running("i-3", "m5.large"),  # no volume: instance store only
+                        {k: v for k, v in running("i-4", "m5.large").items() if k != "BlockDeviceMappings"}], index)
+    assert [item.get("VolumeSizes") for item in items] == [[30, 8], None, [], None]
+    cis = [map_record(mapping, Record(ACCOUNT, REGION, "ec2:instance", item)) for item in items]
+    assert [ci.fields.get("disks_size") for ci in cis] == ["38", None, "0", None]
+    assert "disks_size" in cis[1].create_only and "disks_size" in cis[3].create_only  # the CMDB's value kept
+    assert join.chunks(items[:2]) == [["vol-1", "vol-2", "vol-gone"]]
+    assert join.call_params(["vol-1"]) == {"Filters": [{"Name": "volume-id", "Values": ["vol-1"]}]}
+
+
+def test_a_filter_join_adds_its_filter_to_those_of_its_params():
+    (join,) = load_join('filter = "volume-id"\nparams = { Filters = [{ Name = "status", Values = ["in-use"] }] }\n')
+    assert join.call_params(["vol-1"]) == {"Filters": [{"Name": "status", "Values": ["in-use"]},
+                                                       {"Name": "volume-id", "Values": ["vol-1"]}]}
+
+
+def load_join(lines: str) -> tuple:
+    from pathlib import Path
+    from tempfile import TemporaryDirectory
+
+    spec = ('[source.join]\noperation = "describe_volumes"\non = "Volumes"\nitems = "Volumes"\nmatch = "VolumeId"\n'
+            'key = "Sizes"\n' + lines)
+    with TemporaryDirectory() as folder:
+        (Path(folder) / "cmdb_ci_network.toml").write_text(VALID.replace("[fields]", spec + "[fields]"))
+        return load_mappings(Path(folder)).mappings["cmdb_ci_network"].source.joins

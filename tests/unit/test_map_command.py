@@ -260,7 +260,7 @@ def test_validate_names_the_looked_up_and_the_create_only_fields(tmp_path, capsy
     assert "reference fields looked up when run: cmdb_ci_vm_instance.owned_by in sys_user.email (active=true)" in out
     assert "written on a create only (create_only): cmdb_ci_vm_instance.short_description" in out
     assert ("joined to a call for many items at once ([source.join]): cmdb_ci_vm_instance from "
-            "describe_instance_types (asked once per region)") in out
+            "describe_instance_types (asked once per region) and describe_volumes") in out
     assert "retire: a CI gone from AWS is retired by the first run that misses it (reconcile.retire_after_hours = 0)" in out
     config.write_text(config.read_text() + "retire_after_hours = 36\n")
     assert main(["validate", "--config", str(config)]) == 0

@@ -456,6 +456,20 @@ INVALID_CASES += [
      "cmdb_ci_network.toml: source.join: JMESPath does not compile"),
     ("join values also in params", VALID.replace("[fields]", JOIN + 'params = { DhcpOptionsIds = [] }\n[fields]'),
      "cmdb_ci_network.toml: source.join: params.DhcpOptionsIds: the values go in 'DhcpOptionsIds' (param)"),
+    ("join with param and filter", VALID.replace("[fields]", JOIN + 'filter = "dhcp-options-id"\n[fields]'),
+     "cmdb_ci_network.toml: source.join: give param (the call's parameter that takes the values) or filter"),
+    ("join with neither param nor filter", VALID.replace("[fields]", JOIN.replace('param = "DhcpOptionsIds"\n', "")
+                                                         + "[fields]"),
+     "cmdb_ci_network.toml: source.join: give param (the call's parameter that takes the values) or filter"),
+    ("join filter with Filters not a list", VALID.replace("[fields]", JOIN.replace(
+        'param = "DhcpOptionsIds"', 'filter = "dhcp-options-id"\nparams = { Filters = "x" }') + "[fields]"),
+     "cmdb_ci_network.toml: source.join: params.Filters: a list of filters"),
+    ("two joins, one key", VALID.replace("[fields]", (JOIN + JOIN).replace("[source.join]", "[[source.join]]")
+                                         + "[fields]"),
+     "cmdb_ci_network.toml: source: join: two joins keep their answers under one key (['Dhcp', 'Dhcp'])"),
+    ("second join without key", VALID.replace("[fields]", (JOIN + JOIN.replace('key = "Dhcp"\n', ""))
+                                              .replace("[source.join]", "[[source.join]]") + "[fields]"),
+     "cmdb_ci_network.toml: source.join.1.key: required key is missing"),
     ("join per_call zero", VALID.replace("[fields]", JOIN + "per_call = 0\n[fields]"),
      "cmdb_ci_network.toml: source.join.per_call: Input should be greater than or equal to 1"),
     ("join on a region", VALID.replace('service = "ec2"\noperation = "describe_vpcs"\nitems = "Vpcs"\n',
@@ -540,6 +554,7 @@ FAST_CASES = [
     "x && y", "x && y && z", "[x, y]", "Endpoint.[Port, Address]", "[a.b, x] || z",
     "length(BlockDeviceMappings || `[]`)", "BlockDeviceMappings != `null`", "`null` == Tags", "Name == 'web'",
     "Name != 'web'", "Location == `\"eu-west-1\"`", "length(Name)", "length(a)", "x == `false`", "z != `0`",
+    "sum(VolumeSizes || `[]`)", "sum(a)", "sum(Tags)",
 ]
 FAST_ITEMS = [
     {}, {"Tags": []}, {"Tags": None}, {"Tags": "oops"}, {"Tags": [{"Key": "Name", "Value": None}, {"Key": "Name", "Value": "b"}]},
@@ -554,6 +569,8 @@ FAST_ITEMS = [
     {"Endpoint": {"Port": 1, "Address": "h"}}, {"Endpoint": "text"}, {"a": {"b": None}, "x": None, "z": 3},
     {"BlockDeviceMappings": []}, {"BlockDeviceMappings": [{"DeviceName": "/dev/xvda"}]}, {"BlockDeviceMappings": None},
     {"BlockDeviceMappings": "x"}, {"Name": "web"}, {"Name": 5}, {"Name": True}, {"x": 0, "z": False},
+    {"VolumeSizes": [8, 50]}, {"VolumeSizes": []}, {"VolumeSizes": None}, {"VolumeSizes": [True]},
+    {"VolumeSizes": ["8"]}, {"VolumeSizes": [1.5, 2]}, {"VolumeSizes": "x"}, {"VolumeSizes": [8, None]},
 ]
 
 
