@@ -1,9 +1,12 @@
 """Mapping benchmark: 200,000 synthetic EC2 instances through the built-in mapping.
 
-    python bench/map_bench.py [--instances 200000]
+    python bench/map_bench.py [--instances 200000] [--streamed]
 
 Prints CIs per second on one core (the map stage is pure and single-threaded)
-and the peak memory of the process. Target: at least 20,000 CIs/s.
+and the peak memory of the process. Target: at least 20,000 CIs/s. With
+--streamed, the records are made and mapped 1,000 at a time, as a run maps
+each unit's records as it is in and drops them: the peak memory is then that
+of the CIs, not of the raw inventory.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import sys
 import time
 
 from connector.mapping.load import MappingSet, load_mappings
-from connector.mapping.transform import map_inventory
+from connector.mapping.transform import Mapper, map_inventory
 from connector.models import Inventory, Record
 
 
@@ -39,16 +42,28 @@ def instance(i: int) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--instances", type=int, default=200_000)
+    parser.add_argument("--streamed", action="store_true", help="make and map the records 1,000 at a time")
     args = parser.parse_args()
 
     everything = load_mappings()
     mappings = MappingSet({"cmdb_ci_vm_instance": everything.mappings["cmdb_ci_vm_instance"]})
-    inventory = Inventory(records=[Record("111122223333", "us-east-1", "ec2:instance", instance(i)) for i in range(args.instances)])
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    started = time.process_time()
-    result = map_inventory(inventory, mappings)
-    elapsed = time.process_time() - started
+    if args.streamed:
+        mapper, elapsed = Mapper(mappings), 0.0
+        for start in range(0, args.instances, 1000):
+            records = [Record("111122223333", "us-east-1", "ec2:instance", instance(i))
+                       for i in range(start, min(start + 1000, args.instances))]
+            started = time.process_time()
+            mapper.add(records)
+            elapsed += time.process_time() - started
+        result = mapper.result()
+        rss_before = 0
+    else:
+        inventory = Inventory(records=[Record("111122223333", "us-east-1", "ec2:instance", instance(i))
+                                       for i in range(args.instances)])
+        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started = time.process_time()
+        result = map_inventory(inventory, mappings)
+        elapsed = time.process_time() - started
 
     assert len(result.cis) == args.instances and not result.problems
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -57,7 +72,11 @@ def main() -> int:
           f"{len(result.cis[0].relations)} relations each)")
     print(f"CPU time:         {elapsed:.2f} s on one core")
     print(f"rate:             {rate:,.0f} CIs/s (target >= 20,000: {'met' if rate >= 20_000 else 'NOT met'})")
-    print(f"peak memory:      {peak_mb:,.0f} MB (of which {rss_before / 1024:,.0f} MB before mapping: the raw inventory)")
+    if args.streamed:
+        print(f"peak memory:      {peak_mb:,.0f} MB (records made and mapped 1,000 at a time: no raw inventory held)")
+    else:
+        print(f"peak memory:      {peak_mb:,.0f} MB (of which {rss_before / 1024:,.0f} MB before mapping: the raw "
+              "inventory)")
     return 0 if rate >= 20_000 else 1
 
 

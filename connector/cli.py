@@ -298,15 +298,21 @@ def cmd_report(args) -> int:
 
 
 def cmd_collect(args) -> int:
-    from .inventory import write_inventory
+    from .inventory import InventoryWriter
     from .mapping.transform import MapResult
     from .run import NOTHING_COLLECTED, collect_from_aws, exit_code_for, nothing_collected
 
     settings = _settings(args)
-    inventory = collect_from_aws(settings, load_mappings(settings.mappings_folder()), parse_shard(args.shard),
-                                 only=parse_account_ids(args.only_accounts, "--account"))
-    write_inventory(inventory, args.output)
-    print(f"inventory: {args.output} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes)")
+    mappings = load_mappings(settings.mappings_folder())
+    writer = InventoryWriter(args.output)  # each unit's resources written as it is in: none held
+    try:
+        inventory = collect_from_aws(settings, mappings, parse_shard(args.shard),
+                                     only=parse_account_ids(args.only_accounts, "--account"), sink=writer.resources)
+        writer.finish(inventory)
+    except BaseException:
+        writer.abort()
+        raise
+    print(f"inventory: {args.output} ({writer.written} resources, {len(inventory.scopes)} scopes)")
     if nothing_collected(inventory):
         print(f"failed: {NOTHING_COLLECTED}", file=sys.stderr)
     return exit_code_for(inventory, MapResult(), None)  # as run's: 0 ok, 3 partial, 1 nothing collected

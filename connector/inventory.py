@@ -7,7 +7,9 @@ An inventory collected in one network zone can be reconciled from another.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Callable
 
 import orjson
 
@@ -15,24 +17,64 @@ from .errors import InventoryError
 from .models import SCOPE_STATUSES, Account, Inventory, Record, Scope
 
 
-def write_inventory(inventory: Inventory, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as out:
+class InventoryWriter:
+    """An inventory file written as it is collected: each unit's resources as soon as the unit is in
+    (``resources``, a collect's sink), then the accounts, the scopes and the accounts targeted
+    (``finish``). It is written beside ``path`` and put in its place once whole: a collect stopped or
+    failed midway leaves the file as it was (``abort``), never one with resources and no scopes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.written = 0  # resources
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._partial = path.with_name(f".{path.name}.partial")
+        self._out = self._partial.open("w", encoding="utf-8")
+
+    def resources(self, records: list[Record]) -> None:
+        self._out.writelines(json.dumps({"kind": "resource", "account_id": r.account_id, "region": r.region,
+                                         "source": r.source, "resource": r.resource}, default=str) + "\n"
+                             for r in records)
+        self.written += len(records)
+
+    def finish(self, inventory: Inventory) -> None:
+        out = self._out
         for a in inventory.accounts:
             out.write(json.dumps({"kind": "account", "account_id": a.account_id, "name": a.name,
                                   "status": a.status, "error": a.error, "raw": a.raw}, default=str) + "\n")
         for s in inventory.scopes:
             out.write(json.dumps({"kind": "scope", "account_id": s.account_id, "region": s.region,
                                   "source": s.source, "status": s.status, "error": s.error}) + "\n")
-        for r in inventory.records:
-            out.write(json.dumps({"kind": "resource", "account_id": r.account_id, "region": r.region,
-                                  "source": r.source, "resource": r.resource}, default=str) + "\n")
         if inventory.targeted is not None:
             out.write(json.dumps({"kind": "targeted_accounts", "account_ids": sorted(inventory.targeted)}) + "\n")
+        out.close()
+        os.replace(self._partial, self.path)
+
+    def abort(self) -> None:
+        self._out.close()
+        self._partial.unlink(missing_ok=True)
 
 
-def read_inventory(path: Path) -> Inventory:
+def write_inventory(inventory: Inventory, path: Path) -> None:
+    """The whole inventory to ``path`` (``InventoryWriter``)."""
+    writer = InventoryWriter(path)
+    try:
+        writer.resources(inventory.records)
+        writer.finish(inventory)
+    except BaseException:
+        writer.abort()
+        raise
+
+
+# resources handed to read_inventory's sink at a time
+SINK_BATCH = 1000
+
+
+def read_inventory(path: Path, sink: Callable[[list[Record]], None] | None = None) -> Inventory:
+    """The inventory of a file (any order of lines). With ``sink``, the resources go to it, a batch at a
+    time in the file's order, and the inventory holds none: a run maps them as they are read, and never
+    holds every raw item at once. A line that is not right fails the read, naming it."""
     inventory = Inventory()
+    batch = inventory.records
     try:
         handle = path.open("rb")  # orjson checks the UTF-8 of each line itself
     except OSError as exc:
@@ -53,7 +95,10 @@ def read_inventory(path: Path) -> Inventory:
                         raise ValueError(f"unknown status {row['status']!r}")
                     inventory.scopes.append(Scope(row["account_id"], row["region"], row["source"], row["status"], row.get("error")))
                 elif kind == "resource":
-                    inventory.records.append(Record(row["account_id"], row["region"], row["source"], row["resource"]))
+                    batch.append(Record(row["account_id"], row["region"], row["source"], row["resource"]))
+                    if sink is not None and len(batch) >= SINK_BATCH:
+                        sink(batch)
+                        batch = inventory.records = []
                 elif kind == "account":
                     inventory.accounts.append(Account(row["account_id"], row.get("name") or row["account_id"],
                                                       row.get("status", "ok"), row.get("error"), row.get("raw") or {}))
@@ -69,6 +114,10 @@ def read_inventory(path: Path) -> Inventory:
             except (ValueError, TypeError) as exc:
                 reason = "not UTF-8 text: save the file as UTF-8" if "UTF-8" in str(exc) else str(exc)
                 raise InventoryError(f"{path}: line {number}: {reason}") from None
+    if sink is not None:
+        if batch:
+            sink(batch)
+        inventory.records = []
     if not inventory.accounts:
         # An inventory written by another tool may list only scopes.
         seen = dict.fromkeys(s.account_id for s in inventory.scopes)

@@ -13,7 +13,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from operator import attrgetter, methodcaller
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,10 +34,10 @@ from .inventory import read_inventory
 from .mapping.functions import SNOW_TIMESTAMP
 from .mapping.load import MappingSet, load_mappings
 from .mapping.lookups import lookup_values, resolve_lookups
-from .mapping.transform import MapResult, map_inventory
+from .mapping.transform import Mapper, MapResult
 from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, Account, DesiredCI, ExistingCI, Lookup,
                      ExistingKeyValue, ExistingRelation,
-                     Inventory)
+                     Inventory, Record)
 from .reconcile.apply import ApplyResult, apply_plan, predict_with
 from .reconcile.plan import CREATE, PlanOptions, TablePolicy, plan_changes
 from .report.absent import absent_state_path, load_absent, save_absent
@@ -58,20 +58,38 @@ NOT_COLLECTED = {DENIED, THROTTLED, ERROR}
 
 class StageClock:
     """Seconds per pipeline stage, for the report: wall time, and the CPU time
-    of the whole process (every thread) meanwhile."""
+    of the whole process (every thread) meanwhile. A stage within another
+    (map, as each unit's records come in during collect) counts as its own
+    time, not the other's. One thread's."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
+        self._seconds: dict[str, float] = {}
+        self._cpu: dict[str, float] = {}
+        self._within: list[list[float]] = []  # for each stage begun: the wall and CPU time of stages within it
+
+    @property
+    def seconds(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in self._seconds.items()}
+
+    @property
+    def cpu(self) -> dict[str, float]:
+        return {name: round(value, 3) for name, value in self._cpu.items()}
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         started, cpu = time.perf_counter(), time.process_time()
+        self._within.append([0.0, 0.0])
         try:
             yield
         finally:
-            self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - started, 3)
-            self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - cpu, 3)
+            wall, used = time.perf_counter() - started, time.process_time() - cpu
+            inner_wall, inner_cpu = self._within.pop()
+            # summed unrounded: a stage made of many short parts (map, a unit at a time) keeps every one
+            self._seconds[name] = self._seconds.get(name, 0.0) + wall - inner_wall
+            self._cpu[name] = self._cpu.get(name, 0.0) + used - inner_cpu
+            if self._within:
+                self._within[-1][0] += wall
+                self._within[-1][1] += used
 
 
 @dataclass
@@ -96,9 +114,12 @@ def new_run_id() -> str:
 
 
 def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int, int] | None = None,
-                     retire_accounts: frozenset[str] = frozenset(), only: frozenset[str] = frozenset()) -> Inventory:
+                     retire_accounts: frozenset[str] = frozenset(), only: frozenset[str] = frozenset(),
+                     sink: Callable[[list[Record]], None] | None = None) -> Inventory:
     """accounts -> sessions -> collect. ``retire_accounts`` (run --retire-account) are checked against the
-    accounts found, before any is collected; ``only`` (--account): these of the accounts targeted alone."""
+    accounts found, before any is collected; ``only`` (--account): these of the accounts targeted alone;
+    ``sink``: where the records go, each unit's as it is in, rather than into the inventory
+    (``collect_inventory``)."""
     check_operations(mappings)  # before the first AWS call: a misspelled operation is the mapping's error
     pool = open_session_pool(settings)
     tree = any(source.kind in ORGANIZATION_KINDS for source in mappings.sources.values())
@@ -108,7 +129,7 @@ def collect_from_aws(settings: Settings, mappings: MappingSet, shard: tuple[int,
     inventory = collect_inventory(
         pool, accounts, mappings.sources, list(settings.aws.regions),
         settings.aws.max_workers, settings.aws.max_workers_per_account, tags=settings.reconcile.tags,
-        organization=targets.organization, organizations=targets.organizations,
+        organization=targets.organization, organizations=targets.organizations, sink=sink,
     )
     inventory.targeted = targets.targeted
     return inventory
@@ -425,6 +446,11 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
     set_run_id(run_id)
     mappings = mappings or load_mappings(settings.mappings_folder())
     inventory, mapped, plan, applied, looked_up = None, MapResult(), None, None, None
+    mapper = Mapper(mappings, tags=settings.reconcile.tags)
+
+    def map_as_read(records: list) -> None:  # each unit's records mapped as soon as it is in, then dropped
+        with clock.stage("map"):
+            mapper.add(records)
     errors: list[str] = []
     tables = list(mappings.tables)
     sn = settings.servicenow
@@ -438,19 +464,18 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         # read (quick), so that a file that cannot be read is named first.
         if inventory_file:
             with clock.stage("collect"):
-                inventory = read_inventory(inventory_file)
+                inventory = read_inventory(inventory_file, sink=map_as_read)
             check_retire_accounts(retire_accounts, inventory.accounts, inventory.targeted, settings)
             _check_servicenow(reader, sn, tables[0])
         else:
             _check_servicenow(reader, sn, tables[0])
             with clock.stage("collect"):
-                inventory = collect_from_aws(settings, mappings, shard, retire_accounts, only_accounts)
+                inventory = collect_from_aws(settings, mappings, shard, retire_accounts, only_accounts, map_as_read)
         if nothing_collected(inventory):
             # nothing planned: not even the Organization's structure (which Organizations may still give) is written
             raise _NothingCollected()
-        _stop_before("map")
         with clock.stage("map"):
-            mapped = map_inventory(inventory, mappings, tags=settings.reconcile.tags)
+            mapped = mapper.result()
         _stop_before("read")
         freeze_long_lived()
         with clock.stage("read"):

@@ -253,12 +253,17 @@ def collect_inventory(
     tags: bool = False,
     organization: OrganizationTree | None = None,
     organizations: Any = None,
+    sink: Callable[[list[Record]], None] | None = None,
 ) -> Inventory:
     """accounts (already opened in ``pool``) -> the inventory of every unit.
 
     With ``tags``, the sources whose items carry no tags call for them, per item: for the accounts and
     the OUs, through ``organizations``, the client the accounts were listed through. The sources of the
     Organization's structure get ``organization``'s items (the accounts stage read them).
+
+    With ``sink``, the records go to it, in the order the inventory would hold them, each unit's as soon
+    as it is in (in this thread), and the inventory holds none: a run maps them as they come, and keeps
+    no raw item longer than that.
     """
     inventory = Inventory(accounts=list(accounts))
     org_tags = OrganizationTags(organizations if tags else None, max_workers)
@@ -289,11 +294,15 @@ def collect_inventory(
     ordered = _interleave(per_account)
     pool.warm({unit.source.service for unit in ordered})
     collector = Collector(pool, max_per_account, tags, max_workers)
+    keep = inventory.records.extend
+    if sink is not None:
+        sink(inventory.records)  # the Organization's, the accounts' and the regions' own items, first
+        inventory.records, keep = [], sink
     with bar("collect", len(ordered)) as progress, \
             ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="collect") as executor:
         for scope, records in executor.map(collector.run_unit, ordered):
             inventory.scopes.append(scope)
-            inventory.records.extend(records)
+            keep(records)
             progress.advance(1, scope.status)
     return inventory
 

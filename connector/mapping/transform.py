@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from jmespath.exceptions import JMESPathError
 
@@ -90,31 +90,48 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
     )
 
 
-def map_inventory(inventory: Inventory, mappings: MappingSet, tags: bool = False) -> MapResult:
-    """Every record through its mappings. A CI met again under its identity is kept once: the same
+class Mapper:
+    """map, a batch of records at a time, in the order they come (``add``), so that a run need not hold
+    the raw items of every unit at once: each unit's are mapped as it is in, and dropped (memory grows
+    with the CIs, not with the raw answers). A CI met again under its identity is kept once: the same
     resource seen twice is nothing to say, but another resource with other values under that identity
     (a template that leaves out the region, say) would be lost without a word, so it is a warning."""
-    result = MapResult()
-    kept: dict[tuple[str, str], DesiredCI] = {}
-    clashes: dict[str, list] = {}  # table -> [count, the identity, the mapping file]
-    by_source = {name: mappings.for_source(name) for name in mappings.sources}
-    for record in inventory.records:
-        for mapping in by_source.get(record.source, ()):
-            try:
-                ci = map_record(mapping, record, tags)
-            except ValueError as exc:
-                scope = (record.account_id, record.region, record.source)
-                result.problems.append(MappingProblem(scope, mapping.table, f"{mapping.file.name}: {exc}"))
-                continue
-            key = (ci.table, ci.identity)
-            first = kept.setdefault(key, ci)
-            if first is ci:
-                result.cis.append(ci)
-            elif first.fields != ci.fields or first.relations != ci.relations:
-                clashes.setdefault(ci.table, [0, ci.identity, mapping.file.name])[0] += 1
-    result.warnings.extend(
-        f"{table}: {count} resource(s) map to an identity that another resource has already, with other values "
-        f"(e.g. {identity}): only the first of each is written. Make the identity unique in {file} (a "
-        "correlation_id template without the region or the account?)"
-        for table, (count, identity, file) in sorted(clashes.items()))
-    return result
+
+    def __init__(self, mappings: MappingSet, tags: bool = False):
+        self._by_source = {name: mappings.for_source(name) for name in mappings.sources}
+        self._tags = tags
+        self._result = MapResult()
+        self._kept: dict[tuple[str, str], DesiredCI] = {}
+        self._clashes: dict[str, list] = {}  # table -> [count, the identity, the mapping file]
+
+    def add(self, records: Iterable[Record]) -> None:
+        result, kept, clashes, by_source, tags = self._result, self._kept, self._clashes, self._by_source, self._tags
+        for record in records:
+            for mapping in by_source.get(record.source, ()):
+                try:
+                    ci = map_record(mapping, record, tags)
+                except ValueError as exc:
+                    scope = (record.account_id, record.region, record.source)
+                    result.problems.append(MappingProblem(scope, mapping.table, f"{mapping.file.name}: {exc}"))
+                    continue
+                key = (ci.table, ci.identity)
+                first = kept.setdefault(key, ci)
+                if first is ci:
+                    result.cis.append(ci)
+                elif first.fields != ci.fields or first.relations != ci.relations:
+                    clashes.setdefault(ci.table, [0, ci.identity, mapping.file.name])[0] += 1
+
+    def result(self) -> MapResult:
+        """What every record added made: the CIs, the problems, and a warning per class of clashes."""
+        return MapResult(self._result.cis, self._result.problems, [
+            f"{table}: {count} resource(s) map to an identity that another resource has already, with other values "
+            f"(e.g. {identity}): only the first of each is written. Make the identity unique in {file} (a "
+            "correlation_id template without the region or the account?)"
+            for table, (count, identity, file) in sorted(self._clashes.items())])
+
+
+def map_inventory(inventory: Inventory, mappings: MappingSet, tags: bool = False) -> MapResult:
+    """Every record of the inventory through its mappings (``Mapper``)."""
+    mapper = Mapper(mappings, tags)
+    mapper.add(inventory.records)
+    return mapper.result()

@@ -137,7 +137,7 @@ def test_an_unexpected_error_still_writes_a_report(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise KeyError("a bug")
 
-    monkeypatch.setattr(run_module, "map_inventory", broken)
+    monkeypatch.setattr(run_module.Mapper, "add", broken)
     monkeypatch.setattr(run_module.CmdbReader, "check_login", lambda self, table: None)  # no instance here
     settings = load_settings(None, {"aws": {"external_id": "xx-yy"},
                                     "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"},

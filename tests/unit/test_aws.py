@@ -264,6 +264,26 @@ def test_collect_units_are_complete_and_a_throttled_unit_is_kept_in_its_scope():
     assert isinstance(instances[0].resource["LaunchTime"], str)
 
 
+@mock_aws
+def test_with_a_sink_each_units_records_go_to_it_in_the_inventorys_order_and_the_inventory_keeps_none():
+    acct = "111122223333"
+    _seed_member(acct, "eu-west-1")
+    pool = SessionPool(boto3.Session(), ROLE, "us-east-1")
+    assert pool.open(acct)[0] == OK
+    sources, regions = foundation_mappings().sources, ["us-east-1", "eu-west-1"]
+    account = Account(acct, "prod", raw={"Id": acct, "Name": "prod"})
+    whole = collect_inventory(pool, [account], sources, regions, max_workers=4, max_per_account=2)
+    batches: list[list] = []
+    streamed = collect_inventory(pool, [account], sources, regions, max_workers=4, max_per_account=2,
+                                 sink=batches.append)
+    assert streamed.records == [] and len(whole.records) > 5
+    assert [r for batch in batches for r in batch] == whole.records
+    # the accounts' and regions' own items first, then one batch per unit, as it is in
+    units = [scope for scope in streamed.scopes if sources[scope.source].kind == "api"]
+    assert len(units) == 6 and len(batches) == 1 + len(units)
+    assert streamed.scopes == whole.scopes
+
+
 def test_fetch_items_follows_every_page():
     client = boto3.client("ec2", region_name="us-east-1")
     source = load_mappings().mappings["cmdb_ci_vm_instance"].source

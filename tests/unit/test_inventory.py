@@ -18,6 +18,43 @@ def test_written_then_read_back_whole(tmp_path):
     assert [a.account_id for a in again.accounts] == [a.account_id for a in inventory.accounts]
 
 
+def test_with_a_sink_the_resources_go_to_it_a_batch_at_a_time_in_order_and_the_inventory_keeps_none(
+        tmp_path, monkeypatch):
+    import connector.inventory as module
+
+    monkeypatch.setattr(module, "SINK_BATCH", 7)
+    inventory = synthetic_inventory(accounts=2, instances=3)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(inventory, path)
+    batches: list[list] = []
+    again = read_inventory(path, sink=lambda batch: batches.append(list(batch)))
+    assert again.records == [] and again.scopes == inventory.scopes
+    assert [r for batch in batches for r in batch] == inventory.records
+    assert [len(b) for b in batches[:-1]] == [7] * (len(inventory.records) // 7) and 0 < len(batches[-1]) <= 7
+
+
+def test_a_collect_stopped_midway_leaves_the_file_as_it_was_and_nothing_beside_it(tmp_path):
+    from connector.inventory import InventoryWriter
+
+    before = synthetic_inventory(accounts=1, instances=1)
+    path = tmp_path / "inventory.jsonl"
+    write_inventory(before, path)
+    kept = path.read_bytes()
+    writer = InventoryWriter(path)
+    writer.resources(synthetic_inventory(accounts=2, instances=3).records)  # a unit or two in, then stopped
+    assert path.read_bytes() == kept  # until finished, the resources go beside it
+    writer.abort()
+    assert path.read_bytes() == kept and [p.name for p in tmp_path.iterdir()] == ["inventory.jsonl"]
+    after = synthetic_inventory(accounts=2, instances=3)
+    writer = InventoryWriter(path)
+    writer.resources(after.records[:5])
+    writer.resources(after.records[5:])
+    writer.finish(after)
+    again = read_inventory(path)
+    assert (again.records, again.scopes, writer.written) == (after.records, after.scopes, len(after.records))
+    assert [p.name for p in tmp_path.iterdir()] == ["inventory.jsonl"]
+
+
 def test_the_accounts_targeted_go_with_it_and_none_stays_none(tmp_path):
     inventory = synthetic_inventory(accounts=2, instances=1)
     path = tmp_path / "inventory.jsonl"

@@ -58,8 +58,8 @@ def test_a_stop_signal_before_the_read_ends_the_run_at_once_with_its_report(tmp_
     write_inventory(synthetic_inventory(accounts=1, instances=2), path)
     read_inventory = run.read_inventory
 
-    def read_then_stopped(file):
-        inventory = read_inventory(file)
+    def read_then_stopped(file, sink):
+        inventory = read_inventory(file, sink)
         ops.request_stop()  # as the signal handler does
         return inventory
 
@@ -70,9 +70,10 @@ def test_a_stop_signal_before_the_read_ends_the_run_at_once_with_its_report(tmp_
                                         "report": {"output_dir": str(tmp_path / "reports")}})
         outcome = run.run_pipeline(settings, inventory_file=path)
         assert outcome.exit_code == ops.EXIT_INTERRUPTED
-        assert outcome.report["errors"] == ["interrupted by a stop signal before map: nothing was written; the next "
+        assert outcome.report["errors"] == ["interrupted by a stop signal before read: nothing was written; the next "
                                             "run does it all"]
-        assert set(outcome.report["timings"]) == {"collect"} and outcome.report_path.exists()
+        # each unit's records were mapped as they came in: map's time is its own, not collect's
+        assert set(outcome.report["timings"]) == {"collect", "map"} and outcome.report_path.exists()
         gets = {kind: n for kind, n in server.stats.items() if kind.startswith("GET ")}
         assert gets == {"GET cmdb_ci": 1} and server.writes() == 0  # the login check, and nothing more
 
