@@ -339,12 +339,12 @@ def cmd_check_access(args) -> int:
                   f"organization: {len(tree.units)} OU(s) read, and the parent of {len(tree.parents)} account(s)")
         failed = any(r.status not in ("ok", "skipped") for r in rows) or bool(tree and tree.failure)
         if args.calls:
-            from .aws.access import check_calls, render_calls
+            from .aws.access import check_calls, joined_calls, render_calls
 
             sources = load_mappings(settings.mappings_folder()).sources
             calls = check_calls(pool, [r.account_id for r in rows if r.status == "ok"], sources, settings.aws.regions,
                                 settings.aws.max_workers)
-            print(render_calls(calls))
+            print(render_calls(calls, joined_calls(sources)))
             failed = failed or any(c.status != "ok" for c in calls)
     if not args.aws_only:
         if not args.servicenow_only:

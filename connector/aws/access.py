@@ -5,9 +5,10 @@ failed, and whether the role's trust policy requires an ExternalId (read with
 iam:GetRole through the role itself, which ReadOnlyAccess allows).
 
 With ``--calls``, each listing the mappings name is also called once in each
-account whose role was assumed, in its first region: what a service control
-policy or a role edited by hand refuses is then named before a run, rather
-than as failed scopes in its report.
+account whose role was assumed, in each region, and so is each call their
+``[source.join]`` tables make (describe_volumes, describe_instance_types):
+what a service control policy or a role edited by hand refuses is then named
+before a run, rather than as failed scopes in its report.
 """
 
 from __future__ import annotations
@@ -115,8 +116,10 @@ def check_calls(pool: SessionPool, account_ids: list[str], sources: dict[str, An
     for the account), a global one in the pool's default region; ``max_workers`` at a time. An account whose
     enabled regions cannot be listed is one row, for that call. As many calls as the first page of each
     listing a run makes: a service control policy that denies a service, or a region, shows here."""
-    calls = sorted({(s.service, s.operation, s.scope, json.dumps(s.params, sort_keys=True, default=str))
-                    for s in sources.values() if s.kind == "api" and s.service and s.operation})
+    api = [s for s in sources.values() if s.kind == "api" and s.service and s.operation]
+    calls = sorted({(s.service, s.operation, s.scope, json.dumps(s.params, sort_keys=True, default=str)) for s in api}
+                   | {(s.service, join.operation, s.scope, json.dumps(_probe_params(join), sort_keys=True, default=str))
+                      for s in api for join in s.joins})
     pool.warm({service for service, *_rest in calls} | ({"ec2"} if regions == ["all"] else set()))
 
     def one(job: tuple[str, str, tuple]) -> CallRow:
@@ -144,14 +147,33 @@ def check_calls(pool: SessionPool, account_ids: list[str], sources: dict[str, An
     return rows
 
 
-def render_calls(rows: list[CallRow]) -> str:
-    """The calls refused or failed, one line each, then the count."""
+def joined_calls(sources: dict[str, Any]) -> frozenset[str]:
+    """The calls (service:operation) that ``sources`` make for their ``[source.join]`` tables alone."""
+    api = [s for s in sources.values() if s.kind == "api"]
+    return frozenset(f"{s.service}:{j.operation}" for s in api for j in s.joins) - {
+        f"{s.service}:{s.operation}" for s in api}
+
+
+def _probe_params(join: Any) -> dict[str, Any]:
+    """The parameters a ``[source.join]``'s call is tried with: its own, and where its values go in a
+    filter, that filter with a value no resource has (the answer is empty, the call the run's own); where
+    they go in a parameter of ids, none (the call's first page: an id that does not exist may fail it)."""
+    if join.filter is None:
+        return dict(join.params)
+    return join.call_params(["cmdb-connector-check-access"])
+
+
+def render_calls(rows: list[CallRow], joined: frozenset[str] = frozenset()) -> str:
+    """The calls refused or failed, one line each, then the count; ``joined``: the calls (service:operation)
+    that are a ``[source.join]``'s, counted apart from the listings."""
     bad = [r for r in rows if r.status != OK]
     lines = [f"  {r.account_id} {r.region} {r.call}: {r.status}: {r.reason}" for r in bad]
     accounts = len({r.account_id for r in rows})
-    calls = len({r.call for r in rows})
+    names = {r.call for r in rows}
+    calls = len(names - joined)
+    joins = f" and {len(names & joined)} joined call(s)" if names & joined else ""
     regions = len({r.region for r in rows})
-    lines.append(f"calls: {calls} listing(s) in {accounts} account(s) and {regions} region(s): "
+    lines.append(f"calls: {calls} listing(s){joins} in {accounts} account(s) and {regions} region(s): "
                  f"{len(rows) - len(bad)} allowed, {len(bad)} "
                  "refused or failed" + (" (their scopes would not be collected, so nothing in them retired)"
                                         if bad else ""))

@@ -418,12 +418,15 @@ def test_check_access_prints_the_table_and_exits_3_for_a_denied_account(world):
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 3, proc.stderr  # bravo is still denied; its calls are not made
     api = [s for s in load_mappings().sources.values() if s.kind == "api"]
-    listings = len({f"{s.service}:{s.operation}" for s in api})
-    made = len({(s.service, s.operation) for s in api if s.scope == "global"}) + len(REGIONS) * len(
-        {(s.service, s.operation) for s in api if s.scope != "global"})
+    listings = {(s.service, s.operation) for s in api}
+    # the instances' types and volumes (describe_volumes is also the volumes' listing: made both ways)
+    joins = {(s.service, j.operation) for s in api for j in s.joins}
+    made = len({(s.service, s.operation) for s in api if s.scope == "global"}) + len(REGIONS) * (
+        len({(s.service, s.operation) for s in api if s.scope != "global"}) + len(joins))
     regions = len(set(REGIONS) | {"us-east-1"})  # the default region, for the global listings
-    assert proc.stdout.splitlines()[-1] == (f"calls: {listings} listing(s) in 2 account(s) and {regions} region(s): "
-                                            f"{2 * made} allowed, 0 refused or failed")
+    assert proc.stdout.splitlines()[-1] == (f"calls: {len(listings)} listing(s) and {len(joins - listings)} joined "
+                                            f"call(s) in 2 account(s) and {regions} region(s): {2 * made} allowed, 0 "
+                                            "refused or failed")
 
 
 def test_shards_split_the_organization_without_overlap(world):

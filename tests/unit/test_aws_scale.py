@@ -578,7 +578,7 @@ def test_check_access_calls_names_each_listing_refused_in_each_account_and_regio
     region of it) is named, the rest allowed."""
     from botocore.exceptions import ClientError
 
-    from connector.aws.access import check_calls, render_calls
+    from connector.aws.access import check_calls, joined_calls, render_calls
 
     pool = SessionPool(boto3.Session(), RoleSettings("CMDBReadRole", "ext-id", "sess", 3600), "us-east-1")
     good, fenced = "111111111111", "222222222222"
@@ -593,28 +593,46 @@ def test_check_access_calls_names_each_listing_refused_in_each_account_and_regio
             scp(model)
 
     session = pool.get(fenced).session
-    for event in ("before-call.rds.DescribeDBInstances", "before-call.lambda.ListFunctions"):
+    for event in ("before-call.rds.DescribeDBInstances", "before-call.lambda.ListFunctions",
+                  "before-call.ec2.DescribeVolumes"):  # the last one a join's: the instances' volume sizes
         session.register(event, scp)
     session.register("before-call", outside_the_regions_allowed)
+    asked: list[dict] = []
+    pool.get(good).session.register("before-parameter-build.ec2.DescribeVolumes",
+                                    lambda params, **_: asked.append(dict(params)))
     sources = load_mappings().sources
     rows = check_calls(pool, [good, fenced], sources, ["eu-west-1", "ap-south-1"], max_workers=4)
-    listings = {f"{s.service}:{s.operation}" for s in sources.values() if s.kind == "api"}
-    regional = {f"{s.service}:{s.operation}" for s in sources.values() if s.kind == "api" and s.scope != "global"}
-    assert {r.call for r in rows} == listings
-    assert len(rows) == 2 * (len(listings) + len(regional))  # a regional listing in each region, a global one once
+    api = [s for s in sources.values() if s.kind == "api"]
+    listings = {f"{s.service}:{s.operation}" for s in api}
+    joins = {f"{s.service}:{j.operation}" for s in api for j in s.joins}
+    assert joins == {"ec2:describe_instance_types", "ec2:describe_volumes"}
+    assert joined_calls(sources) == {"ec2:describe_instance_types"}  # describe_volumes is a listing too
+    # each call made: a listing, or a join's (describe_volumes both: as the volumes' listing, and by its filter)
+    probes = {(f"{s.service}:{s.operation}", s.scope, "") for s in api} | {
+        (f"{s.service}:{j.operation}", s.scope, "join") for s in api for j in s.joins}
+    regional = {call for call, scope, _ in probes if scope != "global"}
+    regional_probes = sum(scope != "global" for _, scope, _ in probes)
+    assert {r.call for r in rows} == listings | joins
+    # a regional call in each region, a global one once
+    assert len(rows) == 2 * (len(probes) + regional_probes)
     assert {(r.call, r.region) for r in rows if r.account_id == good} == (
         {(c, region) for c in regional for region in ("eu-west-1", "ap-south-1")}
         | {(c, "us-east-1") for c in listings - regional})  # the global ones in the default region
     refused = {(r.call, r.region) for r in rows if r.status != OK}
     assert all(r.account_id == fenced and r.status == DENIED for r in rows if r.status != OK)
-    assert refused == ({("rds:describe_db_instances", "eu-west-1"), ("lambda:list_functions", "eu-west-1")}
-                       | {(c, "ap-south-1") for c in regional})
-    text = render_calls(rows)
+    assert refused == ({("rds:describe_db_instances", "eu-west-1"), ("lambda:list_functions", "eu-west-1"),
+                        ("ec2:describe_volumes", "eu-west-1")} | {(c, "ap-south-1") for c in regional})
+    # the join's call as a run makes it, by its filter: with a value that no volume has, the answer empty
+    filtered = [a for a in asked if "Filters" in a]
+    assert filtered == [{"Filters": [{"Name": "volume-id", "Values": ["cmdb-connector-check-access"]}]}] * 2
+    assert len(asked) == 4  # and the volumes' listing, in each region
+    text = render_calls(rows, joined_calls(sources))
     assert f"  {fenced} eu-west-1 rds:describe_db_instances: denied: " in text and "service control policy" in text
-    bad = len(regional) + 2
-    assert text.splitlines()[-1] == (f"calls: {len(listings)} listing(s) in 2 account(s) and 3 region(s): "
-                                     f"{len(rows) - bad} allowed, {bad} refused or failed (their scopes would not "
-                                     "be collected, so nothing in them retired)")
+    assert f"  {fenced} eu-west-1 ec2:describe_volumes: denied: " in text
+    bad = regional_probes + 4  # every regional call in ap-south-1; RDS, Lambda and both volume calls in eu-west-1
+    assert text.splitlines()[-1] == (f"calls: {len(listings)} listing(s) and 1 joined call(s) in 2 account(s) and 3 "
+                                     f"region(s): {len(rows) - bad} allowed, {bad} refused or failed (their scopes "
+                                     "would not be collected, so nothing in them retired)")
 
 
 @mock_aws
