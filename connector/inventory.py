@@ -6,6 +6,7 @@ An inventory collected in one network zone can be reconciled from another.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -26,6 +27,8 @@ class InventoryWriter:
     def __init__(self, path: Path):
         self.path = path
         self.written = 0  # resources
+        if path.is_dir():  # told now, not once the collection is done
+            raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
         self._partial = path.with_name(f".{path.name}.partial")
         self._out = self._partial.open("w", encoding="utf-8")

@@ -52,7 +52,8 @@ class LookupSpec(_Strict):
         unnamed = [term for term in query_terms(self.where) if not query_term_field(term)]
         if unnamed:
             raise ValueError(f"where: {unnamed[0]!r} does not begin with a field name (lower case, as the table's "
-                             "dictionary spells it): the instance would drop that condition and let every record through")
+                             "dictionary spells it): the instance would drop that condition and let every record "
+                             "through")
         return self
 
 

@@ -133,6 +133,20 @@ def test_a_path_that_cannot_be_written_is_named_without_a_traceback(tmp_path, ca
     assert f"\nerror: {blocker / 'reports'}: Not a directory (check the path" in f"\n{err}" and "Traceback" not in err
 
 
+def test_collect_into_a_folder_is_named_before_anything_is_collected(tmp_path, monkeypatch, capsys):
+    from connector import run
+
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\n[servicenow]\ninstance_url = "http://127.0.0.1:9"\n'
+                      'username = "u"\npassword = "p"\n')
+    collected = []
+    monkeypatch.setattr(run, "collect_from_aws", lambda *a, **k: collected.append(a))
+    assert main(["--config", str(config), "collect", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path}: is a folder, not a file (check the path" in err and "Traceback" not in err
+    assert collected == []  # minutes of AWS calls not made for a file that cannot be written
+
+
 def test_account_option_reaches_the_targets_of_check_access_and_collect(tmp_path, monkeypatch, capsys):
     from connector import run
     from connector.aws import access, targets
