@@ -84,6 +84,7 @@ class CompiledJoin:
     per_call: int
     shared: bool = False  # the answers are the same for every account: asked once per region per run
     text: str = ""  # the spec, to tell two joins apart
+    many: bool = False  # a value may have many entries: the item keeps them all, in a list
 
     def chunks(self, items: list[Any], asked: set[Any] = frozenset()) -> list[list[Any]]:
         """The distinct values the items are joined on (but those ``asked`` already), ``per_call`` at a
@@ -106,7 +107,8 @@ class CompiledJoin:
 
     def index(self, pages: Iterable[Any]) -> dict[Any, Any]:
         """value -> what an item keeps of its entry. A value two different entries claim is left out:
-        which one is the item's is not known."""
+        which one is the item's is not known. With ``many``: value -> what it keeps of each of its
+        entries, in the answer's order."""
         found: dict[Any, Any] = {}
         contested: set[Any] = set()
         for page in pages:
@@ -115,6 +117,9 @@ class CompiledJoin:
                 if value is None or not isinstance(value, (str, int)):
                     continue
                 kept = self.result(entry)
+                if self.many:
+                    found.setdefault(value, []).append(kept)
+                    continue
                 if value in found and found[value] != kept:
                     contested.add(value)
                 found[value] = kept
@@ -125,11 +130,15 @@ class CompiledJoin:
     def merge(self, items: list[Any], index: dict[Any, Any]) -> list[Any]:
         """Each item with its entry under ``key`` (with a list of values, the list of their entries, in
         its order); one with a value that has no entry stays as it is (what the entry would tell is
-        unknown, not empty: a field read from it should carry ``known_when``)."""
+        unknown, not empty: a field read from it should carry ``known_when``). With ``many``, each item
+        keeps the list of all its values' entries, [] for none: every value was asked, and the answer
+        (all its pages) has every entry there is."""
         joined = []
         for item in items:
             found = self._found(item)
-            if found is None or not all(value in index for value in found[0]):
+            if found is not None and self.many:  # every value was asked: one without entries has none
+                joined.append({**item, self.key: [kept for value in found[0] for kept in index.get(value, ())]})
+            elif found is None or not all(value in index for value in found[0]):
                 joined.append(item)
             elif found[1]:
                 joined.append({**item, self.key: [index[value] for value in found[0]]})
@@ -286,6 +295,7 @@ def _compile_source(spec, tags=None) -> CompiledSource:
             per_call=join.per_call,
             shared=join.shared,
             text=join.model_dump_json(),
+            many=join.many,
         ) for join in spec.join),
         tags_call=None if call is None else CompiledDetail(
             operation=call.operation,

@@ -158,6 +158,9 @@ class JoinSpec(_Strict):
     # true: the answers are AWS's own catalogue, the same for every account (instance types), so each
     # value is asked once per region per run, through whichever account's unit needs it first
     shared: bool = False
+    # true: a value may have many entries (the volumes attached to an instance, by attachment.instance-id):
+    # the item keeps the list of them all, in the answer's order ([] for none), not the one entry
+    many: bool = False
 
     @model_validator(mode="after")
     def _compiles(self) -> "JoinSpec":

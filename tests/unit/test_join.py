@@ -273,3 +273,47 @@ def load_join(lines: str) -> tuple:
     with TemporaryDirectory() as folder:
         (Path(folder) / "cmdb_ci_network.toml").write_text(VALID.replace("[fields]", spec + "[fields]"))
         return load_mappings(Path(folder)).mappings["cmdb_ci_network"].source.joins
+
+
+@mock_aws
+def test_a_join_with_many_keeps_every_entry_of_a_value_and_none_is_an_empty_list(tmp_path):
+    """One-to-many: the sizes of the volumes attached to each instance, asked by attachment.instance-id (the
+    instance file asks by the volume ids its instances list instead; both give the same sizes)."""
+    from pathlib import Path
+
+    ec2 = boto3.client("ec2", region_name=REGION)
+    image = "ami-12345678"
+    two = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1, BlockDeviceMappings=[
+        {"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 8}}, {"DeviceName": "/dev/sdf", "Ebs": {"VolumeSize": 50}}])
+    bare = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    for volume in ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [bare]}])["Volumes"]:
+        ec2.detach_volume(VolumeId=volume["VolumeId"], InstanceId=bare)  # an instance with no volume attached
+    import shutil
+
+    from connector.mapping.load import builtin_mappings_dir
+
+    folder = Path(tmp_path) / "mappings"
+    shutil.copytree(builtin_mappings_dir(), folder, ignore=shutil.ignore_patterns("__*"))
+    text = (Path(instance_mapping().file).read_text()
+            .replace('filter = "volume-id"\non = "BlockDeviceMappings[].Ebs.VolumeId"\nitems = "Volumes"\n'
+                     'match = "VolumeId"\n',
+                     'filter = "attachment.instance-id"\non = "InstanceId"\nitems = "Volumes"\n'
+                     'match = "Attachments[0].InstanceId"\nmany = true\n'))
+    assert "many = true" in text
+    (folder / "cmdb_ci_vm_instance.toml").write_text(text)
+    mapping = load_mappings(folder).mappings["cmdb_ci_vm_instance"]
+    items = {item["InstanceId"]: item for item in fetch_items(ec2, mapping.source)}
+    big = two["Instances"][0]["InstanceId"]
+    assert sorted(items[big]["VolumeSizes"]) == [8, 50] and items[bare]["VolumeSizes"] == []
+    disks = {i: map_record(mapping, Record(ACCOUNT, REGION, "ec2:instance", item)).fields["disks_size"]
+             for i, item in items.items()}
+    assert disks == {big: "58", bare: "0"}
+    by_ids = {item["InstanceId"]: item.get("VolumeSizes") for item in fetch_items(ec2, instance_mapping().source)}
+    assert sorted(by_ids[big]) == [8, 50]
+    # the index keeps every entry of a value, in the answer's order; merge gives a value without any []
+    join = mapping.source.joins[1]
+    index = join.index([{"Volumes": [{"VolumeId": "v1", "Size": 1, "Attachments": [{"InstanceId": "i-1"}]},
+                                     {"VolumeId": "v2", "Size": 2, "Attachments": [{"InstanceId": "i-1"}]}]}])
+    assert index == {"i-1": [1, 2]}
+    assert [i.get("VolumeSizes") for i in join.merge([running("i-1", "m5.large"), running("i-2", "m5.large"),
+                                                      {"InstanceId": None}], index)] == [[1, 2], [], None]
