@@ -184,9 +184,11 @@ def cmd_validate(args) -> int:
 def cmd_map(args) -> int:
     import json
 
+    from collections import Counter
+
     from .inventory import read_inventory
     from .mapping.preview import ci_row, preview, preview_lines
-    from .mapping.transform import map_inventory
+    from .mapping.transform import Mapper
 
     if args.mappings is not None:
         folder, tags = args.mappings, args.tags
@@ -203,8 +205,14 @@ def cmd_map(args) -> int:
         if name not in mappings.tables:
             raise UsageError(f"--class {name}: no mapping file defines this class{did_you_mean(name, mappings.tables)}; "
                              f"the classes: {', '.join(mappings.tables)}")
-    inventory = read_inventory(args.inventory)
-    mapped = map_inventory(inventory, mappings, tags=tags)
+    mapper, sources = Mapper(mappings, tags=tags), Counter()
+
+    def map_as_read(records: list) -> None:  # a thousand lines at a time: the raw items are not all held
+        sources.update(record.source for record in records)
+        mapper.add(records)
+
+    inventory = read_inventory(args.inventory, sink=map_as_read)
+    mapped = mapper.result()
     chosen = [ci for ci in mapped.cis if tables is None or ci.table in tables]
     summary_out = sys.stdout
     if args.output is not None:
@@ -216,10 +224,10 @@ def cmd_map(args) -> int:
             args.output.parent.mkdir(parents=True, exist_ok=True)
             with args.output.open("w", encoding="utf-8") as out:
                 out.writelines(rows)
-    result = preview(inventory, mappings, mapped, tables)
+    result = preview(sources, mappings, mapped, tables)
     not_ok = sum(scope.status != "ok" for scope in inventory.scopes)
     print(f"mappings: {folder or 'built-in'} ({len(mappings.mappings)} files){', tags on' if tags else ''}; "
-          f"inventory: {args.inventory} ({len(inventory.records)} resources, {len(inventory.scopes)} scopes"
+          f"inventory: {args.inventory} ({sum(sources.values())} resources, {len(inventory.scopes)} scopes"
           + (f", {not_ok} not collected ok: their resources are not in it" if not_ok else "") + ")", file=summary_out)
     for line in preview_lines(result):
         print(line, file=summary_out)

@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..models import DesiredCI, Inventory, Lookup
+from ..models import DesiredCI, Lookup
 from .functions import snow_value
 from .load import MappingSet
 from .transform import MapResult
@@ -53,8 +53,9 @@ class Preview:
     warnings: list[str] = field(default_factory=list)
 
 
-def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, tables: set[str] | None = None) -> Preview:
-    """The summary of ``mapped`` (``map_inventory(inventory, mappings)``), for ``tables`` (default: all)."""
+def preview(sources: Counter, mappings: MappingSet, mapped: MapResult, tables: set[str] | None = None) -> Preview:
+    """The summary of ``mapped`` (what ``Mapper`` made of an inventory whose resources, per source, are
+    ``sources``), for ``tables`` (default: all)."""
     known = {(ci.table, ci.identity) for ci in mapped.cis}
     declared = {(m.table, m.source.name): [(r.type, r.to) for r in m.relations] for m in mappings.mappings.values()}
     # a class fed by several files (one per AWS API) maps a field in some of them only
@@ -98,7 +99,7 @@ def preview(inventory: Inventory, mappings: MappingSet, mapped: MapResult, table
             summary.not_mapped += 1
             summary.first_problem = summary.first_problem or problem.message
     read = set(mappings.sources)
-    unread = Counter(record.source for record in inventory.records if record.source not in read)
+    unread = Counter({source: n for source, n in sources.items() if source not in read})
     warnings = [w for w in mapped.warnings if tables is None or w.split(":", 1)[0] in tables]
     return Preview(list(classes.values()), unread, warnings)
 

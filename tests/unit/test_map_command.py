@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def test_fields_empty_in_some_cis_are_counted(tmp_path):
     instances = [r for r in inventory.records if r.source == "ec2:instance"]
     del instances[0].resource["PrivateIpAddress"]
     mappings = load_mappings()
-    lines = preview_lines(preview(inventory, mappings, map_inventory(inventory, mappings), {"cmdb_ci_vm_instance"}))
+    sources = Counter(record.source for record in inventory.records)
+    lines = preview_lines(preview(sources, mappings, map_inventory(inventory, mappings), {"cmdb_ci_vm_instance"}))
     assert lines[0] == "cmdb_ci_vm_instance: 4 CI(s), 4 relation(s) (cmdb_ci_vm_instance.toml)"
     assert "  empty in some CIs: ip_address 1/4" in lines
 
@@ -161,7 +163,9 @@ def test_a_field_one_file_of_a_class_maps_is_not_counted_empty_in_the_cis_of_its
         Record("100000000000", "us-east-1", "elbv2:load_balancer", {
             "LoadBalancerName": "new", "DNSName": "new.elb", "Type": "application",
             "LoadBalancerArn": "arn:aws:elasticloadbalancing:us-east-1:100000000000:loadbalancer/app/new/1"})]
-    lines = preview_lines(preview(inventory, mappings, map_inventory(inventory, mappings), {"cmdb_ci_cloud_load_balancer"}))
+    sources = Counter(record.source for record in inventory.records)
+    lines = preview_lines(preview(sources, mappings, map_inventory(inventory, mappings),
+                                  {"cmdb_ci_cloud_load_balancer"}))
     assert lines[0].startswith("cmdb_ci_cloud_load_balancer: 2 CI(s)")
     assert not any("comments" in line for line in lines), lines
 
