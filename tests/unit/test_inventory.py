@@ -30,7 +30,7 @@ def test_with_a_sink_the_resources_go_to_it_a_batch_at_a_time_in_order_and_the_i
     again = read_inventory(path, sink=lambda batch: batches.append(list(batch)))
     assert again.records == [] and again.scopes == inventory.scopes
     assert [r for batch in batches for r in batch] == inventory.records
-    assert [len(b) for b in batches[:-1]] == [7] * (len(inventory.records) // 7) and 0 < len(batches[-1]) <= 7
+    assert len(batches) > 2 and all(len(b) == 7 for b in batches[:-1]) and 0 < len(batches[-1]) <= 7
 
 
 def test_a_collect_stopped_midway_leaves_the_file_as_it_was_and_nothing_beside_it(tmp_path):
