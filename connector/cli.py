@@ -312,14 +312,10 @@ def cmd_collect(args) -> int:
 
     settings = _settings(args)
     mappings = load_mappings(settings.mappings_folder())
-    writer = InventoryWriter(args.output)  # each unit's resources written as it is in: none held
-    try:
+    with InventoryWriter(args.output) as writer:  # each unit's resources written as it is in: none held
         inventory = collect_from_aws(settings, mappings, parse_shard(args.shard),
                                      only=parse_account_ids(args.only_accounts, "--account"), sink=writer.resources)
         writer.finish(inventory)
-    except BaseException:
-        writer.abort()
-        raise
     print(f"inventory: {args.output} ({writer.written} resources, {len(inventory.scopes)} scopes)")
     if nothing_collected(inventory):
         print(f"failed: {NOTHING_COLLECTED}", file=sys.stderr)

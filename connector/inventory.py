@@ -22,11 +22,13 @@ class InventoryWriter:
     """An inventory file written as it is collected: each unit's resources as soon as the unit is in
     (``resources``, a collect's sink), then the accounts, the scopes and the accounts targeted
     (``finish``). It is written beside ``path`` and put in its place once whole: a collect stopped or
-    failed midway leaves the file as it was (``abort``), never one with resources and no scopes."""
+    failed midway leaves the file as it was (``abort``, which leaving the ``with`` block unfinished
+    does), never one with resources and no scopes."""
 
     def __init__(self, path: Path):
         self.path = path
         self.written = 0  # resources
+        self._done = False
         if path.is_dir():  # told now, not once the collection is done
             raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,21 +53,26 @@ class InventoryWriter:
             out.write(json.dumps({"kind": "targeted_accounts", "account_ids": sorted(inventory.targeted)}) + "\n")
         out.close()
         os.replace(self._partial, self.path)
+        self._done = True
 
     def abort(self) -> None:
         self._out.close()
         self._partial.unlink(missing_ok=True)
+        self._done = True
+
+    def __enter__(self) -> "InventoryWriter":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        if not self._done:  # an error, a stop: the file stays as it was
+            self.abort()
 
 
 def write_inventory(inventory: Inventory, path: Path) -> None:
     """The whole inventory to ``path`` (``InventoryWriter``)."""
-    writer = InventoryWriter(path)
-    try:
+    with InventoryWriter(path) as writer:
         writer.resources(inventory.records)
         writer.finish(inventory)
-    except BaseException:
-        writer.abort()
-        raise
 
 
 # resources handed to read_inventory's sink at a time

@@ -89,8 +89,12 @@ class CompiledJoin:
     def chunks(self, items: list[Any], asked: set[Any] = frozenset()) -> list[list[Any]]:
         """The distinct values the items are joined on (but those ``asked`` already), ``per_call`` at a
         time, in a stable order."""
-        values = {value for item in items for value in (self._found(item) or ((),))[0]} - asked
-        ordered = sorted(values, key=repr)
+        values: set[Any] = set()
+        for item in items:
+            found = self._found(item)
+            if found is not None:
+                values.update(found[0])
+        ordered = sorted(values - asked, key=repr)
         return [ordered[i:i + self.per_call] for i in range(0, len(ordered), self.per_call)]
 
     def _found(self, item: Any) -> tuple[list[Any], bool] | None:

@@ -45,6 +45,11 @@ def test_a_collect_stopped_midway_leaves_the_file_as_it_was_and_nothing_beside_i
     assert path.read_bytes() == kept  # until finished, the resources go beside it
     writer.abort()
     assert path.read_bytes() == kept and [p.name for p in tmp_path.iterdir()] == ["inventory.jsonl"]
+    with pytest.raises(KeyboardInterrupt):  # stopped within the with block: the same
+        with InventoryWriter(path) as writer:
+            writer.resources(before.records)
+            raise KeyboardInterrupt
+    assert path.read_bytes() == kept and [p.name for p in tmp_path.iterdir()] == ["inventory.jsonl"]
     after = synthetic_inventory(accounts=2, instances=3)
     writer = InventoryWriter(path)
     writer.resources(after.records[:5])
