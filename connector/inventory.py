@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Callable
 
@@ -32,8 +33,10 @@ class InventoryWriter:
         if path.is_dir():  # told now, not once the collection is done
             raise IsADirectoryError(errno.EISDIR, "is a folder, not a file", str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._partial = path.with_name(f".{path.name}.partial")
-        self._out = self._partial.open("w", encoding="utf-8")
+        # a name of its own, as write_text_atomic's: two collects into one path never share a partial file
+        fd, partial = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        self._partial = Path(partial)
+        self._out = os.fdopen(fd, "w", encoding="utf-8")
 
     def resources(self, records: list[Record]) -> None:
         self._out.writelines(json.dumps({"kind": "resource", "account_id": r.account_id, "region": r.region,

@@ -60,6 +60,20 @@ def test_a_collect_stopped_midway_leaves_the_file_as_it_was_and_nothing_beside_i
     assert [p.name for p in tmp_path.iterdir()] == ["inventory.jsonl"]
 
 
+def test_two_collects_into_one_path_write_apart_and_the_one_that_finishes_is_kept(tmp_path):
+    from connector.inventory import InventoryWriter
+
+    path = tmp_path / "inventory.jsonl"
+    ours, theirs = synthetic_inventory(accounts=1, instances=2), synthetic_inventory(accounts=2, instances=1)
+    with InventoryWriter(path) as first, InventoryWriter(path) as second:
+        first.resources(ours.records)
+        second.resources(theirs.records)
+        first.finish(ours)
+        second.abort()  # the other one stopped midway: what the first wrote stays whole
+    assert read_inventory(path).records == ours.records
+    assert [p.name for p in tmp_path.iterdir()] == ["inventory.jsonl"]
+
+
 def test_the_accounts_targeted_go_with_it_and_none_stays_none(tmp_path):
     inventory = synthetic_inventory(accounts=2, instances=1)
     path = tmp_path / "inventory.jsonl"
