@@ -205,7 +205,8 @@ def cmd_map(args) -> int:
         if name not in mappings.tables:
             raise UsageError(f"--class {name}: no mapping file defines this class{did_you_mean(name, mappings.tables)}; "
                              f"the classes: {', '.join(mappings.tables)}")
-    mapper, sources = Mapper(mappings, tags=tags), Counter()
+    # the preview names the fields empty in every CI itself, whatever their number
+    mapper, sources = Mapper(mappings, tags=tags, unfilled=False), Counter()
 
     def map_as_read(records: list) -> None:  # a thousand lines at a time: the raw items are not all held
         sources.update(record.source for record in records)

@@ -90,22 +90,64 @@ def map_record(mapping: Mapping, record: Record, tags: bool = False) -> DesiredC
     )
 
 
+# A field that came out empty for every item of a mapping file is named in a warning once the file
+# mapped at least this many (fewer, and a field that is simply unset on each, an address, is likelier)
+EMPTY_FIELD_MIN_ITEMS = 10
+
+
+class _Unfilled:
+    """The fields of one mapping file that no CI it made has had a value for yet (``note``), and how
+    many CIs it made."""
+
+    __slots__ = ("mapping", "fields", "cis")
+
+    def __init__(self, mapping: Mapping):
+        self.mapping = mapping
+        self.fields = set(mapping.fields) - {mapping.identity_field}
+        self.cis = 0
+
+    def note(self, ci: DesiredCI) -> bool:
+        """Count ``ci``, and strike out the fields it has a value for (a create-only one, or one its item
+        did not know, in ``create_only``). True once every field has had a value."""
+        self.cis += 1
+        fields, create_only = ci.fields, ci.create_only
+        filled = [name for name in self.fields if (fields[name] if name in fields else create_only.get(name))
+                  not in (None, "")]
+        self.fields.difference_update(filled)
+        return not self.fields
+
+    def warnings(self) -> list[str]:
+        if self.cis < EMPTY_FIELD_MIN_ITEMS:
+            return []
+        return [f"{self.mapping.table}.{name}: empty for every one of the {self.cis} resources "
+                f"{self.mapping.file.name} mapped: a path or tag that matches nothing (a typo, a key AWS "
+                "renamed)? `cmdb-connector map --inventory FILE` shows what each field gets from a saved inventory"
+                for name in sorted(self.fields)]
+
+
 class Mapper:
     """map, a batch of records at a time, in the order they come (``add``), so that a run need not hold
     the raw items of every unit at once: each unit's are mapped as it is in, and dropped (memory grows
     with the CIs, not with the raw answers). A CI met again under its identity is kept once: the same
     resource seen twice is nothing to say, but another resource with other values under that identity
-    (a template that leaves out the region, say) would be lost without a word, so it is a warning."""
+    (a template that leaves out the region, say) would be lost without a word, so it is a warning.
 
-    def __init__(self, mappings: MappingSet, tags: bool = False):
+    With ``unfilled`` (a run's), a field that came out empty for every item of a mapping file is one
+    too (``EMPTY_FIELD_MIN_ITEMS``): a path that matches nothing would otherwise leave it empty on every
+    CI made, without a word (an update that would empty it on many is held by plan's guard)."""
+
+    def __init__(self, mappings: MappingSet, tags: bool = False, unfilled: bool = True):
         self._by_source = {name: mappings.for_source(name) for name in mappings.sources}
         self._tags = tags
         self._result = MapResult()
         self._kept: dict[tuple[str, str], DesiredCI] = {}
         self._clashes: dict[str, list] = {}  # table -> [count, the identity, the mapping file]
+        # id(mapping) -> the fields it has not filled yet; a file is dropped once it has filled every one
+        self._unfilled = {id(m): _Unfilled(m) for m in mappings.mappings.values()} if unfilled else {}
 
     def add(self, records: Iterable[Record]) -> None:
         result, kept, clashes, by_source, tags = self._result, self._kept, self._clashes, self._by_source, self._tags
+        unfilled = self._unfilled
         for record in records:
             for mapping in by_source.get(record.source, ()):
                 try:
@@ -118,6 +160,10 @@ class Mapper:
                 first = kept.setdefault(key, ci)
                 if first is ci:
                     result.cis.append(ci)
+                    if unfilled:
+                        watch = unfilled.get(id(mapping))
+                        if watch is not None and watch.note(ci):
+                            del unfilled[id(mapping)]
                 elif first.fields != ci.fields or first.relations != ci.relations:
                     clashes.setdefault(ci.table, [0, ci.identity, mapping.file.name])[0] += 1
 
@@ -127,7 +173,8 @@ class Mapper:
             f"{table}: {count} resource(s) map to an identity that another resource has already, with other values "
             f"(e.g. {identity}): only the first of each is written. Make the identity unique in {file} (a "
             "correlation_id template without the region or the account?)"
-            for table, (count, identity, file) in sorted(self._clashes.items())])
+            for table, (count, identity, file) in sorted(self._clashes.items())]
+            + sorted(w for watch in self._unfilled.values() for w in watch.warnings()))
 
 
 def map_inventory(inventory: Inventory, mappings: MappingSet, tags: bool = False) -> MapResult:

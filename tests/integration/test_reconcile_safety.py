@@ -267,6 +267,11 @@ def test_a_mistyped_field_path_empties_no_field_without_force(tmp_path):
         assert sorted(r["ip_address"] for r in server.store.rows("cmdb_ci_vm_instance")) == addresses
         assert held.report["guards"][0].startswith("cmdb_ci_vm_instance.ip_address: would empty it on 12 of 12 CIs")
         assert held.report["changes"] == [] and held.report["tables"]["cmdb_ci_vm_instance"]["unchanged"] == 12
+        # and the run says why, for CIs it creates too (no guard holds those): the field mapped empty everywhere
+        assert [w for w in held.report["warnings"] if "empty for every one" in w] == [
+            "cmdb_ci_vm_instance.ip_address: empty for every one of the 12 resources cmdb_ci_vm_instance.toml mapped: "
+            "a path or tag that matches nothing (a typo, a key AWS renamed)? `cmdb-connector map --inventory FILE` "
+            "shows what each field gets from a saved inventory"]
 
         forced = run_pipeline(settings, inventory_file=path, mappings=typo, force=True)
         assert forced.report["tables"]["cmdb_ci_vm_instance"]["updated"] == 12

@@ -342,6 +342,51 @@ def test_a_path_that_fails_on_an_item_names_its_field_or_relation_and_the_item(t
                                "expected one of: ['string', 'array', 'object'], received: \"null\" (item 'vpc-1')")
 
 
+
+# a misspelled path, a create-only field, a field its items may not know
+UNFILLED = """[fields]
+cidr = "CidrBlok"
+description = { path = "Description", create_only = true }
+state = { path = "State", known_when = "Known" }
+"""
+
+
+def _vpcs(count: int, start: int = 0) -> list[Record]:
+    return [Record(ACCOUNT, REGION, "ec2:vpc", {"VpcId": f"vpc-{n}", "CidrBlock": "10.0.0.0/16"})
+            for n in range(start, start + count)]
+
+
+def test_a_field_empty_for_every_item_of_a_file_is_a_warning_of_the_run(tmp_path):
+    from connector.mapping.transform import EMPTY_FIELD_MIN_ITEMS, Mapper
+
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID.replace("[fields]\n", UNFILLED))
+    mappings = load_mappings(tmp_path)
+    mapper = Mapper(mappings)
+    for batch in (_vpcs(EMPTY_FIELD_MIN_ITEMS - 1), _vpcs(1, EMPTY_FIELD_MIN_ITEMS - 1)):  # over the batches
+        mapper.add(batch)
+    result = mapper.result()
+    assert len(result.cis) == EMPTY_FIELD_MIN_ITEMS
+    # the misspelled path, the create-only field no item fills, the field no item knows; not the name
+    assert result.warnings == [
+        f"cmdb_ci_network.{name}: empty for every one of the {EMPTY_FIELD_MIN_ITEMS} resources cmdb_ci_network.toml "
+        "mapped: a path or tag that matches nothing (a typo, a key AWS renamed)? `cmdb-connector map --inventory "
+        "FILE` shows what each field gets from a saved inventory" for name in ("cidr", "description", "state")]
+
+    # one item that fills a field is enough to say nothing of it; a create-only or unknown value counts
+    mapper = Mapper(mappings)
+    mapper.add(_vpcs(EMPTY_FIELD_MIN_ITEMS) + [Record(ACCOUNT, REGION, "ec2:vpc", {
+        "VpcId": "vpc-x", "CidrBlok": "10.1.0.0/16", "Description": "web", "State": "available"})])
+    assert mapper.result().warnings == []
+    # too few resources to tell a typo from fields simply unset (one seen twice counts once); and not for the
+    # map command (its preview says it)
+    mapper = Mapper(mappings)
+    mapper.add(_vpcs(EMPTY_FIELD_MIN_ITEMS - 1) + _vpcs(1))
+    assert mapper.result().warnings == []
+    mapper = Mapper(mappings, unfilled=False)
+    mapper.add(_vpcs(EMPTY_FIELD_MIN_ITEMS))
+    assert mapper.result().warnings == []
+
+
 @pytest.mark.parametrize("value, expected", [
     (None, None), (True, "true"), (False, "false"), (8, "8"), (8.0, "8"), (2.5, "2.5"), ("x", "x"),
 ])
