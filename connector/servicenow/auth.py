@@ -17,6 +17,7 @@ from requests.auth import AuthBase
 
 from ..errors import ServiceNowAuthError, ServiceNowUnavailable
 from ..settings import ServiceNowSettings
+from .transport import unreachable_reason
 
 log = logging.getLogger(__name__)
 EARLY_RENEWAL_SECONDS = 60
@@ -78,8 +79,9 @@ class OAuthToken(AuthBase):
             response = requests.post(self._url, data=form, headers={"Accept": "application/json"},
                                      verify=self._verify, timeout=self._timeout)
         except requests.RequestException as exc:
-            raise ServiceNowUnavailable(f"cannot reach ServiceNow for an OAuth token: {type(exc).__name__}",
-                                        method="POST", url="/oauth_token.do") from None
+            raise ServiceNowUnavailable(
+                f"cannot reach ServiceNow for an OAuth token: {unreachable_reason(exc, self._url)}",
+                method="POST", url="/oauth_token.do") from None
         if response.status_code != 200:
             try:
                 reason = response.json().get("error_description", "")

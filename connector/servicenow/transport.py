@@ -147,6 +147,31 @@ def _tls_reason(exc: requests.exceptions.SSLError) -> str:
     return text[start:].split(" (_ssl")[0].rstrip("')\" ") if start >= 0 else type(exc).__name__
 
 
+# what the socket layer says, as requests and urllib3 word it, for a host name that does not resolve
+_NOT_RESOLVED = ("NameResolutionError", "Name or service not known", "nodename nor servname", "getaddrinfo failed",
+                 "Temporary failure in name resolution", "No address associated with hostname")
+
+
+def unreachable_reason(exc: requests.RequestException, url: str) -> str:
+    """Why ``url``'s host could not be reached, for an operator: the host and port, and what went wrong
+    (a name that does not resolve, a refused connection, no answer in time, a dropped connection), the
+    exception's class where it is none of those. No more of the URL than the host and port."""
+    parts = requests.utils.urlparse(url)
+    where = f"{parts.hostname or '?'}" + (f":{parts.port}" if parts.port else "")
+    text = repr(exc)
+    if any(sign in text for sign in _NOT_RESOLVED):
+        return f"the host name {parts.hostname!r} was not found (DNS): check servicenow.instance_url"
+    if "Connection refused" in text or "ConnectionRefusedError" in text:
+        return f"{where} refused the connection (nothing listens there?): check servicenow.instance_url"
+    if isinstance(exc, requests.ConnectTimeout):
+        return f"no connection to {where} in time (a firewall, a proxy needed, or the wrong address?)"
+    if isinstance(exc, requests.ReadTimeout):
+        return f"{where} did not answer in time (servicenow.timeout_seconds)"
+    if "Connection reset" in text or "Connection aborted" in text or "RemoteDisconnected" in text:
+        return f"{where} closed the connection before its answer ({type(exc).__name__})"
+    return f"{type(exc).__name__} ({where})"
+
+
 def _connection_failure(exc: requests.RequestException, method: str, url: str) -> ServiceNowError:
     path = requests.utils.urlparse(url).path
     if isinstance(exc, requests.exceptions.SSLError):  # not a failure that passes: no retry, and the fix
@@ -160,8 +185,9 @@ def _connection_failure(exc: requests.RequestException, method: str, url: str) -
         isinstance(exc, requests.ConnectionError) and "NewConnectionError" in repr(exc)
     )
     if method == "POST" and not not_sent:
-        return AmbiguousWriteError(f"connection lost during a create: {type(exc).__name__}", method=method, url=path)
-    return ServiceNowUnavailable(f"cannot reach ServiceNow: {type(exc).__name__}", method=method, url=path)
+        return AmbiguousWriteError(f"connection lost during a create: {unreachable_reason(exc, url)}", method=method,
+                                   url=path)
+    return ServiceNowUnavailable(f"cannot reach ServiceNow: {unreachable_reason(exc, url)}", method=method, url=path)
 
 
 class ServiceNowSession(requests.Session):

@@ -7,6 +7,7 @@ from itertools import chain
 from urllib.parse import parse_qs, urlparse
 
 import pytest
+import requests
 import responses
 
 from connector.errors import (
@@ -379,8 +380,43 @@ def test_connection_refused_is_unavailable_not_a_traceback():
     port = sock.getsockname()[1]
     sock.close()
     tables, _ = client(f"http://127.0.0.1:{port}", max_attempts=2)
-    with pytest.raises(ServiceNowUnavailable, match="cannot reach ServiceNow"):
+    with pytest.raises(ServiceNowUnavailable) as info:
         list(tables.query("cmdb_ci", "", ["sys_id"]))
+    # what went wrong, and where: the operator's first question
+    assert str(info.value).startswith(f"cannot reach ServiceNow: 127.0.0.1:{port} refused the connection (nothing "
+                                      "listens there?): check servicenow.instance_url")
+
+
+def test_an_instance_that_does_not_answer_in_time_is_named_with_the_setting():
+    import socket
+
+    server = socket.socket()  # accepts (the backlog), never answers
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    tables, _ = client(f"http://127.0.0.1:{port}", max_attempts=1, timeout_seconds=0.2)
+    with pytest.raises(ServiceNowUnavailable) as info:
+        list(tables.query("cmdb_ci", "", ["sys_id"]))
+    server.close()
+    assert str(info.value).startswith(f"cannot reach ServiceNow: 127.0.0.1:{port} did not answer in time "
+                                      "(servicenow.timeout_seconds)")
+
+
+@pytest.mark.parametrize("exc, reason", [
+    (requests.ConnectionError("HTTPSConnectionPool(host='acme.service-now.com', port=443): Max retries exceeded "
+                              "(Caused by NameResolutionError(\"Failed to resolve 'acme.service-now.com' ([Errno -2] "
+                              "Name or service not known)\"))"),
+     "the host name 'acme.service-now.com' was not found (DNS): check servicenow.instance_url"),
+    (requests.ConnectTimeout("timed out"),
+     "no connection to acme.service-now.com in time (a firewall, a proxy needed, or the wrong address?)"),
+    (requests.ConnectionError("('Connection aborted.', ConnectionResetError(104, 'Connection reset by peer'))"),
+     "acme.service-now.com closed the connection before its answer (ConnectionError)"),
+    (requests.exceptions.ChunkedEncodingError("IncompleteRead"), "ChunkedEncodingError (acme.service-now.com)"),
+])
+def test_why_an_instance_could_not_be_reached_names_the_host_and_no_more_of_the_url(exc, reason):
+    from connector.servicenow.transport import unreachable_reason
+
+    assert unreachable_reason(exc, "https://acme.service-now.com/api/now/table/cmdb_ci?sysparm_query=name=x") == reason
 
 
 # -- OAuth ---------------------------------------------------------------------------
