@@ -131,6 +131,11 @@ class DetailSpec(_Strict):
         return self
 
 
+# EC2 refuses a call with more filter values than this, all its filters together: "FilterLimitExceeded: The
+# maximum number of filter values specified on a single call is 200"
+MAX_FILTER_VALUES = 200
+
+
 class JoinSpec(_Strict):
     """One call (or a few) per collection unit, whose answers join its items: the specs of the instance
     types the unit's instances use (describe_instance_types), the AMIs they were launched from."""
@@ -174,6 +179,13 @@ class JoinSpec(_Strict):
         if self.filter is not None and not isinstance(self.params.get("Filters", []), list):
             raise ValueError("params.Filters: a list of filters ({ Name = ..., Values = [...] }), to which "
                              "the filter of the values is added")
+        if self.filter is not None:
+            given = sum(len(f.get("Values") or ()) for f in self.params.get("Filters", []) if isinstance(f, dict))
+            if self.per_call + given > MAX_FILTER_VALUES:
+                raise ValueError(
+                    f"per_call: {self.per_call} values a call" + (f", and {given} in params.Filters" if given else "")
+                    + f": EC2 takes at most {MAX_FILTER_VALUES} filter values in one call, all filters together "
+                    f"(FilterLimitExceeded, which would fail the unit); per_call = {MAX_FILTER_VALUES - given} at most")
         return self
 
 

@@ -259,7 +259,10 @@ def test_a_volume_not_in_the_answer_leaves_that_instances_sizes_unknown_and_none
 
 
 def test_a_filter_join_adds_its_filter_to_those_of_its_params():
-    (join,) = load_join('filter = "volume-id"\nparams = { Filters = [{ Name = "status", Values = ["in-use"] }] }\n')
+    # per_call up to EC2's 200 filter values a call, with those of params (one here)
+    (join,) = load_join('filter = "volume-id"\nparams = { Filters = [{ Name = "status", Values = ["in-use"] }] }\n'
+                        'per_call = 199\n')
+    assert join.per_call == 199
     assert join.call_params(["vol-1"]) == {"Filters": [{"Name": "status", "Values": ["in-use"]},
                                                        {"Name": "volume-id", "Values": ["vol-1"]}]}
 

@@ -515,6 +515,16 @@ INVALID_CASES += [
     ("second join without key", VALID.replace("[fields]", (JOIN + JOIN.replace('key = "Dhcp"\n', ""))
                                               .replace("[source.join]", "[[source.join]]") + "[fields]"),
      "cmdb_ci_network.toml: source.join.1.key: required key is missing"),
+    ("join filter over EC2's filter values", VALID.replace("[fields]", JOIN.replace(
+        'param = "DhcpOptionsIds"', 'filter = "dhcp-options-id"\nper_call = 201') + "[fields]"),
+     "cmdb_ci_network.toml: source.join: per_call: 201 values a call: EC2 takes at most 200 filter values in one "
+     "call, all filters together (FilterLimitExceeded, which would fail the unit); per_call = 200 at most"),
+    ("join filter over EC2's filter values with those of params", VALID.replace("[fields]", JOIN.replace(
+        'param = "DhcpOptionsIds"', 'filter = "dhcp-options-id"\nper_call = 200\n'
+        'params = { Filters = [{ Name = "state", Values = ["a", "b"] }] }') + "[fields]"),
+     "cmdb_ci_network.toml: source.join: per_call: 200 values a call, and 2 in params.Filters: EC2 takes at most "
+     "200 filter values in one call, all filters together (FilterLimitExceeded, which would fail the unit); "
+     "per_call = 198 at most"),
     ("join per_call zero", VALID.replace("[fields]", JOIN + "per_call = 0\n[fields]"),
      "cmdb_ci_network.toml: source.join.per_call: Input should be greater than or equal to 1"),
     ("join on a region", VALID.replace('service = "ec2"\noperation = "describe_vpcs"\nitems = "Vpcs"\n',
