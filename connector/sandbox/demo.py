@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from .aws import FAKE_KEYS, AwsSandbox, RegionPlan, SeededOrg, seed_organization
+from .aws import FAKE_KEYS, AwsSandbox, RegionPlan, SeededOrg, deploy_read_roles, seed_organization
 from .servicenow import ServiceNowStandIn
 
 DEMO_MEMBERS = ["prod", "dev", "shared-services"]
@@ -63,9 +63,11 @@ def sandboxes(members: list[str] | None = None, regions: list[str] | None = None
               db_path: Path | None = None) -> Iterator[Sandboxes]:
     external_id = "demo-" + secrets.token_hex(8)
     password = secrets.token_urlsafe(12)
-    with AwsSandbox(external_id=external_id) as aws, \
+    # the roles as the StackSet deploys them, their trust policies checked on each AssumeRole
+    with AwsSandbox(enforce_trust=True) as aws, \
             ServiceNowStandIn(users={DEMO_USER: password}, db_path=db_path) as sn:
         org = seed_organization(aws.moto_url, members or DEMO_MEMBERS, regions or DEMO_REGIONS, RegionPlan(services=True),
                                 units=DEMO_UNITS if members is None else None)
+        deploy_read_roles(aws.moto_url, org.accounts.values(), external_id)
         point_aws_at(aws.url)
         yield Sandboxes(aws, sn, org, external_id, password)

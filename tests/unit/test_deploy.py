@@ -110,3 +110,33 @@ def test_connector_assumes_the_deployed_role_and_collects_from_both_accounts(dep
     # the wrong ExternalId is refused by the deployed trust policy
     wrong = collect("some-other-id", ids[:2])
     assert {a.status for a in wrong.accounts} == {DENIED}
+
+
+def test_the_sandbox_deploys_the_role_the_template_makes(deployed):
+    """The demo and `cmdb-connector sandbox` make CMDBReadRole in every account as the StackSet does (the
+    template itself is not installed with the package): the same trust policy, checked on each AssumeRole."""
+    from urllib.parse import unquote
+
+    from connector.aws.access import check_access
+    from connector.sandbox.aws import deploy_read_roles
+
+    aws, org = deployed
+    web, nostack = org.accounts["web"], org.accounts["nostack"]
+    deploy_read_roles(aws.moto_url, [nostack], "kit-external-id")
+
+    def role(account: str) -> dict:
+        iam = boto3.client("iam", endpoint_url=aws.moto_url, region_name="us-east-1",
+                           **account_credentials(aws.moto_url, account))
+        made = iam.get_role(RoleName="CMDBReadRole")["Role"]
+        document = made["AssumeRolePolicyDocument"]
+        return {"trust": json.loads(unquote(document)) if isinstance(document, str) else document,
+                "max_session": made["MaxSessionDuration"]}
+
+    assert role(nostack) == role(web)
+    assert {a.status for a in collect("kit-external-id", [nostack]).accounts} == {OK}
+    assert {a.status for a in collect("some-other-id", [nostack]).accounts} == {DENIED}
+    settings = load_settings(None, {"aws": {"external_id": "kit-external-id", "accounts": [nostack]},
+                                    "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"}})
+    pool = open_session_pool(settings)
+    (row,) = check_access(pool, target_accounts(settings, pool), "CMDBReadRole", None)
+    assert (row.status, row.external_id_required) == (OK, "yes")
