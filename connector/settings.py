@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 from .tomlfile import read_toml_file
 
 ENV_PREFIX = "CMDB_"
@@ -380,6 +380,17 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields) if model else []
 
 
+def _nearest_key(loc: tuple[Any, ...]) -> tuple[str, str]:
+    """What an unknown key most likely is, and the fix: a key of another section (``regions`` at the top,
+    ``workers`` in [reconcile]), to move there, or a near spelling of one here."""
+    name = str(loc[-1])
+    homes = " or ".join(f"[{section}]" for section, model in sorted(SECTIONS.items())
+                        if name in model.model_fields and section != str(loc[0]))
+    if homes:
+        return f" here ({name} is a key of {homes})", f"move it to {homes}"
+    return did_you_mean(name, _known_keys(loc)), "remove it or correct the spelling"
+
+
 def _missing(loc: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     """The keys to set for a missing one: a whole section missing is its required keys."""
     model = SECTIONS.get(str(loc[0])) if len(loc) == 1 else None
@@ -398,7 +409,8 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         if kind == "extra_forbidden":
             known = ", ".join(_known_keys(loc))
             where = f" from {env}" if len(loc) == 2 and env in os.environ else ""
-            lines.append(f"  {key}{where}: unknown key. Fix: remove it or correct the spelling; known keys here: {known}")
+            hint, fix = _nearest_key(loc)
+            lines.append(f"  {key}{where}: unknown key{hint}. Fix: {fix}; known keys here: {known}")
         elif kind == "missing":
             lines.extend(f"  {_key_name(at)}: required key is missing. Fix: set it in the file or with {_env_name(at)}"
                          for at in _missing(loc))

@@ -109,7 +109,15 @@ def test_secrets_are_masked_in_repr(tmp_path):
 BAD_CASES = [
     (
         GOOD.replace('username = "svc"', 'usernme = "svc"'),
-        ["[servicenow] usernme: unknown key", "known keys here:", "username"],
+        ["[servicenow] usernme: unknown key (did you mean 'username'?). Fix: remove it or correct the spelling; "
+         "known keys here:", "username"],
+    ),
+    (
+        # a key in the wrong section, or at the top: where it belongs
+        GOOD.replace('regions = ["us-east-1", "eu-west-1"]', "").replace("[aws]", 'regions = ["us-east-1"]\n[aws]')
+        .replace("[report]", "[report]\nworkers = 4"),
+        ["  regions: unknown key here (regions is a key of [aws]). Fix: move it to [aws]; known keys here: aws,",
+         "  [report] workers: unknown key here (workers is a key of [servicenow]). Fix: move it to [servicenow];"],
     ),
     (
         GOOD.replace('username = "svc"', ""),
@@ -126,7 +134,7 @@ BAD_CASES = [
     ),
     (
         GOOD.replace("[report]", "[reprot]"),
-        ["reprot: unknown key"],
+        ["reprot: unknown key (did you mean 'report'?)"],
     ),
     (
         GOOD.replace('regions = ["us-east-1", "eu-west-1"]', 'regions = "us-east-1"'),
