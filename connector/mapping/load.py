@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
-from ..errors import MappingError
+from ..errors import MappingError, did_you_mean
 from ..models import Lookup
 from ..tomlfile import read_toml_file
 from .expressions import Evaluator, compile_field, compile_path
-from .schema import MappingFile
+from .schema import MappingFile, keys_at
 
 
 @dataclass(frozen=True)
@@ -268,6 +268,14 @@ def builtin_mappings_dir() -> Path:
     return Path(str(resources.files("cmdb_mappings")))
 
 
+def _nearest_key(loc: tuple[Any, ...]) -> str:
+    """The keys an unknown one most likely is (did you mean ...), else those its table takes."""
+    known = keys_at(loc)
+    if not known:
+        return ""
+    return did_you_mean(str(loc[-1]), known) or f" (the keys here: {', '.join(known)})"
+
+
 def _compile_source(spec, tags=None) -> CompiledSource:
     call = tags if tags is not None and tags.operation is not None else None
     return CompiledSource(
@@ -331,7 +339,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
                 del parts[2]  # [source.join], one table: no list to count in
             loc = ".".join(str(p) for p in parts)
             if err["type"] == "extra_forbidden":
-                problems.append(f"{path}: {loc}: unknown key")
+                problems.append(f"{path}: {loc}: unknown key{_nearest_key(tuple(err['loc']))}")
             elif err["type"] == "missing":
                 problems.append(f"{path}: {loc}: required key is missing")
             else:

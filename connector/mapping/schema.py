@@ -6,7 +6,8 @@ One TOML file per CMDB class; the file name is the class (table). See
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
@@ -310,3 +311,29 @@ class MappingFile(_Strict):
             raise ValueError(f"the identity field {self.target.identity!r} takes no lookup: a CI is known by it, "
                              "as the resource gives it")
         return self
+
+
+def _members(annotation: Any) -> list[Any]:
+    """The types an annotation may be: itself, or each member of an Optional, a Union or an Annotated."""
+    if get_origin(annotation) is Annotated:
+        return _members(get_args(annotation)[0])
+    if get_origin(annotation) in (Union, UnionType):
+        return [member for arg in get_args(annotation) for member in _members(arg)]
+    return [annotation]
+
+
+def keys_at(loc: tuple[Any, ...]) -> list[str]:
+    """The keys a mapping file may hold where a validation error's ``loc`` points (its last part the key
+    that is not one of them): those of the table it is in. [] where the place is not a table."""
+    kinds: list[Any] = [MappingFile]
+    for part in loc[:-1]:
+        step: list[Any] = []
+        for kind in (member for k in kinds for member in _members(k)):
+            if isinstance(kind, type) and issubclass(kind, BaseModel):
+                if isinstance(part, str) and part in kind.model_fields:
+                    step.append(kind.model_fields[part].annotation)
+            elif get_origin(kind) in (list, dict) and get_args(kind):
+                step.append(get_args(kind)[-1])  # an entry of the list, or a value of the table
+        kinds = step
+    return sorted({name for k in kinds for kind in _members(k)
+                   if isinstance(kind, type) and issubclass(kind, BaseModel) for name in kind.model_fields})

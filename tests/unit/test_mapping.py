@@ -409,7 +409,17 @@ correlation_id = { template = "arn:aws:ec2:{$region}:{$account_id}:vpc/{VpcId}" 
 
 INVALID_CASES = [
     ("syntax", VALID + "oops = [", "cmdb_ci_network.toml: invalid TOML: "),
-    ("unknown key", VALID.replace("[fields]", "colour = 1\n[fields]"), "cmdb_ci_network.toml: source.colour: unknown key"),
+    ("unknown key", VALID.replace("[fields]", "colour = 1\n[fields]"), "cmdb_ci_network.toml: source.colour: unknown key "
+     "(the keys here: detail, id, items, join, kind, name, operation, params, scope, service)"),
+    # a misspelled key names the nearest of those its own table takes
+    ("misspelled key", VALID.replace("[fields]", "itmes = 1\n[fields]"),
+     "cmdb_ci_network.toml: source.itmes: unknown key (did you mean 'items'?)"),
+    ("misspelled field key", VALID.replace('name = "VpcId"', 'name = { paht = "VpcId" }'),
+     "cmdb_ci_network.toml: fields.name.paht: unknown key (did you mean 'path'?)"),
+    ("misspelled table", VALID + '\n[tag]\npath = "Tags"\n', "cmdb_ci_network.toml: tag: unknown key (did you mean "
+     "'tags' or 'target'?)"),
+    ("misspelled relation key", VALID + '\n[[relations]]\ntype = "A::B"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n'
+     'knonw_when = "VpcId"\n', "cmdb_ci_network.toml: relations.0.knonw_when: unknown key (did you mean 'known_when'?)"),
     ("bad jmespath", VALID.replace('name = "VpcId"', 'name = "Tags[?Key=="'),
      "cmdb_ci_network.toml: fields.name: JMESPath does not compile: incomplete expression: 'Tags[?Key==' ends too soon"),
     ("bad jmespath token", VALID.replace('name = "VpcId"', 'name = "VpcId ~ Name"'),
@@ -462,7 +472,7 @@ INVALID_CASES += [
      "cmdb_ci_network.toml: fields.owned_by.lookup: 'sys_user': write the table and its field, as \"sys_user.email\""),
     ("lookup unknown key", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = { table = '
                                          '"sys_user", field = "email", order = "name" } }\n'),
-     "cmdb_ci_network.toml: fields.owned_by.lookup.order: unknown key"),
+     "cmdb_ci_network.toml: fields.owned_by.lookup.order: unknown key (the keys here: field, table, where)"),
     ("lookup where with NQ", VALID.replace("[fields]\n", '[fields]\nowned_by = { tag = "Owner", lookup = { table = '
                                            '"sys_user", field = "email", where = "active=true^NQactive=false" } }\n'),
      "cmdb_ci_network.toml: fields.owned_by.lookup: where: one encoded query that narrows the lookup"),
