@@ -14,10 +14,15 @@ from __future__ import annotations
 
 
 def did_you_mean(name: str, names) -> str:
-    """`` (did you mean 'x'?)`` for the names nearest ``name``, or "" when none is near."""
-    from difflib import get_close_matches
+    """`` (did you mean 'x'?)`` for the names nearest ``name``, or "" when none is near: up to three, and
+    only those about as near as the nearest (names sharing a long prefix, cmdb_ci_..., are all somewhat
+    near; the one a typo was meant for is much nearer)."""
+    from difflib import SequenceMatcher, get_close_matches
 
     close = get_close_matches(name, sorted(names), n=3)
+    if close:
+        best = SequenceMatcher(None, close[0], name).ratio()
+        close = [c for c in close if SequenceMatcher(None, c, name).ratio() >= best - 0.1]
     return f" (did you mean {' or '.join(map(repr, close))}?)" if close else ""
 
 

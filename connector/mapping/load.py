@@ -268,6 +268,14 @@ def builtin_mappings_dir() -> Path:
     return Path(str(resources.files("cmdb_mappings")))
 
 
+def _loc_text(parts: list[Any]) -> str:
+    """A key path as the other problems name it: ``relations[0].to``, ``source.join[1].key``."""
+    text = ""
+    for part in parts:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
 def _nearest_key(loc: tuple[Any, ...]) -> str:
     """The keys an unknown one most likely is (did you mean ...), else those its table takes."""
     known = keys_at(loc)
@@ -337,7 +345,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
             parts = list(err["loc"])
             if one_join and parts[:3] == ["source", "join", 0]:
                 del parts[2]  # [source.join], one table: no list to count in
-            loc = ".".join(str(p) for p in parts)
+            loc = _loc_text(parts)
             if err["type"] == "extra_forbidden":
                 problems.append(f"{path}: {loc}: unknown key{_nearest_key(tuple(err['loc']))}")
             elif err["type"] == "missing":
@@ -439,7 +447,8 @@ def _check_across_files(result: MappingSet, problems: list[str], broken: set[str
     for mapping in result.mappings.values():
         for i, rel in enumerate(mapping.relations):
             if rel.to not in tables and rel.to not in broken:
-                problems.append(f"{mapping.file}: relations[{i}].to: no mapping file defines class {rel.to!r}")
+                problems.append(f"{mapping.file}: relations[{i}].to: no mapping file defines class {rel.to!r}"
+                                f"{did_you_mean(rel.to, tables)}")
         first = by_source.setdefault(mapping.source.name, mapping)
         if first is not mapping and first.source.call_signature() != mapping.source.call_signature():
             problems.append(

@@ -14,7 +14,7 @@ from typing import Iterable
 
 from ..concurrency import map_in_order
 from ..errors import (ServiceNowAuthError, ServiceNowBadRequest, ServiceNowError, ServiceNowNotFound,
-                      ServiceNowPermissionError)
+                      ServiceNowPermissionError, did_you_mean)
 from .cmdb import CI_TABLE, CLASS_TABLE, DICTIONARY_TABLE, KV_TABLE, REL_TABLE, REL_TYPE_TABLE, CmdbReader
 from .ire import check_access as check_ire_access
 
@@ -98,8 +98,12 @@ def _relation_types(reader: CmdbReader, names: set[str]) -> TableAccess:
         return TableAccess(REL_TYPE_TABLE, need, _status(exc), str(exc))
     missing = sorted(names - set(found))
     if missing:
-        return TableAccess(REL_TYPE_TABLE, need, MISSING,
-                           f"not in cmdb_rel_type: {', '.join(missing)} (those relations would be left unmanaged)")
+        try:  # the nearest the instance has, for a misspelled descriptor
+            known = reader.relation_type_names()
+        except ServiceNowError:
+            known = []
+        return TableAccess(REL_TYPE_TABLE, need, MISSING, "not in cmdb_rel_type: " + ", ".join(
+            name + did_you_mean(name, known) for name in missing) + " (those relations would be left unmanaged)")
     return TableAccess(REL_TYPE_TABLE, need, OK, f"all {len(names)} found")
 
 

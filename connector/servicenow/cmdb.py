@@ -239,6 +239,10 @@ class CmdbReader:
         # Re-check in code: a dropped condition would return every type.
         return {row["name"]: row["sys_id"] for row in rows if row.get("name") in names}
 
+    def relation_type_names(self) -> list[str]:
+        """Every relation type the instance has, by name (a hundred or so: one page)."""
+        return sorted({row.get("name", "") for row in self.tables.query(REL_TYPE_TABLE, "", ["name"])} - {""})
+
     def relations(self, type_names: Iterable[str]) -> list[ExistingRelation]:
         """Relations of the managed types (by name) whose parent is one of our CIs.
 

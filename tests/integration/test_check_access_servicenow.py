@@ -67,6 +67,16 @@ def test_refused_and_missing_tables_a_missing_relation_type_and_the_ire_api_are_
     assert out.count("    hint: grant the user read on it") == 1 and out.count("    hint: the instance lacks it") == 1
 
 
+def test_a_relation_type_the_instance_spells_otherwise_names_the_nearest_it_has(tmp_path, standin, capsys):
+    """The mappings name a descriptor the instance words a little differently (or a typo): the hint says which."""
+    (row,) = [r for r in standin.store.rows("cmdb_rel_type") if r["name"] == "Located in::Houses"]
+    standin.store.update("cmdb_rel_type", row["sys_id"], {"name": "Located in::Housed"}, "admin")
+    assert main(["check-access", "--servicenow-only", "--config", config(tmp_path, standin.url)]) == 3
+    out = capsys.readouterr().out
+    assert ("not in cmdb_rel_type: Located in::Houses (did you mean 'Located in::Housed'?) (those relations would "
+            "be left unmanaged)") in out
+
+
 def test_a_field_the_class_lacks_is_named_before_any_run(tmp_path, standin, capsys):
     """A misspelled field in a mapping, or a lookup's: a run would leave it unwritten, with a warning."""
     import shutil

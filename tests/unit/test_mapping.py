@@ -417,9 +417,9 @@ INVALID_CASES = [
     ("misspelled field key", VALID.replace('name = "VpcId"', 'name = { paht = "VpcId" }'),
      "cmdb_ci_network.toml: fields.name.paht: unknown key (did you mean 'path'?)"),
     ("misspelled table", VALID + '\n[tag]\npath = "Tags"\n', "cmdb_ci_network.toml: tag: unknown key (did you mean "
-     "'tags' or 'target'?)"),
+     "'tags'?)"),
     ("misspelled relation key", VALID + '\n[[relations]]\ntype = "A::B"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n'
-     'knonw_when = "VpcId"\n', "cmdb_ci_network.toml: relations.0.knonw_when: unknown key (did you mean 'known_when'?)"),
+     'knonw_when = "VpcId"\n', "cmdb_ci_network.toml: relations[0].knonw_when: unknown key (did you mean 'known_when'?)"),
     ("bad jmespath", VALID.replace('name = "VpcId"', 'name = "Tags[?Key=="'),
      "cmdb_ci_network.toml: fields.name: JMESPath does not compile: incomplete expression: 'Tags[?Key==' ends too soon"),
     ("bad jmespath token", VALID.replace('name = "VpcId"', 'name = "VpcId ~ Name"'),
@@ -436,15 +436,19 @@ INVALID_CASES = [
      "cmdb_ci_network.toml: (top level): the identity field 'correlation_id' (target.identity) has no entry in [fields]"),
     ("bad known_when", VALID + '\n[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n'
      'known_when = "Parent[?"\n',
-     "cmdb_ci_network.toml: relations.0.known_when: JMESPath does not compile: incomplete expression: 'Parent[?' ends too soon"),
+     "cmdb_ci_network.toml: relations[0].known_when: JMESPath does not compile: incomplete expression: 'Parent[?' ends too soon"),
     ("known_when on the identity", VALID.replace(
         'correlation_id = { template = "arn:aws:ec2:{$region}:{$account_id}:vpc/{VpcId}" }',
         'correlation_id = { template = "arn:aws:ec2:{$region}:{$account_id}:vpc/{VpcId}", known_when = "VpcId" }'),
      "cmdb_ci_network.toml: (top level): the identity field 'correlation_id' takes no known_when: a CI is known by it"),
     ("relation to unknown class", VALID + '\n[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_nowhere"\nidentity = "VpcId"\n',
      "cmdb_ci_network.toml: relations[0].to: no mapping file defines class 'cmdb_ci_nowhere'"),
+    ("relation to a misspelled class", VALID + '\n[[relations]]\ntype = "Hosted on::Hosts"\nto = "cmdb_ci_netwrok"\n'
+     'identity = "VpcId"\n',
+     "cmdb_ci_network.toml: relations[0].to: no mapping file defines class 'cmdb_ci_netwrok' (did you mean "
+     "'cmdb_ci_network'?)"),
     ("bad relation type", VALID + '\n[[relations]]\ntype = "Hosted on"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n',
-     "cmdb_ci_network.toml: relations.0.type: String should match pattern"),
+     "cmdb_ci_network.toml: relations[0].type: String should match pattern"),
     ("missing source id", VALID.replace('id = "VpcId"\n', ""), "cmdb_ci_network.toml: source.id: required key is missing"),
     ("api without operation", VALID.replace('operation = "describe_vpcs"\n', ""),
      "cmdb_ci_network.toml: source: kind = 'api' needs operation"),
@@ -524,7 +528,7 @@ INVALID_CASES += [
      "cmdb_ci_network.toml: source: join: two joins keep their answers under one key (['Dhcp', 'Dhcp'])"),
     ("second join without key", VALID.replace("[fields]", (JOIN + JOIN.replace('key = "Dhcp"\n', ""))
                                               .replace("[source.join]", "[[source.join]]") + "[fields]"),
-     "cmdb_ci_network.toml: source.join.1.key: required key is missing"),
+     "cmdb_ci_network.toml: source.join[1].key: required key is missing"),
     ("join filter over EC2's filter values", VALID.replace("[fields]", JOIN.replace(
         'param = "DhcpOptionsIds"', 'filter = "dhcp-options-id"\nper_call = 201') + "[fields]"),
      "cmdb_ci_network.toml: source.join: per_call: 201 values a call: EC2 takes at most 200 filter values in one "
