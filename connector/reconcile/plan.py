@@ -675,7 +675,8 @@ def _plan_relations(
             wanted[(ref.type, me, other) if ref.role == "parent" else (ref.type, other, me)] = None
     plan.warnings.extend(f"{table}: {kind} target {target} not found for {n} CI(s), e.g. {identity} -> {target_id}"
                          for (table, kind, target), (n, identity, target_id) in not_found.items())
-    plan.warnings.extend(f"relation type {kind!r} is not in cmdb_rel_type: {n} relation(s) left unmanaged"
+    plan.warnings.extend(f"relation type {kind!r} is not in cmdb_rel_type: {n} relation(s) left unmanaged "
+                         "(`cmdb-connector check-access --servicenow-only` names the nearest type the instance has)"
                          for kind, n in unknown_types.items())
 
     number_of = {sys_id: number[key] for key, sys_id in plan.sys_ids.items()}

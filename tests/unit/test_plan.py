@@ -401,7 +401,8 @@ def test_a_field_emptied_on_a_few_cis_is_emptied():
 def test_a_relation_type_missing_from_the_instance_is_one_warning_with_its_count():
     p = plan_changes([desired_vm(1), desired_vm(2), desired_dc()], {DC: [dc()]}, SCOPES, [], [], {}, POLICIES, OPTIONS)
     assert p.relation_changes == []
-    assert p.warnings == ["relation type 'Hosted on::Hosts' is not in cmdb_rel_type: 2 relation(s) left unmanaged"]
+    assert p.warnings == ["relation type 'Hosted on::Hosts' is not in cmdb_rel_type: 2 relation(s) left unmanaged "
+                          "(`cmdb-connector check-access --servicenow-only` names the nearest type the instance has)"]
 
 
 def test_a_few_relation_deletions_or_a_small_share_pass_the_guard():
