@@ -369,8 +369,9 @@ def seed_organization(
 def deploy_read_roles(endpoint: str, accounts: Iterable[str], external_id: str, user: str = "cmdb-connector") -> None:
     """``CMDBReadRole`` in each account, as deploy/cmdb-read-role.yaml makes it through its StackSet: only the
     management account's ``user`` may assume it, only with ``external_id`` (the template's ReadOnlyAccess
-    is left out: moto neither has AWS's managed policies nor enforces any). With ``AwsSandbox(enforce_trust=True)``, AssumeRole then
-    checks the role's trust policy as IAM does, and ``check-access`` finds that it requires an ExternalId."""
+    is left out: moto neither has AWS's managed policies nor enforces any). With
+    ``AwsSandbox(enforce_trust=True)``, AssumeRole then checks the role's trust policy as IAM does, and
+    ``check-access`` finds that it requires an ExternalId."""
     trust = json.dumps({"Version": "2012-10-17", "Statement": [{
         "Sid": "ConnectorCentralUserOnly", "Effect": "Allow",
         "Principal": {"AWS": f"arn:aws:iam::{MANAGEMENT_ACCOUNT}:user/{user}"}, "Action": "sts:AssumeRole",

@@ -135,8 +135,9 @@ def test_the_sandbox_deploys_the_role_the_template_makes(deployed):
     assert role(nostack) == role(web)
     assert {a.status for a in collect("kit-external-id", [nostack]).accounts} == {OK}
     assert {a.status for a in collect("some-other-id", [nostack]).accounts} == {DENIED}
-    settings = load_settings(None, {"aws": {"external_id": "kit-external-id", "accounts": [nostack]},
-                                    "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"}})
+    settings = load_settings(None, {
+        "aws": {"external_id": "kit-external-id", "accounts": [nostack]},
+        "servicenow": {"instance_url": "http://127.0.0.1:9", "username": "u", "password": "p"}})
     pool = open_session_pool(settings)
     (row,) = check_access(pool, target_accounts(settings, pool), "CMDBReadRole", None)
     assert (row.status, row.external_id_required) == (OK, "yes")

@@ -409,7 +409,8 @@ correlation_id = { template = "arn:aws:ec2:{$region}:{$account_id}:vpc/{VpcId}" 
 
 INVALID_CASES = [
     ("syntax", VALID + "oops = [", "cmdb_ci_network.toml: invalid TOML: "),
-    ("unknown key", VALID.replace("[fields]", "colour = 1\n[fields]"), "cmdb_ci_network.toml: source.colour: unknown key "
+    ("unknown key", VALID.replace("[fields]", "colour = 1\n[fields]"),
+     "cmdb_ci_network.toml: source.colour: unknown key "
      "(the keys here: detail, id, items, join, kind, name, operation, params, scope, service)"),
     # a misspelled key names the nearest of those its own table takes
     ("misspelled key", VALID.replace("[fields]", "itmes = 1\n[fields]"),
@@ -419,7 +420,8 @@ INVALID_CASES = [
     ("misspelled table", VALID + '\n[tag]\npath = "Tags"\n', "cmdb_ci_network.toml: tag: unknown key (did you mean "
      "'tags'?)"),
     ("misspelled relation key", VALID + '\n[[relations]]\ntype = "A::B"\nto = "cmdb_ci_network"\nidentity = "VpcId"\n'
-     'knonw_when = "VpcId"\n', "cmdb_ci_network.toml: relations[0].knonw_when: unknown key (did you mean 'known_when'?)"),
+     'knonw_when = "VpcId"\n',
+     "cmdb_ci_network.toml: relations[0].knonw_when: unknown key (did you mean 'known_when'?)"),
     ("bad jmespath", VALID.replace('name = "VpcId"', 'name = "Tags[?Key=="'),
      "cmdb_ci_network.toml: fields.name: JMESPath does not compile: incomplete expression: 'Tags[?Key==' ends too soon"),
     ("bad jmespath token", VALID.replace('name = "VpcId"', 'name = "VpcId ~ Name"'),
