@@ -353,11 +353,11 @@ def _unknown_env_sections() -> list[str]:
 
 
 def _key_name(loc: tuple[Any, ...]) -> str:
-    parts = [str(p) for p in loc]
-    if len(parts) >= 2:
-        rest = ".".join(parts[1:])
-        return f"[{parts[0]}] {rest}"
-    return parts[0] if parts else "(top level)"
+    """``[aws] accounts[0]``: the section, then the key, list indices in brackets as mapping problems write them."""
+    if not loc:
+        return "(top level)"
+    rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]).lstrip(".")
+    return f"[{loc[0]}] {rest}" if rest else str(loc[0])
 
 
 def _env_name(loc: tuple[Any, ...]) -> str:

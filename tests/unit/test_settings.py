@@ -164,7 +164,7 @@ BAD_CASES = [
     ),
     (
         GOOD.replace("[aws]", "[aws]\naccounts = [123]"),
-        ["[aws] accounts.0: Input should be a valid string"],
+        ["[aws] accounts[0]: Input should be a valid string"],
     ),
     # a region misspelled would be collected as one not enabled (skipped): every run, nothing there
     (
