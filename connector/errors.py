@@ -13,6 +13,12 @@ values of secret settings.
 from __future__ import annotations
 
 
+def key_path(parts) -> str:
+    """A key path as every problem names it: ``relations[0].to``, ``source.join[1].key`` (list indices
+    in brackets)."""
+    return "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in parts).lstrip(".")
+
+
 def did_you_mean(name: str, names) -> str:
     """`` (did you mean 'x'?)`` for the names nearest ``name``, or "" when none is near: up to three, and
     only those about as near as the nearest (names sharing a long prefix, cmdb_ci_..., are all somewhat

@@ -24,7 +24,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError, did_you_mean, key_path
 from .tomlfile import read_toml_file
 
 ENV_PREFIX = "CMDB_"
@@ -353,10 +353,10 @@ def _unknown_env_sections() -> list[str]:
 
 
 def _key_name(loc: tuple[Any, ...]) -> str:
-    """``[aws] accounts[0]``: the section, then the key, list indices in brackets as mapping problems write them."""
+    """``[aws] accounts[0]``: the section, then the key (``key_path``, as mapping problems write it)."""
     if not loc:
         return "(top level)"
-    rest = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc[1:]).lstrip(".")
+    rest = key_path(loc[1:])
     return f"[{loc[0]}] {rest}" if rest else str(loc[0])
 
 
@@ -380,15 +380,15 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields) if model else []
 
 
-def _nearest_key(loc: tuple[Any, ...]) -> tuple[str, str]:
+def _nearest_key(loc: tuple[Any, ...], known: list[str]) -> tuple[str, str]:
     """What an unknown key most likely is, and the fix: a key of another section (``regions`` at the top,
-    ``workers`` in [reconcile]), to move there, or a near spelling of one here."""
+    ``workers`` in [reconcile]), to move there, or a near spelling of one of ``known``, the keys here."""
     name = str(loc[-1])
     homes = " or ".join(f"[{section}]" for section, model in sorted(SECTIONS.items())
                         if name in model.model_fields and section != str(loc[0]))
     if homes:
         return f" here ({name} is a key of {homes})", f"move it to {homes}"
-    return did_you_mean(name, _known_keys(loc)), "remove it or correct the spelling"
+    return did_you_mean(name, known), "remove it or correct the spelling"
 
 
 def _missing(loc: tuple[Any, ...]) -> list[tuple[Any, ...]]:
@@ -407,10 +407,10 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         secret = tuple(str(p) for p in loc[:2]) in SECRET_KEYS
         kind = err["type"]
         if kind == "extra_forbidden":
-            known = ", ".join(_known_keys(loc))
+            known = _known_keys(loc)
             where = f" from {env}" if len(loc) == 2 and env in os.environ else ""
-            hint, fix = _nearest_key(loc)
-            lines.append(f"  {key}{where}: unknown key{hint}. Fix: {fix}; known keys here: {known}")
+            hint, fix = _nearest_key(loc, known)
+            lines.append(f"  {key}{where}: unknown key{hint}. Fix: {fix}; known keys here: {', '.join(known)}")
         elif kind == "missing":
             lines.extend(f"  {_key_name(at)}: required key is missing. Fix: set it in the file or with {_env_name(at)}"
                          for at in _missing(loc))

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable
 
 from pydantic import ValidationError
 
-from ..errors import MappingError, did_you_mean
+from ..errors import MappingError, did_you_mean, key_path
 from ..models import Lookup
 from ..tomlfile import read_toml_file
 from .expressions import Evaluator, compile_field, compile_path
@@ -268,14 +268,6 @@ def builtin_mappings_dir() -> Path:
     return Path(str(resources.files("cmdb_mappings")))
 
 
-def _loc_text(parts: list[Any]) -> str:
-    """A key path as the other problems name it: ``relations[0].to``, ``source.join[1].key``."""
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text
-
-
 def _nearest_key(loc: tuple[Any, ...]) -> str:
     """The keys an unknown one most likely is (did you mean ...), else those its table takes."""
     known = keys_at(loc)
@@ -345,7 +337,7 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
             parts = list(err["loc"])
             if one_join and parts[:3] == ["source", "join", 0]:
                 del parts[2]  # [source.join], one table: no list to count in
-            loc = _loc_text(parts)
+            loc = key_path(parts)
             if err["type"] == "extra_forbidden":
                 problems.append(f"{path}: {loc}: unknown key{_nearest_key(tuple(err['loc']))}")
             elif err["type"] == "missing":
