@@ -9,9 +9,11 @@ from __future__ import annotations
 import contextvars
 import logging
 import os
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -139,6 +141,10 @@ class ServiceNowSettings(_Section):
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must start with https:// (or http:// for a local stand-in)")
+        host = urlsplit(value).hostname or ""
+        if value.startswith("http://") and not _loopback(host):
+            raise ValueError(f"http:// would send the credentials to {host} in clear text: use https:// "
+                             "(plain http is for a stand-in on this host only: localhost, 127.0.0.1, ::1)")
         return value.rstrip("/")
 
     @model_validator(mode="after")
@@ -266,6 +272,29 @@ class Settings(BaseSettings):
         return self.path(folder) if folder else None
 
 
+def _loopback(host: str) -> bool:
+    """Whether ``host`` is this host: localhost, or a loopback address (127.0.0.0/8, ::1)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_of_unchecked_tls(settings: Settings) -> None:
+    """servicenow.verify_tls = false is logged as a warning on every command: the credentials then go to
+    whoever answers, so it should be a moment's measure, not a setting left in place."""
+    servicenow = settings.servicenow
+    if servicenow.verify_tls or not servicenow.instance_url.startswith("https://"):
+        return
+    unused = " (servicenow.ca_bundle is then not used)" if servicenow.ca_bundle else ""
+    logging.getLogger(__name__).warning(
+        "servicenow.verify_tls = false: the certificate of %s is not checked, so whoever answers in its place "
+        "gets the credentials%s; name your proxy's CA in servicenow.ca_bundle instead",
+        urlsplit(servicenow.instance_url).hostname, unused)
+
+
 def find_config(explicit: str | None) -> Path:
     """--config, else ./config.toml, else $CMDB_CONFIG."""
     if explicit:
@@ -314,6 +343,7 @@ def load_settings(path: Path | None, data: dict[str, Any] | None = None) -> Sett
         _TOML_DATA.reset(token)
     if stray:
         raise ConfigError("\n".join([f"{source}: invalid configuration", *stray]))
+    _warn_of_unchecked_tls(settings)
     return settings
 
 

@@ -299,6 +299,37 @@ def test_a_secret_in_a_file_others_may_read_is_warned_of_by_key_never_by_value(t
     assert [r for r in caplog.records if r.name == "connector.settings"] == []
 
 
+@pytest.mark.parametrize("url", ["http://acme.service-now.com", "http://10.0.0.5:8080", "http://SNOW.corp"])
+def test_plain_http_to_another_host_is_refused_since_it_would_send_the_credentials_in_clear(tmp_path, url):
+    path = write(tmp_path, GOOD.replace("https://acme.service-now.com/", url))
+    with pytest.raises(ConfigError) as caught:
+        load_settings(path)
+    host = url.split("//")[1].split(":")[0].lower()
+    assert f"[servicenow] instance_url: http:// would send the credentials to {host} in clear text: use https://" \
+        in str(caught.value)
+    assert "hunter2-secret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:40457", "http://localhost:8080/", "http://[::1]:9000",
+                                 "http://127.0.0.2"])
+def test_plain_http_to_this_host_is_taken_for_a_stand_in(tmp_path, url):
+    settings = load_settings(write(tmp_path, GOOD.replace("https://acme.service-now.com/", url)))
+    assert settings.servicenow.instance_url == url.rstrip("/")
+
+
+def test_tls_left_unchecked_is_warned_of_on_every_load(tmp_path, caplog):
+    path = write(tmp_path, GOOD + "")
+    path.chmod(0o600)
+    load_settings(path)
+    assert [r for r in caplog.records if r.name == "connector.settings"] == []
+    path.write_text(GOOD.replace('username = "svc"', 'username = "svc"\nverify_tls = false\nca_bundle = "ca.pem"'))
+    load_settings(path)
+    [warning] = [r.getMessage() for r in caplog.records if r.name == "connector.settings"]
+    assert warning == ("servicenow.verify_tls = false: the certificate of acme.service-now.com is not checked, so "
+                       "whoever answers in its place gets the credentials (servicenow.ca_bundle is then not used); "
+                       "name your proxy's CA in servicenow.ca_bundle instead")
+
+
 def test_region_names_of_every_partition_and_all_are_taken(tmp_path):
     for regions in ('["all"]', '["us-gov-west-1", "cn-north-1", "eu-isoe-west-1", "ap-southeast-5"]'):
         text = GOOD.replace('regions = ["us-east-1", "eu-west-1"]', f"regions = {regions}")
