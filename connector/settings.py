@@ -141,7 +141,11 @@ class ServiceNowSettings(_Section):
     def _url(cls, value: str) -> str:
         if not re.match(r"^https?://[^/\s]+", value):
             raise ValueError("must start with https:// (or http:// for a local stand-in)")
-        host = urlsplit(value).hostname or ""
+        parts = urlsplit(value)
+        if "@" in parts.netloc:  # user:password@host would carry the password into logs and reports
+            raise ValueError("must not hold a user name or password (user:password@): set servicenow.username, "
+                             f"and the password with {ENV_PREFIX}SERVICENOW__PASSWORD")
+        host = parts.hostname or ""
         if value.startswith("http://") and not _loopback(host):
             raise ValueError(f"http:// would send the credentials to {host} in clear text: use https:// "
                              "(plain http is for a stand-in on this host only: localhost, 127.0.0.1, ::1)")
@@ -447,8 +451,9 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
         else:
             message = err["msg"].removeprefix("Value error, ")
             value = err.get("input")
-            # Only a leaf's own value is shown: a section's value holds its secrets.
-            shown = "" if secret or isinstance(value, (dict, list)) else f" (got {value!r})"
+            # Only a leaf's own value is shown: a section's value holds its secrets, as a URL with
+            # user:password@ does.
+            shown = "" if secret or isinstance(value, (dict, list)) or "@" in str(value) else f" (got {value!r})"
             where = f" from {env}" if env in os.environ else ""
             lines.append(f"  {key}{where}: {message}{shown}. Fix: correct the value")
     return "\n".join(lines)

@@ -310,6 +310,20 @@ def test_plain_http_to_another_host_is_refused_since_it_would_send_the_credentia
     assert "hunter2-secret" not in str(caught.value)
 
 
+@pytest.mark.parametrize("url", ["https://svc:hunter3-url@acme.service-now.com",
+                                 "http://svc:hunter3-url@127.0.0.1:8080"])
+def test_a_password_in_the_instance_url_is_refused_and_never_shown(tmp_path, monkeypatch, url):
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, GOOD.replace("https://acme.service-now.com/", url)))
+    assert "[servicenow] instance_url: must not hold a user name or password (user:password@)" in str(caught.value)
+    assert "hunter3-url" not in str(caught.value)
+    monkeypatch.setenv("CMDB_SERVICENOW__INSTANCE_URL", url)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(write(tmp_path, GOOD))
+    assert "instance_url from CMDB_SERVICENOW__INSTANCE_URL: must not hold" in str(caught.value)
+    assert "hunter3-url" not in str(caught.value)
+
+
 @pytest.mark.parametrize("url", ["http://127.0.0.1:40457", "http://localhost:8080/", "http://[::1]:9000",
                                  "http://127.0.0.2"])
 def test_plain_http_to_this_host_is_taken_for_a_stand_in(tmp_path, url):
