@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     retire_help = ("retire every CI of this account, which the configuration no longer targets (gone from the "
                    "Organization, or left out by aws.accounts, aws.organizational_units or aws.exclude_accounts: "
                    "the report's untargeted_accounts); may be repeated; the guard still holds")
+    approved_help = ("make only the changes of this reviewed plan (the JSON report of a plan) that are planned "
+                     "again as it shows them: the others are held back, named in the guards")
     run = sub.add_parser("run", help="collect, map, plan, apply, report")
     run.add_argument("--shard", metavar="K/N", help=shard_help)
     run.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
@@ -73,6 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
     run.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append", default=[],
                      help=retire_help)
+    run.add_argument("--approved", metavar="PLAN.json", type=Path, help=approved_help)
 
     plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
     plan.add_argument("--shard", metavar="K/N", help=shard_help)
@@ -84,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
     plan.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append", default=[],
                       help=retire_help)
+    plan.add_argument("--approved", metavar="PLAN.json", type=Path,
+                      help="what run --approved with this reviewed plan would make, and hold back")
     plan.add_argument("--fail-on-drift", action="store_true",
                       help=f"exit {EXIT_DRIFT} when the plan has any write to make (a drift gate for a pipeline)")
 
@@ -271,6 +276,10 @@ def cmd_run(args) -> int:
     retire_accounts = parse_account_ids(args.retire_accounts, "--retire-account")
     period = parse_duration(args.every) if args.every else None
     jitter = parse_duration(args.jitter, allow_zero=True) if args.jitter else min(300.0, (period or 0) / 10)
+    approved = _approved_plan(args.approved, settings) if args.approved else None
+    if approved and period:
+        raise UsageError("--approved makes the changes of one reviewed plan: not with --every (each scheduled run "
+                         "would have new changes to review)")
 
     runs = 0
 
@@ -282,7 +291,8 @@ def cmd_run(args) -> int:
         current = settings if not runs else _settings(args)
         runs += 1
         outcome = run_pipeline(current, mode=args.command, force=args.force, inventory_file=args.inventory,
-                               shard=shard, retire_accounts=retire_accounts, only_accounts=only_accounts)
+                               shard=shard, retire_accounts=retire_accounts, only_accounts=only_accounts,
+                               approved=approved)
         for line in change_lines(outcome.report):
             print(line)
         print(f"report: {outcome.report_path}")
@@ -295,6 +305,35 @@ def cmd_run(args) -> int:
     install_stop_handlers()
     with RunLock(settings.path(settings.report.output_dir) / ".cmdb-connector.lock"):
         return run_every(period, jitter, once) if period else once()
+
+
+def _approved_plan(path: Path, settings: Settings):
+    """--approved: the reviewed plan's report, which must be a plan's, of the configured instance."""
+    from .reconcile.approve import ApprovedPlan
+    from .report.outputs import load_report
+
+    report = load_report(path)
+    if report["mode"] != "plan":
+        raise UsageError(f"{path}: the report of a {report['mode']!r}, whose changes were made already: --approved "
+                         "takes the report of a plan (cmdb-connector plan)")
+    instance = str(settings.servicenow.instance_url)
+    if report.get("instance") != instance:
+        raise UsageError(f"{path}: a plan of {report.get('instance') or 'another instance'}, not of "
+                         f"servicenow.instance_url ({instance})")
+    changes = report["changes"] if isinstance(report["changes"], list) else [None]
+    bad = [i for i, entry in enumerate(changes) if not _a_change(entry)]
+    if bad:
+        raise UsageError(f"{path}: changes[{bad[0]}] is not a change of a report (action, table, identity, fields)"
+                         f"{f', and {len(bad) - 1} more' if len(bad) > 1 else ''}")
+    return ApprovedPlan.of_report(str(path), report)
+
+
+def _a_change(entry) -> bool:
+    """Whether a report's change entry has what an approval compares: action, table, identity, and its
+    fields' values as {old, new}."""
+    return (isinstance(entry, dict) and {"action", "table", "identity"} <= entry.keys()
+            and isinstance(entry.get("fields", {}), dict)
+            and all(isinstance(value, dict) for value in entry.get("fields", {}).values()))
 
 
 def cmd_report(args) -> int:

@@ -39,6 +39,7 @@ from .models import (DENIED, ERROR, OK, ORGANIZATION_KINDS, SKIPPED, THROTTLED, 
                      ExistingKeyValue, ExistingRelation,
                      Inventory, Record)
 from .reconcile.apply import ApplyResult, apply_plan, predict_with
+from .reconcile.approve import ApprovedPlan, approve
 from .reconcile.plan import CREATE, PlanOptions, TablePolicy, plan_changes
 from .report.absent import absent_state_path, load_absent, save_absent
 from .report.history import previous_run_report, prune_reports, repeated_writes
@@ -427,6 +428,7 @@ def run_pipeline(
     shard: tuple[int, int] | None = None,
     retire_accounts: frozenset[str] = frozenset(),
     only_accounts: frozenset[str] = frozenset(),
+    approved: ApprovedPlan | None = None,
 ) -> RunOutcome:
     """accounts -> sessions -> collect -> map -> plan -> apply -> report. ``retire_accounts``: accounts
     that no run collects, whose CIs are all to be retired (run --retire-account; see check_retire_accounts);
@@ -436,16 +438,18 @@ def run_pipeline(
         raise UsageError("--account chooses the accounts to collect: not with --inventory (a saved inventory is "
                          "reconciled whole; collect --account makes one of a few accounts)")
     with fewer_gc_passes():
-        return _run_pipeline(settings, mode, force, inventory_file, mappings, shard, retire_accounts, only_accounts)
+        return _run_pipeline(settings, mode, force, inventory_file, mappings, shard, retire_accounts, only_accounts,
+                             approved)
 
 
 def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Path | None,
                   mappings: MappingSet | None, shard: tuple[int, int] | None,
-                  retire_accounts: frozenset[str], only_accounts: frozenset[str]) -> RunOutcome:
+                  retire_accounts: frozenset[str], only_accounts: frozenset[str],
+                  approved: ApprovedPlan | None) -> RunOutcome:
     run_id, started, clock = new_run_id(), _now(), StageClock()
     set_run_id(run_id)
     mappings = mappings or load_mappings(settings.mappings_folder())
-    inventory, mapped, plan, applied, looked_up = None, MapResult(), None, None, None
+    inventory, mapped, plan, applied, looked_up, approval = None, MapResult(), None, None, None, None
     mapper = Mapper(mappings, tags=settings.reconcile.tags)
 
     def map_as_read(records: list) -> None:  # each unit's records mapped as soon as it is in, then dropped
@@ -499,6 +503,8 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
                 cmdb.key_values, cmdb.other_classes, cmdb.field_lengths.get(KV_TABLE), inventory.targeted,
             )
             plan.warnings.extend([*mapped.warnings, *looked_up.warnings, *cmdb.notes])
+            if approved is not None:  # only what the reviewed plan shows, as it showed it
+                plan, approval = approve(plan, approved)
         writer = TableApiWriter(tables_client, sn.batch_size)
         if sn.writer == "ire":
             creates = {(c.table, c.identity) for c in plan.changes if c.action == CREATE}
@@ -544,6 +550,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         inventory=inventory, plan=plan, applied=applied, problems=mapped.problems, errors=errors, tables=tables,
         timings=clock.seconds, cpu_timings=clock.cpu, instance=instance,
         unresolved_lookups=looked_up.unresolved if looked_up is not None else [],
+        approval=approval.as_dict() if approval is not None else None,
     )
     _log_findings(report)
     report["warnings"] = [*report["warnings"], *_writes_that_did_not_stick(report, output_dir)]

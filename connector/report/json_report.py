@@ -68,7 +68,8 @@ def _key_value_change(change: KeyValueChange) -> dict[str, Any]:
     }
 
 
-def _entry(change: CIChange | RelationChange | KeyValueChange) -> dict[str, Any]:
+def change_entry(change: CIChange | RelationChange | KeyValueChange) -> dict[str, Any]:
+    """A change as the report lists it (and as ``run --approved`` compares it with a reviewed plan's)."""
     if isinstance(change, CIChange):
         return _ci_change(change)
     return _key_value_change(change) if isinstance(change, KeyValueChange) else _relation_change(change)
@@ -108,6 +109,7 @@ def build_report(
     cpu_timings: dict[str, float] | None = None,
     instance: str = "",
     unresolved_lookups: list[dict[str, str]] | None = None,
+    approval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {
         t: dict.fromkeys(COUNTS, 0) for t in tables
@@ -130,7 +132,7 @@ def build_report(
             else [(c, c.sys_id, None) for c in [*plan.changes, *plan.relation_changes, *plan.key_value_changes]]
         )
         for change, sys_id, error in pairs:
-            entry = _entry(change)
+            entry = change_entry(change)
             entry["sys_id"] = sys_id or entry["sys_id"]
             entry["status"] = "failed" if error else ("applied" if outcomes is not None else "planned")
             if error:
@@ -177,6 +179,8 @@ def build_report(
                                 for account, tables in sorted(plan.untargeted.items())] if plan else [],
         "guards": plan.guards if plan else [],
         "warnings": plan.warnings if plan else [],
+        # run/plan --approved: the reviewed plan, and how many of its changes were made, held, no longer due
+        "approval": approval,
         "mapping_problems": [{"scope": list(p.scope), "table": p.table, "message": p.message} for p in problems],
         # each reference field's value that named no record, or several (mapping lookups): left as it was
         "unresolved_lookups": list(unresolved_lookups or []),

@@ -38,10 +38,19 @@ def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
     word, color, advice = HEADLINES.get(code, ("FAILED", "#c62828", "See the errors below."))
     if report.get("mode") == "plan":
         advice = "A plan: nothing was written. " + advice.replace("every write succeeded", "the changes below are what run would do")
-    if report.get("guards"):
+        if report.get("changes"):
+            advice += (f" Once reviewed, cmdb-connector run --approved report-{report['run_id']}.json (in the "
+                       "reports folder) makes these changes and no other.")
+    approval = report.get("approval")  # run/plan --approved (reports before it have none)
+    if approval:
+        advice += (f" Only the changes of the approved plan {approval['run_id']}: {approval['kept']} made as it showed "
+                   f"them, {approval['held']} it does not show held back, {approval['no_longer_due']} of it no longer "
+                   "due.")
+    guards = report.get("guards") or []
+    if len(guards) > bool(approval and approval["held"]):  # a guard besides the approval's own
         advice += " The blast-radius guard held writes back: see Guards."
-        if code == 0:  # every write made succeeded, but not every write was made: not a green page
-            word, color = "OK, WRITES HELD BACK", "#ef6c00"
+    if guards and code == 0:  # every write made succeeded, but not every write was made: not a green page
+        word, color = "OK, WRITES HELD BACK", "#ef6c00"
     if report.get("warnings"):  # a field not written, a write the instance undid: worth reading, if not red
         advice += f" {len(report['warnings'])} warning(s) to read: see Warnings."
     return word, color, advice

@@ -43,6 +43,32 @@ def test_a_run_whose_guard_held_writes_back_is_not_a_green_page():
     assert "<h1>OK</h1>" in render_html(report) and "background:#2e7d32" in render_html(report)
 
 
+def test_a_run_of_an_approved_plan_says_so_and_blames_the_blast_radius_guard_only_for_its_own_holds():
+    report = report_with(0, ["3 change(s) that the approved plan p-1 (plan.json) does not hold ..."])
+    report["exit_code"] = 0
+    report["approval"] = {"file": "plan.json", "run_id": "p-1", "approved": 5, "kept": 4, "held": 3,
+                          "no_longer_due": 1, "held_by_kind": {"cmdb_ci_vm_instance": {"update": 3}}}
+    page = render_html(report)
+    assert ("Only the changes of the approved plan p-1: 4 made as it showed them, 3 it does not show held back, 1 of "
+            "it no longer due.") in page
+    assert "<h1>OK, WRITES HELD BACK</h1>" in page and "blast-radius" not in page
+    report["guards"].append("cmdb_ci_vm_instance: would retire 6 of 8 owned CIs")
+    assert "The blast-radius guard held writes back: see Guards." in render_html(report)
+    report["approval"] = {**report["approval"], "held": 0}
+    report["guards"] = report["guards"][1:]
+    assert "The blast-radius guard held writes back: see Guards." in render_html(report)
+
+
+def test_a_plan_with_changes_says_how_to_make_them_once_reviewed():
+    report = report_with(0, [])
+    report["mode"] = "plan"
+    assert "--approved" not in render_html(report)
+    report["changes"] = [{"action": "update", "table": "cmdb_ci_vm_instance", "identity": "arn:x", "sys_id": "s",
+                          "fields": {"name": {"old": "a", "new": "b"}}, "note": "", "status": "planned"}]
+    assert ("Once reviewed, cmdb-connector run --approved report-20261125T000000Z-abcdef.json (in the reports folder) "
+            "makes these changes and no other.") in render_html(report)
+
+
 def test_no_section_for_what_did_not_happen():
     page = render_html(report_with(0, []))
     assert "Mapping problems" not in page and "Guards" not in page
