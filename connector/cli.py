@@ -125,7 +125,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="write every CI there as JSON Lines, as it would be written ('-': standard output)")
 
     init = sub.add_parser("init-mappings", help="copy the built-in mapping files into a folder, to edit them")
-    init.add_argument("folder", type=Path)
+    init.add_argument("folder", type=Path, help="a new or empty folder, then named in reconcile.mappings_dir")
 
     demo = sub.add_parser("demo", help="simulated AWS Organization + local ServiceNow stand-in, one full run")
     demo.add_argument("--output-dir", type=Path, default=Path("reports"), help="where the report goes (default ./reports)")
@@ -133,7 +133,8 @@ def _parser() -> argparse.ArgumentParser:
                       help="write the CIs through the Table API (default) or IRE (servicenow.writer)")
 
     report = sub.add_parser("report", help="render a saved JSON report again: HTML, CSV, Prometheus textfile")
-    report.add_argument("file", type=Path)
+    report.add_argument("file", metavar="FILE.json", type=Path,
+                        help="a report-<run_id>.json that run or plan wrote; the others are written beside it")
 
     sandbox = sub.add_parser("sandbox", help="start the ServiceNow stand-in and the simulated AWS Organization, and wait")
     sandbox.add_argument("--db", type=Path, help="keep the stand-in's CMDB in this SQLite file between sandbox runs")
