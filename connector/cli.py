@@ -310,7 +310,7 @@ def cmd_run(args) -> int:
 
 def _approved_plan(path: Path, settings: Settings):
     """--approved: the reviewed plan's report, which must be a plan's, of the configured instance."""
-    from .reconcile.approve import ApprovedPlan
+    from .reconcile.approve import ApprovedPlan, malformed
     from .report.outputs import load_report
 
     report = load_report(path)
@@ -321,20 +321,11 @@ def _approved_plan(path: Path, settings: Settings):
     if report.get("instance") != instance:
         raise UsageError(f"{path}: a plan of {report.get('instance') or 'another instance'}, not of "
                          f"servicenow.instance_url ({instance})")
-    changes = report["changes"] if isinstance(report["changes"], list) else [None]
-    bad = [i for i, entry in enumerate(changes) if not _a_change(entry)]
+    bad = malformed(report["changes"])
     if bad:
         raise UsageError(f"{path}: changes[{bad[0]}] is not a change of a report (action, table, identity, fields)"
                          f"{f', and {len(bad) - 1} more' if len(bad) > 1 else ''}")
     return ApprovedPlan.of_report(str(path), report)
-
-
-def _a_change(entry) -> bool:
-    """Whether a report's change entry has what an approval compares: action, table, identity, and its
-    fields' values as {old, new}."""
-    return (isinstance(entry, dict) and {"action", "table", "identity"} <= entry.keys()
-            and isinstance(entry.get("fields", {}), dict)
-            and all(isinstance(value, dict) for value in entry.get("fields", {}).values()))
 
 
 def cmd_report(args) -> int:

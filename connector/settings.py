@@ -7,9 +7,9 @@ that names the file, the key and the fix, and never shows a secret's value.
 from __future__ import annotations
 
 import contextvars
+import ipaddress
 import logging
 import os
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal

@@ -31,8 +31,19 @@ def approval_key(entry: dict[str, Any]) -> ApprovalKey:
     the new value of every field but the stamps."""
     fields = entry.get("fields") or {}
     return (str(entry["action"]), str(entry["table"]), str(entry["identity"]),
-            tuple(sorted((str(name), str((value or {}).get("new", ""))) for name, value in fields.items()
+            tuple(sorted((str(name), str(value.get("new", ""))) for name, value in fields.items()
                          if name not in STAMPS)))
+
+
+def malformed(changes: Any) -> list[int]:
+    """The indices of the entries of a report's ``changes`` that ``approval_key`` cannot read: each needs
+    action, table, identity, and its fields' values as {old, new}. A ``changes`` that is not a list: [0]."""
+    if not isinstance(changes, list):
+        return [0]
+    return [i for i, entry in enumerate(changes)
+            if not (isinstance(entry, dict) and {"action", "table", "identity"} <= entry.keys()
+                    and isinstance(entry.get("fields") or {}, dict)
+                    and all(isinstance(value, dict) for value in (entry.get("fields") or {}).values()))]
 
 
 @dataclass(frozen=True)
@@ -41,12 +52,12 @@ class ApprovedPlan:
 
     file: str
     run_id: str
-    started_at: str
     keys: frozenset[ApprovalKey]
 
     @classmethod
     def of_report(cls, file: str, report: dict[str, Any]) -> "ApprovedPlan":
-        return cls(file, str(report.get("run_id", "")), str(report.get("started_at", "")),
+        """``report``'s changes, which ``malformed`` finds nothing wrong with."""
+        return cls(file, str(report.get("run_id", "")),
                    frozenset(approval_key(entry) for entry in report.get("changes") or []))
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from connector.reconcile.approve import ApprovedPlan, approve
+from connector.reconcile.approve import ApprovedPlan, approve, malformed
 from connector.reconcile.plan import CIChange, KeyValueChange, Plan, RelationChange
 from connector.report.json_report import change_entry
 
@@ -94,3 +94,11 @@ def test_a_tag_update_and_a_relation_delete_are_compared_by_what_they_write():
     other = KeyValueChange("update", (VM, "a"), "env", "dev", "test", sys_id="kv-1")
     kept, approval = approve(Plan(key_value_changes=[other]), approved)
     assert kept.key_value_changes == [] and approval.held == 1
+
+
+def test_entries_an_approval_cannot_read_are_found_by_index():
+    good = change_entry(update("a", "web-a"))
+    assert malformed([good, {**good, "fields": None}]) == []
+    broken = [{"action": "update"}, {**good, "fields": {"name": "b"}}, {**good, "fields": ["name"]}]
+    assert malformed([good, *broken]) == [1, 2, 3]
+    assert malformed({"not": "a list"}) == [0] and malformed([None]) == [0]
