@@ -268,7 +268,7 @@ def cmd_init_mappings(args) -> int:
 
 def cmd_run(args) -> int:
     from .ops import RunLock, install_stop_handlers, parse_duration, run_every
-    from .report.json_report import change_lines
+    from .report.json_report import change_lines, run_options
     from .run import run_pipeline
 
     settings = _settings(args)
@@ -277,10 +277,12 @@ def cmd_run(args) -> int:
     retire_accounts = parse_account_ids(args.retire_accounts, "--retire-account")
     period = parse_duration(args.every) if args.every else None
     jitter = parse_duration(args.jitter, allow_zero=True) if args.jitter else min(300.0, (period or 0) / 10)
-    approved = _approved_plan(args.approved, settings) if args.approved else None
-    if approved and period:
+    if args.approved and period:
         raise UsageError("--approved makes the changes of one reviewed plan: not with --every (each scheduled run "
                          "would have new changes to review)")
+    approved = _approved_plan(args.approved, settings, run_options(
+        force=args.force, shard=shard, only_accounts=only_accounts, retire_accounts=retire_accounts,
+        inventory=args.inventory)) if args.approved else None
 
     runs = 0
 
@@ -308,23 +310,18 @@ def cmd_run(args) -> int:
         return run_every(period, jitter, once) if period else once()
 
 
-def _approved_plan(path: Path, settings: Settings):
-    """--approved: the reviewed plan's report, which must be a plan's, of the configured instance."""
-    from .reconcile.approve import ApprovedPlan, malformed
+def _approved_plan(path: Path, settings: Settings, options: dict):
+    """--approved: the reviewed plan's report, which approve.refusal finds nothing wrong with."""
+    from datetime import datetime, timezone
+
+    from .reconcile.approve import ApprovedPlan, refusal
     from .report.outputs import load_report
 
     report = load_report(path)
-    if report["mode"] != "plan":
-        raise UsageError(f"{path}: the report of a {report['mode']!r}, whose changes were made already: --approved "
-                         "takes the report of a plan (cmdb-connector plan)")
-    instance = str(settings.servicenow.instance_url)
-    if report.get("instance") != instance:
-        raise UsageError(f"{path}: a plan of {report.get('instance') or 'another instance'}, not of "
-                         f"servicenow.instance_url ({instance})")
-    bad = malformed(report["changes"])
-    if bad:
-        raise UsageError(f"{path}: changes[{bad[0]}] is not a change of a report (action, table, identity, fields)"
-                         f"{f', and {len(bad) - 1} more' if len(bad) > 1 else ''}")
+    why = refusal(str(path), report, instance=str(settings.servicenow.instance_url), options=options,
+                  now=datetime.now(timezone.utc), max_age_hours=settings.reconcile.approval_max_age_hours)
+    if why:
+        raise UsageError(why)
     return ApprovedPlan.of_report(str(path), report)
 
 

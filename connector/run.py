@@ -43,7 +43,7 @@ from .reconcile.approve import ApprovedPlan, approve
 from .reconcile.plan import CREATE, PlanOptions, TablePolicy, plan_changes
 from .report.absent import absent_state_path, load_absent, save_absent
 from .report.history import previous_run_report, prune_reports, repeated_writes
-from .report.json_report import build_report, summary_line, write_report
+from .report.json_report import build_report, run_options, summary_line, write_report
 from .ops import EXIT_INTERRUPTED, fewer_gc_passes, freeze_long_lived, set_run_id, stop_requested
 from .report.outputs import write_outputs
 from .servicenow.client import TableClient
@@ -551,6 +551,8 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         timings=clock.seconds, cpu_timings=clock.cpu, instance=instance,
         unresolved_lookups=looked_up.unresolved if looked_up is not None else [],
         approval=approval.as_dict() if approval is not None else None,
+        options=run_options(force=force, shard=shard, only_accounts=only_accounts, retire_accounts=retire_accounts,
+                            inventory=inventory_file),
     )
     _log_findings(report)
     report["warnings"] = [*report["warnings"], *_writes_that_did_not_stick(report, output_dir)]

@@ -176,6 +176,8 @@ class ReconcileSettings(_Section):
     # a CI gone from AWS is retired only once it has been gone this long (hours, over the runs between;
     # kept in report.output_dir); 0 retires it in the first run that does not find it
     retire_after_hours: float = Field(0, ge=0, le=87600)
+    # run --approved refuses a reviewed plan older than this many hours; 0 takes a plan of any age
+    approval_max_age_hours: float = Field(72, ge=0, le=87600)
 
 
 class ReportSettings(_Section):

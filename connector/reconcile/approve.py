@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable
 
-from ..report.json_report import change_entry
+from ..report.json_report import SCOPE_OPTIONS, change_entry, option_flags
 from .plan import CREATE, FIRST_DISCOVERED, LAST_DISCOVERED, REFRESH, CIKey, Plan
 
 STAMPS = frozenset({LAST_DISCOVERED, FIRST_DISCOVERED})
@@ -44,6 +45,44 @@ def malformed(changes: Any) -> list[int]:
             if not (isinstance(entry, dict) and {"action", "table", "identity"} <= entry.keys()
                     and isinstance(entry.get("fields") or {}, dict)
                     and all(isinstance(value, dict) for value in (entry.get("fields") or {}).values()))]
+
+
+def refusal(file: str, report: dict[str, Any], *, instance: str, options: dict[str, Any], now: datetime,
+            max_age_hours: float) -> str | None:
+    """Why ``report`` (read from ``file``) cannot be approved for a run of ``instance`` with ``options``
+    (``json_report.run_options``) at ``now``, or None: it must be a plan's (a run's changes are made
+    already), of that instance, made with the same scope and guard options (another scope would hold back
+    or add whole accounts' changes), at most ``max_age_hours`` old (0: any age), with changes that
+    ``malformed`` finds nothing wrong with."""
+    mode = report.get("mode")
+    if mode != "plan":
+        return (f"{file}: the report of a {mode!r}, whose changes were made already: --approved takes the report of "
+                "a plan (cmdb-connector plan)")
+    if report.get("instance") != instance:
+        return (f"{file}: a plan of {report.get('instance') or 'another instance'}, not of servicenow.instance_url "
+                f"({instance})")
+    planned = report.get("options")
+    if not isinstance(planned, dict):
+        return (f"{file}: the report does not say what options the plan was made with (no options; an older "
+                "cmdb-connector wrote it): make the plan again")
+    if any(planned.get(key) != options.get(key) for key in SCOPE_OPTIONS):
+        want = " ".join(option_flags(planned)) or "none of --force, --shard, --account, --retire-account"
+        have = " ".join(option_flags(options)) or "none"
+        return (f"{file}: the plan was made with {want}, this run with {have}. A run's guards and scope are those "
+                "of its options: give it the plan's")
+    try:
+        made = datetime.fromisoformat(str(report.get("finished_at")))
+    except ValueError:
+        return f"{file}: finished_at {report.get('finished_at')!r} is not a time: the report is not one a plan wrote"
+    age = now - (made if made.tzinfo else made.replace(tzinfo=timezone.utc))
+    if max_age_hours and age > timedelta(hours=max_age_hours):
+        return (f"{file}: a plan of {made.isoformat()}, {age.total_seconds() / 3600:.0f} hours old: "
+                f"reconcile.approval_max_age_hours is {max_age_hours:g}. Review a new plan")
+    bad = malformed(report.get("changes"))
+    if bad:
+        return (f"{file}: changes[{bad[0]}] is not a change of a report (action, table, identity, fields)"
+                f"{f', and {len(bad) - 1} more' if len(bad) > 1 else ''}")
+    return None
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,31 @@ def account_statuses(inventory: Inventory) -> list[dict[str, Any]]:
     return out
 
 
+def run_options(*, force: bool = False, shard: tuple[int, int] | None = None,
+                only_accounts: frozenset[str] = frozenset(), retire_accounts: frozenset[str] = frozenset(),
+                inventory: Path | None = None) -> dict[str, Any]:
+    """The command-line options a run or plan was made with, for its report (``options``): those that set
+    its scope and guards (``option_flags`` gives them back as the command line), and the saved inventory."""
+    return {"force": force, "shard": f"{shard[0]}/{shard[1]}" if shard else None,
+            "accounts": sorted(only_accounts), "retire_accounts": sorted(retire_accounts),
+            "inventory": str(inventory) if inventory else None}
+
+
+SCOPE_OPTIONS = ("force", "shard", "accounts", "retire_accounts")  # those of run_options that set scope and guards
+
+
+def option_flags(options: dict[str, Any]) -> list[str]:
+    """A report's ``options`` that set the scope and guards, as the command-line options that give them."""
+    flags = ["--force"] if options.get("force") else []
+    if options.get("shard"):
+        flags += ["--shard", str(options["shard"])]
+    for account in options.get("accounts") or []:
+        flags += ["--account", str(account)]
+    for account in options.get("retire_accounts") or []:
+        flags += ["--retire-account", str(account)]
+    return flags
+
+
 def build_report(
     *,
     run_id: str,
@@ -110,6 +135,7 @@ def build_report(
     instance: str = "",
     unresolved_lookups: list[dict[str, str]] | None = None,
     approval: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     counts: dict[str, dict[str, int]] = {
         t: dict.fromkeys(COUNTS, 0) for t in tables
@@ -159,6 +185,8 @@ def build_report(
         "finished_at": finished_at,
         "exit_code": exit_code,
         "instance": instance,  # the ServiceNow instance reconciled (its URL)
+        # the command-line options it was made with (run_options): --force, --shard, --account, ...
+        "options": dict(options or run_options()),
         "accounts": account_statuses(inventory) if inventory else [],
         "scopes": scopes,
         "tables": counts,

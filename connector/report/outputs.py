@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from .json_report import COUNTS, tag_totals, write_text_atomic
+from .json_report import COUNTS, option_flags, tag_totals, write_text_atomic
 
 ACTIONS = COUNTS
 COLORS = {"created": "#2e7d32", "updated": "#1565c0", "retired": "#c62828", "revived": "#6a1b9a",
@@ -39,8 +39,9 @@ def _headline(report: dict[str, Any]) -> tuple[str, str, str]:
     if report.get("mode") == "plan":
         advice = "A plan: nothing was written. " + advice.replace("every write succeeded", "the changes below are what run would do")
         if report.get("changes"):
-            advice += (f" Once reviewed, cmdb-connector run --approved report-{report['run_id']}.json (in the "
-                       "reports folder) makes these changes and no other.")
+            command = " ".join(["cmdb-connector run --approved", f"report-{report['run_id']}.json",
+                                *option_flags(report.get("options") or {})])
+            advice += f" Once reviewed, {command} (in the reports folder) makes these changes and no other."
     approval = report.get("approval")  # run/plan --approved (reports before it have none)
     if approval:
         advice += (f" Only the changes of the approved plan {approval['run_id']}: {approval['kept']} made as it showed "

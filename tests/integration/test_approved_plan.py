@@ -108,3 +108,39 @@ def test_a_report_that_is_not_a_plan_of_this_instance_is_refused(tmp_path, monke
         assert main([*cli, "run", "--approved", str(tmp_path / "missing.json")]) == 2
         err = capsys.readouterr().err
         assert "missing.json: cannot read the report" in err and "Traceback" not in err
+
+
+def test_the_run_takes_the_options_its_plan_was_made_with_and_a_plan_too_old_is_refused(tmp_path, monkeypatch,
+                                                                                         capsys):
+    _by_instance, inventory = tagged_inventory(tmp_path, [{}, {}])
+    monkeypatch.setenv("CMDB_SERVICENOW__PASSWORD", PASSWORD)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        config = configure(tmp_path, server.url)
+        cli = ["--config", str(config)]
+        assert main([*cli, "plan", "--inventory", str(inventory), "--force"]) == 0
+        plan = latest(tmp_path)
+        assert plan["options"] == {"force": True, "shard": None, "accounts": [], "retire_accounts": [],
+                                   "inventory": str(inventory)}
+        html = (tmp_path / "reports" / f"report-{plan['run_id']}.html").read_text()
+        assert f"cmdb-connector run --approved report-{plan['run_id']}.json --force (in the reports folder)" in html
+        reviewed = tmp_path / "reviewed.json"
+        reviewed.write_text(json.dumps(plan))
+        capsys.readouterr()
+        writes = server.writes()
+        assert main([*cli, "run", "--inventory", str(inventory), "--approved", str(reviewed)]) == 2
+        err = capsys.readouterr().err
+        assert (f"{reviewed}: the plan was made with --force, this run with none. A run's guards and scope are those "
+                "of its options: give it the plan's") in err and "Traceback" not in err
+        assert server.writes() == writes
+
+        # the plan made three days and more ago (reconcile.approval_max_age_hours, 72 by default)
+        stale = tmp_path / "stale.json"
+        stale.write_text(json.dumps({**plan, "finished_at": "2026-01-01T00:00:00+00:00"}))
+        assert main([*cli, "run", "--inventory", str(inventory), "--force", "--approved", str(stale)]) == 2
+        assert "hours old: reconcile.approval_max_age_hours is 72. Review a new plan" in capsys.readouterr().err
+        assert server.writes() == writes
+
+        assert main([*cli, "run", "--inventory", str(inventory), "--force", "--approved", str(reviewed)]) == 0
+        made = latest(tmp_path)
+        assert made["approval"]["kept"] == len(plan["changes"]) and made["approval"]["held"] == 0
+        assert len(vms(server)) == 2 and made["options"]["force"] is True

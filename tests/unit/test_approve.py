@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 
-from connector.reconcile.approve import ApprovedPlan, approve, malformed
+import pytest
+
+from connector.reconcile.approve import ApprovedPlan, approve, malformed, refusal
 from connector.reconcile.plan import CIChange, KeyValueChange, Plan, RelationChange
-from connector.report.json_report import change_entry
+from connector.report.json_report import change_entry, option_flags, run_options
 
 VM, DC = "cmdb_ci_vm_instance", "cmdb_ci_aws_datacenter"
 DC_KEY = (DC, "arn:aws:ec2:us-east-1:111111111111:region/us-east-1")
@@ -102,3 +105,69 @@ def test_entries_an_approval_cannot_read_are_found_by_index():
     broken = [{"action": "update"}, {**good, "fields": {"name": "b"}}, {**good, "fields": ["name"]}]
     assert malformed([good, *broken]) == [1, 2, 3]
     assert malformed({"not": "a list"}) == [0] and malformed([None]) == [0]
+
+
+INSTANCE = "https://acme.service-now.com"
+NOW = datetime(2026, 12, 2, 12, 0, tzinfo=timezone.utc)
+
+
+def plan_report(**overrides) -> dict:
+    return {"run_id": "plan-1", "mode": "plan", "instance": INSTANCE, "finished_at": "2026-12-02T09:00:00+00:00",
+            "options": run_options(), "changes": [change_entry(update("a", "web-a"))], **overrides}
+
+
+def why(report: dict, options: dict | None = None, max_age_hours: float = 72) -> str | None:
+    return refusal("plan-1.json", report, instance=INSTANCE, options=options or run_options(), now=NOW,
+                   max_age_hours=max_age_hours)
+
+
+def test_a_plan_of_this_instance_made_with_the_same_options_and_recent_is_approved():
+    assert why(plan_report()) is None
+    forced = run_options(force=True, shard=(2, 4), only_accounts=frozenset({"222222222222", "111111111111"}))
+    # the saved inventory a plan read is no scope option: a run may reconcile live AWS against its review
+    assert why(plan_report(options={**forced, "inventory": "saved.jsonl"}), forced) is None
+
+
+def test_the_options_a_plan_was_made_with_are_the_command_line_that_gives_them():
+    options = run_options(force=True, shard=(2, 4), only_accounts=frozenset({"222222222222", "111111111111"}),
+                          retire_accounts=frozenset({"333333333333"}))
+    assert option_flags(json.loads(json.dumps(options))) == [
+        "--force", "--shard", "2/4", "--account", "111111111111", "--account", "222222222222",
+        "--retire-account", "333333333333"]
+    assert option_flags(run_options()) == [] and option_flags({}) == []
+
+
+@pytest.mark.parametrize("planned, run, said", [
+    (run_options(force=True), run_options(), "made with --force, this run with none."),
+    (run_options(), run_options(force=True), "made with none of --force, --shard, --account, --retire-account, "
+                                             "this run with --force."),
+    (run_options(shard=(1, 2)), run_options(shard=(2, 2)), "made with --shard 1/2, this run with --shard 2/2."),
+    (run_options(only_accounts=frozenset({"111111111111"})), run_options(),
+     "made with --account 111111111111, this run with none."),
+    (run_options(retire_accounts=frozenset({"111111111111"})), run_options(retire_accounts=frozenset({"2" * 12})),
+     "made with --retire-account 111111111111, this run with --retire-account 222222222222."),
+])
+def test_a_run_with_other_scope_or_guard_options_than_its_plan_is_refused(planned, run, said):
+    reason = why(plan_report(options=json.loads(json.dumps(planned))), run)
+    assert reason == (f"plan-1.json: the plan was {said} A run's guards and scope are those of its options: give it "
+                      "the plan's")
+
+
+def test_a_plan_older_than_approval_max_age_hours_is_refused_and_0_takes_any_age():
+    old = plan_report(finished_at="2026-11-28T11:00:00+00:00")  # 97 hours before NOW
+    assert why(old) == ("plan-1.json: a plan of 2026-11-28T11:00:00+00:00, 97 hours old: "
+                        "reconcile.approval_max_age_hours is 72. Review a new plan")
+    assert why(old, max_age_hours=100) is None and why(old, max_age_hours=0) is None
+    assert why(plan_report(finished_at="2026-11-28T11:00:00"), max_age_hours=96) is not None  # no zone: UTC
+
+
+@pytest.mark.parametrize("overrides, said", [
+    ({"mode": "run"}, "plan-1.json: the report of a 'run', whose changes were made already"),
+    ({"instance": "https://other.service-now.com"}, "plan-1.json: a plan of https://other.service-now.com, not of "
+                                                    f"servicenow.instance_url ({INSTANCE})"),
+    ({"options": None}, "plan-1.json: the report does not say what options the plan was made with"),
+    ({"finished_at": "yesterday"}, "plan-1.json: finished_at 'yesterday' is not a time"),
+    ({"changes": [{"action": "update"}]}, "plan-1.json: changes[0] is not a change of a report"),
+])
+def test_a_report_that_cannot_be_approved_is_refused_with_the_reason(overrides, said):
+    assert why(plan_report(**overrides)).startswith(said)
