@@ -41,6 +41,15 @@ def _common_options(parser: argparse.ArgumentParser, after_command: bool = False
                         help="auto: text on a terminal, JSON lines otherwise")
 
 
+def _target_options(parser: argparse.ArgumentParser) -> None:
+    """--shard and --account: which of the accounts the configuration targets a command takes."""
+    parser.add_argument("--shard", metavar="K/N", help="only the accounts of shard K of N (a stable hash of the "
+                                                       "account id)")
+    parser.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
+                        help="only this account, of those the configuration targets (may be repeated): the others "
+                             "are neither collected nor retired, as another shard's")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cmdb-connector",
@@ -55,54 +64,43 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
                                 parser_class=lambda **kw: argparse.ArgumentParser(parents=[common], **kw))
 
-    shard_help = "only the accounts of shard K of N (a stable hash of the account id)"
-    account_help = ("only this account, of those the configuration targets (may be repeated): the others are "
-                    "neither collected nor retired, as another shard's")
     retire_help = ("retire every CI of this account, which the configuration no longer targets (gone from the "
                    "Organization, or left out by aws.accounts, aws.organizational_units or aws.exclude_accounts: "
                    "the report's untargeted_accounts); may be repeated; the guard still holds")
-    approved_help = ("make only the changes of this reviewed plan (the JSON report of a plan) that are planned "
-                     "again as it shows them: the others are held back, named in the guards")
-    run = sub.add_parser("run", help="collect, map, plan, apply, report")
-    run.add_argument("--shard", metavar="K/N", help=shard_help)
-    run.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                     help=account_help)
-    run.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
-    run.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
-    run.add_argument("--force", action="store_true",
-                     help="make the writes a guard held back (the report's guards say which): retires past "
-                          "reconcile.max_retire_fraction, bulk clears and deletions, creates that would duplicate")
-    run.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
-    run.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                     help=retire_help)
-    run.add_argument("--approved", metavar="PLAN.json", type=Path, help=approved_help)
-
-    plan = sub.add_parser("plan", help="the same as run, without any write: a drift report")
-    plan.add_argument("--shard", metavar="K/N", help=shard_help)
-    plan.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                      help=account_help)
-    plan.add_argument("--every", metavar="DURATION", help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
-    plan.add_argument("--jitter", metavar="DURATION", help="random delay before the first run (default: a tenth of --every, at most 5m)")
-    plan.add_argument("--force", action="store_true", help="plan the writes a guard holds back, as run --force would")
-    plan.add_argument("--inventory", metavar="FILE", type=Path, help="reconcile a saved inventory instead of live AWS")
-    plan.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                      help=retire_help)
-    plan.add_argument("--approved", metavar="PLAN.json", type=Path,
-                      help="what run --approved with this reviewed plan would make, and hold back")
-    plan.add_argument("--fail-on-drift", action="store_true",
-                      help=f"exit {EXIT_DRIFT} when the plan has any write to make (a drift gate for a pipeline)")
+    reconciling = {  # run and plan: the same options, but for what --force and --approved tell
+        "run": ("collect, map, plan, apply, report",
+                "make the writes a guard held back (the report's guards say which): retires past "
+                "reconcile.max_retire_fraction, bulk clears and deletions, creates that would duplicate",
+                "make only the changes of this reviewed plan (the JSON report of a plan) that are planned again as it "
+                "shows them: the others are held back, named in the guards"),
+        "plan": ("the same as run, without any write: a drift report",
+                 "plan the writes a guard holds back, as run --force would",
+                 "what run --approved with this reviewed plan would make, and hold back"),
+    }
+    for name, (command_help, force_help, approved_help) in reconciling.items():
+        command = sub.add_parser(name, help=command_help)
+        _target_options(command)
+        command.add_argument("--every", metavar="DURATION",
+                             help="keep running on this period (90s, 30m, 6h, 1d), MID-Server style")
+        command.add_argument("--jitter", metavar="DURATION",
+                             help="random delay before the first run (default: a tenth of --every, at most 5m)")
+        command.add_argument("--force", action="store_true", help=force_help)
+        command.add_argument("--inventory", metavar="FILE", type=Path,
+                             help="reconcile a saved inventory instead of live AWS")
+        command.add_argument("--retire-account", dest="retire_accounts", metavar="ACCOUNT_ID", action="append",
+                             default=[], help=retire_help)
+        command.add_argument("--approved", metavar="PLAN.json", type=Path, help=approved_help)
+    sub.choices["plan"].add_argument(
+        "--fail-on-drift", action="store_true",
+        help=f"exit {EXIT_DRIFT} when the plan has any write to make (a drift gate for a pipeline)")
 
     collect = sub.add_parser("collect", help="collect the inventory into a JSON Lines file")
     collect.add_argument("--output", metavar="FILE", type=Path, required=True)
-    collect.add_argument("--shard", metavar="K/N", help=shard_help)
-    collect.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                         help=account_help)
+    _target_options(collect)
 
     access = sub.add_parser("check-access", help="assume the role in every target account, and read one row of "
                                                  "every ServiceNow table a run reads; print the results")
-    access.add_argument("--shard", metavar="K/N", help=shard_help)
-    access.add_argument("--account", dest="only_accounts", metavar="ACCOUNT_ID", action="append", default=[],
-                        help=account_help)
+    _target_options(access)
     only = access.add_mutually_exclusive_group()
     only.add_argument("--aws-only", action="store_true", help="the AWS side only")
     only.add_argument("--servicenow-only", action="store_true", help="the ServiceNow side only (no AWS credentials needed)")
