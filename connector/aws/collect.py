@@ -128,28 +128,59 @@ class SharedAnswers:
     """The answers of a ``[source.join]`` with ``shared = true`` (AWS's own catalogue, the same for every
     account: the instance types), kept for the run per region (the client's), so that each value is asked
     once per region rather than once per account. A value asked and not found is kept as such: not asked
-    again."""
+    again. A value another unit is asking is waited for, not asked again at the same time (the first
+    units of a run start together); if that unit's call fails, the units that waited ask it themselves."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._answers: dict[tuple[str, str], dict[Any, Any]] = defaultdict(dict)  # (region, join) -> value -> entry
         self._asked: dict[tuple[str, str], set[Any]] = defaultdict(set)
+        # (region, join) -> value -> set once the unit asking it is done (answered or failed)
+        self._asking: dict[tuple[str, str], dict[Any, threading.Event]] = defaultdict(dict)
 
-    def known(self, where: tuple[str, str]) -> tuple[set[Any], dict[Any, Any]]:
+    def answers(self, where: tuple[str, str], wanted: set[Any],
+                fetch: Callable[[set[Any]], dict[Any, Any]]) -> dict[Any, Any]:
+        """The entries found for the ``wanted`` values: ``fetch`` (values -> their entries) asks for
+        those no unit has asked or is asking; those another unit is asking are waited for. A failure of
+        ``fetch`` is raised, its values left to whoever asks next."""
+        while True:
+            with self._lock:
+                asked, asking = self._asked[where], self._asking[where]
+                mine = {value for value in wanted if value not in asked and value not in asking}
+                others = {asking[value] for value in wanted if value in asking}
+                done = threading.Event()
+                asking.update(dict.fromkeys(mine, done))
+            if mine:
+                try:
+                    found = fetch(mine)
+                except BaseException:
+                    self._settle(where, mine, done, None)
+                    raise
+                self._settle(where, mine, done, found)
+            if not others:
+                break
+            for other in others:
+                other.wait()  # then again: a value whose unit failed is this unit's to ask
         with self._lock:
-            return set(self._asked[where]), dict(self._answers[where])
+            known = self._answers[where]
+            return {value: known[value] for value in wanted if value in known}
 
-    def keep(self, where: tuple[str, str], asked: Iterable[Any], found: dict[Any, Any]) -> None:
+    def _settle(self, where: tuple[str, str], values: set[Any], done: threading.Event,
+                found: dict[Any, Any] | None) -> None:
         with self._lock:
-            self._asked[where].update(asked)
-            self._answers[where].update(found)
+            if found is not None:
+                self._asked[where].update(values)
+                self._answers[where].update(found)
+            for value in values:
+                del self._asking[where][value]
+        done.set()
 
 
 def _joined(client, join: CompiledJoin, items: list[Any], calls: InTurn | AccountCalls,
             shared: SharedAnswers | None = None) -> list[Any]:
     """The items with the answers of ``[source.join]``: one call (all its pages) per ``per_call`` distinct
     values, several at once within the account's bound; with ``join.shared``, only the values no unit of
-    the region asked yet. Any error fails the unit, as a detail call's does."""
+    the region asked yet (or is asking). Any error fails the unit, as a detail call's does."""
 
     def ask(values: list[Any]) -> list[Any]:
         params = join.call_params(values)
@@ -157,13 +188,16 @@ def _joined(client, join: CompiledJoin, items: list[Any], calls: InTurn | Accoun
             return list(client.get_paginator(join.operation).paginate(**params))
         return [getattr(client, join.operation)(**params)]
 
-    where = (client.meta.region_name, join.text) if shared is not None and join.shared else None
-    asked, known = shared.known(where) if where else (set(), {})
-    chunks = join.chunks(items, asked)
-    index = join.index(page for answer in calls.each(ask, chunks) for page in answer)
-    if where:
-        shared.keep(where, (value for chunk in chunks for value in chunk), index)
-    return join.merge(items, {**known, **index})
+    def answer(chunks: list[list[Any]]) -> dict[Any, Any]:
+        return join.index(page for answer in calls.each(ask, chunks) for page in answer)
+
+    chunks = join.chunks(items)
+    if shared is None or not join.shared:
+        return join.merge(items, answer(chunks))
+    wanted = {value for chunk in chunks for value in chunk}
+    index = shared.answers((client.meta.region_name, join.text), wanted,
+                           lambda values: answer(join.chunks(items, wanted - values)))
+    return join.merge(items, index)
 
 
 def _per_item(client, detail: CompiledDetail | None, tags_call: CompiledDetail | None, none_when: tuple[str, ...],

@@ -3,13 +3,16 @@ memory), and the ``product`` transform that makes an instance's vCPUs of its CPU
 
 from __future__ import annotations
 
+import threading
+import time
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from moto import mock_aws
 
-from connector.aws.collect import collect_inventory, fetch_items
+from connector.aws.collect import SharedAnswers, collect_inventory, fetch_items
 from connector.aws.sessions import RoleSettings, SessionPool
 from connector.errors import MappingError
 from connector.mapping.functions import make_transform
@@ -156,6 +159,89 @@ def test_a_shared_join_asks_each_value_once_per_region_not_once_per_account(shar
              for r in inventory.records}
     assert len(specs) == 9 and all(specs.values())
     assert specs[(accounts[1], "eu-west-1", "c5.xlarge")]["DefaultVCpus"] == 4
+
+
+@mock_aws
+def test_units_collected_together_ask_a_shared_join_once_per_region():
+    accounts = ["111122223333", "444455556666", "777788889999"]
+    for account in accounts:
+        seed_instances(account, REGION, "m5.large", "t3.micro")
+    pool = opened_pool(*accounts)
+    asked: list[list[str]] = []
+
+    def slow(params, **_):  # each answer takes a while: the other units start meanwhile
+        asked.append(sorted(params["InstanceTypes"]))
+        time.sleep(0.3)
+
+    for account in accounts:
+        pool.get(account).session.register("before-parameter-build.ec2.DescribeInstanceTypes", slow)
+    inventory = collect_inventory(pool, [Account(a, a, raw={"Id": a, "Name": a}) for a in accounts],
+                                  {"ec2:instance": instance_mapping().source}, [REGION], max_workers=3,
+                                  max_per_account=1)
+    assert asked == [["m5.large", "t3.micro"]]
+    assert len(inventory.records) == 6 and all(r.resource["InstanceTypeSpecs"] for r in inventory.records)
+
+
+class _Asker(threading.Thread):
+    """A unit asking the shared answers for ``wanted``: each fetch is recorded, and the first one can be
+    held until ``go`` (and made to fail)."""
+
+    def __init__(self, shared: SharedAnswers, wanted: set[str], fetched: list, hold: bool = False,
+                 fail: bool = False):
+        super().__init__(daemon=True)
+        self.shared, self.wanted, self.fetched, self.hold, self.fail = shared, wanted, fetched, hold, fail
+        self.fetching, self.go = threading.Event(), threading.Event()
+        self.result: dict | None = None
+        self.error: Exception | None = None
+
+    def fetch(self, values: set[str]) -> dict:
+        self.fetched.append((self.name, sorted(values)))
+        self.fetching.set()
+        if self.hold:
+            self.hold = False
+            assert self.go.wait(10)
+            if self.fail:
+                raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "DescribeInstanceTypes")
+        return {value: f"entry of {value}" for value in values if value != "gone"}
+
+    def run(self) -> None:
+        try:
+            self.result = self.shared.answers(("eu-west-1", "join"), self.wanted, self.fetch)
+        except ClientError as exc:
+            self.error = exc
+
+
+@pytest.mark.parametrize("first_fails", [False, True])
+def test_a_value_another_unit_is_asking_is_waited_for_and_asked_again_only_if_that_unit_failed(first_fails):
+    """The first units of a run start together: the second must not ask again what the first is asking."""
+    shared, fetched = SharedAnswers(), []
+    first = _Asker(shared, {"m5.large", "t3.micro", "gone"}, fetched, hold=True, fail=first_fails)
+    first.name = "first"
+    first.start()
+    assert first.fetching.wait(10)  # the first unit is asking, its answer not in yet
+    second = _Asker(shared, {"m5.large", "gone", "c5.xlarge"}, fetched)
+    second.name = "second"
+    second.start()
+    assert second.fetching.wait(10)  # it asked for what no one is asking, and waits for the rest
+    assert second.is_alive() and second.result is None
+    first.go.set()
+    first.join(10), second.join(10)
+    assert not first.is_alive() and not second.is_alive()
+    if first_fails:  # the first unit fails; the second asks what the first could not, and has every answer
+        assert fetched == [("first", ["gone", "m5.large", "t3.micro"]), ("second", ["c5.xlarge"]),
+                           ("second", ["gone", "m5.large"])]
+        assert first.error is not None and first.result is None
+    else:
+        assert fetched == [("first", ["gone", "m5.large", "t3.micro"]), ("second", ["c5.xlarge"])]
+        assert first.result == {"m5.large": "entry of m5.large", "t3.micro": "entry of t3.micro"}
+    assert second.error is None
+    assert second.result == {"m5.large": "entry of m5.large", "c5.xlarge": "entry of c5.xlarge"}
+    asked_before = len(fetched)
+    third = _Asker(shared, {"t3.micro", "gone"}, fetched)
+    third.name = "third"
+    third.run()  # a value asked and not found ("gone") is not asked again; one only a failed unit asked is
+    assert third.result == {"t3.micro": "entry of t3.micro"}
+    assert fetched[asked_before:] == ([("third", ["t3.micro"])] if first_fails else [])
 
 
 @mock_aws
