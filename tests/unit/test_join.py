@@ -201,7 +201,8 @@ class _Asker(threading.Thread):
             self.hold = False
             assert self.go.wait(10)
             if self.fail:
-                raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}}, "DescribeInstanceTypes")
+                raise ClientError({"Error": {"Code": "Throttling", "Message": "Rate exceeded"}},
+                                  "DescribeInstanceTypes")
         return {value: f"entry of {value}" for value in values if value != "gone"}
 
     def run(self) -> None:
