@@ -189,14 +189,12 @@ def _joined(client, join: CompiledJoin, items: list[Any], calls: InTurn | Accoun
         return [getattr(client, join.operation)(**params)]
 
     def answer(chunks: list[list[Any]]) -> dict[Any, Any]:
-        return join.index(page for answer in calls.each(ask, chunks) for page in answer)
+        return join.index(page for pages in calls.each(ask, chunks) for page in pages)
 
-    chunks = join.chunks(items)
+    wanted = join.values(items)
     if shared is None or not join.shared:
-        return join.merge(items, answer(chunks))
-    wanted = {value for chunk in chunks for value in chunk}
-    index = shared.answers((client.meta.region_name, join.text), wanted,
-                           lambda values: answer(join.chunks(items, wanted - values)))
+        return join.merge(items, answer(join.chunks(wanted)))
+    index = shared.answers((client.meta.region_name, join.text), wanted, lambda values: answer(join.chunks(values)))
     return join.merge(items, index)
 
 

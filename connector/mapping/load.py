@@ -86,15 +86,18 @@ class CompiledJoin:
     text: str = ""  # the spec, to tell two joins apart
     many: bool = False  # a value may have many entries: the item keeps them all, in a list
 
-    def chunks(self, items: list[Any], asked: set[Any] = frozenset()) -> list[list[Any]]:
-        """The distinct values the items are joined on (but those ``asked`` already), ``per_call`` at a
-        time, in a stable order."""
+    def values(self, items: list[Any]) -> set[Any]:
+        """The distinct values the items are joined on."""
         values: set[Any] = set()
         for item in items:
             found = self._found(item)
             if found is not None:
                 values.update(found[0])
-        ordered = sorted(values - asked, key=repr)
+        return values
+
+    def chunks(self, values: set[Any]) -> list[list[Any]]:
+        """The values to ask, ``per_call`` at a time, in a stable order."""
+        ordered = sorted(values, key=repr)
         return [ordered[i:i + self.per_call] for i in range(0, len(ordered), self.per_call)]
 
     def _found(self, item: Any) -> tuple[list[Any], bool] | None:

@@ -341,7 +341,7 @@ def test_a_volume_not_in_the_answer_leaves_that_instances_sizes_unknown_and_none
     cis = [map_record(mapping, Record(ACCOUNT, REGION, "ec2:instance", item)) for item in items]
     assert [ci.fields.get("disks_size") for ci in cis] == ["38", None, "0", None]
     assert "disks_size" in cis[1].create_only and "disks_size" in cis[3].create_only  # the CMDB's value kept
-    assert join.chunks(items[:2]) == [["vol-1", "vol-2", "vol-gone"]]
+    assert join.chunks(join.values(items[:2])) == [["vol-1", "vol-2", "vol-gone"]]
     assert join.call_params(["vol-1"]) == {"Filters": [{"Name": "volume-id", "Values": ["vol-1"]}]}
 
 
