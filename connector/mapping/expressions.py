@@ -18,7 +18,7 @@ from .functions import TRANSFORMS, make_transform, snow_string
 Evaluator = Callable[[dict[str, Any], dict[str, str]], Any]
 
 _DOTTED = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_PLACEHOLDER = re.compile(r"\{([^{}]+)\}")
+_PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
 CONTEXT_NAMES = ("account_id", "region", "partition", "source")
 
 
@@ -192,13 +192,47 @@ def _fast_tag(node: dict[str, Any]) -> Callable[[Any], Any] | None:
     return first_match
 
 
+def _template_parts(text: str) -> list[tuple[str, str]]:
+    """A template cut into its literal text and its placeholders: ``("text", s)`` and ``("expr", s)``
+    in turn. ``{{`` and ``}}`` are a literal brace; any other brace not part of a ``{...}`` placeholder
+    is refused, with where it is: ``{$regoin:{$account_id}`` would otherwise be text in every CI's
+    identity."""
+    parts: list[tuple[str, str]] = []
+    literal: list[str] = []
+    i = 0
+    while i < len(text):
+        char = text[i]
+        if char in "{}" and text[i + 1 : i + 2] == char:
+            literal.append(char)
+            i += 2
+            continue
+        if char == "}":
+            raise ValueError(f"'}}' without its '{{' at character {i + 1} of {text!r} (write '}}}}' for a literal one)")
+        if char != "{":
+            literal.append(char)
+            i += 1
+            continue
+        match = _PLACEHOLDER.match(text, i)
+        if match is None:
+            raise ValueError(f"'{{' at character {i + 1} of {text!r} is not closed by '}}' before another brace "
+                             "(write '{{' for a literal one)")
+        if not match.group(1).strip():
+            raise ValueError(f"empty placeholder at character {i + 1} of {text!r}")
+        parts.append(("text", "".join(literal)))
+        parts.append(("expr", match.group(1).strip()))
+        literal = []
+        i = match.end()
+    parts.append(("text", "".join(literal)))
+    return parts
+
+
 def _template(text: str) -> Evaluator:
     pieces: list[str | Callable[[Any, dict[str, str]], Any]] = []
-    position = 0
-    for match in _PLACEHOLDER.finditer(text):
-        pieces.append(text[position : match.start()])
-        expr = match.group(1).strip()
-        if expr.startswith("$"):
+    for kind, expr in _template_parts(text):
+        if kind == "text":
+            if expr:
+                pieces.append(expr)
+        elif expr.startswith("$"):
             name = expr[1:]
             if name not in CONTEXT_NAMES:
                 raise ValueError(f"unknown variable ${name}; known: " + ", ".join("$" + n for n in CONTEXT_NAMES))
@@ -206,8 +240,6 @@ def _template(text: str) -> Evaluator:
         else:
             getter = compile_path(expr)
             pieces.append(lambda item, _ctx, getter=getter: getter(item))
-        position = match.end()
-    pieces.append(text[position:])
 
     def render(item: dict[str, Any], ctx: dict[str, str]) -> str | None:
         out = []

@@ -549,6 +549,21 @@ INVALID_CASES += [
 ]
 
 
+# A brace a template does not pair would be text in every CI's identity (a new identity: every CI made again).
+INVALID_CASES += [
+    ("template brace not closed", VALID.replace("{$region}:", "{$region:"),
+     "cmdb_ci_network.toml: fields.correlation_id: '{' at character 13 of 'arn:aws:ec2:{$region:{$account_id}:vpc/{VpcId}' "
+     "is not closed by '}' before another brace (write '{{' for a literal one)"),
+    ("template brace not opened", VALID.replace(":{$account_id}", ":$account_id}"),
+     "cmdb_ci_network.toml: fields.correlation_id: '}' without its '{' at character 34 of "
+     "'arn:aws:ec2:{$region}:$account_id}:vpc/{VpcId}' (write '}}' for a literal one)"),
+    ("template brace at the end", VALID.replace("{VpcId}", "{VpcId"),
+     "cmdb_ci_network.toml: fields.correlation_id: '{' at character 41 of"),
+    ("template empty placeholder", VALID.replace("vpc/{VpcId}", "vpc/{ }"),
+     "cmdb_ci_network.toml: fields.correlation_id: empty placeholder at character 41 of"),
+]
+
+
 @pytest.mark.parametrize("name, text, expected", INVALID_CASES, ids=[c[0] for c in INVALID_CASES])
 def test_invalid_mapping_file_error(tmp_path, name, text, expected):
     (tmp_path / "cmdb_ci_network.toml").write_text(text)
@@ -713,6 +728,15 @@ def test_truncate_cuts_a_text_to_the_length_a_field_keeps():
     assert name({"Name": "web"}, {}) == "web"  # shorter: as it is
     assert name({}, {}) is None  # absent stays absent
     assert compile_field(FieldSpec(path="Size", transform=["truncate:1"]))({"Size": 80}, {}) == "80"  # text only
+
+
+def test_a_template_writes_a_literal_brace_doubled():
+    from connector.mapping.expressions import compile_field
+    from connector.mapping.schema import FieldSpec
+
+    render = compile_field(FieldSpec(template="{{{Name}}} in {$region}, {{}}"))
+    assert render({"Name": "web"}, {"region": "eu-west-1"}) == "{web} in eu-west-1, {}"
+    assert render({}, {"region": "eu-west-1"}) is None  # a placeholder that finds nothing: no value
 
 
 def test_a_file_saved_by_windows_notepad_loads_and_one_not_in_utf8_is_named(tmp_path):
