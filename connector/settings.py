@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextvars
 import ipaddress
+import json
 import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -24,7 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError, did_you_mean, key_path
 from .tomlfile import read_toml_file
@@ -214,7 +215,12 @@ class _EnvWithSecretFiles(PydanticBaseSettingsSource):
         return None, field_name, False
 
     def __call__(self) -> dict[str, Any]:
-        data = self._env()
+        try:
+            data = self._env()
+        except SettingsError as exc:  # a list's variable not in JSON: pydantic-settings' own error names no variable
+            lines = _env_not_json()
+            raise ConfigError("\n".join(["environment: invalid configuration", *lines]) if lines
+                              else f"environment: {exc}") from None
         for section, key in sorted(SECRET_KEYS):
             values = data.get(section)
             if not isinstance(values, dict) or f"{key}_file" not in values:
@@ -385,6 +391,35 @@ def _unknown_env_sections() -> list[str]:
             if section not in SECTIONS:
                 lines.append(f"  {name}: there is no section [{section}]. Fix: correct the variable's name "
                              f"(CMDB_<SECTION>__<KEY>); the sections are {', '.join(sorted(SECTIONS))}")
+    return lines
+
+
+def _env_not_json() -> list[str]:
+    """The ``CMDB_...`` variables of list keys (and of whole sections) whose value is not JSON, each with its
+    fix. The value is not shown (a section's would hold its secrets)."""
+    expected = {ENV_PREFIX + section.upper(): "a JSON object" for section in SECTIONS}
+    for section, model in SECTIONS.items():
+        for key, field in model.model_fields.items():
+            origin = get_origin(field.annotation)
+            if origin in (list, dict, set, tuple):
+                expected[_env_name((section, key))] = "a JSON object" if origin is dict else "a JSON list"
+    lines = []
+    for name in sorted(os.environ):
+        kind = expected.get(name.upper())
+        if kind is None:
+            continue
+        try:
+            json.loads(os.environ[name])
+        except ValueError:
+            regions = name.upper().endswith("__REGIONS")
+            example = "'[\"us-east-1\", \"eu-west-1\"]'" if regions else "'[\"first\", \"second\"]'"
+            if kind == "a JSON list":
+                fix = f"write it as JSON: {name}={example}"
+            elif name.upper().removeprefix(ENV_PREFIX).lower() in SECTIONS:
+                fix = f"set its keys one by one, as {name}__<KEY>"
+            else:
+                fix = f"write it as JSON: {name}='{{\"key\": \"value\"}}'"
+            lines.append(f"  {name}: is not {kind}. Fix: {fix}")
     return lines
 
 

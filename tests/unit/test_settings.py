@@ -203,6 +203,27 @@ def test_bad_value_from_env_names_the_variable(tmp_path, monkeypatch):
     assert "[servicenow] page_size from CMDB_SERVICENOW__PAGE_SIZE" in str(info.value)
 
 
+def test_a_list_variable_not_in_json_is_named_with_its_fix_and_no_traceback(tmp_path, monkeypatch, capsys):
+    """``CMDB_AWS__REGIONS=us-east-1``: pydantic-settings decodes a list's variable as JSON, and its own error
+    names neither the variable nor the fix. A whole section's variable is told the same way, its value never
+    shown (it would hold the section's secrets)."""
+    monkeypatch.setenv("CMDB_AWS__REGIONS", "us-east-1")
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, GOOD))
+    assert str(info.value) == ("environment: invalid configuration\n  CMDB_AWS__REGIONS: is not a JSON list. "
+                               "Fix: write it as JSON: CMDB_AWS__REGIONS='[\"us-east-1\", \"eu-west-1\"]'")
+    monkeypatch.setenv("CMDB_AWS__REGIONS", '["us-east-1"]')
+    monkeypatch.setenv("CMDB_SERVICENOW", "{password: s3cret-value")
+    monkeypatch.setenv("CMDB_AWS__EXCLUDE_ACCOUNTS", '["111111111111",')
+    config = write(tmp_path, GOOD)
+    assert main(["validate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "s3cret-value" not in err
+    assert "CMDB_AWS__EXCLUDE_ACCOUNTS: is not a JSON list. Fix: write it as JSON: " \
+           "CMDB_AWS__EXCLUDE_ACCOUNTS='[\"first\", \"second\"]'" in err
+    assert "CMDB_SERVICENOW: is not a JSON object. Fix: set its keys one by one, as CMDB_SERVICENOW__<KEY>" in err
+
+
 def test_a_misspelled_variable_is_named_whether_its_key_or_its_section_is_wrong(tmp_path, monkeypatch):
     """The file is checked key by key; so is the environment: a variable that would be ignored is an error."""
     monkeypatch.setenv("CMDB_SERVICENOW__PASWORD", "s3cret-value")
