@@ -13,7 +13,8 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal, get_origin
+from types import UnionType
+from typing import Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -346,15 +347,16 @@ def load_settings(path: Path | None, data: dict[str, Any] | None = None) -> Sett
     source = str(path) if path else "built-in settings"
     base_dir = path.resolve().parent if path else Path.cwd()
     stray = _unknown_env_sections()
+    mistyped = _toml_type_problems(data)
     token = _TOML_DATA.set(data)
     try:
         settings = Settings(base_dir=base_dir)
     except ValidationError as exc:
-        raise ConfigError("\n".join([format_validation_error(source, exc), *stray])) from None
+        raise ConfigError("\n".join([format_validation_error(source, exc, mistyped), *stray])) from None
     finally:
         _TOML_DATA.reset(token)
-    if stray:
-        raise ConfigError("\n".join([f"{source}: invalid configuration", *stray]))
+    if stray or mistyped:
+        raise ConfigError("\n".join([f"{source}: invalid configuration", *mistyped.values(), *stray]))
     _warn_of_unchecked_tls(settings)
     return settings
 
@@ -392,6 +394,78 @@ def _unknown_env_sections() -> list[str]:
                 lines.append(f"  {name}: there is no section [{section}]. Fix: correct the variable's name "
                              f"(CMDB_<SECTION>__<KEY>); the sections are {', '.join(sorted(SECTIONS))}")
     return lines
+
+
+_TOML_KINDS: dict[Any, str] = {bool: "bool", int: "int", float: "float", str: "str", SecretStr: "str", Path: "str"}
+_KIND_WANTED = {"bool": "true or false", "int": "a whole number", "float": "a number", "str": "a text in quotes",
+                "list": "a list, as [\"a\", \"b\"]"}
+
+
+def _toml_kind(annotation: Any) -> str | None:
+    """What TOML type a key's annotation takes: ``Path | None`` and a ``Literal`` of texts take a text."""
+    if annotation in _TOML_KINDS:
+        return _TOML_KINDS[annotation]
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list:
+        return "list"
+    if origin is Literal and all(isinstance(arg, str) for arg in args):
+        return "str"
+    kinds = {_toml_kind(arg) for arg in args if arg is not type(None)}
+    return kinds.pop() if origin in (Union, UnionType) and len(kinds) == 1 else None
+
+
+def _toml_type_name(value: Any) -> str:
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    names = {int: "a whole number", float: "a number with a fraction", str: "a text", list: "a list",
+             dict: "a table"}
+    return next((name for kind, name in names.items() if isinstance(value, kind)), "a date or time")
+
+
+def _toml_fits(value: Any, kind: str) -> bool:
+    if kind == "float":
+        return type(value) in (int, float)
+    return type(value) is {"bool": bool, "int": int, "str": str, "list": list}[kind]
+
+
+def _toml_type_problem(loc: tuple[Any, ...], value: Any, kind: str) -> str:
+    fix = "correct the value"
+    if kind in ("int", "float") and isinstance(value, str) and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", value):
+        fix = f"write it without the quotes: {loc[-1]} = {value.strip()}"
+    elif kind == "str" and type(value) in (int, float):
+        shown = "..." if tuple(loc[:2]) in SECRET_KEYS else value
+        fix = f'put it in quotes: {key_path(loc[1:])} = "{shown}"' if len(loc) == 2 else f'put it in quotes: "{shown}"'
+    elif kind == "list" and isinstance(value, str):
+        fix = f'write it as a list: {loc[-1]} = ["{value}"]'
+    elif kind == "bool" and value in (0, 1) and type(value) is int:
+        fix = f"write {loc[-1]} = {'true' if value else 'false'}"
+    return f"  {_key_name(loc)}: {_KIND_WANTED[kind]}, not {_toml_type_name(value)}. Fix: {fix}"
+
+
+def _toml_type_problems(data: dict[str, Any]) -> dict[tuple[Any, ...], str]:
+    """The file's values of the wrong TOML type, by key. Validation on its own would let them through as the
+    environment's texts are let through (``verify_tls = 0`` as false, ``max_retire_fraction = true`` as 1,
+    ``"300"`` as 300): in a typed file, each is more likely a mistake than meant. A key its variable
+    overrides is the variable's; unknown sections and keys are left to validation. No value is shown (a
+    secret may be one)."""
+    overridden = {name.upper() for name in os.environ}
+    problems: dict[tuple[Any, ...], str] = {}
+    for section, values in data.items():
+        model = SECTIONS.get(section)
+        if model is None or not isinstance(values, dict):
+            continue
+        for key, value in values.items():
+            field = model.model_fields.get(key)
+            kind = _toml_kind(field.annotation) if field is not None else None
+            if kind is None or _env_name((section, key)) in overridden:
+                continue
+            if not _toml_fits(value, kind):
+                problems[(section, key)] = _toml_type_problem((section, key), value, kind)
+            elif kind == "list":
+                for index, item in enumerate(value):
+                    if type(item) is not str:
+                        problems[(section, key, index)] = _toml_type_problem((section, key, index), item, "str")
+    return problems
 
 
 def _env_not_json() -> list[str]:
@@ -469,10 +543,16 @@ def _missing(loc: tuple[Any, ...]) -> list[tuple[Any, ...]]:
     return [(loc[0], name) for name in required] or [loc]
 
 
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    lines = [f"{source}: invalid configuration"]
+def format_validation_error(source: str, exc: ValidationError,
+                            mistyped: dict[tuple[Any, ...], str] | None = None) -> str:
+    """One line per problem: ``mistyped``'s (the file's values of the wrong TOML type), then pydantic's on
+    the other keys."""
+    lines = [f"{source}: invalid configuration", *(mistyped or {}).values()]
+    told = {loc[:2] for loc in mistyped or {}}
     for err in exc.errors():
         loc = tuple(err["loc"])
+        if loc[:2] in told:
+            continue
         key = _key_name(loc)
         env = _env_name(loc)
         secret = tuple(str(p) for p in loc[:2]) in SECRET_KEYS

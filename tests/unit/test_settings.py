@@ -138,7 +138,7 @@ BAD_CASES = [
     ),
     (
         GOOD.replace('regions = ["us-east-1", "eu-west-1"]', 'regions = "us-east-1"'),
-        ["[aws] regions: Input should be a valid list"],
+        ['[aws] regions: a list, as ["a", "b"], not a text. Fix: write it as a list: regions = ["us-east-1"]'],
     ),
     (
         GOOD.replace('external_id = "ext-id-123"', 'session_duration_seconds = 900'),
@@ -164,7 +164,23 @@ BAD_CASES = [
     ),
     (
         GOOD.replace("[aws]", "[aws]\naccounts = [123]"),
-        ["[aws] accounts[0]: Input should be a valid string"],
+        ['[aws] accounts[0]: a text in quotes, not a whole number. Fix: put it in quotes: "123"'],
+    ),
+    # A value of the wrong TOML type is not coerced as the environment's texts are: each is likelier a slip.
+    (
+        GOOD.replace("[reconcile]", "[reconcile]\nmax_retire_fraction = true"),
+        ["[reconcile] max_retire_fraction: a number, not the boolean true. Fix: correct the value"],
+    ),
+    (
+        GOOD.replace('username = "svc"', 'username = "svc"\nverify_tls = 0\nmax_retry_seconds = "300"'),
+        ["[servicenow] verify_tls: true or false, not a whole number. Fix: write verify_tls = false",
+         "[servicenow] max_retry_seconds: a number, not a text. "
+         "Fix: write it without the quotes: max_retry_seconds = 300"],
+    ),
+    (
+        GOOD.replace('password = "hunter2-secret"', "password = 20240101\npage_size = 1.5"),
+        ['[servicenow] password: a text in quotes, not a whole number. Fix: put it in quotes: password = "..."',
+         "[servicenow] page_size: a whole number, not a number with a fraction. Fix: correct the value"],
     ),
     # a region misspelled would be collected as one not enabled (skipped): every run, nothing there
     (
@@ -194,6 +210,13 @@ def test_bad_config_names_file_key_and_fix(tmp_path, text, expected):
     # secrets are never echoed, even in an error
     assert "hunter2-secret" not in message
     assert "has spaces!" not in message
+    assert "20240101" not in message
+
+
+def test_a_key_its_variable_overrides_is_not_type_checked_in_the_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("CMDB_RECONCILE__MAX_RETIRE_FRACTION", "0.5")
+    settings = load_settings(write(tmp_path, GOOD.replace("[reconcile]", "[reconcile]\nmax_retire_fraction = true")))
+    assert settings.reconcile.max_retire_fraction == 0.5
 
 
 def test_bad_value_from_env_names_the_variable(tmp_path, monkeypatch):
