@@ -17,6 +17,7 @@ import orjson
 
 from .errors import InventoryError
 from .models import SCOPE_STATUSES, Account, Inventory, Record, Scope
+from .settings import ACCOUNT_ID
 
 
 class InventoryWriter:
@@ -78,8 +79,34 @@ def write_inventory(inventory: Inventory, path: Path) -> None:
         writer.finish(inventory)
 
 
+def _json_type(value: object) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a text", list: "a list"}
+    return names.get(type(value), type(value).__name__)
+
+
 # resources handed to read_inventory's sink at a time
 SINK_BATCH = 1000
+
+
+def _account_id(value: object) -> str:
+    if not isinstance(value, str) or not ACCOUNT_ID.match(value):
+        raise ValueError(f"account_id {value!r} is not an account id (12 digits, as a text)")
+    return value
+
+
+def _where(row: dict, known: set[tuple[str, str, str]]) -> tuple[str, str, str]:
+    """A line's account, region and source, checked: an account id of 12 digits, a region and a source
+    named by texts. ``known`` holds the ones already checked (each is checked once, not on every line)."""
+    account, region, source = row["account_id"], row["region"], row["source"]
+    where = (account, region, source)
+    if type(account) is str and type(region) is str and type(source) is str and where in known:
+        return where
+    _account_id(account)
+    for key, value in (("region", region), ("source", source)):
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{key} {value!r} is not a {key} name (a text)")
+    known.add(where)
+    return where
 
 
 def read_inventory(path: Path, sink: Callable[[list[Record]], None] | None = None) -> Inventory:
@@ -88,6 +115,7 @@ def read_inventory(path: Path, sink: Callable[[list[Record]], None] | None = Non
     holds every raw item at once. A line that is not right fails the read, naming it."""
     inventory = Inventory()
     batch = inventory.records
+    known: set[tuple[str, str, str]] = set()
     try:
         handle = path.open("rb")  # orjson checks the UTF-8 of each line itself
     except OSError as exc:
@@ -106,18 +134,32 @@ def read_inventory(path: Path, sink: Callable[[list[Record]], None] | None = Non
                 if kind == "scope":
                     if row["status"] not in SCOPE_STATUSES:
                         raise ValueError(f"unknown status {row['status']!r}")
-                    inventory.scopes.append(Scope(row["account_id"], row["region"], row["source"], row["status"], row.get("error")))
+                    error = row.get("error")
+                    if error is not None and not isinstance(error, str):
+                        raise ValueError(f"error is not a text but {type(error).__name__}")
+                    inventory.scopes.append(Scope(*_where(row, known), row["status"], error))
                 elif kind == "resource":
-                    batch.append(Record(row["account_id"], row["region"], row["source"], row["resource"]))
+                    where, resource = _where(row, known), row["resource"]
+                    if type(resource) is not dict:
+                        raise ValueError(f"resource is not a JSON object but {_json_type(resource)}")
+                    batch.append(Record(*where, resource))
                     if sink is not None and len(batch) >= SINK_BATCH:
                         sink(batch)
                         batch = inventory.records = []
                 elif kind == "account":
-                    inventory.accounts.append(Account(row["account_id"], row.get("name") or row["account_id"],
-                                                      row.get("status", "ok"), row.get("error"), row.get("raw") or {}))
+                    account, raw = _account_id(row["account_id"]), row.get("raw") or {}
+                    if type(raw) is not dict:
+                        raise ValueError(f"raw is not a JSON object but {_json_type(raw)}")
+                    for key in ("name", "error"):
+                        if row.get(key) is not None and not isinstance(row[key], str):
+                            raise ValueError(f"{key} is not a text but {_json_type(row[key])}")
+                    if row.get("status", "ok") not in SCOPE_STATUSES:
+                        raise ValueError(f"unknown status {row['status']!r}")
+                    inventory.accounts.append(Account(account, row.get("name") or account,
+                                                      row.get("status", "ok"), row.get("error"), raw))
                 elif kind == "targeted_accounts":
                     ids = row["account_ids"]
-                    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+                    if not isinstance(ids, list) or not all(isinstance(i, str) and ACCOUNT_ID.match(i) for i in ids):
                         raise ValueError("account_ids is not a list of account ids")
                     inventory.targeted = frozenset(ids)
                 else:

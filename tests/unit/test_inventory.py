@@ -97,6 +97,24 @@ def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
     (b"[1, 2]", "not a JSON object but list"),
     (b'{"kind": "gadget"}', "unknown kind 'gadget'"),
     (b'{"kind": "scope", "account_id": "1", "region": "r", "source": "s", "status": "fine"}', "unknown status 'fine'"),
+    # another tool's inventory, or one edited by hand: a value of the wrong type is named, not mapped as if absent
+    (b'{"kind": "resource", "account_id": "1", "region": "r", "source": "s", "resource": {}}',
+     "account_id '1' is not an account id (12 digits, as a text)"),
+    (b'{"kind": "resource", "account_id": 111111111111, "region": "r", "source": "s", "resource": {}}',
+     "account_id 111111111111 is not an account id (12 digits, as a text)"),
+    (b'{"kind": "resource", "account_id": "111111111111", "region": null, "source": "s", "resource": {}}',
+     "region None is not a region name (a text)"),
+    (b'{"kind": "scope", "account_id": "111111111111", "region": "r", "source": "", "status": "ok"}',
+     "source '' is not a source name (a text)"),
+    (b'{"kind": "resource", "account_id": "111111111111", "region": "r", "source": "s", "resource": "i-1"}',
+     "resource is not a JSON object but a text"),
+    (b'{"kind": "scope", "account_id": "111111111111", "region": "r", "source": "s", "status": "error", "error": {}}',
+     "error is not a text but dict"),
+    (b'{"kind": "account", "account_id": "12345"}', "account_id '12345' is not an account id"),
+    (b'{"kind": "account", "account_id": "111111111111", "raw": ["Name"]}', "raw is not a JSON object but a list"),
+    (b'{"kind": "account", "account_id": "111111111111", "name": 7}', "name is not a text but a number"),
+    (b'{"kind": "account", "account_id": "111111111111", "status": "gone"}', "unknown status 'gone'"),
+    (b'{"kind": "targeted_accounts", "account_ids": ["12345"]}', "account_ids is not a list of account ids"),
     ("{}".encode("utf-16"), "not UTF-8 text: save the file as UTF-8"),
     (b"not json", "invalid literal"),
     (b'{"kind": "targeted_accounts", "account_ids": "111111111111"}', "account_ids is not a list of account ids"),
@@ -104,7 +122,8 @@ def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
 ])
 def test_a_bad_line_is_named_with_its_number_and_why(tmp_path, line, reason):
     path = tmp_path / "inventory.jsonl"
-    path.write_bytes(b'{"kind": "scope", "account_id": "1", "region": "r", "source": "s", "status": "ok"}\n\n' + line + b"\n")
+    first = b'{"kind": "scope", "account_id": "111111111111", "region": "r", "source": "s", "status": "ok"}'
+    path.write_bytes(first + b"\n\n" + line + b"\n")
     with pytest.raises(InventoryError) as info:
         read_inventory(path)
     assert str(info.value).startswith(f"{path}: line 3: {reason}")
