@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .json_report import COUNTS, option_flags, tag_totals, write_text_atomic
+from .shape import shape_problems
 
 ACTIONS = COUNTS
 COLORS = {"created": "#2e7d32", "updated": "#1565c0", "retired": "#c62828", "revived": "#6a1b9a",
@@ -361,4 +362,8 @@ def load_report(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: not a cmdb-connector JSON report ({type(exc).__name__}: {exc})") from None
     if missing:
         raise UsageError(f"{path}: not a cmdb-connector JSON report (no {', '.join(missing)})")
+    problems = shape_problems(report)
+    if problems:
+        raise UsageError(f"{path}: not a report this version of cmdb-connector can read (another version's, or "
+                         "edited?):\n" + "\n".join(f"  {problem}" for problem in problems))
     return report

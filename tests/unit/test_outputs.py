@@ -278,3 +278,86 @@ def test_the_cis_waiting_to_be_retired_have_a_section_and_a_gauge():
     assert "<td>cmdb_ci_vm_instance</td><td>arn:i-0</td><td>2026-12-01 00:00:00</td><td>2026-12-02 00:00:00</td>" in page
     assert "arn:i-99<" in page and "arn:i-100<" not in page and "... and 2 more: see the JSON report" in page
     assert "cmdb_connector_retire_pending 102\n" in render_prometheus(report)
+
+
+def test_a_report_that_every_section_fills_is_of_the_shape_the_report_command_reads(tmp_path):
+    """build_report and shape.ReportShape held together: every section filled (each kind of change, a failed
+    write, a failed scope, guards, retires held, accounts no longer targeted, an approval), written as a run
+    writes it, then read back by load_report, which would refuse it if the two had drifted apart."""
+    import orjson
+
+    from connector.models import Account, Inventory, Scope
+    from connector.reconcile.apply import ApplyResult, Outcome
+    from connector.reconcile.approve import Approval
+    from connector.reconcile.plan import CIChange, KeyValueChange, Plan, RelationChange
+    from connector.report.json_report import run_options, write_report
+    from connector.report.outputs import load_report, render_csv, render_prometheus
+    from connector.report.shape import shape_problems
+
+    vm, net = ("cmdb_ci_vm_instance", "arn:i-1"), ("cmdb_ci_network", "arn:vpc-1")
+    plan = Plan(
+        changes=[CIChange("create", vm[0], vm[1], None, {"name": ("", "web-1")}),
+                 CIChange("update", net[0], net[1], "s2", {"cidr": ("10.0.0.0/8", "10.0.0.0/16")}, note="adopted"),
+                 CIChange("retire", vm[0], "arn:i-2", "s3", {"install_status": ("1", "7")}),
+                 CIChange("revive", vm[0], "arn:i-3", "s4", {"install_status": ("7", "1")}),
+                 CIChange("refresh", vm[0], "arn:i-4", "s5", {"last_discovered": ("2026-11-01 00:00:00",
+                                                                                 "2026-12-01 00:00:00")})],
+        relation_changes=[RelationChange("create", "Hosted on::Hosts", vm, net),
+                          RelationChange("delete", "Contains::Contained by", net, vm, "r1")],
+        key_value_changes=[KeyValueChange("create", vm, "env", "", "prod"),
+                           KeyValueChange("update", vm, "team", "a", "b", "k1"),
+                           KeyValueChange("delete", vm, "old", "x", "", "k2")],
+        duplicates=[{"table": vm[0], "identity": "arn:i-5", "sys_ids": ["s6", "s7"]}],
+        guards=["cmdb_ci_vm_instance: would retire 9 of 10 owned CIs"], warnings=["a warning"],
+        absent={(vm[0], "arn:i-6"): ("s8", "2026-11-30 00:00:00")},
+        retire_pending={(vm[0], "arn:i-6"): "2026-12-02 00:00:00"})
+    plan.untargeted["999988887777"]["cmdb_ci_vm_instance"] += 2
+    inventory = Inventory(accounts=[Account("111122223333", "prod"), Account("444455556666", "dev")],
+                          scopes=[Scope("111122223333", "us-east-1", "ec2:instance", "ok"),
+                                  Scope("444455556666", "us-east-1", "ec2:instance", "denied", "AccessDenied")])
+    changes = [*plan.changes, *plan.relation_changes, *plan.key_value_changes]
+    applied = ApplyResult(outcomes=[Outcome(c, "new", "HTTP 403" if i == 0 else None) for i, c in enumerate(changes)])
+    report = build_report(
+        run_id="20261201T000000Z-abcdef", mode="run", started_at="2026-12-01T00:00:00+00:00",
+        finished_at="2026-12-01T00:01:00+00:00", exit_code=1, inventory=inventory, plan=plan, applied=applied,
+        problems=[MappingProblem(("111122223333", "us-east-1", "ec2:instance"), vm[0], "x.toml: empty")],
+        errors=["an error"], tables=[vm[0], net[0]], timings={"plan": 0.1}, cpu_timings={"plan": 0.1},
+        instance="https://acme.service-now.com",
+        unresolved_lookups=[{"table": vm[0], "identity": vm[1], "field": "owned_by", "value": "a@b",
+                             "reason": "names no record", "lookup": "sys_user.email"}],
+        approval=Approval("plan.json", "20261130T000000Z-fedcba", 4, 3, 1, 1, {vm[0]: {"create": 1}}).as_dict(),
+        options=run_options(force=True, shard=(1, 2), only_accounts=frozenset({"111122223333"})))
+    assert all(report[key] for key in ("accounts", "scopes", "changes", "drifted_fields", "retire_pending",
+                                       "duplicates", "untargeted_accounts", "guards", "warnings", "approval",
+                                       "mapping_problems", "unresolved_lookups", "errors"))
+    assert shape_problems(report) == []
+    path = write_report(report, tmp_path)
+    read = load_report(path)
+    assert read == orjson.loads(orjson.dumps(report))
+    assert render_html(read) and render_csv(read) and render_prometheus(read)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda r: r["tables"]["cmdb_ci_vm_instance"].update(created="5"),
+     "tables.cmdb_ci_vm_instance.created: Input should be a valid integer (got '5')"),
+    (lambda r: r.pop("errors"), "errors: Field required"),
+    (lambda r: r.update(started_at="yesterday"), "started_at: not an ISO 8601 time (got 'yesterday')"),
+    (lambda r: r["accounts"].append({"account_id": "111122223333", "status": "ok"}),
+     "accounts[0].name: Field required"),
+    (lambda r: r["changes"].append({"action": "update", "table": "t", "identity": "i", "fields": {"name": "b"}}),
+     "changes[0].fields.name: Input should be a JSON object (got 'b')"),
+    (lambda r: r["relations"].update(created=True), "relations.created: Input should be a valid integer (got True)"),
+])
+def test_a_report_not_of_the_shape_is_refused_naming_the_key_not_rendered_into_a_traceback(tmp_path, change,
+                                                                                           expected):
+    from connector.errors import UsageError
+    from connector.report.outputs import load_report
+
+    report = report_with(0, [])
+    change(report)
+    path = tmp_path / "report.json"
+    path.write_text(__import__("json").dumps(report))
+    with pytest.raises(UsageError) as info:
+        load_report(path)
+    assert str(info.value) == (f"{path}: not a report this version of cmdb-connector can read (another version's, "
+                               f"or edited?):\n  {expected}")
