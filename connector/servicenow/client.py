@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain
+from itertools import chain, repeat
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
@@ -142,6 +142,9 @@ class TableClient:
         with self._client() as client:
             response = self._resource(client, table).get(query=ordered, limit=limit, offset=offset, fields=list(fields))
             raw, total = response.all(), response.headers.get("X-Total-Count")
+        if "sys_id" in fields and None in map(dict.get, raw, repeat("sys_id")):  # no row of ours is keyless
+            raise ServiceNowBadResponse(f"ServiceNow answered rows of {table} without the sys_id asked for",
+                                        status=200, method="GET", url=f"{API_BASE}/table/{table}")
         head_row = raw[0] if overlap and raw else None
         last = raw[-1].get("sys_id") if raw else None
         rows = raw[1:] if head_row is not None else raw

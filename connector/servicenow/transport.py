@@ -93,6 +93,22 @@ def _read_whole_body(response: requests.Response) -> None:
         response._content_consumed = True
 
 
+def _table_answer_problem(parsed: Any) -> str:
+    """What is wrong with a Table API answer's JSON, or "": an object whose ``result`` is a record (an
+    object) or a list of them. Checked here, once, so that no reader meets a row that is not a record
+    (and no such answer reads as a table with no rows)."""
+    if type(parsed) is not dict:
+        return f"JSON that is not an object ({type(parsed).__name__})"
+    result = parsed.get("result")
+    if type(result) is dict:
+        return ""
+    if type(result) is not list:
+        return "no result" if result is None else f"a result that is not a list of records ({type(result).__name__})"
+    if result and not set(map(type, result)) <= {dict}:
+        return "a result whose rows are not all records"
+    return ""
+
+
 def validate_response(response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
     """Raise the typed error for anything that is not a usable Table API answer."""
     _read_whole_body(response)
@@ -115,6 +131,11 @@ def validate_response(response: requests.Response, *args: Any, **kwargs: Any) ->
                 f"ServiceNow answered with {kind}: the instance may be hibernating, upgrading "
                 "or behind a proxy error page", **where
             ) from None
+        if "/api/now/table/" in where["url"]:
+            problem = _table_answer_problem(parsed)
+            if problem:
+                raise ServiceNowBadResponse(f"ServiceNow answered with {problem}, not the Table API's "
+                                            "{\"result\": ...}: a proxy or a scripted endpoint in the way?", **where)
         # Parsed once: pysnow and the batch writer read it again through .json().
         response.json = lambda **_kwargs: parsed  # type: ignore[method-assign]
         return response

@@ -163,6 +163,25 @@ def test_failures_raise_typed_errors_with_message_and_detail_never_the_password(
     assert PASSWORD not in message + repr(info.value)
 
 
+@pytest.mark.parametrize("body, text", [
+    ([], "JSON that is not an object (list)"),
+    ({}, "no result"),
+    ({"error": {"message": "x"}, "status": "failure"}, "no result"),  # an error in a 200: no table of no rows
+    ({"result": "none"}, "a result that is not a list of records (str)"),
+    ({"result": [{"sys_id": "a"}, 5]}, "a result whose rows are not all records"),
+    ({"result": [{"sys_id": "a"}, {"name": "b"}]}, "rows of cmdb_ci_vm_instance without the sys_id asked for"),
+])
+@responses.activate
+def test_an_answer_that_is_not_the_table_apis_is_an_error_never_rows_or_none(body, text):
+    """A proxy's or a scripted endpoint's JSON in place of the Table API's: a typed error naming the table,
+    so the read fails (and nothing of it is retired); never a traceback, nor a table read as empty."""
+    responses.get(TABLE_URL, json=body, headers={"X-Total-Count": "2"})
+    tables, _ = client(max_attempts=1)
+    with pytest.raises(ServiceNowBadResponse) as info:
+        list(tables.query("cmdb_ci_vm_instance", "", ["sys_id", "name"]))
+    assert text in str(info.value) and "/api/now/table/cmdb_ci_vm_instance" in str(info.value)
+
+
 @responses.activate
 def test_empty_202_is_an_error_not_an_empty_result():
     responses.get(TABLE_URL, status=202, body="")
