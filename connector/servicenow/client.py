@@ -25,7 +25,7 @@ import pysnow
 import requests
 
 from ..concurrency import FairSlots
-from ..errors import ServiceNowBadResponse, ServiceNowShiftedRead
+from ..errors import AmbiguousWriteError, ServiceNowBadResponse, ServiceNowShiftedRead
 from ..settings import ServiceNowSettings
 from .auth import make_auth
 from .transport import ServiceNowSession
@@ -54,6 +54,18 @@ def _shifted(table: str, how: str) -> ServiceNowShiftedRead:
     """The error of a read whose table changed under its pages; ``how``: what told it."""
     return ServiceNowShiftedRead(f"{table}: rows were added or removed while it was read ({how}): its pages by offset "
                                  "skipped or repeated rows")
+
+
+def _one_record(response: Any, method: str, table: str) -> dict[str, Any]:
+    """The one record of a create's or an update's answer (pysnow's ``one``), or the typed error: a create's
+    is ambiguous (it may have been made), an update's a bad answer (the next run compares again)."""
+    try:
+        return response.one()
+    except (pysnow.exceptions.NoResults, pysnow.exceptions.MultipleResults) as exc:
+        error = AmbiguousWriteError if method == "POST" else ServiceNowBadResponse
+        raise error(f"ServiceNow answered a {'create' if method == 'POST' else 'write'} in {table} with "
+                    f"{'no record' if isinstance(exc, pysnow.exceptions.NoResults) else 'several records'}, "
+                    "not the one written", status=200, method=method, url=f"{API_BASE}/table/{table}") from None
 
 
 class TableClient:
@@ -270,13 +282,20 @@ class TableClient:
         return resource
 
     def create(self, table: str, payload: dict[str, str]) -> dict[str, Any]:
+        """The record made. An answer that names no one record with a sys_id is an ``AmbiguousWriteError``:
+        the create may have been made, so the caller looks for it before sending it again."""
         with self._client() as client:
-            return self._writer(client, table).create(payload=payload).one()
+            record = _one_record(self._writer(client, table).create(payload=payload), "POST", table)
+        if not isinstance(record.get("sys_id"), str) or not record["sys_id"]:
+            raise AmbiguousWriteError(f"ServiceNow answered a create in {table} with a record without its sys_id",
+                                      status=201, method="POST", url=f"{API_BASE}/table/{table}")
+        return record
 
     def update(self, table: str, sys_id: str, payload: dict[str, str]) -> dict[str, Any]:
         """PATCH with only the given (changed) fields."""
         with self._client() as client:
-            return self._writer(client, table).request("PATCH", path_append=f"/{sys_id}", data=json.dumps(payload)).one()
+            response = self._writer(client, table).request("PATCH", path_append=f"/{sys_id}", data=json.dumps(payload))
+            return _one_record(response, "PATCH", table)
 
     def delete(self, table: str, sys_id: str) -> None:
         with self._client() as client:

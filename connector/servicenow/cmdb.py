@@ -417,11 +417,16 @@ class TableApiWriter:
             except ServiceNowError as exc:
                 results.update({i: WriteResult(error=str(exc)) for i in pending})
                 return results
-            for item in answer.get("serviced_requests", []):
-                index = int(str(item.get("id")))
-                op = pending.pop(index, None)
-                if op is not None:
-                    results[index] = _item_result(op, item)
+            items = _serviced(answer, pending)
+            if items is None:  # an answer not the Batch API's: which items ran is not known
+                log.warning("batch answer unreadable; finishing %d writes one by one", len(pending))
+                results.update({i: self._guarded(op, check_first=True) for i, op in pending.items()})
+                return results
+            for index, item in items:
+                op = pending.pop(index)
+                result = _item_result(op, item)
+                # a create answered without its sys_id may have been made: looked up before it is sent again
+                results[index] = self._guarded(op, check_first=True) if result is None else result
             if not pending:
                 return results
             log.info("batch: %d item(s) unserviced; sending them again", len(pending))
@@ -446,17 +451,38 @@ def _rest_request(index: int, op: WriteOp) -> dict[str, Any]:
     return request
 
 
-def _item_result(op: WriteOp, item: dict[str, Any]) -> WriteResult:
-    status = int(item.get("status_code", 0))
+def _serviced(answer: Any, pending: dict[int, WriteOp]) -> list[tuple[int, dict[str, Any]]] | None:
+    """The serviced items of a Batch API answer, by the index of their write in ``pending``; None when the
+    answer is not one (not an object, an item that is not, or that names no write sent)."""
+    items = answer.get("serviced_requests", []) if isinstance(answer, dict) else None
+    if not isinstance(items, list):
+        return None
+    found = []
+    for item in items:
+        index = str(item.get("id")) if isinstance(item, dict) else ""
+        if not index.isdigit() or int(index) not in pending:
+            return None
+        found.append((int(index), item))
+    return found
+
+
+def _item_result(op: WriteOp, item: dict[str, Any]) -> WriteResult | None:
+    """One serviced item's result; None for a create answered without the sys_id it made (it may have
+    been made: to be looked up)."""
+    status = int(code) if str(code := item.get("status_code", 0)).isdigit() else 0
     try:
         body = json.loads(base64.b64decode(item.get("body") or b"") or b"{}")
-    except ValueError:
+    except (ValueError, TypeError):
         body = {}
+    body = body if isinstance(body, dict) else {}
     if status in (200, 201) and isinstance(body.get("result"), dict):
-        return WriteResult(sys_id=body["result"].get("sys_id") or op.sys_id)
+        made = body["result"].get("sys_id")
+        if op.method == "POST" and not (isinstance(made, str) and made):
+            return None
+        return WriteResult(sys_id=made if isinstance(made, str) and made else op.sys_id)
     if status == 204 or (status == 404 and op.method == "DELETE"):
         return WriteResult(sys_id=op.sys_id)
-    error = body.get("error", {}) if isinstance(body, dict) else {}
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
     message = error.get("message") or item.get("error_message") or item.get("status_text") or "failed"
     detail = f" | detail: {error['detail']}" if error.get("detail") else ""
     return WriteResult(error=f"ServiceNow: {message}{detail} | HTTP {status} | batch {op.method} {op.table}")

@@ -563,6 +563,62 @@ def test_lost_batch_answer_is_finished_one_by_one_creates_looked_up_first():
     assert [c.request.method for c in responses.calls] == ["POST", "GET", "PATCH"]
 
 
+@pytest.mark.parametrize("answer", [
+    [],  # not an object
+    {"serviced_requests": "all"},  # not a list
+    {"serviced_requests": [batch_item("0", 201, {"result": {"sys_id": "x"}}), "1"]},  # an item not an object
+    {"serviced_requests": [batch_item("7", 201, {"result": {"sys_id": "x"}})]},  # an item no write of ours
+])
+@responses.activate
+def test_a_batch_answer_not_the_batch_apis_is_finished_one_by_one_creates_looked_up_first(answer):
+    """Which of its items ran is not known: none is taken as done, none sent again blind."""
+    from connector.servicenow.cmdb import WriteOp
+
+    responses.post(BATCH_URL, json=answer)
+    responses.get(TABLE_URL, json={"result": [{"sys_id": "already", "correlation_id": "arn:a"}]},
+                  headers={"X-Total-Count": "1"})
+    responses.patch(f"{TABLE_URL}/s2", json={"result": {"sys_id": "s2"}})
+    tables, _ = client()
+    ops = [create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:a"}, "correlation_id"),
+           WriteOp("PATCH", "cmdb_ci_vm_instance", "s2", {"name": "b"})]
+    assert TableApiWriter(tables, batch_size=10).write_many(ops) == [WriteResult(sys_id="already"),
+                                                                      WriteResult(sys_id="s2")]
+    assert [c.request.method for c in responses.calls] == ["POST", "GET", "PATCH"]
+
+
+@responses.activate
+def test_a_create_answered_without_its_sys_id_is_looked_up_never_taken_as_made_with_none():
+    """In a batch item, and one request per write alike: the create may have been made (looked up, found);
+    an item's odd status or body is a failed write with its reason, not a traceback."""
+    from connector.servicenow.cmdb import WriteOp
+
+    responses.post(BATCH_URL, json={"serviced_requests": [
+        batch_item("0", 201, {"result": {"name": "a"}}),
+        {"id": "1", "status_code": "oops", "body": "not base64!"},
+        batch_item("2", 400, {"error": "a text, not an object"})]})
+    responses.get(TABLE_URL, json={"result": [{"sys_id": "made", "correlation_id": "arn:a"}]},
+                  headers={"X-Total-Count": "1"})
+    tables, _ = client()
+    ops = [create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:a"}, "correlation_id"),
+           WriteOp("PATCH", "cmdb_ci_vm_instance", "s1", {"name": "b"}),
+           WriteOp("PATCH", "cmdb_ci_vm_instance", "s2", {"name": "c"})]
+    made, odd, refused = TableApiWriter(tables, batch_size=10).write_many(ops)
+    assert made == WriteResult(sys_id="made")
+    assert odd.sys_id is None and "HTTP 0 | batch PATCH" in odd.error
+    assert refused.sys_id is None and "ServiceNow: failed | HTTP 400" in refused.error
+
+    responses.reset()
+    responses.post(TABLE_URL, status=201, json={"result": {}})  # one request: the same
+    responses.get(TABLE_URL, json={"result": [{"sys_id": "made", "correlation_id": "arn:b"}]},
+                  headers={"X-Total-Count": "1"})
+    responses.patch(f"{TABLE_URL}/s3", json={"result": []})
+    (created, updated) = TableApiWriter(tables).write_many(
+        [create_ci_op("cmdb_ci_vm_instance", {"correlation_id": "arn:b"}, "correlation_id"),
+         WriteOp("PATCH", "cmdb_ci_vm_instance", "s3", {"name": "d"})])
+    assert created == WriteResult(sys_id="made")
+    assert updated.sys_id is None and "answered a write in cmdb_ci_vm_instance with no record" in updated.error
+
+
 def test_adoption_lookups_are_chunked_by_their_encoded_size_as_well_as_by_count():
     """100 ARNs are some 8 KB once URL-encoded: past what an instance takes in a request line."""
     from urllib.parse import quote
