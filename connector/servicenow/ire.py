@@ -181,7 +181,7 @@ class IreWriter:
             return [WriteResult(error=str(exc))]
         except ServiceNowError as exc:
             return [WriteResult(error=str(exc))] * len(part)
-        items = answer.get("items") or []
+        items = _items(answer)
         if any(item.get("errors") for item in items if isinstance(item, dict)) and len(part) > 1:
             # nothing of it was committed: each one alone, so that only the bad ones fail
             return [result for one in part for result in self._send([one], checked=True)]
@@ -251,7 +251,7 @@ class IreWriter:
         """``/identifyreconcile/query`` about ``part``'s writes: for each, where IRE would not do what plan says,
         what it would do instead, else "". ``ServiceNowError`` when it cannot be asked."""
         payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
-        verdict = self._post(payload, query=True).get("items") or []
+        verdict = _items(self._post(payload, query=True))
         return [_disagreement(verdict, index_of[key], op) for _i, op, key in part]
 
     def _post(self, payload: dict[str, Any], query: bool = False) -> dict[str, Any]:
@@ -293,6 +293,12 @@ class IreWriter:
         for _op, key in writes:
             add(key)
         return {"items": items, "relations": relations}, index_of, carried
+
+
+def _items(answer: dict[str, Any]) -> list:
+    """An IRE result's items; none if they are not a list (each write then fails with no sys_id)."""
+    items = answer.get("items")
+    return items if isinstance(items, list) else []
 
 
 def _disagreement(items: list, index: int, op: WriteOp) -> str:

@@ -213,3 +213,15 @@ def test_a_create_ire_puts_on_an_existing_ci_leaves_its_values_for_a_new_ci_only
     assert first.sys_id == theirs["sys_id"] and first.error is None
     assert standin.store.get("cmdb_ci", theirs["sys_id"])["name"] == "Payments production"
     assert standin.store.get("cmdb_ci", second.sys_id)["name"] == "333333333333"
+
+
+def test_an_answer_whose_items_are_not_a_list_fails_each_write_with_the_reason_not_a_traceback():
+    url = "https://sn.example.invalid/api/now/identifyreconcile"
+    with responses.RequestsMock() as mocked:
+        mocked.post(url, json={"result": {"items": {"0": {"sysId": "x"}}, "relations": []}})
+        tables = TableClient(ServiceNowSettings(instance_url="https://sn.example.invalid", username="u", password="p"))
+        one = vm("i-one")
+        cis = [ci(ACCOUNT, account_id="111111111111"), ci(DC, [hosted_on(ACCOUNT)], object_id="us-east-1"), one]
+        writer = IreWriter(tables, TableApiWriter(tables), SOURCE, cis, {}, {(c.table, c.identity) for c in cis}, 10)
+        (result,) = writer.write_many([create(one)])
+        assert result.sys_id is None and result.error.startswith("IRE: no sys_id in the answer (operation none)")
