@@ -11,8 +11,10 @@ the file, the key and the nearest real name.
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Any, Iterable
 
 import botocore.session
+import jmespath
 from botocore import xform_name
 from botocore.exceptions import UnknownServiceError
 
@@ -27,6 +29,28 @@ ORG_ITEMS = ("account", *ORGANIZATION_KINDS)  # the kinds whose items (and tags)
 @lru_cache(maxsize=1)
 def _services() -> frozenset[str]:
     return frozenset(botocore.session.get_session().get_available_services())
+
+
+@lru_cache(maxsize=None)
+def _answers(service: str) -> dict[str, frozenset[str]]:
+    """The service's operations as boto3 names them -> the members of their answers (none: not known)."""
+    model = botocore.session.get_session().get_service_model(service)
+    answers = {}
+    for name in model.operation_names:
+        shape = model.operation_model(name).output_shape
+        if shape is not None and shape.type_name == "structure":
+            answers[xform_name(name)] = frozenset(shape.members)
+    return answers
+
+
+def _first_member(path: str) -> str | None:
+    """The member of the answer a JMESPath reads first (``Vpcs`` of ``Vpcs[].VpcId``), or None where it
+    does not begin with one (``@``, a literal, ``a || b``)."""
+    node = jmespath.compile(path).parsed
+    while node["type"] in ("subexpression", "index_expression", "projection", "value_projection", "flatten",
+                           "filter_projection", "pipe") and node["children"]:
+        node = node["children"][0]
+    return node["value"] if node["type"] == "field" else None
 
 
 @lru_cache(maxsize=None)
@@ -77,6 +101,20 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
             known = operations[operation]
             problems.extend(f"{mapping.file}: {where}: not a parameter of {service} {operation}"
                             f"{did_you_mean(name, known)}" for where, name in params.items() if name not in known)
+        problems.extend(_unanswered(mapping.file, service, source.answer_paths, operations))
+    return problems
+
+
+def _unanswered(file: Any, service: str, paths: Iterable[tuple[str, str, str]], operations: Iterable[str]) -> list[str]:
+    """A JMESPath that reads a member the call does not answer (``items = "Vpc"`` for describe_vpcs'
+    ``Vpcs``) would find nothing in every answer: each resource of the source gone, its CIs retired."""
+    problems = []
+    for key, operation, path in paths:
+        members = _answers(service).get(operation) if operation in operations else None
+        first = _first_member(path) if members else None
+        if first is not None and first not in members:
+            problems.append(f"{file}: {key}: {path!r} reads {first!r}, which {service} {operation} does not answer"
+                            f"{did_you_mean(first, members)}; it answers {', '.join(sorted(members))}")
     return problems
 
 

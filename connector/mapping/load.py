@@ -39,6 +39,9 @@ class CompiledSource:
     tags_call: "CompiledDetail | None" = None
     tags_none_when: tuple[str, ...] = ()
     tags_call_text: str = ""
+    # (key, operation, JMESPath) of each expression that reads a call's answer, as written: checked against
+    # what the operation answers (aws.operations)
+    answer_paths: tuple[tuple[str, str, str], ...] = ()
 
     def call_signature(self) -> tuple:
         """Two files may share a source only if they describe the same calls."""
@@ -320,6 +323,14 @@ def _compile_source(spec, tags=None) -> CompiledSource:
         ),
         tags_none_when=() if call is None else tuple(call.none_when),
         tags_call_text="" if call is None else repr((call.operation, sorted(call.params.items()), call.none_when)),
+        answer_paths=tuple(
+            (key, operation, path) for key, operation, path in (
+                ("source.items", spec.operation, spec.items),
+                ("source.detail.result", spec.detail and spec.detail.operation, spec.detail and spec.detail.result),
+                *((f"source.join[{n}].items" if len(spec.join) > 1 else "source.join.items", join.operation,
+                   join.items) for n, join in enumerate(spec.join)),
+                ("tags.path", call and call.operation, call and call.path))
+            if operation and path),
     )
 
 
