@@ -114,6 +114,9 @@ def fetch_items(client, source: CompiledSource, tags: bool = False, calls: InTur
         items: list[Any] = []
         for page in pages:
             found = source.items(page) if source.items else page
+            if found is not None and not isinstance(found, list):  # a dict's keys would be taken for items
+                raise ValueError(f"source.items {source.items_text!r} finds {type(found).__name__}, not a list of "
+                                 f"items, in an answer of {source.operation}: check the mapping file")
             items.extend(found or [])
     detail = source.detail
     tags_call = source.tags_call if tags else None

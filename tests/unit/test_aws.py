@@ -284,6 +284,26 @@ def test_with_a_sink_each_units_records_go_to_it_in_the_inventorys_order_and_the
     assert streamed.scopes == whole.scopes
 
 
+def test_an_items_path_that_finds_no_list_fails_the_unit_rather_than_taking_a_dicts_keys_for_items():
+    """items = "Vpcs[0]" finds one VPC, an object: its keys were taken for items (strings, each a mapping
+    problem). The unit fails with the reason instead, and nothing of its scope is retired. None found (a page
+    without the member) is no items, as AWS leaves an empty list out of some answers."""
+    import dataclasses
+
+    client = boto3.client("ec2", region_name="us-east-1")
+    source = load_mappings().mappings["cmdb_ci_network"].source
+    one = dataclasses.replace(source, items=lambda page: page["Vpcs"][0], items_text="Vpcs[0]")
+    with Stubber(client) as stub:
+        stub.add_response("describe_vpcs", {"Vpcs": [{"VpcId": "vpc-1"}]})
+        with pytest.raises(ValueError, match=r"source.items 'Vpcs\[0\]' finds dict, not a list of items, in an "
+                                             "answer of describe_vpcs"):
+            fetch_items(client, one)
+    absent = dataclasses.replace(source, items=lambda page: page.get("Nothing"))
+    with Stubber(client) as stub:
+        stub.add_response("describe_vpcs", {"Vpcs": [{"VpcId": "vpc-1"}]})
+        assert fetch_items(client, absent) == []
+
+
 def test_fetch_items_follows_every_page():
     client = boto3.client("ec2", region_name="us-east-1")
     source = load_mappings().mappings["cmdb_ci_vm_instance"].source
