@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import ssl
 from pathlib import Path
 from types import UnionType
 from typing import Any, Literal, Union, get_args, get_origin
@@ -147,6 +148,10 @@ class ServiceNowSettings(_Section):
         if "@" in parts.netloc:  # user:password@host would carry the password into logs and reports
             raise ValueError("must not hold a user name or password (user:password@): set servicenow.username, "
                              f"and the password with {ENV_PREFIX}SERVICENOW__PASSWORD")
+        if parts.query or parts.fragment or parts.path.endswith(".do") or re.match(r"/(now|\$)", parts.path):
+            # the address a browser shows (.../now/nav/ui/..., nav_to.do?uri=...): every API call would miss
+            raise ValueError(f"the instance's address only, as {parts.scheme}://{parts.netloc}: this is the address "
+                             "of one of its pages (a path is only for a proxy that serves the instance under one)")
         host = parts.hostname or ""
         if value.startswith("http://") and not _loopback(host):
             raise ValueError(f"http:// would send the credentials to {host} in clear text: use https:// "
@@ -357,8 +362,29 @@ def load_settings(path: Path | None, data: dict[str, Any] | None = None) -> Sett
         _TOML_DATA.reset(token)
     if stray or mistyped:
         raise ConfigError("\n".join([f"{source}: invalid configuration", *mistyped.values(), *stray]))
+    settings = _with_ca_bundle(settings, source)
     _warn_of_unchecked_tls(settings)
     return settings
+
+
+def _with_ca_bundle(settings: Settings, source: str) -> Settings:
+    """``servicenow.ca_bundle`` resolved against the config file's folder, as every configured path is (the
+    client would have looked for a relative one in the working folder: under systemd, ``/``), and checked
+    to hold PEM certificates, so that a wrong path is this error and not every request's TLS failure."""
+    bundle = settings.servicenow.ca_bundle
+    if bundle is None:
+        return settings
+    resolved = settings.path(bundle)
+    if settings.servicenow.verify_tls:
+        try:
+            ssl.create_default_context(cafile=str(resolved))
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no PEM certificate in it"
+            raise ConfigError(f"{source}: invalid configuration\n  [servicenow] ca_bundle: {resolved}: {reason}. "
+                              "Fix: name the PEM file of the CA certificates to trust (a proxy's), relative to "
+                              "the config file's folder or absolute") from None
+    servicenow = settings.servicenow.model_copy(update={"ca_bundle": resolved})
+    return settings.model_copy(update={"servicenow": servicenow})
 
 
 def _warn_of_secrets_others_may_read(path: Path, data: dict[str, Any]) -> None:

@@ -158,6 +158,18 @@ BAD_CASES = [
         GOOD.replace('instance_url = "https://acme.service-now.com/"', 'instance_url = "acme"'),
         ["[servicenow] instance_url: must start with https://"],
     ),
+    # the address a browser shows, pasted: every API call would go to a page
+    (
+        GOOD.replace('instance_url = "https://acme.service-now.com/"',
+                     'instance_url = "https://acme.service-now.com/now/nav/ui/classic/params/target/cmdb_ci.do"'),
+        ["[servicenow] instance_url: the instance's address only, as https://acme.service-now.com: this is the "
+         "address of one of its pages"],
+    ),
+    (
+        GOOD.replace('instance_url = "https://acme.service-now.com/"',
+                     'instance_url = "https://acme.service-now.com/nav_to.do?uri=cmdb_ci_list.do"'),
+        ["[servicenow] instance_url: the instance's address only, as https://acme.service-now.com"],
+    ),
     (
         GOOD.replace('username = "svc"', 'username = "svc'),
         ["invalid TOML", "(at line 8, column 16)"],
@@ -392,3 +404,37 @@ def test_region_names_of_every_partition_and_all_are_taken(tmp_path):
     for regions in ('["all"]', '["us-gov-west-1", "cn-north-1", "eu-isoe-west-1", "ap-southeast-5"]'):
         text = GOOD.replace('regions = ["us-east-1", "eu-west-1"]', f"regions = {regions}")
         assert load_settings(write(tmp_path, text)).aws.regions
+
+
+def test_a_ca_bundle_is_resolved_against_the_config_folder_and_must_hold_certificates(tmp_path, monkeypatch):
+    """A relative ca_bundle was looked for in the working folder (under systemd, /), so every request failed
+    TLS; and a wrong path or a file that is no PEM bundle showed only then, as that TLS failure."""
+    import shutil
+
+    import certifi
+
+    from connector.servicenow.client import TableClient
+
+    folder = tmp_path / "conf"
+    folder.mkdir()
+    shutil.copy(certifi.where(), folder / "corp-ca.pem")
+    monkeypatch.chdir("/")
+    text = GOOD.replace('username = "svc"', 'username = "svc"\nca_bundle = "corp-ca.pem"')
+    settings = load_settings(write(folder, text))
+    assert settings.servicenow.ca_bundle == folder.resolve() / "corp-ca.pem"
+    assert TableClient(settings.servicenow)._new_session().verify == str(folder.resolve() / "corp-ca.pem")
+    (folder / "corp-ca.pem").write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"\[servicenow\] ca_bundle: .*corp-ca.pem: \[X509: NO_CERTIFICATE"):
+        load_settings(write(folder, text))
+    (folder / "corp-ca.pem").unlink()
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(folder, text))
+    assert f"  [servicenow] ca_bundle: {folder.resolve() / 'corp-ca.pem'}: No such file or directory. Fix: " \
+           "name the PEM file of the CA certificates to trust" in str(info.value)
+    # not checked, nor used, where TLS is not verified (a warning says so)
+    assert load_settings(write(folder, text.replace("ca_bundle", "verify_tls = false\nca_bundle"))).servicenow
+
+
+def test_an_instance_served_under_a_path_by_a_proxy_is_taken(tmp_path):
+    text = GOOD.replace('instance_url = "https://acme.service-now.com/"', 'instance_url = "https://gw.corp.example/sn/"')
+    assert load_settings(write(tmp_path, text)).servicenow.instance_url == "https://gw.corp.example/sn"
