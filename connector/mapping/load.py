@@ -6,6 +6,7 @@ path, and all problems of all files are reported together.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from importlib import resources
@@ -174,6 +175,8 @@ class CompiledRelation:
 # Where collection keeps the answer of a per-item tags call (AWS names are never
 # written this way, so it cannot meet a key of the item itself).
 TAGS_KEY = "_cmdb_tags"
+# a ServiceNow table's name: cmdb_ci_vm_instance, u_custom_class, x_acme_app_thing
+TABLE_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -362,6 +365,12 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
 
     class_name = path.stem.split(".")[0]
     table = spec.target.table or class_name
+    if not TABLE_NAME.fullmatch(class_name):
+        fixed = re.sub(r"[^a-z0-9_]+", "_", class_name.lower()).strip("_")
+        problems.append(f"{path}: the file name: {class_name!r} is not a ServiceNow table name (lower-case letters, "
+                        "digits and _, as cmdb_ci_vm_instance)"
+                        + (f": name the file {fixed}{path.name[len(class_name):]}" if TABLE_NAME.fullmatch(fixed) else ""))
+        return None
     if table != class_name:
         problems.append(f"{path}: target.table: {table!r} differs from the file name; name the file {table}.toml")
         return None
@@ -410,7 +419,8 @@ def load_mappings(folder: Path | None = None) -> MappingSet:
     folder = folder or builtin_mappings_dir()
     if not folder.is_dir():
         raise MappingError(f"{folder}: mappings folder not found (reconcile.mappings_dir)")
-    files = sorted(folder.glob("*.toml"))
+    # not a hidden file: an editor's lock file (emacs' .#name.toml), a copy put aside
+    files = sorted(path for path in folder.glob("*.toml") if not path.name.startswith("."))
     if not files:
         raise MappingError(f"{folder}: no mapping files (*.toml) in this folder")
     problems: list[str] = []

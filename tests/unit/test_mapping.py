@@ -730,6 +730,26 @@ def test_truncate_cuts_a_text_to_the_length_a_field_keeps():
     assert compile_field(FieldSpec(path="Size", transform=["truncate:1"]))({"Size": 80}, {}) == "80"  # text only
 
 
+def test_a_file_named_as_no_table_can_be_is_named_and_a_hidden_file_is_not_read(tmp_path):
+    """The file name is the class: Cmdb_CI_Network would be a table the instance does not have (its CIs never
+    written, run after run). An editor's lock file (emacs' .#name.toml) or a hidden copy is no mapping."""
+    (tmp_path / "Cmdb_CI_Network.toml").write_text(VALID)
+    (tmp_path / "cmdb ci network.old.toml").write_text(VALID)
+    with pytest.raises(MappingError) as info:
+        load_mappings(tmp_path)
+    assert info.value.problems == [
+        f"{tmp_path / 'Cmdb_CI_Network.toml'}: the file name: 'Cmdb_CI_Network' is not a ServiceNow table name "
+        "(lower-case letters, digits and _, as cmdb_ci_vm_instance): name the file cmdb_ci_network.toml",
+        f"{tmp_path / 'cmdb ci network.old.toml'}: the file name: 'cmdb ci network' is not a ServiceNow table "
+        "name (lower-case letters, digits and _, as cmdb_ci_vm_instance): name the file cmdb_ci_network.old.toml"]
+    for path in tmp_path.iterdir():
+        path.unlink()
+    (tmp_path / "cmdb_ci_network.toml").write_text(VALID)
+    (tmp_path / ".#cmdb_ci_network.toml").symlink_to("/nonexistent/emacs-lock")
+    (tmp_path / ".cmdb_ci_network.toml").write_text("not toml [")
+    assert list(load_mappings(tmp_path).mappings) == ["cmdb_ci_network"]
+
+
 def test_a_template_writes_a_literal_brace_doubled():
     from connector.mapping.expressions import compile_field
     from connector.mapping.schema import FieldSpec
