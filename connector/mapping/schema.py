@@ -287,6 +287,19 @@ class LifecycleSpec(_Strict):
     retire: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_RETIRE))
     revive: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_REVIVE))
 
+    @model_validator(mode="after")
+    def _tells_retired_apart(self) -> "LifecycleSpec":
+        """A CI reads as retired when it holds every value of ``retire``: with none, no CI ever would (each
+        retired again on every run); with a ``revive`` that gives none of those fields another value, a
+        revived CI would still read as retired (revived again on every run, or every live one retired)."""
+        if not self.retire:
+            raise ValueError('retire: empty, so that no CI would ever read as retired (each one retired again on '
+                             'every run): give the values that mark it, as { install_status = "7" }')
+        if not any(name in self.revive and self.revive[name] != value for name, value in self.retire.items()):
+            raise ValueError(f"revive: gives none of retire's fields ({', '.join(sorted(self.retire))}) another "
+                             "value, so that a revived CI would still read as retired (revived again on every run)")
+        return self
+
 
 class MappingFile(_Strict):
     source: SourceSpec

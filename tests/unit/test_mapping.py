@@ -549,6 +549,18 @@ INVALID_CASES += [
 ]
 
 
+# A lifecycle that cannot tell a retired CI from a live one: each run would write the same retires or revives.
+INVALID_CASES += [
+    ("lifecycle retire empty", VALID + "\n[lifecycle]\nretire = {}\n",
+     "cmdb_ci_network.toml: lifecycle: retire: empty, so that no CI would ever read as retired"),
+    ("lifecycle revive as retire", VALID + '\n[lifecycle]\nrevive = { install_status = "7", operational_status = "6" }\n',
+     "cmdb_ci_network.toml: lifecycle: revive: gives none of retire's fields (install_status, operational_status) "
+     "another value, so that a revived CI would still read as retired (revived again on every run)"),
+    ("lifecycle revive of other fields", VALID + '\n[lifecycle]\nretire = { u_state = "gone" }\n',
+     "cmdb_ci_network.toml: lifecycle: revive: gives none of retire's fields (u_state) another value"),
+]
+
+
 # A brace a template does not pair would be text in every CI's identity (a new identity: every CI made again).
 INVALID_CASES += [
     ("template brace not closed", VALID.replace("{$region}:", "{$region:"),
