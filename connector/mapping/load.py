@@ -19,7 +19,7 @@ from ..errors import MappingError, did_you_mean, key_path
 from ..models import Lookup
 from ..tomlfile import read_toml_file
 from .expressions import Evaluator, compile_field, compile_path
-from .schema import MappingFile, keys_at
+from .schema import BASE_RELATION_TYPES, MappingFile, keys_at
 
 
 @dataclass(frozen=True)
@@ -412,6 +412,20 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         lookups={name: Lookup(value.lookup.table, value.lookup.field, value.lookup.where)
                  for name, value in spec.fields.items() if value.lookup is not None},
     )
+
+
+def relation_type_notes(mappings: MappingSet) -> list[str]:
+    """A line for each relation type the files name that a base system lacks (each with the nearest base
+    type): misspelled, or the instance's own; a run leaves the relations of a type the instance lacks
+    unmanaged, with a warning."""
+    named: dict[str, set[str]] = {}
+    for mapping in mappings.mappings.values():
+        for relation in mapping.relations:
+            if relation.type not in BASE_RELATION_TYPES:
+                named.setdefault(relation.type, set()).add(mapping.file.name)
+    return [f"warning: relation type {kind!r} ({', '.join(sorted(files))}) is not one of a base system's"
+            f"{did_you_mean(kind, BASE_RELATION_TYPES)}: misspelled, or the instance's own (check-access "
+            "tells whether it has it)" for kind, files in sorted(named.items())]
 
 
 def load_mappings(folder: Path | None = None) -> MappingSet:

@@ -16,6 +16,28 @@ from .expressions import compile_field, compile_path
 
 DEFAULT_RETIRE = {"install_status": "7", "operational_status": "6"}
 DEFAULT_REVIVE = {"install_status": "1", "operational_status": "1"}
+# The relation types of an instance's base system (cmdb_rel_type): a mapping's type not among them is likely
+# misspelled, though an instance may have types of its own (validate says so; check-access asks the instance).
+BASE_RELATION_TYPES = (
+    "Hosted on::Hosts",
+    "Contains::Contained by",
+    "Located in::Houses",
+    "Depends on::Used by",
+    "Runs on::Runs",
+    "Members::Member of",
+    "Connected by::Connects",
+    "Uses::Used by",
+    "Provides::Provided by",
+    "Owns::Owned by",
+    "Virtualized by::Virtualizes",
+    "Cluster of::Cluster",
+    "IP Connection::IP Connection",
+    "Instantiates::Instantiated by",
+    "Managed by::Manages",
+    "Stored on::Stores",
+    "Allocated to::Allocated from",
+    "Exposes::Exposed by",
+)
 
 
 def _path_compiles(path: str | None) -> str | None:

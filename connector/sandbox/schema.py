@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+from ..mapping.schema import BASE_RELATION_TYPES
+
 SYS_FIELDS = (
     "sys_id", "sys_class_name", "sys_created_on", "sys_created_by",
     "sys_updated_on", "sys_updated_by", "sys_mod_count",
@@ -91,26 +93,7 @@ REFERENCES: dict[str, dict[str, str]] = {
     "sys_user_group": {"manager": "sys_user"},
 }
 
-REL_TYPES = (
-    "Hosted on::Hosts",
-    "Contains::Contained by",
-    "Located in::Houses",
-    "Depends on::Used by",
-    "Runs on::Runs",
-    "Members::Member of",
-    "Connected by::Connects",
-    "Uses::Used by",
-    "Provides::Provided by",
-    "Owns::Owned by",
-    "Virtualized by::Virtualizes",
-    "Cluster of::Cluster",
-    "IP Connection::IP Connection",
-    "Instantiates::Instantiated by",
-    "Managed by::Manages",
-    "Stored on::Stores",
-    "Allocated to::Allocated from",
-    "Exposes::Exposed by",
-)
+REL_TYPES = BASE_RELATION_TYPES  # those of a base system
 
 
 @lru_cache(maxsize=None)

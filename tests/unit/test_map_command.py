@@ -273,3 +273,21 @@ def test_validate_names_the_looked_up_and_the_create_only_fields(tmp_path, capsy
     config.write_text(config.read_text() + "retire = false\n")
     assert main(["validate", "--config", str(config)]) == 0
     assert "retire: off (reconcile.retire = false)" in capsys.readouterr().out.splitlines()
+
+
+def test_validate_warns_of_a_relation_type_a_base_system_lacks_with_the_nearest_one(tmp_path, capsys):
+    """A misspelled type would leave the class's relations unmanaged on every run (a run's warning); an
+    instance's own type is taken all the same: a warning, exit 0. The built-in files name base types only."""
+    config = tmp_path / "config.toml"
+    config.write_text('[aws]\nexternal_id = "xx-yy"\n[servicenow]\ninstance_url = "http://127.0.0.1:9"\n'
+                      'username = "u"\npassword = "p"\n')
+    config.chmod(0o600)
+    assert main(["validate", "--config", str(config)]) == 0
+    assert "relation type" not in capsys.readouterr().out
+    folder = edited_mappings(tmp_path, {"cmdb_ci_network.toml": ('type = "Hosted on::Hosts"',
+                                                                 'type = "Hosted on::Host"')})
+    config.write_text(config.read_text() + f'[reconcile]\nmappings_dir = "{folder}"\n')
+    assert main(["validate", "--config", str(config)]) == 0
+    assert ("warning: relation type 'Hosted on::Host' (cmdb_ci_network.toml) is not one of a base system's (did you "
+            "mean 'Hosted on::Hosts'?): misspelled, or the instance's own (check-access tells whether it has it)"
+            in capsys.readouterr().out.splitlines())
