@@ -31,18 +31,6 @@ def _services() -> frozenset[str]:
     return frozenset(botocore.session.get_session().get_available_services())
 
 
-@lru_cache(maxsize=None)
-def _answers(service: str) -> dict[str, frozenset[str]]:
-    """The service's operations as boto3 names them -> the members of their answers (none: not known)."""
-    model = botocore.session.get_session().get_service_model(service)
-    answers = {}
-    for name in model.operation_names:
-        shape = model.operation_model(name).output_shape
-        if shape is not None and shape.type_name == "structure":
-            answers[xform_name(name)] = frozenset(shape.members)
-    return answers
-
-
 def _first_member(path: str) -> str | None:
     """The member of the answer a JMESPath reads first (``Vpcs`` of ``Vpcs[].VpcId``), or None where it
     does not begin with one (``@``, a literal, ``a || b``)."""
@@ -54,14 +42,19 @@ def _first_member(path: str) -> str | None:
 
 
 @lru_cache(maxsize=None)
-def _operations(service: str) -> dict[str, frozenset[str]]:
-    """The service's operations as boto3 names them (describe_instances) -> the names of their parameters."""
+def _members(service: str, side: str) -> dict[str, frozenset[str]]:
+    """The service's operations as boto3 names them (describe_instances) -> the members of their ``side``:
+    "input", the names of their parameters; "output", those of their answers (an operation whose answer
+    is not a structure is left out: nothing to check against)."""
     model = botocore.session.get_session().get_service_model(service)
-    operations = {}
+    found = {}
     for name in model.operation_names:
-        shape = model.operation_model(name).input_shape
-        operations[xform_name(name)] = frozenset(shape.members) if shape is not None else frozenset()
-    return operations
+        shape = getattr(model.operation_model(name), f"{side}_shape")
+        if shape is not None and shape.type_name == "structure":
+            found[xform_name(name)] = frozenset(shape.members)
+        elif side == "input":
+            found[xform_name(name)] = frozenset()
+    return found
 
 
 def unknown_operations(mappings: MappingSet) -> list[str]:
@@ -78,7 +71,7 @@ def unknown_operations(mappings: MappingSet) -> list[str]:
                             f"knows{did_you_mean(service, _services())}")
             continue
         try:
-            operations = _operations(service)
+            operations = _members(service, "input")
         except UnknownServiceError:  # listed, but no model to load: nothing to check it against
             continue
         # (key, operation, {where each parameter is named: its name})
@@ -110,7 +103,7 @@ def _unanswered(file: Any, service: str, paths: Iterable[tuple[str, str, str]], 
     ``Vpcs``) would find nothing in every answer: each resource of the source gone, its CIs retired."""
     problems = []
     for key, operation, path in paths:
-        members = _answers(service).get(operation) if operation in operations else None
+        members = _members(service, "output").get(operation) if operation in operations else None
         first = _first_member(path) if members else None
         if first is not None and first not in members:
             problems.append(f"{file}: {key}: {path!r} reads {first!r}, which {service} {operation} does not answer"
