@@ -316,22 +316,26 @@ def _warn_of_unchecked_tls(settings: Settings) -> None:
 def find_config(explicit: str | None) -> Path:
     """--config, else ./config.toml, else $CMDB_CONFIG."""
     if explicit:
-        path = Path(explicit)
-        if not path.is_file():
-            raise ConfigError(f"{path}: config file not found")
-        return path
+        return _config_file(Path(explicit), "")
     local = Path(DEFAULT_CONFIG_NAME)
     if local.is_file():
         return local
     env = os.environ.get(CONFIG_ENV)
     if env:
-        if not Path(env).is_file():
-            raise ConfigError(f"{env}: config file not found (from ${CONFIG_ENV})")
-        return Path(env)
+        return _config_file(Path(env), f" (from ${CONFIG_ENV})")
     raise ConfigError(
         f"no config: pass --config PATH, or put {DEFAULT_CONFIG_NAME} in the current "
         f"folder, or set ${CONFIG_ENV}. config.example.toml lists every key."
     )
+
+
+def _config_file(path: Path, source: str) -> Path:
+    if path.is_dir():
+        raise ConfigError(f"{path}: a folder, not a config file{source}: name the file, as "
+                          f"{path / DEFAULT_CONFIG_NAME}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found{source}")
+    return path
 
 
 def read_toml(path: Path) -> dict[str, Any]:

@@ -296,6 +296,14 @@ def test_config_lookup_order(tmp_path, monkeypatch):
     assert find_config(None) == Path("config.toml")
     with pytest.raises(ConfigError, match="missing.toml: config file not found"):
         find_config("missing.toml")
+    # a folder named, as --config /etc/cmdb-connector: said so, with the file to name
+    with pytest.raises(ConfigError) as info:
+        find_config(str(tmp_path))
+    assert str(info.value) == f"{tmp_path}: a folder, not a config file: name the file, as {tmp_path / 'config.toml'}"
+    monkeypatch.chdir("/")
+    monkeypatch.setenv("CMDB_CONFIG", str(tmp_path))
+    with pytest.raises(ConfigError, match=r"a folder, not a config file \(from \$CMDB_CONFIG\)"):
+        find_config(None)
 
 
 def test_cli_reports_bad_config_with_exit_2_and_no_traceback(tmp_path):
