@@ -382,8 +382,8 @@ def _with_ca_bundle(settings: Settings, source: str) -> Settings:
     if settings.servicenow.verify_tls:
         try:
             ssl.create_default_context(cafile=str(resolved))
-        except (OSError, ssl.SSLError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "no PEM certificate in it"
+        except OSError as exc:  # ssl.SSLError is one: a file with no PEM certificate in it
+            reason = exc.strerror or str(exc)
             raise ConfigError(f"{source}: invalid configuration\n  [servicenow] ca_bundle: {resolved}: {reason}. "
                               "Fix: name the PEM file of the CA certificates to trust (a proxy's), relative to "
                               "the config file's folder or absolute") from None
@@ -476,8 +476,8 @@ def _toml_type_problems(data: dict[str, Any]) -> dict[tuple[Any, ...], str]:
     """The file's values of the wrong TOML type, by key. Validation on its own would let them through as the
     environment's texts are let through (``verify_tls = 0`` as false, ``max_retire_fraction = true`` as 1,
     ``"300"`` as 300): in a typed file, each is more likely a mistake than meant. A key its variable
-    overrides is the variable's; unknown sections and keys are left to validation. No value is shown (a
-    secret may be one)."""
+    overrides is the variable's; unknown sections and keys are left to validation. A secret's value is
+    never shown."""
     overridden = {name.upper() for name in os.environ}
     problems: dict[tuple[Any, ...], str] = {}
     for section, values in data.items():

@@ -65,7 +65,13 @@ def _one_record(response: Any, method: str, table: str) -> dict[str, Any]:
         error = AmbiguousWriteError if method == "POST" else ServiceNowBadResponse
         raise error(f"ServiceNow answered a {'create' if method == 'POST' else 'write'} in {table} with "
                     f"{'no record' if isinstance(exc, pysnow.exceptions.NoResults) else 'several records'}, "
-                    "not the one written", status=200, method=method, url=f"{API_BASE}/table/{table}") from None
+                    "not the one written", status=_status(response), method=method,
+                    url=f"{API_BASE}/table/{table}") from None
+
+
+def _status(response: Any) -> int | None:
+    """The HTTP status of a pysnow response (of the requests response it wraps)."""
+    return getattr(getattr(response, "_response", None), "status_code", None)
 
 
 class TableClient:
@@ -285,10 +291,11 @@ class TableClient:
         """The record made. An answer that names no one record with a sys_id is an ``AmbiguousWriteError``:
         the create may have been made, so the caller looks for it before sending it again."""
         with self._client() as client:
-            record = _one_record(self._writer(client, table).create(payload=payload), "POST", table)
+            response = self._writer(client, table).create(payload=payload)
+            record = _one_record(response, "POST", table)
         if not isinstance(record.get("sys_id"), str) or not record["sys_id"]:
             raise AmbiguousWriteError(f"ServiceNow answered a create in {table} with a record without its sys_id",
-                                      status=201, method="POST", url=f"{API_BASE}/table/{table}")
+                                      status=_status(response), method="POST", url=f"{API_BASE}/table/{table}")
         return record
 
     def update(self, table: str, sys_id: str, payload: dict[str, str]) -> dict[str, Any]:
