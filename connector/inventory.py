@@ -80,7 +80,8 @@ def write_inventory(inventory: Inventory, path: Path) -> None:
 
 
 def _json_type(value: object) -> str:
-    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a text", list: "a list"}
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a text", list: "a list",
+             dict: "an object"}
     return names.get(type(value), type(value).__name__)
 
 
@@ -136,7 +137,7 @@ def read_inventory(path: Path, sink: Callable[[list[Record]], None] | None = Non
                         raise ValueError(f"unknown status {row['status']!r}")
                     error = row.get("error")
                     if error is not None and not isinstance(error, str):
-                        raise ValueError(f"error is not a text but {type(error).__name__}")
+                        raise ValueError(f"error is not a text but {_json_type(error)}")
                     inventory.scopes.append(Scope(*_where(row, known), row["status"], error))
                 elif kind == "resource":
                     where, resource = _where(row, known), row["resource"]

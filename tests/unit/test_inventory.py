@@ -109,7 +109,7 @@ def test_a_byte_order_mark_before_the_first_line_is_skipped(tmp_path):
     (b'{"kind": "resource", "account_id": "111111111111", "region": "r", "source": "s", "resource": "i-1"}',
      "resource is not a JSON object but a text"),
     (b'{"kind": "scope", "account_id": "111111111111", "region": "r", "source": "s", "status": "error", "error": {}}',
-     "error is not a text but dict"),
+     "error is not a text but an object"),
     (b'{"kind": "account", "account_id": "12345"}', "account_id '12345' is not an account id"),
     (b'{"kind": "account", "account_id": "111111111111", "raw": ["Name"]}', "raw is not a JSON object but a list"),
     (b'{"kind": "account", "account_id": "111111111111", "name": 7}', "name is not a text but a number"),
