@@ -82,21 +82,42 @@ class OAuthToken(AuthBase):
             raise ServiceNowUnavailable(
                 f"cannot reach ServiceNow for an OAuth token: {unreachable_reason(exc, self._url)}",
                 method="POST", url="/oauth_token.do") from None
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        body = body if isinstance(body, dict) else {}
+        grant = form.get("grant_type")
         if response.status_code != 200:
-            try:
-                reason = response.json().get("error_description", "")
-            except ValueError:
-                reason = ""
+            reason = body.get("error_description") if isinstance(body.get("error_description"), str) else ""
             raise ServiceNowAuthError(
-                f"ServiceNow refused the OAuth {form.get('grant_type')} grant: {reason or response.reason}. "
+                f"ServiceNow refused the OAuth {grant} grant: {reason or response.reason}. "
                 "Check servicenow.client_id and the secrets", status=response.status_code,
                 method="POST", url="/oauth_token.do",
             )
-        body = response.json()
-        self._access = body["access_token"]
-        self._refresh = body.get("refresh_token") or self._refresh
-        self._expires_at = self._clock() + float(body.get("expires_in", 1800))
+        access = body.get("access_token")
+        if not isinstance(access, str) or not access:
+            # a single sign-on page or a proxy's answers with 200 too: not a token, and no traceback
+            kind = "an HTML page" if b"<html" in response.content[:2048].lower() else "an answer without access_token"
+            raise ServiceNowAuthError(
+                f"ServiceNow answered the OAuth {grant} grant with {kind}: is {self._url} behind a single sign-on "
+                "page or a proxy? Check servicenow.instance_url", status=response.status_code,
+                method="POST", url="/oauth_token.do",
+            )
+        self._access = access
+        refresh = body.get("refresh_token")
+        self._refresh = refresh if isinstance(refresh, str) and refresh else self._refresh
+        self._expires_at = self._clock() + _seconds(body.get("expires_in"))
         self.fetches += 1
+
+
+def _seconds(expires_in: object) -> float:
+    """A token's ``expires_in`` (a number, or its text); 1800 (ServiceNow's default) if it is neither."""
+    try:
+        seconds = float(expires_in)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 1800.0
+    return seconds if seconds > 0 else 1800.0
 
 
 def make_auth(settings: ServiceNowSettings, verify: bool | str) -> AuthBase | tuple[str, str]:

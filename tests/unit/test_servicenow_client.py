@@ -497,6 +497,35 @@ def test_oauth_refused_is_a_clear_error_without_secrets():
     assert "client-secret-xyz" not in text and PASSWORD not in text
 
 
+@pytest.mark.parametrize("status, body, text", [
+    (200, "<html><body>Sign in with your company account</body></html>", "with an HTML page: is "),
+    (200, json.dumps({"token_type": "Bearer"}), "with an answer without access_token: is "),
+    (200, json.dumps(["not", "an", "object"]), "with an answer without access_token"),
+    (401, json.dumps(["not", "an", "object"]), "refused the OAuth client_credentials grant: Unauthorized"),
+])
+@responses.activate
+def test_an_oauth_answer_that_is_no_token_is_an_auth_error_never_a_traceback(status, body, text):
+    """An instance behind single sign-on answers /oauth_token.do with its login page, and 200."""
+    responses.post(TOKEN_URL, status=status, body=body)
+    tables = TableClient(oauth_settings(auth="oauth_client_credentials", username="", password=""), sleep=lambda s: None)
+    with pytest.raises(ServiceNowAuthError) as info:
+        list(tables.query("cmdb_ci", "", ["sys_id"]))
+    assert text in str(info.value) and "client-secret-xyz" not in str(info.value)
+
+
+def test_a_token_whose_expiry_is_not_a_number_is_kept_for_servicenows_default():
+    from connector.servicenow.auth import OAuthToken
+
+    now = [1000.0]
+    with responses.RequestsMock() as mock:
+        mock.post(TOKEN_URL, json={"access_token": "a", "expires_in": "soon", "refresh_token": None})
+        token = OAuthToken(TOKEN_URL, {"grant_type": "client_credentials", "client_id": "c", "client_secret": "s"},
+                           clock=lambda: now[0])
+        assert token.token() == "a"
+        now[0] += 1700  # within 1800 s less the minute kept in hand: the same token
+        assert token.token() == "a" and len(mock.calls) == 1
+
+
 # -- Batch API ---------------------------------------------------------------------------
 
 BATCH_URL = f"{URL}/api/now/v1/batch"
