@@ -507,7 +507,8 @@ def test_oauth_refused_is_a_clear_error_without_secrets():
 def test_an_oauth_answer_that_is_no_token_is_an_auth_error_never_a_traceback(status, body, text):
     """An instance behind single sign-on answers /oauth_token.do with its login page, and 200."""
     responses.post(TOKEN_URL, status=status, body=body)
-    tables = TableClient(oauth_settings(auth="oauth_client_credentials", username="", password=""), sleep=lambda s: None)
+    settings = oauth_settings(auth="oauth_client_credentials", username="", password="")
+    tables = TableClient(settings, sleep=lambda s: None)
     with pytest.raises(ServiceNowAuthError) as info:
         list(tables.query("cmdb_ci", "", ["sys_id"]))
     assert text in str(info.value) and "client-secret-xyz" not in str(info.value)
