@@ -350,11 +350,22 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         spec = MappingFile.model_validate(raw)
     except ValidationError as exc:
         one_join = isinstance(raw.get("source"), dict) and isinstance(raw["source"].get("join"), dict)
+        told: set[str] = set()
         for err in exc.errors():
             parts = list(err["loc"])
             if one_join and parts[:3] == ["source", "join", 0]:
                 del parts[2]  # [source.join], one table: no list to count in
+            if parts and parts[-1] in SCALAR_BRANCHES and err["type"] == f"{SCALAR_BRANCHES[parts[-1]]}_type":
+                # a value that may be a text, a number or a boolean: pydantic tells each in turn, as a key
+                parts.pop()
+                err = {**err, "msg": f"a text, a number or true/false, not {_toml_kind(err.get('input'))}"}
+            elif err["type"] == "model_type" and (err.get("ctx") or {}).get("class_name") == "FieldSpec":
+                err = {**err, "msg": f'a JMESPath in quotes, or a table such as {{ path = "..." }}, not '
+                                     f"{_toml_kind(err.get('input'))}"}
             loc = key_path(parts)
+            if loc in told:
+                continue
+            told.add(loc)
             if err["type"] == "extra_forbidden":
                 problems.append(f"{path}: {loc}: unknown key{_nearest_key(tuple(err['loc']))}")
             elif err["type"] == "missing":
@@ -412,6 +423,17 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
         lookups={name: Lookup(value.lookup.table, value.lookup.field, value.lookup.where)
                  for name, value in spec.fields.items() if value.lookup is not None},
     )
+
+
+# the members of a union of scalars (value, default), as pydantic names each one it tried, and its error's type
+SCALAR_BRANCHES = {"str": "string", "int": "int", "float": "float", "bool": "bool"}
+
+
+def _toml_kind(value: Any) -> str:
+    """What a TOML value is, in the words of the file's author."""
+    kinds = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a text"), (list, "a list"),
+             (dict, "a table"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "a date or time")
 
 
 def relation_type_notes(mappings: MappingSet) -> list[str]:

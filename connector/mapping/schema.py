@@ -99,9 +99,9 @@ class FieldSpec(_Strict):
     path: str | None = None
     template: str | None = None
     tag: str | None = None
-    value: str | int | bool | None = None
+    value: str | int | float | bool | None = None
     map: dict[str, str] | None = None
-    default: str | int | bool | None = None
+    default: str | int | float | bool | None = None
     transform: list[str] = Field(default_factory=list)
     # JMESPath over the item: when it finds nothing, the item does not know this field (an account listed
     # in aws.accounts has no name or Organization of its own): its value is then written only when the CI
@@ -120,6 +120,10 @@ class FieldSpec(_Strict):
                 "give exactly one of path, template, tag or value"
                 + (f" (got {', '.join(given)})" if given else "")
             )
+        for key in ("template", "tag"):
+            if getattr(self, key) is not None and not getattr(self, key).strip():
+                raise ValueError(f"{key}: empty, so that the field would never have a value"
+                                 + (': name the AWS tag, as tag = "Owner"' if key == "tag" else ""))
         if self.create_only and self.known_when is not None:
             raise ValueError("create_only writes the field on a create only, whatever the item knows: known_when "
                              "adds nothing to it")

@@ -549,6 +549,23 @@ INVALID_CASES += [
 ]
 
 
+# Values of the wrong kind, told in the file's words (pydantic names each member of a union it tried, and
+# its own model's class); an empty tag or template, which would leave the field empty on every CI.
+INVALID_CASES += [
+    ("default a list", VALID.replace('name = "VpcId"', 'name = { path = "VpcId", default = [] }'),
+     "cmdb_ci_network.toml: fields.name.default: a text, a number or true/false, not a list"),
+    ("value a table", VALID.replace('name = "VpcId"', "name = { value = { a = 1 } }"),
+     "cmdb_ci_network.toml: fields.name.value: a text, a number or true/false, not a table"),
+    ("field a number", VALID.replace('name = "VpcId"', "name = 5"),
+     'cmdb_ci_network.toml: fields.name: a JMESPath in quotes, or a table such as { path = "..." }, not a number'),
+    ("empty tag", VALID.replace('name = "VpcId"', 'name = { tag = "" }'),
+     'cmdb_ci_network.toml: fields.name: tag: empty, so that the field would never have a value: name the AWS '
+     'tag, as tag = "Owner"'),
+    ("empty template", VALID.replace('name = "VpcId"', 'name = { template = " " }'),
+     "cmdb_ci_network.toml: fields.name: template: empty, so that the field would never have a value"),
+]
+
+
 # A lifecycle that cannot tell a retired CI from a live one: each run would write the same retires or revives.
 INVALID_CASES += [
     ("lifecycle retire empty", VALID + "\n[lifecycle]\nretire = {}\n",
@@ -760,6 +777,15 @@ def test_a_file_named_as_no_table_can_be_is_named_and_a_hidden_file_is_not_read(
     (tmp_path / ".#cmdb_ci_network.toml").symlink_to("/nonexistent/emacs-lock")
     (tmp_path / ".cmdb_ci_network.toml").write_text("not toml [")
     assert list(load_mappings(tmp_path).mappings) == ["cmdb_ci_network"]
+
+
+def test_a_value_or_default_may_be_any_toml_scalar_and_is_written_in_servicenows_string_form(tmp_path):
+    text = VALID.replace('name = "VpcId"', 'name = "VpcId"\nratio = { value = 1.5 }\nactive = { value = true }\n'
+                         'size = { path = "Size", default = 8 }')
+    (tmp_path / "cmdb_ci_network.toml").write_text(text)
+    mapping = load_mappings(tmp_path).mappings["cmdb_ci_network"]
+    ci = map_record(mapping, Record(ACCOUNT, REGION, "ec2:vpc", {"VpcId": "vpc-1"}))
+    assert (ci.fields["ratio"], ci.fields["active"], ci.fields["size"]) == ("1.5", "true", "8")
 
 
 def test_a_template_writes_a_literal_brace_doubled():
