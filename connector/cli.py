@@ -18,7 +18,7 @@ from . import __version__
 from .errors import ConfigError, ConnectorError, UsageError, did_you_mean
 from .aws.targets import parse_account_ids, parse_shard
 from .ops import setup_logging
-from .mapping.load import load_mappings, relation_type_notes
+from .mapping.load import load_mappings, mapping_notes
 from .settings import Settings, find_config, load_settings
 
 log = logging.getLogger("connector")
@@ -158,7 +158,7 @@ def cmd_validate(args) -> int:
         found = mapping_warnings(tables)
         print(f"writer: ire (CI writes through /api/now/identifyreconcile); {len(found)} warning(s)"
               + "".join(f"\n  warning: {w}" for w in found))
-    for line in relation_type_notes(mappings):
+    for line in mapping_notes(mappings):
         print(line)
     tagged = [table for table, variants in tables.items() if any(m.tags is not None for m in variants)]
     if settings.reconcile.tags:

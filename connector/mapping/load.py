@@ -436,18 +436,21 @@ def _toml_kind(value: Any) -> str:
     return next((name for kind, name in kinds if isinstance(value, kind)), "a date or time")
 
 
-def relation_type_notes(mappings: MappingSet) -> list[str]:
-    """A line for each relation type the files name that a base system lacks (each with the nearest base
-    type): misspelled, or the instance's own; a run leaves the relations of a type the instance lacks
-    unmanaged, with a warning."""
+def mapping_notes(mappings: MappingSet) -> list[str]:
+    """Warnings about what the files would write, though valid: a relation type a base system lacks (each
+    with the nearest base type: misspelled, or the instance's own; a run leaves the relations of a type the
+    instance lacks unmanaged, with a warning), and a class that maps no ``name`` (its CIs listed nameless)."""
     named: dict[str, set[str]] = {}
     for mapping in mappings.mappings.values():
         for relation in mapping.relations:
             if relation.type not in BASE_RELATION_TYPES:
                 named.setdefault(relation.type, set()).add(mapping.file.name)
-    return [f"warning: relation type {kind!r} ({', '.join(sorted(files))}) is not one of a base system's"
-            f"{did_you_mean(kind, BASE_RELATION_TYPES)}: misspelled, or the instance's own (check-access "
-            "tells whether it has it)" for kind, files in sorted(named.items())]
+    notes = [f"warning: relation type {kind!r} ({', '.join(sorted(files))}) is not one of a base system's"
+             f"{did_you_mean(kind, BASE_RELATION_TYPES)}: misspelled, or the instance's own (check-access "
+             "tells whether it has it)" for kind, files in sorted(named.items())]
+    notes += [f"warning: {mapping.file.name} maps no name: its CIs would be listed without one in the CMDB"
+              for mapping in sorted(mappings.mappings.values(), key=lambda m: m.name) if "name" not in mapping.fields]
+    return notes
 
 
 def load_mappings(folder: Path | None = None) -> MappingSet:

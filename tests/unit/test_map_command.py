@@ -275,7 +275,7 @@ def test_validate_names_the_looked_up_and_the_create_only_fields(tmp_path, capsy
     assert "retire: off (reconcile.retire = false)" in capsys.readouterr().out.splitlines()
 
 
-def test_validate_warns_of_a_relation_type_a_base_system_lacks_with_the_nearest_one(tmp_path, capsys):
+def test_validate_warns_of_a_relation_type_a_base_system_lacks_and_of_a_class_without_name(tmp_path, capsys):
     """A misspelled type would leave the class's relations unmanaged on every run (a run's warning); an
     instance's own type is taken all the same: a warning, exit 0. The built-in files name base types only."""
     config = tmp_path / "config.toml"
@@ -291,3 +291,9 @@ def test_validate_warns_of_a_relation_type_a_base_system_lacks_with_the_nearest_
     assert ("warning: relation type 'Hosted on::Host' (cmdb_ci_network.toml) is not one of a base system's (did you "
             "mean 'Hosted on::Hosts'?): misspelled, or the instance's own (check-access tells whether it has it)"
             in capsys.readouterr().out.splitlines())
+    nameless = edited_mappings(tmp_path / "nameless", {"cmdb_ci_nic.toml": (
+        """name = { path = "(TagSet[?Key=='Name'].Value | [0]) || NetworkInterfaceId" }\n""", "")})
+    config.write_text(config.read_text().replace(str(folder), str(nameless)))
+    assert main(["validate", "--config", str(config)]) == 0
+    assert [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning:")] == [
+        "warning: cmdb_ci_nic.toml maps no name: its CIs would be listed without one in the CMDB"]
