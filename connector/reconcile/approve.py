@@ -36,24 +36,13 @@ def approval_key(entry: dict[str, Any]) -> ApprovalKey:
                          if name not in STAMPS)))
 
 
-def malformed(changes: Any) -> list[int]:
-    """The indices of the entries of a report's ``changes`` that ``approval_key`` cannot read: each needs
-    action, table, identity, and its fields' values as {old, new}. A ``changes`` that is not a list: [0]."""
-    if not isinstance(changes, list):
-        return [0]
-    return [i for i, entry in enumerate(changes)
-            if not (isinstance(entry, dict) and {"action", "table", "identity"} <= entry.keys()
-                    and isinstance(entry.get("fields") or {}, dict)
-                    and all(isinstance(value, dict) for value in (entry.get("fields") or {}).values()))]
-
-
 def refusal(file: str, report: dict[str, Any], *, instance: str, options: dict[str, Any], now: datetime,
             max_age_hours: float) -> str | None:
     """Why ``report`` (read from ``file``) cannot be approved for a run of ``instance`` with ``options``
     (``json_report.run_options``) at ``now``, or None: it must be a plan's (a run's changes are made
     already), of that instance, made with the same scope and guard options (another scope would hold back
-    or add whole accounts' changes), at most ``max_age_hours`` old (0: any age), with changes that
-    ``malformed`` finds nothing wrong with."""
+    or add whole accounts' changes), at most ``max_age_hours`` old (0: any age). ``report`` is one
+    ``load_report`` read, which checked its shape (its changes, its times)."""
     mode = report.get("mode")
     if mode != "plan":
         return (f"{file}: the report of a {mode!r}, whose changes were made already: --approved takes the report of "
@@ -70,18 +59,11 @@ def refusal(file: str, report: dict[str, Any], *, instance: str, options: dict[s
         have = " ".join(option_flags(options)) or "none"
         return (f"{file}: the plan was made with {want}, this run with {have}. A run's guards and scope are those "
                 "of its options: give it the plan's")
-    try:
-        made = datetime.fromisoformat(str(report.get("finished_at")))
-    except ValueError:
-        return f"{file}: finished_at {report.get('finished_at')!r} is not a time: the report is not one a plan wrote"
+    made = datetime.fromisoformat(report["finished_at"])
     age = now - (made if made.tzinfo else made.replace(tzinfo=timezone.utc))
     if max_age_hours and age > timedelta(hours=max_age_hours):
         return (f"{file}: a plan of {made.isoformat()}, {age.total_seconds() / 3600:.0f} hours old: "
                 f"reconcile.approval_max_age_hours is {max_age_hours:g}. Review a new plan")
-    bad = malformed(report.get("changes"))
-    if bad:
-        return (f"{file}: changes[{bad[0]}] is not a change of a report (action, table, identity, fields)"
-                f"{f', and {len(bad) - 1} more' if len(bad) > 1 else ''}")
     return None
 
 
@@ -95,7 +77,7 @@ class ApprovedPlan:
 
     @classmethod
     def of_report(cls, file: str, report: dict[str, Any]) -> "ApprovedPlan":
-        """``report``'s changes, which ``malformed`` finds nothing wrong with."""
+        """``report``'s changes (a report ``load_report`` read)."""
         return cls(file, str(report.get("run_id", "")),
                    frozenset(approval_key(entry) for entry in report.get("changes") or []))
 

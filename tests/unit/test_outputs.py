@@ -346,6 +346,14 @@ def test_a_report_that_every_section_fills_is_of_the_shape_the_report_command_re
      "accounts[0].name: Field required"),
     (lambda r: r["changes"].append({"action": "update", "table": "t", "identity": "i", "fields": {"name": "b"}}),
      "changes[0].fields.name: Input should be a JSON object (got 'b')"),
+    # what run --approved reads of a reviewed plan: each change's action, table, identity, fields; its time
+    (lambda r: r["changes"].append({"action": "update"}),
+     "changes[0].table: Field required\n  changes[0].identity: Field required"),
+    (lambda r: r["changes"].append({"action": "update", "table": "t", "identity": "i", "fields": ["name"]}),
+     "changes[0].fields: Input should be a JSON object"),
+    (lambda r: r["changes"].append(None), "changes[0]: Input should be a JSON object (got None)"),
+    (lambda r: r.update(changes={"not": "a list"}), "changes: Input should be a valid list"),
+    (lambda r: r.update(finished_at="yesterday"), "finished_at: not an ISO 8601 time (got 'yesterday')"),
     (lambda r: r["relations"].update(created=True), "relations.created: Input should be a valid integer (got True)"),
 ])
 def test_a_report_not_of_the_shape_is_refused_naming_the_key_not_rendered_into_a_traceback(tmp_path, change,
