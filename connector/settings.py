@@ -30,7 +30,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError, did_you_mean, key_path
-from .tomlfile import read_toml_file
+from .tomlfile import read_toml_file, toml_kind
 
 ENV_PREFIX = "CMDB_"
 DEFAULT_CONFIG_NAME = "config.toml"
@@ -431,7 +431,7 @@ _KIND_WANTED = {"bool": "true or false", "int": "a whole number", "float": "a nu
                 "list": "a list, as [\"a\", \"b\"]"}
 
 
-def _toml_kind(annotation: Any) -> str | None:
+def _annotation_kind(annotation: Any) -> str | None:
     """What TOML type a key's annotation takes: ``Path | None`` and a ``Literal`` of texts take a text."""
     if annotation in _TOML_KINDS:
         return _TOML_KINDS[annotation]
@@ -440,16 +440,8 @@ def _toml_kind(annotation: Any) -> str | None:
         return "list"
     if origin is Literal and all(isinstance(arg, str) for arg in args):
         return "str"
-    kinds = {_toml_kind(arg) for arg in args if arg is not type(None)}
+    kinds = {_annotation_kind(arg) for arg in args if arg is not type(None)}
     return kinds.pop() if origin in (Union, UnionType) and len(kinds) == 1 else None
-
-
-def _toml_type_name(value: Any) -> str:
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    names = {int: "a whole number", float: "a number with a fraction", str: "a text", list: "a list",
-             dict: "a table"}
-    return next((name for kind, name in names.items() if isinstance(value, kind)), "a date or time")
 
 
 def _toml_fits(value: Any, kind: str) -> bool:
@@ -469,7 +461,7 @@ def _toml_type_problem(loc: tuple[Any, ...], value: Any, kind: str) -> str:
         fix = f'write it as a list: {loc[-1]} = ["{value}"]'
     elif kind == "bool" and value in (0, 1) and type(value) is int:
         fix = f"write {loc[-1]} = {'true' if value else 'false'}"
-    return f"  {_key_name(loc)}: {_KIND_WANTED[kind]}, not {_toml_type_name(value)}. Fix: {fix}"
+    return f"  {_key_name(loc)}: {_KIND_WANTED[kind]}, not {toml_kind(value)}. Fix: {fix}"
 
 
 def _toml_type_problems(data: dict[str, Any]) -> dict[tuple[Any, ...], str]:
@@ -486,7 +478,7 @@ def _toml_type_problems(data: dict[str, Any]) -> dict[tuple[Any, ...], str]:
             continue
         for key, value in values.items():
             field = model.model_fields.get(key)
-            kind = _toml_kind(field.annotation) if field is not None else None
+            kind = _annotation_kind(field.annotation) if field is not None else None
             if kind is None or _env_name((section, key)) in overridden:
                 continue
             if not _toml_fits(value, kind):

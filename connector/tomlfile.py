@@ -24,3 +24,13 @@ def read_toml_file(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"invalid TOML: {exc}") from None
+
+
+def toml_kind(value: Any) -> str:
+    """What a TOML value is, in the words of the file's author: for an error that says what a key takes and
+    what it was given instead."""
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    kinds = ((int, "a whole number"), (float, "a number with a fraction"), (str, "a text"), (list, "a list"),
+             (dict, "a table"))
+    return next((name for kind, name in kinds if isinstance(value, kind)), "a date or time")

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from ..errors import MappingError, did_you_mean, key_path
 from ..models import Lookup
-from ..tomlfile import read_toml_file
+from ..tomlfile import read_toml_file, toml_kind
 from .expressions import Evaluator, compile_field, compile_path
 from .schema import BASE_RELATION_TYPES, MappingFile, keys_at
 
@@ -358,10 +358,10 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
             if parts and parts[-1] in SCALAR_BRANCHES and err["type"] == f"{SCALAR_BRANCHES[parts[-1]]}_type":
                 # a value that may be a text, a number or a boolean: pydantic tells each in turn, as a key
                 parts.pop()
-                err = {**err, "msg": f"a text, a number or true/false, not {_toml_kind(err.get('input'))}"}
+                err = {**err, "msg": f"a text, a number or true/false, not {toml_kind(err.get('input'))}"}
             elif err["type"] == "model_type" and (err.get("ctx") or {}).get("class_name") == "FieldSpec":
                 err = {**err, "msg": f'a JMESPath in quotes, or a table such as {{ path = "..." }}, not '
-                                     f"{_toml_kind(err.get('input'))}"}
+                                     f"{toml_kind(err.get('input'))}"}
             loc = key_path(parts)
             if loc in told:
                 continue
@@ -427,13 +427,6 @@ def _compile_one(path: Path, problems: list[str]) -> Mapping | None:
 
 # the members of a union of scalars (value, default), as pydantic names each one it tried, and its error's type
 SCALAR_BRANCHES = {"str": "string", "int": "int", "float": "float", "bool": "bool"}
-
-
-def _toml_kind(value: Any) -> str:
-    """What a TOML value is, in the words of the file's author."""
-    kinds = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a text"), (list, "a list"),
-             (dict, "a table"))
-    return next((name for kind, name in kinds if isinstance(value, kind)), "a date or time")
 
 
 def mapping_notes(mappings: MappingSet) -> list[str]:

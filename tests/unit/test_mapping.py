@@ -557,7 +557,8 @@ INVALID_CASES += [
     ("value a table", VALID.replace('name = "VpcId"', "name = { value = { a = 1 } }"),
      "cmdb_ci_network.toml: fields.name.value: a text, a number or true/false, not a table"),
     ("field a number", VALID.replace('name = "VpcId"', "name = 5"),
-     'cmdb_ci_network.toml: fields.name: a JMESPath in quotes, or a table such as { path = "..." }, not a number'),
+     'cmdb_ci_network.toml: fields.name: a JMESPath in quotes, or a table such as { path = "..." }, not a whole '
+     "number"),
     ("empty tag", VALID.replace('name = "VpcId"', 'name = { tag = "" }'),
      'cmdb_ci_network.toml: fields.name: tag: empty, so that the field would never have a value: name the AWS '
      'tag, as tag = "Owner"'),
