@@ -110,6 +110,7 @@ class IreWriter:
         self.data_source = data_source
         self.cis = {(ci.table, ci.identity): ci for ci in desired}
         self.key_of = {sys_id: key for key, sys_id in sys_ids.items()}
+        self.sys_id_of = dict(sys_ids)  # the CIs plan matched: those the CMDB holds
         # the CIs that may be sent as another's host: those the CMDB holds and plan matched, and those plan
         # creates; never one whose create a guard held back, nor one of a class that could not be read
         self.hosts = set(sys_ids) | set(creates)
@@ -135,6 +136,17 @@ class IreWriter:
         """(relation type, the CI it depends on, its own end) for each dependency its mapping declares."""
         return [(ref.type, (ref.table, ref.identity), ref.role) for ref in self.cis[key].relations
                 if DEPENDENCY_ENDS.get(ref.type) == ref.role]
+
+    def hosts_of(self, key: CIKey) -> list[CIKey]:
+        """The CIs a payload for ``key`` carries for its identification: its hosts, theirs, and so on."""
+        out: list[CIKey] = []
+        todo = [key]
+        while todo:
+            for _kind, host, _end in self.dependencies(todo.pop()):
+                if host in self.cis and host in self.hosts and host not in out and host != key:
+                    out.append(host)
+                    todo.append(host)
+        return out
 
     def waves(self, ops: list[WriteOp]) -> list[list[int]]:
         """The ops' indexes in waves: a CI after the CIs it depends on (accounts, then datacenters, then the
@@ -170,7 +182,8 @@ class IreWriter:
 
     def _send(self, part: list[tuple[int, WriteOp, CIKey]], checked: bool = False) -> list[WriteResult]:
         """The results of ``part``'s writes, in its order."""
-        if not checked and any(op.method == "PATCH" or self.cis[key].create_only for _i, op, key in part):
+        if not checked and any(op.method == "PATCH" or self.cis[key].create_only
+                               or any(host in self.sys_id_of for host in self.hosts_of(key)) for _i, op, key in part):
             return self._send_checked(part)
         payload, index_of, relations = self._payload([(op, key) for _i, op, key in part])
         try:
@@ -192,6 +205,10 @@ class IreWriter:
             with self._lock:
                 self.relations_done.update(relations)
                 self.identified.update(found)
+            written = {key for _i, _op, key in part}
+            for host, index in index_of.items():
+                if host not in written and (why := _host_astray(items, index, host, self.sys_id_of.get(host), True)):
+                    log.warning("%s", why, extra={"table": host[0]})  # the CMDB changed since it was asked
         return results
 
     def _send_checked(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[WriteResult]:
@@ -199,18 +216,27 @@ class IreWriter:
         asked of ``/identifyreconcile/query``, which commits nothing. An update that IRE would put on another
         CI, make a new one of or refuse (a CI that lost the relation it is identified by, one made through the
         Table API before the switch to IRE, one just adopted from Discovery, its host not known this run) goes
-        through the Table API by its sys_id instead, with a warning; the rest through IRE. A create with values
-        for a new CI only (a mapping's known_when) that IRE would put on an existing CI goes without them."""
+        through the Table API by its sys_id instead, with a warning; the rest through IRE. So does a write
+        whose payload carries a CI the CMDB holds (its datacenter, say) that IRE would not take for the one
+        plan matched, but make a second of (that CI lacks the relation it is identified by: one made through
+        the Table API, its relation to its account deleted or never made): a create is then made through the
+        Table API, and plan's relation creates give the CI its relation back, for the next runs' IRE. A
+        create with values for a new CI only (a mapping's known_when) that IRE would put on an existing CI
+        goes without them."""
         try:
             said = self._ask(part)
         except ServiceNowError as exc:
             return [WriteResult(error=str(exc))] * len(part)
         agreed, elsewhere = [], []
         part = list(part)
-        for position, ((i, op, key), why) in enumerate(zip(part, said)):
-            if op.method == "PATCH" and why:
-                log.warning("%s for %s %s, which plan matched to %s: updated through the Table API by its sys_id "
-                            "instead", why, op.table, key[1], op.sys_id, extra={"table": op.table})
+        for position, ((i, op, key), (why, by_table_api)) in enumerate(zip(part, said)):
+            if by_table_api:
+                if op.method == "PATCH":
+                    log.warning("%s for %s %s, which plan matched to %s: updated through the Table API by its sys_id "
+                                "instead", why, op.table, key[1], op.sys_id, extra={"table": op.table})
+                else:
+                    log.warning("%s, for the create of %s %s: created through the Table API instead", why, op.table,
+                                key[1], extra={"table": op.table})
                 elsewhere.append(position)
                 continue
             create_only = self.cis[key].create_only
@@ -236,23 +262,33 @@ class IreWriter:
         parts = [through_ire[start : start + self.batch_size] for start in range(0, len(through_ire), self.batch_size)]
         notes = [""] * len(ops)
         for part, said in zip(parts, map_in_order(self._predict_part, parts, workers, "plan-ire")):
-            for (i, op, _key), why in zip(part, said):
-                notes[i] = f"{why}: updated by its sys_id through the Table API instead" if why and op.method == "PATCH" \
-                    else why
+            for (i, op, _key), (why, by_table_api) in zip(part, said):
+                instead = "updated by its sys_id" if op.method == "PATCH" else "created"
+                notes[i] = f"{why}: {instead} through the Table API instead" if by_table_api else why
         return notes
 
-    def _predict_part(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[str]:
+    def _predict_part(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[tuple[str, bool]]:
         try:
             return self._ask(part)
         except ServiceNowError as exc:
-            return [f"IRE could not be asked what it would do: {exc}"] * len(part)
+            return [(f"IRE could not be asked what it would do: {exc}", False)] * len(part)
 
-    def _ask(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[str]:
-        """``/identifyreconcile/query`` about ``part``'s writes: for each, where IRE would not do what plan says,
-        what it would do instead, else "". ``ServiceNowError`` when it cannot be asked."""
+    def _ask(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[tuple[str, bool]]:
+        """``/identifyreconcile/query`` about ``part``'s writes: for each, (where IRE would not do what plan
+        says, what it would do instead, else ""; whether the write goes through the Table API instead: an
+        update IRE would not put on the CI plan matched, any write whose payload carries a CI the CMDB holds
+        that IRE would not take for it). ``ServiceNowError`` when it cannot be asked."""
         payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
         verdict = _items(self._post(payload, query=True))
-        return [_disagreement(verdict, index_of[key], op) for _i, op, key in part]
+        written = {key for _i, _op, key in part}
+        astray = {host: why for host, index in index_of.items()
+                  if host not in written and (why := _host_astray(verdict, index, host, self.sys_id_of.get(host)))}
+        said = []
+        for _i, op, key in part:
+            hosts = [astray[host] for host in self.hosts_of(key) if host in astray]
+            why = hosts[0] if hosts else _disagreement(verdict, index_of[key], op)
+            said.append((why, bool(hosts) or (bool(why) and op.method == "PATCH")))
+        return said
 
     def _post(self, payload: dict[str, Any], query: bool = False) -> dict[str, Any]:
         try:
@@ -313,6 +349,22 @@ def _disagreement(items: list, index: int, op: WriteOp) -> str:
     if found == op.sys_id:
         return ""
     return refused or (f"IRE would write {found}" if found not in ("", "Unknown") else "IRE would create a new CI")
+
+
+def _host_astray(items: list, index: int, host: CIKey, sys_id: str | None, committed: bool = False) -> str:
+    """Where IRE's answer for a CI a payload carries for another's identification (``host``) does not take
+    it for the CI plan matched (``sys_id``; None: one plan creates, not checked): what IRE would do (or,
+    ``committed``, did) instead, else "". An item with errors is left to the payload's own failure."""
+    item = items[index] if index < len(items) and isinstance(items[index], dict) else {}
+    found = str(item.get("sysId") or "")
+    if sys_id is None or found == sys_id or item.get("errors"):
+        return ""
+    if found in ("", "Unknown"):
+        instead = "made a second CI of" if committed else "would make a second CI of"
+    else:
+        instead = f"{'took' if committed else 'would take'} {found} for"
+    return (f"IRE {instead} the {host[0]} {host[1]} that it identifies others by, which plan matched to {sys_id} "
+            "(does that CI lack the relation IRE identifies it by, to its own host?)")
 
 
 def _result(items: list, index: int, op: WriteOp) -> WriteResult:

@@ -149,6 +149,55 @@ def test_an_update_ire_would_put_elsewhere_goes_by_sys_id_through_the_table_api(
     assert not any(key == (one.table, one.identity) for _t, key, _h in writer.relations_done)  # left to plan's create
 
 
+def made_by_table_api(standin, first: DesiredCI) -> dict[tuple[str, str], str]:
+    """``first``, its datacenter and account made (then their IRE source keys dropped, as if made through the
+    Table API): plan's matches of the three."""
+    (made,) = world(standin, [first]).write_many([create(first)])
+    for row in list(standin.store.rows("sys_object_source")):
+        standin.store.delete("sys_object_source", row["sys_id"])
+    (dc,) = standin.store.rows("cmdb_ci_aws_datacenter")
+    (account,) = standin.store.rows("cmdb_ci_cloud_service_account")
+    return {(first.table, first.identity): made.sys_id, DC: dc["sys_id"], ACCOUNT: account["sys_id"]}
+
+
+def test_a_create_whose_datacenter_lacks_its_relation_to_its_account_makes_no_second_datacenter(standin, caplog):
+    """IRE identifies a datacenter under its account: one that lost its "Hosted on" relation to it (or never had
+    it, made through the Table API) would not be found, and a payload carrying it would make a second one. The
+    payload is asked first; the create goes through the Table API, and plan's relation creates mend the CMDB."""
+    first, second = vm("i-1"), vm("i-2")
+    sys_ids = made_by_table_api(standin, first)
+    for row in list(standin.store.rows("cmdb_rel_ci")):
+        if row["parent"] == sys_ids[DC]:
+            standin.store.delete("cmdb_rel_ci", row["sys_id"])
+    standin.stats.clear()
+    writer = world(standin, [first, second], sys_ids=sys_ids)
+    (note,) = writer.predict([create(second)])  # what plan says of it
+    assert note == (f"IRE would make a second CI of the {DC[0]} {DC[1]} that it identifies others by, which plan "
+                    f"matched to {sys_ids[DC]} (does that CI lack the relation IRE identifies it by, to its own host?): "
+                    "created through the Table API instead")
+    (result,) = writer.write_many([create(second)])
+    assert result.error is None
+    assert [r["sys_id"] for r in standin.store.rows("cmdb_ci_aws_datacenter")] == [sys_ids[DC]]  # no second one
+    assert standin.store.get("cmdb_ci", result.sys_id)["name"] == "i-2"
+    assert standin.stats["POST identifyreconcile/query"] == 2 and "POST identifyreconcile" not in standin.stats
+    assert standin.stats["POST cmdb_ci_vm_instance"] == 1
+    assert f"for the create of cmdb_ci_vm_instance {second.identity}: created through the Table API instead" in caplog.text
+    assert writer.relations_done == set()  # left to plan's relation creates, through the Table API
+
+
+def test_a_create_whose_datacenter_ire_finds_goes_through_ire_after_asking(standin):
+    first, second = vm("i-1"), vm("i-2")
+    sys_ids = made_by_table_api(standin, first)  # the datacenter keeps its relation to its account
+    standin.stats.clear()
+    writer = world(standin, [first, second], sys_ids=sys_ids)
+    (result,) = writer.write_many([create(second)])
+    assert result.error is None
+    assert [r["sys_id"] for r in standin.store.rows("cmdb_ci_aws_datacenter")] == [sys_ids[DC]]
+    assert standin.stats["POST identifyreconcile/query"] == 1 and standin.stats["POST identifyreconcile"] == 1
+    assert "POST cmdb_ci_vm_instance" not in standin.stats
+    assert ("Hosted on::Hosts", (second.table, second.identity), DC) in writer.relations_done
+
+
 def test_an_instance_that_refuses_a_payload_with_a_bad_item_as_a_whole_gets_each_item_alone():
     """Some instances answer a payload with one bad item with 400 and the IRE envelope, not 200: the items are
     then sent one by one too, and the bad one's error is IRE's own."""
