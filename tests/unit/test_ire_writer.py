@@ -172,16 +172,17 @@ def test_a_create_whose_datacenter_lacks_its_relation_to_its_account_makes_no_se
     standin.stats.clear()
     writer = world(standin, [first, second], sys_ids=sys_ids)
     (note,) = writer.predict([create(second)])  # what plan says of it
-    assert note == (f"IRE would make a second CI of the {DC[0]} {DC[1]} that it identifies others by, which plan "
-                    f"matched to {sys_ids[DC]} (does that CI lack the relation IRE identifies it by, to its own host?): "
-                    "created through the Table API instead")
+    assert note == (f"IRE would make a second CI of the {DC[0]} {DC[1]} that it identifies others by, which "
+                    f"plan matched to {sys_ids[DC]} (does that CI lack the relation IRE identifies it by, to its own "
+                    "host?): created through the Table API instead")
     (result,) = writer.write_many([create(second)])
     assert result.error is None
     assert [r["sys_id"] for r in standin.store.rows("cmdb_ci_aws_datacenter")] == [sys_ids[DC]]  # no second one
     assert standin.store.get("cmdb_ci", result.sys_id)["name"] == "i-2"
     assert standin.stats["POST identifyreconcile/query"] == 2 and "POST identifyreconcile" not in standin.stats
     assert standin.stats["POST cmdb_ci_vm_instance"] == 1
-    assert f"for the create of cmdb_ci_vm_instance {second.identity}: created through the Table API instead" in caplog.text
+    assert (f"for the create of cmdb_ci_vm_instance {second.identity}: created through the Table API instead"
+            in caplog.text)
     assert writer.relations_done == set()  # left to plan's relation creates, through the Table API
 
 
