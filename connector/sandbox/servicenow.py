@@ -424,6 +424,11 @@ class ServiceNowStandIn:
         return sum(v for k, v in self.stats.items()
                    if k.split(" ")[0] in ("POST", "PUT", "PATCH", "DELETE") and not k.endswith("/query"))
 
+    def api_requests(self) -> int:
+        """How many API requests came in so far: the numbers ``outage_after`` and ``expire_tokens_at`` name."""
+        with self._lock:
+            return self._api_requests
+
     def next_api_request(self) -> int:
         with self._lock:
             self._api_requests += 1

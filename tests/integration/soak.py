@@ -5,7 +5,7 @@ retagged; now and then a scope not collected in full), lets a person edit the
 CMDB (a relation deleted, a CI renamed or deleted, a Discovery CI put in, a
 datacenter's relation to its account deleted), switches the stand-in's faults
 at random (429s, 503s, transactions cancelled after they ran, batches cut
-short), and runs `cmdb-connector run` in a process of its own with the Table
+short, an outage's HTML page), and runs `cmdb-connector run` in a process of its own with the Table
 API or IRE, batched or not, tags on or off, sometimes killed with SIGKILL part
 way. Where a round has no faults, `plan` runs first and must predict the run's
 changes. After every round: no two CIs of one identity, no relation twice, no
@@ -40,7 +40,7 @@ from connector.sandbox.synthetic import synthetic_inventory
 
 PASSWORD = "soak-password"
 RETIRED = "7"
-FAULTS = ("rate_429", "rate_5xx", "rate_cancelled", "batch_serviced_limit")
+FAULTS = ("rate_429", "rate_5xx", "rate_cancelled", "batch_serviced_limit", "outage_requests")
 PEOPLE = ("none", "relation deleted", "CI edited", "CI deleted", "Discovery CI", "datacenter unhosted",
           "datacenter unhosted")
 STAMPS = ("last_discovered", "first_discovered")  # the run's own time: plan's and run's differ
@@ -70,7 +70,7 @@ class Soak:
         path = self.work / "config.toml"
         path.write_text(
             f'[aws]\nexternal_id = "not-used-here"\n\n[servicenow]\ninstance_url = "{url}"\nusername = "svc"\n'
-            f'workers = 4\nbatch_size = {batch_size}\nwriter = "{writer}"\nmax_retry_seconds = 20\nmax_attempts = 8\n\n'
+            f'workers = 4\nbatch_size = {batch_size}\nwriter = "{writer}"\nmax_retry_seconds = 4\nmax_attempts = 8\n\n'
             f'[reconcile]\nmax_retire_fraction = 0.5\ntags = {str(self.tags).lower()}\n\n'
             '[report]\noutput_dir = "reports"\n')
         path.chmod(0o600)
@@ -158,13 +158,15 @@ class Soak:
                 store.delete("cmdb_rel_ci", pick.choice(hosted)["sys_id"])
         return who
 
-    def faults(self) -> dict:
+    def faults(self, server: ServiceNowStandIn) -> dict:
         rng = self.rng
         faults = {"rate_429": rng.choice([0, 0.1, 0.3]), "retry_after": 0.01, "rate_5xx": rng.choice([0, 0.05, 0.15]),
                   "rate_cancelled": rng.choice([0, 0.05, 0.15]), "batch_serviced_limit": rng.choice([0, 0, 3]),
-                  "latency": rng.choice([0, 0.005])}
+                  "latency": rng.choice([0, 0.005]), "outage_requests": rng.choice([0, 0, 5, 40])}
         if rng.random() < 0.35:
             faults.update(dict.fromkeys(FAULTS, 0))
+        # an outage (a hibernating instance's HTML page, with 200) from one of the run's requests on
+        faults["outage_after"] = server.api_requests() + rng.randint(1, 60) if faults["outage_requests"] else -1
         return faults
 
     # -- the checks ----------------------------------------------------------------
@@ -204,9 +206,12 @@ class Soak:
                 path = self.work / f"inventory-{n}.jsonl"
                 write_inventory(shown, path)
                 who = self.someone_edits_the_cmdb(server)
-                faults = self.faults()
+                faults = self.faults(server)
+                if n == 0 and first_killed_after is not None:
+                    faults.update(outage_requests=0, outage_after=-1)  # no outage before the kill
                 server.faults.update(faults)
                 calm = not any(faults[k] for k in FAULTS)
+                shown_faults = {k: v for k, v in faults.items() if v not in (0, -1) and k != "retry_after"}
                 batch_size, writer = rng.choice([0, 10]), rng.choice(["table", "ire"])
                 kill = None if calm or rng.random() < 0.5 else rng.randint(1, 40)
                 if n == 0 and first_killed_after is not None:
@@ -224,9 +229,9 @@ class Soak:
                                           f"run did {sorted(done - predicted)[:3]}")
                 ended = "killed" if code == "killed" else f"exit {code}" + (" before its kill" if kill else "")
                 self.log.append(f"round {n}: {who}; {writer}, batch {batch_size}, "
-                                f"{'no faults' if calm else faults}; {ended}")
+                                f"{'no faults' if calm else shown_faults}; {ended}")
                 self.check(server, shown, was_active, f"round {n}")
-            server.faults.update({**dict.fromkeys(FAULTS, 0), "latency": 0})
+            server.faults.update({**dict.fromkeys(FAULTS, 0), "latency": 0, "outage_after": -1})
             path = self.work / "inventory-final.jsonl"
             write_inventory(self.inventory, path)
             was_active = {r["sys_id"] for r in server.store.rows("cmdb_ci") if r.get("install_status") != RETIRED}
