@@ -230,7 +230,7 @@ class Soak:
                 ended = "killed" if code == "killed" else f"exit {code}" + (" before its kill" if kill else "")
                 self.log.append(f"round {n}: {who}; {writer}, batch {batch_size}, "
                                 f"{'no faults' if calm else shown_faults}; {ended}")
-                self.check(server, shown, was_active, f"round {n}")
+                self.check(server, self.inventory, was_active, f"round {n}")  # what AWS has, collected or not
             server.faults.update({**dict.fromkeys(FAULTS, 0), "latency": 0, "outage_after": -1})
             path = self.work / "inventory-final.jsonl"
             write_inventory(self.inventory, path)
