@@ -5,11 +5,13 @@ retagged; now and then a scope not collected in full), lets a person edit the
 CMDB (a relation deleted, a CI renamed or deleted, a Discovery CI put in, a
 datacenter's relation to its account deleted), switches the stand-in's faults
 at random (429s, 503s, transactions cancelled after they ran, batches cut
-short, an outage's HTML page), and runs `cmdb-connector run` in a process of its own with the Table
-API or IRE, batched or not, tags on or off, sometimes killed with SIGKILL part
-way. Where a round has no faults, `plan` runs first and must predict the run's
-changes. After every round: no two CIs of one identity, no relation twice, no
-CI retired that the round's inventory still has. At the end, with the faults
+short, an outage's HTML page), and runs `cmdb-connector run` in a process of
+its own with the Table API or IRE, batched or not, tags on or off, basic auth
+or OAuth (every token expiring mid-run), sometimes killed with SIGKILL part
+way. Where a round has no faults, `plan` runs first and must predict the
+run's changes. After every run: no traceback, no secret in its log or report.
+After every round: no two CIs of one identity, no relation twice, no CI
+retired that AWS still has (collected or not). At the end, with the faults
 off: every resource's CI there and active, every gone one retired, and a
 second run writes nothing.
 
@@ -39,6 +41,7 @@ from connector.sandbox.servicenow import ServiceNowStandIn
 from connector.sandbox.synthetic import synthetic_inventory
 
 PASSWORD = "soak-password"
+CLIENT_SECRET = "soak-client-secret"
 RETIRED = "7"
 FAULTS = ("rate_429", "rate_5xx", "rate_cancelled", "batch_serviced_limit", "outage_requests")
 PEOPLE = ("none", "relation deleted", "CI edited", "CI deleted", "Discovery CI", "datacenter unhosted",
@@ -62,6 +65,7 @@ class Soak:
         self.inventory = synthetic_inventory(accounts=3, regions=("us-east-1", "eu-west-1"), vpcs=1, subnets=2,
                                              instances=6)
         self.tags = seed % 2 == 1
+        self.oauth = seed % 3 == 0  # OAuth (password grant), its tokens expiring now and then mid-run
         self.added = 0
         self.log: list[str] = []
 
@@ -70,7 +74,8 @@ class Soak:
         path = self.work / "config.toml"
         path.write_text(
             f'[aws]\nexternal_id = "not-used-here"\n\n[servicenow]\ninstance_url = "{url}"\nusername = "svc"\n'
-            f'workers = 4\nbatch_size = {batch_size}\nwriter = "{writer}"\nmax_retry_seconds = 4\nmax_attempts = 8\n\n'
+            f'workers = 4\nbatch_size = {batch_size}\nwriter = "{writer}"\nmax_retry_seconds = 4\nmax_attempts = 8\n'
+            + ('auth = "oauth_password"\nclient_id = "soak"\n' if self.oauth else "") + "\n"
             f'[reconcile]\nmax_retire_fraction = 0.5\ntags = {str(self.tags).lower()}\n\n'
             '[report]\noutput_dir = "reports"\n')
         path.chmod(0o600)
@@ -80,7 +85,7 @@ class Soak:
             kill_after_writes: int | None = None) -> tuple[int | str, str]:
         """(the exit code, or "killed"; stderr). With ``kill_after_writes``, SIGKILL once the stand-in has had
         that many writes of the run (a run that ends first is not killed)."""
-        env = {**os.environ, "CMDB_SERVICENOW__PASSWORD": PASSWORD}
+        env = {**os.environ, "CMDB_SERVICENOW__PASSWORD": PASSWORD, "CMDB_SERVICENOW__CLIENT_SECRET": CLIENT_SECRET}
         writes = server.writes()
         proc = subprocess.Popen(
             [sys.executable, "-m", "connector.cli", "--log-format", "text", "--config",
@@ -97,6 +102,10 @@ class Soak:
         _out, err = proc.communicate(timeout=300)
         if "Traceback" in err:
             raise SoakFailure(f"seed {self.seed}: a traceback from {command}:\n{err[-3000:]}")
+        report = (self.work / "reports" / "latest.json")
+        for secret in (PASSWORD, CLIENT_SECRET):
+            if secret in err or (report.exists() and secret in report.read_text()):
+                raise SoakFailure(f"seed {self.seed}: a secret in the log or the report of {command}")
         return proc.returncode, err
 
     def latest_report(self) -> dict:
@@ -167,6 +176,8 @@ class Soak:
             faults.update(dict.fromkeys(FAULTS, 0))
         # an outage (a hibernating instance's HTML page, with 200) from one of the run's requests on
         faults["outage_after"] = server.api_requests() + rng.randint(1, 60) if faults["outage_requests"] else -1
+        # every access token expires at one of the run's requests (OAuth seeds; not a fault: a token's life)
+        faults["expire_tokens_at"] = server.api_requests() + rng.randint(1, 200) if self.oauth else -1
         return faults
 
     # -- the checks ----------------------------------------------------------------
@@ -199,7 +210,7 @@ class Soak:
         """The rounds' log; ``first_killed_after``: the first run (which creates everything) killed after
         that many writes, whatever the seed says."""
         rng = self.rng
-        with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        with ServiceNowStandIn(users={"svc": PASSWORD}, oauth_clients={"soak": CLIENT_SECRET}) as server:
             for n in range(rounds):
                 self.change_the_estate()
                 shown = self.as_collected()
@@ -211,7 +222,8 @@ class Soak:
                     faults.update(outage_requests=0, outage_after=-1)  # no outage before the kill
                 server.faults.update(faults)
                 calm = not any(faults[k] for k in FAULTS)
-                shown_faults = {k: v for k, v in faults.items() if v not in (0, -1) and k != "retry_after"}
+                shown_faults = {k: v for k, v in faults.items()
+                                if v not in (0, -1) and k not in ("retry_after", "expire_tokens_at")}
                 batch_size, writer = rng.choice([0, 10]), rng.choice(["table", "ire"])
                 kill = None if calm or rng.random() < 0.5 else rng.randint(1, 40)
                 if n == 0 and first_killed_after is not None:
@@ -231,7 +243,7 @@ class Soak:
                 self.log.append(f"round {n}: {who}; {writer}, batch {batch_size}, "
                                 f"{'no faults' if calm else shown_faults}; {ended}")
                 self.check(server, self.inventory, was_active, f"round {n}")  # what AWS has, collected or not
-            server.faults.update({**dict.fromkeys(FAULTS, 0), "latency": 0, "outage_after": -1})
+            server.faults.update({**dict.fromkeys(FAULTS, 0), "latency": 0, "outage_after": -1, "expire_tokens_at": -1})
             path = self.work / "inventory-final.jsonl"
             write_inventory(self.inventory, path)
             was_active = {r["sys_id"] for r in server.store.rows("cmdb_ci") if r.get("install_status") != RETIRED}
