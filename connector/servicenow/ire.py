@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from dataclasses import replace
 from typing import Any, Iterable
 
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # relation type -> the end the dependent CI is at: those an identification may depend on
 DEPENDENCY_ENDS = {"Hosted on::Hosts": "parent", "Contains::Contained by": "child"}
 CIKey = tuple[str, str]  # (class, identity)
+MAX_FINDINGS = 20  # lines of IRE findings in the report's warnings; the log has them all
 RelationKey = tuple[str, CIKey, CIKey]  # (type, parent, child)
 
 
@@ -123,6 +125,24 @@ class IreWriter:
         # CIs plan would create that IRE identified as CIs the CMDB holds: their relations and tags may be
         # there already, so apply looks them up before it creates them
         self.identified: set[CIKey] = set()
+        # what went otherwise than plan said, for the report's warnings (see findings): message -> writes
+        self._findings: Counter[str] = Counter()
+
+    def findings(self) -> list[str]:
+        """For the report's warnings: the writes that went otherwise than plan said (through the Table API
+        instead, a CI IRE took for another), one line each, or per CI that sent them there, with a count."""
+        lines = [f"{message} ({n} writes)" if n > 1 else message for message, n in self._findings.items()]
+        if len(lines) > MAX_FINDINGS:
+            lines = [*lines[:MAX_FINDINGS], f"and {len(lines) - MAX_FINDINGS} more of IRE's writes that went otherwise "
+                                            "than plan said (see the log)"]
+        return lines
+
+    def _found(self, logged: str, table: str, reported: str = "") -> None:
+        """A write that went otherwise than plan said: ``logged`` to the log, and counted for the report under
+        ``reported`` (a reason many writes share, one line for them all), or ``logged`` itself."""
+        log.warning("%s", logged, extra={"table": table})
+        with self._lock:
+            self._findings[reported or logged] += 1
 
     # -- which writes go where ------------------------------------------------
     def key(self, op: WriteOp) -> CIKey | None:
@@ -208,7 +228,7 @@ class IreWriter:
             written = {key for _i, _op, key in part}
             for host, index in index_of.items():
                 if host not in written and (why := _host_astray(items, index, host, self.sys_id_of.get(host), True)):
-                    log.warning("%s", why, extra={"table": host[0]})  # the CMDB changed since it was asked
+                    self._found(why, host[0])  # the CMDB changed since it was asked
         return results
 
     def _send_checked(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[WriteResult]:
@@ -229,14 +249,15 @@ class IreWriter:
             return [WriteResult(error=str(exc))] * len(part)
         agreed, elsewhere = [], []
         part = list(part)
-        for position, ((i, op, key), (why, by_table_api)) in enumerate(zip(part, said)):
-            if by_table_api:
+        for position, ((i, op, key), (why, host)) in enumerate(zip(part, said)):
+            if host or (why and op.method == "PATCH"):
+                shared = f"{why}: the writes of the CIs it hosts went through the Table API instead" if host else ""
                 if op.method == "PATCH":
-                    log.warning("%s for %s %s, which plan matched to %s: updated through the Table API by its sys_id "
-                                "instead", why, op.table, key[1], op.sys_id, extra={"table": op.table})
+                    self._found(f"{why} for {op.table} {key[1]}, which plan matched to {op.sys_id}: updated through "
+                                "the Table API by its sys_id instead", op.table, shared)
                 else:
-                    log.warning("%s, for the create of %s %s: created through the Table API instead", why, op.table,
-                                key[1], extra={"table": op.table})
+                    self._found(f"{why}, for the create of {op.table} {key[1]}: created through the Table API instead",
+                                op.table, shared)
                 elsewhere.append(position)
                 continue
             create_only = self.cis[key].create_only
@@ -262,9 +283,10 @@ class IreWriter:
         parts = [through_ire[start : start + self.batch_size] for start in range(0, len(through_ire), self.batch_size)]
         notes = [""] * len(ops)
         for part, said in zip(parts, map_in_order(self._predict_part, parts, workers, "plan-ire")):
-            for (i, op, _key), (why, by_table_api) in zip(part, said):
+            for (i, op, _key), (why, host) in zip(part, said):
                 instead = "updated by its sys_id" if op.method == "PATCH" else "created"
-                notes[i] = f"{why}: {instead} through the Table API instead" if by_table_api else why
+                notes[i] = f"{why}: {instead} through the Table API instead" if host or (why and op.method == "PATCH") \
+                    else why
         return notes
 
     def _predict_part(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[tuple[str, bool]]:
@@ -275,9 +297,10 @@ class IreWriter:
 
     def _ask(self, part: list[tuple[int, WriteOp, CIKey]]) -> list[tuple[str, bool]]:
         """``/identifyreconcile/query`` about ``part``'s writes: for each, (where IRE would not do what plan
-        says, what it would do instead, else ""; whether the write goes through the Table API instead: an
-        update IRE would not put on the CI plan matched, any write whose payload carries a CI the CMDB holds
-        that IRE would not take for it). ``ServiceNowError`` when it cannot be asked."""
+        says, what it would do instead, else ""; whether that is of a CI its payload carries, one the CMDB
+        holds that IRE would not take for the CI plan matched: the write then goes through the Table API, as an
+        update does that IRE would not put on the CI plan matched). ``ServiceNowError`` when it cannot be
+        asked."""
         payload, index_of, _relations = self._payload([(op, key) for _i, op, key in part])
         verdict = _items(self._post(payload, query=True))
         written = {key for _i, _op, key in part}
@@ -286,8 +309,7 @@ class IreWriter:
         said = []
         for _i, op, key in part:
             hosts = [astray[host] for host in self.hosts_of(key) if host in astray]
-            why = hosts[0] if hosts else _disagreement(verdict, index_of[key], op)
-            said.append((why, bool(hosts) or (bool(why) and op.method == "PATCH")))
+            said.append((hosts[0], True) if hosts else (_disagreement(verdict, index_of[key], op), False))
         return said
 
     def _post(self, payload: dict[str, Any], query: bool = False) -> dict[str, Any]:

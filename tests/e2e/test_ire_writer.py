@@ -123,6 +123,9 @@ def test_a_ci_made_by_discovery_is_adopted_not_duplicated(world):
     assert adopted["sys_id"] == found["sys_id"]
     assert (adopted["correlation_id"], adopted["name"]) == (ours["correlation_id"], ours["name"])
     assert "updated through the Table API by its sys_id instead" in output
+    assert [w for w in report["warnings"] if w.endswith("updated through the Table API by its sys_id instead")] == [
+        f"IRE would create a new CI for cmdb_ci_vm_instance {ours['correlation_id']}, which plan matched to "
+        f"{found['sys_id']}: updated through the Table API by its sys_id instead"]  # in the report too
     no_duplicates(sn)
     sn.stats.clear()
     assert run_cli(aws.url, config("ire", 20), "run")[0] == 0

@@ -146,6 +146,8 @@ def test_an_update_ire_would_put_elsewhere_goes_by_sys_id_through_the_table_api(
     assert standin.stats["PATCH cmdb_ci_vm_instance"] == 1
     assert f"IRE would create a new CI for cmdb_ci_vm_instance {one.identity}, which plan matched to {made.sys_id}" \
         in caplog.text
+    assert writer.findings() == [f"IRE would create a new CI for cmdb_ci_vm_instance {one.identity}, which plan "
+                                 f"matched to {made.sys_id}: updated through the Table API by its sys_id instead"]
     assert not any(key == (one.table, one.identity) for _t, key, _h in writer.relations_done)  # left to plan's create
 
 
@@ -164,26 +166,37 @@ def test_a_create_whose_datacenter_lacks_its_relation_to_its_account_makes_no_se
     """IRE identifies a datacenter under its account: one that lost its "Hosted on" relation to it (or never had
     it, made through the Table API) would not be found, and a payload carrying it would make a second one. The
     payload is asked first; the create goes through the Table API, and plan's relation creates mend the CMDB."""
-    first, second = vm("i-1"), vm("i-2")
+    first, second, third = vm("i-1"), vm("i-2"), vm("i-3")
     sys_ids = made_by_table_api(standin, first)
     for row in list(standin.store.rows("cmdb_rel_ci")):
         if row["parent"] == sys_ids[DC]:
             standin.store.delete("cmdb_rel_ci", row["sys_id"])
     standin.stats.clear()
-    writer = world(standin, [first, second], sys_ids=sys_ids)
-    (note,) = writer.predict([create(second)])  # what plan says of it
-    assert note == (f"IRE would make a second CI of the {DC[0]} {DC[1]} that it identifies others by, which "
-                    f"plan matched to {sys_ids[DC]} (does that CI lack the relation IRE identifies it by, to its own "
-                    "host?): created through the Table API instead")
-    (result,) = writer.write_many([create(second)])
-    assert result.error is None
+    writer = world(standin, [first, second, third], sys_ids=sys_ids)
+    why = (f"IRE would make a second CI of the {DC[0]} {DC[1]} that it identifies others by, which plan matched to "
+           f"{sys_ids[DC]} (does that CI lack the relation IRE identifies it by, to its own host?)")
+    assert writer.predict([create(second)]) == [f"{why}: created through the Table API instead"]  # plan says so
+    results = writer.write_many([create(second), create(third)])
+    assert [r.error for r in results] == [None, None]
     assert [r["sys_id"] for r in standin.store.rows("cmdb_ci_aws_datacenter")] == [sys_ids[DC]]  # no second one
-    assert standin.store.get("cmdb_ci", result.sys_id)["name"] == "i-2"
+    assert [standin.store.get("cmdb_ci", r.sys_id)["name"] for r in results] == ["i-2", "i-3"]
     assert standin.stats["POST identifyreconcile/query"] == 2 and "POST identifyreconcile" not in standin.stats
-    assert standin.stats["POST cmdb_ci_vm_instance"] == 1
+    assert standin.stats["POST cmdb_ci_vm_instance"] == 2
     assert (f"for the create of cmdb_ci_vm_instance {second.identity}: created through the Table API instead"
             in caplog.text)
     assert writer.relations_done == set()  # left to plan's relation creates, through the Table API
+    # the report's warnings: one line for the datacenter, with the writes it sent to the Table API
+    assert writer.findings() == [f"{why}: the writes of the CIs it hosts went through the Table API instead (2 writes)"]
+
+
+def test_the_findings_for_the_report_are_bounded(standin):
+    writer = world(standin, [])
+    for n in range(25):
+        writer._found(f"finding {n}", "cmdb_ci_vm_instance")
+    writer._found("finding 0", "cmdb_ci_vm_instance")
+    lines = writer.findings()
+    assert lines[:2] == ["finding 0 (2 writes)", "finding 1"] and len(lines) == 21
+    assert lines[-1] == "and 5 more of IRE's writes that went otherwise than plan said (see the log)"
 
 
 def test_a_create_whose_datacenter_ire_finds_goes_through_ire_after_asking(standin):
