@@ -219,6 +219,11 @@ class IreWriter:
             # nothing of it was committed: each one alone, so that only the bad ones fail
             return [result for one in part for result in self._send([one], checked=True)]
         results = [_result(items, index_of[key], op) for _i, op, key in part]
+        for (_i, op, _key), result in zip(part, results):
+            if op.method == "PATCH" and op.sys_id and result.sys_id and result.sys_id != op.sys_id:
+                # identification found another CI than the one plan matched (it was asked first: the CMDB changed
+                # since): said, as it is the instance's call
+                self._found(f"IRE wrote {op.table} {result.sys_id} for the update planned on {op.sys_id}", op.table)
         if all(r.error is None for r in results):
             found = {key for _i, op, key in part if op.method == "POST"
                      and isinstance(items[index_of[key]], dict) and items[index_of[key]].get("operation") != "INSERT"}
@@ -398,7 +403,4 @@ def _result(items: list, index: int, op: WriteOp) -> WriteResult:
     sys_id = str(item.get("sysId") or "")
     if not sys_id or sys_id == "Unknown":
         return WriteResult(error=f"IRE: no sys_id in the answer (operation {item.get('operation') or 'none'}) | {op.table}")
-    if op.method == "PATCH" and op.sys_id and sys_id != op.sys_id:
-        # identification found another CI than the one plan matched: said, as it is the instance's call
-        log.warning("IRE wrote %s %s for the update planned on %s", op.table, sys_id, op.sys_id)
     return WriteResult(sys_id=sys_id)

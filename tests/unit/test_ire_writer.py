@@ -288,3 +288,27 @@ def test_an_answer_whose_items_are_not_a_list_fails_each_write_with_the_reason_n
         writer = IreWriter(tables, TableApiWriter(tables), SOURCE, cis, {}, {(c.table, c.identity) for c in cis}, 10)
         (result,) = writer.write_many([create(one)])
         assert result.sys_id is None and result.error.startswith("IRE: no sys_id in the answer (operation none)")
+
+
+def test_an_update_ire_put_on_another_ci_than_it_said_is_a_finding():
+    """The payload was asked first and IRE said the CI plan matched; the CMDB changed before the commit, which
+    wrote another: the instance's call, said in the log and the report."""
+    base = "https://sn.example.invalid/api/now/identifyreconcile"
+
+    def answer(sys_id):
+        return lambda request: (200, {"Content-Type": "application/json"}, json.dumps({"result": {"items": [
+            {"className": item["className"], "sysId": sys_id if n == 0 else f"host-{n}", "operation": "UPDATE",
+             "errors": []} for n, item in enumerate(json.loads(request.body)["items"])], "relations": []}}))
+
+    with responses.RequestsMock() as mocked:
+        mocked.add_callback(responses.POST, f"{base}/query", callback=answer("planned"))
+        mocked.add_callback(responses.POST, base, callback=answer("another"))
+        tables = TableClient(ServiceNowSettings(instance_url="https://sn.example.invalid", username="u", password="p"))
+        one = vm("i-1")
+        cis = [ci(ACCOUNT, account_id="111111111111"), ci(DC, [hosted_on(ACCOUNT)], object_id="us-east-1"), one]
+        writer = IreWriter(tables, TableApiWriter(tables), SOURCE, cis, {(one.table, one.identity): "planned"},
+                           {ACCOUNT, DC}, 10)
+        (result,) = writer.write_many([WriteOp("PATCH", one.table, "planned", {"name": "i-1"})])
+        assert result.sys_id == "another"
+        assert writer.findings() == ["IRE wrote cmdb_ci_vm_instance another for the update planned on planned"]
+
