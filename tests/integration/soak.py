@@ -9,9 +9,10 @@ short, an outage's HTML page), and runs `cmdb-connector run` in a process of
 its own with the Table API or IRE, batched or not, tags on or off, basic auth
 or OAuth (every token expiring mid-run), sometimes killed with SIGKILL part
 way. Where a round has no faults, `plan` runs first and must predict the
-run's changes. After every run: no traceback, no secret in its log or report.
-After every round: no two CIs of one identity, no relation twice, no CI
-retired that AWS still has (collected or not). At the end, with the faults
+run's changes (half of those runs are `run --approved` with that plan).
+After every run: no traceback, no secret in its log or report. After every
+round: no two CIs of one identity, no relation twice, no CI retired that
+AWS still has (collected or not). At the end, with the faults
 off: every resource's CI there and active, every gone one retired, and a
 second run writes nothing.
 
@@ -82,14 +83,15 @@ class Soak:
         return path
 
     def run(self, server: ServiceNowStandIn, inventory: Path, command: str, batch_size: int, writer: str,
-            kill_after_writes: int | None = None) -> tuple[int | str, str]:
+            kill_after_writes: int | None = None, approved: Path | None = None) -> tuple[int | str, str]:
         """(the exit code, or "killed"; stderr). With ``kill_after_writes``, SIGKILL once the stand-in has had
         that many writes of the run (a run that ends first is not killed)."""
         env = {**os.environ, "CMDB_SERVICENOW__PASSWORD": PASSWORD, "CMDB_SERVICENOW__CLIENT_SECRET": CLIENT_SECRET}
         writes = server.writes()
         proc = subprocess.Popen(
             [sys.executable, "-m", "connector.cli", "--log-format", "text", "--config",
-             str(self.config(server.url, batch_size, writer)), command, "--inventory", str(inventory)],
+             str(self.config(server.url, batch_size, writer)), command, "--inventory", str(inventory),
+             *(["--approved", str(approved)] if approved else [])],
             env=env, cwd=self.work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         if kill_after_writes is not None:
             deadline = time.monotonic() + 120
@@ -228,19 +230,22 @@ class Soak:
                 kill = None if calm or rng.random() < 0.5 else rng.randint(1, 40)
                 if n == 0 and first_killed_after is not None:
                     kill = first_killed_after
-                planned = None
+                planned, approved = None, None
                 if calm:
                     self.run(server, path, "plan", batch_size, writer)
                     planned = self.latest_report()
+                    if rng.random() < 0.5:  # the plan reviewed, then run as it was approved
+                        approved = self.work / f"approved-{n}.json"
+                        approved.write_text(json.dumps(planned))
                 was_active = {r["sys_id"] for r in server.store.rows("cmdb_ci") if r.get("install_status") != RETIRED}
-                code, _err = self.run(server, path, "run", batch_size, writer, kill)
+                code, _err = self.run(server, path, "run", batch_size, writer, kill, approved)
                 if planned is not None and code != "killed":
                     predicted, done = changes(planned), changes(self.latest_report())
                     if predicted != done:
                         raise SoakFailure(f"seed {self.seed} round {n}: plan predicted {sorted(predicted - done)[:3]}, "
                                           f"run did {sorted(done - predicted)[:3]}")
                 ended = "killed" if code == "killed" else f"exit {code}" + (" before its kill" if kill else "")
-                self.log.append(f"round {n}: {who}; {writer}, batch {batch_size}, "
+                self.log.append(f"round {n}: {who}; {writer}, batch {batch_size}{', approved' if approved else ''}, "
                                 f"{'no faults' if calm else shown_faults}; {ended}")
                 self.check(server, self.inventory, was_active, f"round {n}")  # what AWS has, collected or not
             server.faults.update({**dict.fromkeys(FAULTS, 0), "latency": 0, "outage_after": -1, "expire_tokens_at": -1})
