@@ -515,7 +515,7 @@ def _run_pipeline(settings: Settings, mode: str, force: bool, inventory_file: Pa
         if mode == "run" and not stop_requested():
             with clock.stage("apply"):
                 applied = apply_plan(plan, writer, policies, cmdb.rel_types, sn.workers, sn.batch_size)
-            if isinstance(writer, IreWriter):  # the writes IRE would have made otherwise than plan said
+            if isinstance(writer, IreWriter):  # its writes that went otherwise than plan said
                 plan.warnings.extend(writer.findings())
         if mode == "run" and grace:  # since when each CI is gone, for the next run (a plan only reads it)
             try:
