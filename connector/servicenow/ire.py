@@ -364,9 +364,15 @@ def _items(answer: dict[str, Any]) -> list:
     return items if isinstance(items, list) else []
 
 
+def _item(items: list, index: int) -> dict[str, Any]:
+    """The IRE result item of the payload item at ``index``; {} if there is none."""
+    item = items[index] if index < len(items) else None
+    return item if isinstance(item, dict) else {}
+
+
 def _disagreement(items: list, index: int, op: WriteOp) -> str:
     """Where IRE's answer to ``op`` (from ``/query``) is not what plan says: what IRE would do, else ""."""
-    item = items[index] if index < len(items) and isinstance(items[index], dict) else {}
+    item = _item(items, index)
     found = str(item.get("sysId") or "")
     refused = _result(items, index, op).error if item.get("errors") else None
     if op.method == "POST":
@@ -382,7 +388,7 @@ def _host_astray(items: list, index: int, host: CIKey, sys_id: str | None, commi
     """Where IRE's answer for a CI a payload carries for another's identification (``host``) does not take
     it for the CI plan matched (``sys_id``; None: one plan creates, not checked): what IRE would do (or,
     ``committed``, did) instead, else "". An item with errors is left to the payload's own failure."""
-    item = items[index] if index < len(items) and isinstance(items[index], dict) else {}
+    item = _item(items, index)
     found = str(item.get("sysId") or "")
     if sys_id is None or found == sys_id or item.get("errors"):
         return ""
@@ -395,7 +401,7 @@ def _host_astray(items: list, index: int, host: CIKey, sys_id: str | None, commi
 
 
 def _result(items: list, index: int, op: WriteOp) -> WriteResult:
-    item = items[index] if index < len(items) and isinstance(items[index], dict) else {}
+    item = _item(items, index)
     errors = [e for e in item.get("errors") or [] if isinstance(e, dict)]
     if errors:
         return WriteResult(error="IRE: " + "; ".join(f"{e.get('error', '')}: {e.get('message', '')}".strip(": ")
