@@ -255,7 +255,7 @@ class IreWriter:
         agreed, elsewhere = [], []
         part = list(part)
         for position, ((i, op, key), (why, host)) in enumerate(zip(part, said)):
-            if host or (why and op.method == "PATCH"):
+            if _through_table_api(op, why, host):
                 shared = f"{why}: the writes of the CIs it hosts went through the Table API instead" if host else ""
                 if op.method == "PATCH":
                     self._found(f"{why} for {op.table} {key[1]}, which plan matched to {op.sys_id}: updated through "
@@ -290,7 +290,7 @@ class IreWriter:
         for part, said in zip(parts, map_in_order(self._predict_part, parts, workers, "plan-ire")):
             for (i, op, _key), (why, host) in zip(part, said):
                 instead = "updated by its sys_id" if op.method == "PATCH" else "created"
-                notes[i] = f"{why}: {instead} through the Table API instead" if host or (why and op.method == "PATCH") \
+                notes[i] = f"{why}: {instead} through the Table API instead" if _through_table_api(op, why, host) \
                     else why
         return notes
 
@@ -362,6 +362,13 @@ def _items(answer: dict[str, Any]) -> list:
     """An IRE result's items; none if they are not a list (each write then fails with no sys_id)."""
     items = answer.get("items")
     return items if isinstance(items, list) else []
+
+
+def _through_table_api(op: WriteOp, why: str, host: bool) -> bool:
+    """Does a checked write (``_ask``'s ``why`` and ``host`` of it) go through the Table API instead of IRE: any
+    write whose payload carries a host IRE would not take for the CI plan matched, an update IRE would not put
+    on the CI plan matched."""
+    return host or (bool(why) and op.method == "PATCH")
 
 
 def _item(items: list, index: int) -> dict[str, Any]:
