@@ -95,7 +95,8 @@ class Faults:
         self.acl_hidden_prefix = ""      # rows whose name starts with this are hidden by ACL, after paging
         # table -> n: right after the first page of a read by pages of it is served, the first n rows of
         # that page are deleted (by someone else: a CMDB Data Manager policy, say), so the later pages of
-        # the read, by offset, begin n rows further on. For the next _times reads of the table (0: all)
+        # the read, by offset, begin n rows further on. For the next _times reads of the table (0: all; each
+        # page of a read by sys_id, at offset 0, is a first page)
         self.delete_after_first_page: dict = {}
         self.delete_after_first_page_times = 1
         # table -> n: at the same moment, n rows are added to it that sort after every other (another shard's
@@ -129,6 +130,7 @@ class TableApi:
         self._results: dict[tuple[str, str], tuple[int, list[dict[str, str]]]] = {}
         self._results_lock = threading.Lock()
         self._fault_lock = threading.Lock()
+        self._copies = 0  # rows add_after_first_page has added: each new, with a sys_id after every other
         # (sysparm_fields, links) -> sys_id -> (the record, its sys_mod_count, how it was rendered): a
         # record is rendered again for a list only once it has changed (every change counts up sys_mod_count)
         self._rendered: dict[tuple[str, bool], dict[str, tuple[dict[str, str], str, dict[str, Any]]]] = {}
@@ -259,7 +261,8 @@ class TableApi:
                 faults.delete_after_first_page, faults.add_after_first_page = {}, {}
             elif faults.delete_after_first_page_times > 1:
                 faults.delete_after_first_page_times -= 1
-        for n, record in enumerate(page[:added]):
+            first, self._copies = self._copies, self._copies + len(page[:added])
+        for n, record in enumerate(page[:added], start=first):
             copy = {k: v for k, v in record.items() if not k.startswith("sys_")}
             copy["object_id"] = f"{copy.get('object_id', '')}-copy{n}"
             arn = re.sub(r":\d{12}:", ":999999999999:", copy.get("correlation_id", ""), count=1)
