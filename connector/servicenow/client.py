@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
-from itertools import chain, repeat
+from itertools import chain, pairwise, repeat
+from operator import itemgetter
 from typing import Any, Callable, Iterator
 from urllib.parse import urlparse
 
@@ -31,8 +32,10 @@ from .auth import make_auth
 from .transport import ServiceNowSession
 
 API_BASE = "/api/now"
-# A read whose table changed meanwhile is made again: twice with its pages at once, then one page after
-# another (a shorter window for the table to change in), before the read fails.
+# A read whose table changed meanwhile is made again by sys_id (``TableClient.keyset_pages``), which rows
+# added or removed cannot shift. A read that cannot be (one without sys_id among its fields) is made again
+# twice by offset, the second time one page after another (a shorter window for the table to change in),
+# before it fails.
 READ_ATTEMPTS = 3
 
 log = logging.getLogger(__name__)
@@ -67,6 +70,12 @@ def _one_record(response: Any, method: str, table: str) -> dict[str, Any]:
                     f"{'no record' if isinstance(exc, pysnow.exceptions.NoResults) else 'several records'}, "
                     "not the one written", status=_status(response), method=method,
                     url=f"{API_BASE}/table/{table}") from None
+
+
+def _keyed(query: str, fields: list[str]) -> bool:
+    """Can the read be made by sys_id (``TableClient.keyset_pages``)? Its rows must carry their sys_id, and
+    its query take one more condition ANDed to all of it (``^NQ`` would bind it to the last query only)."""
+    return "sys_id" in fields and "^NQ" not in query
 
 
 def _status(response: Any) -> int | None:
@@ -154,15 +163,23 @@ class TableClient:
 
     # -- reads --------------------------------------------------------------
     def _page(self, table: str, ordered: str, fields: list[str], limit: int, offset: int,
-              convert: Callable[[list[dict]], list] | None = None, overlap: bool = False) -> _Page:
+              convert: Callable[[list[dict]], list] | None = None, overlap: bool = False,
+              after: str | None = None) -> _Page:
         """One page; with ``overlap``, it begins one row early, on the row the page before should have
-        ended on: that row is left out of ``rows`` and kept, unconverted, in ``head_row``."""
+        ended on: that row is left out of ``rows`` and kept, unconverted, in ``head_row``. With ``after``
+        (a read by sys_id: ``keyset_pages``), its rows must come in ``sys_id`` order, each after ``after``."""
         with self._client() as client:
             response = self._resource(client, table).get(query=ordered, limit=limit, offset=offset, fields=list(fields))
             raw, total = response.all(), response.headers.get("X-Total-Count")
         if "sys_id" in fields and None in map(dict.get, raw, repeat("sys_id")):  # no row of ours is keyless
             raise ServiceNowBadResponse(f"ServiceNow answered rows of {table} without the sys_id asked for",
                                         status=200, method="GET", url=f"{API_BASE}/table/{table}")
+        if after is not None:
+            keys = [after, *map(itemgetter("sys_id"), raw)]
+            if any(a >= b for a, b in pairwise(keys)):  # the condition dropped, or another order: not to be trusted
+                raise ServiceNowBadResponse(
+                    f"ServiceNow answered a read of {table} by sys_id (rows after {after or 'the first'}, in sys_id "
+                    "order) with rows out of that order", status=200, method="GET", url=f"{API_BASE}/table/{table}")
         head_row = raw[0] if overlap and raw else None
         last = raw[-1].get("sys_id") if raw else None
         rows = raw[1:] if head_row is not None else raw
@@ -176,10 +193,13 @@ class TableClient:
     def read(self, table: str, query: str, fields: list[str], page_size: int | None = None,
              workers: int = 1, convert: Callable[[list[dict]], list] | None = None) -> list:
         """Every matching row, as ``convert`` makes each page (``pages``), complete: when rows were added or
-        removed while the pages were read (someone else's writes, a CMDB Data Manager policy deleting
-        retired CIs), the read is made again, the last time one page after another; if the table changed
-        every time, ``ServiceNowShiftedRead``. An offset read of a table that changed meanwhile skips rows,
-        or repeats them: one of our CIs skipped would be created again, a duplicate."""
+        removed while the pages were read (someone else's writes: another shard's creates, Discovery's, a
+        CMDB Data Manager policy deleting retired CIs), the read is made again by sys_id (``keyset_pages``),
+        which such writes cannot shift. An offset read of a table that changed meanwhile skips rows, or
+        repeats them: one of our CIs skipped would be created again, a duplicate. The pages by offset come
+        first, as many at once as ``workers``: a read by sys_id is one page after another. A read without
+        sys_id among its fields is made again by offset, the last time one page after another; if the table
+        changed every time, ``ServiceNowShiftedRead``."""
         def read(at_once: int) -> list:
             return list(chain.from_iterable(self.pages(table, query, fields, page_size, at_once, convert)))
 
@@ -187,8 +207,52 @@ class TableClient:
             try:
                 return read(workers)
             except ServiceNowShiftedRead as exc:
+                if _keyed(query, fields):
+                    log.warning("%s; reading it again by sys_id, each page from the last row of the page before "
+                                "(rows added or removed meanwhile cannot shift that read)", exc, extra={"table": table})
+                    return list(chain.from_iterable(self.keyset_pages(table, query, fields, page_size, convert)))
                 log.warning("%s; reading it again (%d of %d)", exc, attempt + 1, READ_ATTEMPTS, extra={"table": table})
         return read(1)
+
+    def keyset_pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
+                     convert: Callable[[list[dict]], list] | None = None) -> Iterator[list]:
+        """Every matching row, a page at a time, each page the rows after the last row of the page before
+        (``sys_id>LAST^ORDERBYsys_id``), one page after another; ``fields`` must hold ``sys_id``.
+
+        Rows added or removed meanwhile cannot shift such a read, as they shift
+        pages by offset: every row there throughout the read comes once, and a
+        row added or removed during it comes or not, as it would had it been
+        made after the read or removed before it. Each page's rows are checked
+        to come in that order, after that row (an instance that dropped the
+        condition would answer the first rows again). The count in
+        ``X-Total-Count`` (of the rows after that row) says where the read
+        ends; without it, an empty page does. ``sysparm_limit`` applies before
+        ACLs: a page whose rows they hid in part is short, and the next page
+        begins after its last row; one whose rows they hid all, where the count
+        says more rows follow, gives no row to go on from, and fails the read
+        (``ServiceNowShiftedRead``): only an offset would go past it, and
+        offsets are what the changes shift.
+        """
+        if not _keyed(query, fields):
+            raise ValueError(f"a read of {table} by sys_id needs sys_id among its fields and a query without ^NQ")
+        limit = page_size or self._settings.page_size
+        cursor = ""
+        while True:
+            narrowed = "^".join(part for part in (query, f"sys_id>{cursor}" if cursor else "") if part)
+            ordered = f"{narrowed}^ORDERBYsys_id" if narrowed else "ORDERBYsys_id"
+            page = self._page(table, ordered, fields, limit, 0, convert, after=cursor)
+            yield page.rows
+            total = int(page.total) if page.total is not None and page.total.isdigit() else None
+            if total is not None and limit >= total:
+                return
+            if page.last is None and total is None:
+                return  # no count told, and an empty page: the end
+            if page.last is None:  # ACLs hid every row of the page: past them only by offset, which changes shift
+                raise ServiceNowShiftedRead(
+                    f"{table}: rows were added or removed while it was read, and ACLs hide every row of a page of it "
+                    f"(the {limit} after {cursor or 'its start'}, in sys_id order): the rows after those cannot be "
+                    "read but by an offset, which such changes shift")
+            cursor = page.last
 
     def pages(self, table: str, query: str, fields: list[str], page_size: int | None = None,
               workers: int = 1, convert: Callable[[list[dict]], list] | None = None) -> Iterator[list]:

@@ -2,8 +2,10 @@
 
 Pages by offset then skip rows (rows deleted before the next page's offset) or repeat them (rows added):
 one of our CIs skipped would be planned as a create, a duplicate of the CI the CMDB has. Each page tells
-the count again; a read whose pages disagree is read again, and a class that changes on every read is left
-as it is, never written from an incomplete read.
+the count again, and begins on the row the page before ended on; a read whose pages disagree is read again
+by sys_id, each page from the last row of the one before, which such changes cannot shift: a table that
+someone writes to all along (another shard's first run) is still read whole, and never written from an
+incomplete read.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def test_rows_deleted_under_a_read_make_it_read_again_and_nothing_is_created_twi
         ids = correlation_ids(server)
         assert len(ids) == INSTANCES and set(ids.values()) == {1}  # no duplicate
         assert any("cmdb_ci_vm_instance: rows were added or removed while it was read (35 rows when the first page "
-                   "was read, then 32)" in r.getMessage() and "reading it again (2 of 3)" in r.getMessage()
+                   "was read, then 32)" in r.getMessage() and "reading it again by sys_id" in r.getMessage()
                    for r in caplog.records)
         assert server.faults.delete_after_first_page == {}  # once, as set
         assert run_pipeline(settings, inventory_file=path).report["changes"] == []
@@ -69,13 +71,33 @@ def test_rows_added_and_deleted_under_a_read_in_equal_numbers_are_told_by_the_se
         ids = correlation_ids(server)
         assert len(ids) == INSTANCES + 3 and set(ids.values()) == {1}  # no duplicate; the other shard's 3 kept
         assert sum(":999999999999:" in i for i in ids) == 3
-        assert any("the page at offset 10 began on" in r.getMessage() and "reading it again (2 of 3)" in r.getMessage()
+        assert any("the page at offset 10 began on" in r.getMessage() and "reading it again by sys_id" in r.getMessage()
                    for r in caplog.records)
         assert server.faults.add_after_first_page == {}  # once, as set
         assert run_pipeline(settings, inventory_file=path).report["changes"] == []
 
 
-def test_a_class_that_changes_on_every_read_is_left_as_it_is_and_the_run_fails(tmp_path):
+def test_a_class_that_someone_writes_to_all_along_is_read_whole_by_sys_id(tmp_path, caplog):
+    # another shard's first run: after every first page served (each page of a read by sys_id is one), two
+    # rows more in the class, sorting after every other; and one row of the page just served deleted
+    _by_instance, path = tagged_inventory(tmp_path, [{}] * INSTANCES)
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        settings = settings_for(server, tmp_path)
+        assert run_pipeline(settings, inventory_file=path).exit_code == 0
+        server.faults.update({"add_after_first_page": {VM: 2}, "delete_after_first_page_times": 0})
+        with caplog.at_level(logging.WARNING):
+            outcome = run_pipeline(settings, inventory_file=path)
+        added = sum(":999999999999:" in i for i in correlation_ids(server))
+        server.faults.update({"add_after_first_page": {}})
+        assert outcome.exit_code == 0, outcome.report["errors"]
+        counts = outcome.report["tables"][VM]
+        assert (counts["created"], counts["updated"], counts["retired"], counts["unchanged"]) == (0, 0, 0, INSTANCES)
+        assert added >= 6  # the writes went on through the read by sys_id: it is one page after another
+        assert any("reading it again by sys_id" in r.getMessage() for r in caplog.records)
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+
+def test_a_class_whose_rows_are_deleted_all_along_is_read_by_sys_id_and_nothing_is_created_twice(tmp_path):
     _by_instance, path = tagged_inventory(tmp_path, [{}] * INSTANCES)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         settings = settings_for(server, tmp_path)
@@ -83,15 +105,14 @@ def test_a_class_that_changes_on_every_read_is_left_as_it_is_and_the_run_fails(t
         server.faults.update({"delete_after_first_page": {VM: 1}, "delete_after_first_page_times": 0})
         outcome = run_pipeline(settings, inventory_file=path)
         server.faults.update({"delete_after_first_page": {}})
-        assert outcome.exit_code == 1
-        assert outcome.report["tables"][VM]["created"] == 0  # nothing planned from an incomplete read
-        assert not [c for c in outcome.report["changes"] if c["table"] == VM]
-        # the class's read, or the relations' (a CI deleted takes its relations with it, and the relations are
-        # read at the same time): either way, nothing is planned from an incomplete read
-        assert any((e.startswith(f"{VM}: its CIs could not be read") or e.startswith("cmdb_rel_ci: "))
-                   and "rows were added or removed" in e for e in outcome.report["errors"]), outcome.report["errors"]
-        assert len(correlation_ids(server)) == INSTANCES - 3  # the three reads' deletions, someone else's doing
-        assert set(correlation_ids(server).values()) == {1}
-        healed = run_pipeline(settings, inventory_file=path)  # once the table is still: the 3 made again
-        assert healed.exit_code == 0 and healed.report["tables"][VM]["created"] == 3
-        assert len(correlation_ids(server)) == INSTANCES
+        assert outcome.exit_code == 0, outcome.report["errors"]
+        # someone else's deletions, every page: those made before a row was read are created again, the others
+        # are read as they were (the next run makes them); none of the rows there throughout is created twice
+        ids = correlation_ids(server)
+        assert set(ids.values()) == {1}
+        gone = INSTANCES - len(ids)
+        assert gone >= 2  # (the read by offset's first page, and the read by sys_id's pages)
+        healed = run_pipeline(settings, inventory_file=path)  # once the table is still: the rest made again
+        assert healed.exit_code == 0 and healed.report["tables"][VM]["created"] == gone
+        assert len(correlation_ids(server)) == INSTANCES and set(correlation_ids(server).values()) == {1}
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []

@@ -92,6 +92,74 @@ def test_a_row_added_and_another_removed_between_two_pages_is_told_by_the_seam_a
 
 
 @responses.activate
+def test_a_read_that_shifted_is_made_again_by_sys_id_from_the_last_row_of_each_page():
+    # a b c d e f, pages of 2; after the first page "a" is removed and "z" added: the offset read shifts
+    responses.get(TABLE_URL, **page_of("a", "b", total=6))
+    responses.get(TABLE_URL, **page_of("c", "d", "e", total=6))
+    responses.get(TABLE_URL, **page_of("e", "f", "z", total=6))
+    # by sys_id: rows after the last one read; the count is of those rows, and says where the read ends
+    responses.get(TABLE_URL, **page_of("b", "c", total=6))
+    responses.get(TABLE_URL, **page_of("d", "e", total=4))
+    responses.get(TABLE_URL, **page_of("f", "z", total=2))
+    tables, _ = client(page_size=2)
+    read = tables.read("cmdb_ci_vm_instance", "discovery_source=X", ["sys_id", "name"], workers=2)
+    assert [r["sys_id"] for r in read] == ["b", "c", "d", "e", "f", "z"]
+    again = [params(c) for c in responses.calls[3:]]
+    assert [p["sysparm_query"] for p in again] == [
+        "discovery_source=X^ORDERBYsys_id", "discovery_source=X^sys_id>c^ORDERBYsys_id",
+        "discovery_source=X^sys_id>e^ORDERBYsys_id"]
+    assert [(p["sysparm_offset"], p["sysparm_limit"]) for p in again] == [("0", "2")] * 3
+    assert len(responses.calls) == 6
+
+
+@responses.activate
+def test_a_read_by_sys_id_goes_on_from_a_short_page_and_fails_on_a_page_that_acls_hid_whole():
+    responses.get(TABLE_URL, **page_of("a", total=5))  # "b" hidden: the next page from "a"
+    responses.get(TABLE_URL, **page_of("d", total=4))  # "b" and "c" hidden
+    responses.get(TABLE_URL, **page_of(total=1))  # "e", the last row: hidden, and the end
+    tables, _ = client(page_size=2)
+    read = list(chain.from_iterable(tables.keyset_pages("cmdb_ci_vm_instance", "", ["sys_id"])))
+    assert [r["sys_id"] for r in read] == ["a", "d"]
+    assert [params(c)["sysparm_query"] for c in responses.calls] == [
+        "ORDERBYsys_id", "sys_id>a^ORDERBYsys_id", "sys_id>d^ORDERBYsys_id"]
+    assert {params(c)["sysparm_offset"] for c in responses.calls} == {"0"}
+    responses.calls.reset()
+    responses.get(TABLE_URL, **page_of("a", total=5))
+    responses.get(TABLE_URL, **page_of(total=4))  # every row of the page hidden, with rows after them
+    with pytest.raises(ServiceNowShiftedRead, match=r"ACLs hide every row of a page of it \(the 2 after a, in"):
+        list(chain.from_iterable(tables.keyset_pages("cmdb_ci_vm_instance", "", ["sys_id"])))
+
+
+@responses.activate
+def test_an_instance_that_drops_the_sys_id_condition_fails_the_read_by_sys_id_rather_than_loop():
+    responses.get(TABLE_URL, **page_of("a", "b", total=6))
+    responses.get(TABLE_URL, **page_of("a", "b", total=6))  # the first rows again: sys_id>b not applied
+    tables, _ = client(page_size=2)
+    with pytest.raises(ServiceNowBadResponse, match=r"by sys_id \(rows after b, in sys_id order\) with rows out"):
+        list(chain.from_iterable(tables.keyset_pages("cmdb_ci_vm_instance", "", ["sys_id"])))
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_a_read_without_the_sys_id_that_shifts_every_time_is_made_three_times_by_offset_then_fails():
+    for _attempt in range(3):
+        responses.get(TABLE_URL, json={"result": [{"name": "x"}]}, headers={"X-Total-Count": "2"})
+        responses.get(TABLE_URL, json={"result": [{"name": "y"}]}, headers={"X-Total-Count": "3"})
+    tables, _ = client(page_size=1)
+    with pytest.raises(ServiceNowShiftedRead, match="2 rows when the first page was read, then 3"):
+        tables.read("cmdb_ci_vm_instance", "", ["name"], workers=2)
+    assert len(responses.calls) == 6
+    assert all("sys_id>" not in params(c)["sysparm_query"] for c in responses.calls)
+
+
+def test_a_read_by_sys_id_needs_the_sys_id_and_a_query_it_can_narrow():
+    tables, _ = client()
+    for query, fields in (("", ["name"]), ("name=a^NQname=b", ["sys_id"])):
+        with pytest.raises(ValueError, match="needs sys_id among its fields and a query without"):
+            list(tables.keyset_pages("cmdb_ci_vm_instance", query, fields))
+
+
+@responses.activate
 def test_rows_added_before_a_seam_go_back_past_it_even_where_acls_hid_rows():
     # a b c d, "a" hidden by an ACL: the first page short. Then "0" and "00" are added and "c" and "d"
     # removed (the count stays 4): the next page begins before the row the first page ended on
@@ -682,8 +750,8 @@ def test_a_field_is_missing_only_where_the_whole_line_of_classes_is_known():
 
     responses.add_callback(responses.GET, classes, callback=rows)
     responses.get(dictionary, json={"result": [
-        {"name": "u_root_class", "element": "name", "internal_type": "string", "max_length": "100"},
-        {"name": "u_child_class", "element": "name", "internal_type": "string", "max_length": "80"}]},
+        {"sys_id": "d1", "name": "u_root_class", "element": "name", "internal_type": "string", "max_length": "100"},
+        {"sys_id": "d2", "name": "u_child_class", "element": "name", "internal_type": "string", "max_length": "80"}]},
         headers={"X-Total-Count": "2"})
     tables, _ = client()
     found = CmdbReader(tables, "X").dictionary({"u_root_class": ["name", "u_typo"], "u_child_class": ["name", "u_typo"]})
