@@ -177,9 +177,10 @@ class TableClient:
         if after is not None:
             keys = [after, *map(itemgetter("sys_id"), raw)]
             if any(a >= b for a, b in pairwise(keys)):  # the condition dropped, or another order: not to be trusted
+                asked = f"rows after {after}" if after else "its first rows"
                 raise ServiceNowBadResponse(
-                    f"ServiceNow answered a read of {table} by sys_id (rows after {after or 'the first'}, in sys_id "
-                    "order) with rows out of that order", status=200, method="GET", url=f"{API_BASE}/table/{table}")
+                    f"ServiceNow answered a read of {table} by sys_id ({asked}, in sys_id order) with rows out of "
+                    "that order", status=200, method="GET", url=f"{API_BASE}/table/{table}")
         head_row = raw[0] if overlap and raw else None
         last = raw[-1].get("sys_id") if raw else None
         rows = raw[1:] if head_row is not None else raw

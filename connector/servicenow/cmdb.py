@@ -217,8 +217,8 @@ class CmdbReader:
             return Dictionary({}, {})
         entries: dict[tuple[str, str], dict[str, str]] = {}
         query = f"nameIN{','.join(classes)}^elementIN{','.join(names)}"
-        # (sys_id too, so that a read that shifts is made again by it: TableClient.read)
-        for row in self.tables.query(DICTIONARY_TABLE, query, ["sys_id", "name", "element", "internal_type", "max_length"]):
+        wanted = ["sys_id", "name", "element", "internal_type", "max_length"]  # sys_id: see TableClient.read
+        for row in self.tables.query(DICTIONARY_TABLE, query, wanted):
             entries[(row.get("name", ""), row.get("element", ""))] = row  # re-checked below: only asked-for pairs count
         lengths: dict[str, dict[str, int]] = {}
         missing: dict[str, set[str]] = {}
@@ -242,7 +242,7 @@ class CmdbReader:
 
     def relation_type_names(self) -> list[str]:
         """Every relation type the instance has, by name (a hundred or so: one page)."""
-        rows = self.tables.query(REL_TYPE_TABLE, "", ["sys_id", "name"])  # (sys_id: see dictionary)
+        rows = self.tables.query(REL_TYPE_TABLE, "", ["sys_id", "name"])  # sys_id: see TableClient.read
         return sorted({row.get("name", "") for row in rows} - {""})
 
     def relations(self, type_names: Iterable[str]) -> list[ExistingRelation]:
