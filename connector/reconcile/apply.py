@@ -164,7 +164,7 @@ def _apply_key_values(changes: list[KeyValueChange], sys_ids: dict[CIKey, str], 
             ops.append(WriteOp("PATCH", KV_TABLE, change.sys_id, {"value": change.new}))
         elif sys_ids.get(change.ci):
             op = create_key_value_op(sys_ids[change.ci], change.key, change.new)
-            ops.append(replace(op, check_first=True) if change.ci in identified else op)
+            ops.append(replace(op, check_first=True) if change.check_first or change.ci in identified else op)
         else:
             result.outcomes.append(Outcome(change, error=f"CI {change.ci[0]} {change.ci[1]} was not created"))
             continue

@@ -114,6 +114,9 @@ class KeyValueChange:
     old: str
     new: str
     sys_id: str | None = None  # of the cmdb_key_value row, for an update or a delete
+    # a create for a CI adopted in this run, whose rows (not ours until now) were not read: its row for the
+    # key is looked for first, and given the value if found
+    check_first: bool = False
 
 
 @dataclass
@@ -760,8 +763,11 @@ def _plan_key_values(
     Only rows of our own CIs are touched (re-checked here on the fetched rows).
     A row is removed only when its CI's scope was collected ``ok`` in this run:
     a tag gone from AWS, or a second row for one tag (the first, in sys_id
-    order, is the one kept). A CI adopted in this run gets its tags from the
-    next run on, once its existing rows are read as ours.
+    order, is the one kept). A CI adopted in this run gets its tags in it
+    too: its rows, another source's until now, were not read, so each tag's
+    create looks for the CI's row of that key first (``check_first``) and
+    gives a row found the tag's value; none of its rows is removed until the
+    next run reads them as ours.
 
     The blast-radius guard holds for tags too: a run that would delete more
     than ``max_retire_fraction`` of a class's tag rows (and more than
@@ -784,15 +790,14 @@ def _plan_key_values(
         if ci.tags is None or key in duplicated or key in plan.held:
             continue
         sys_id = plan.sys_ids.get(key)
-        if sys_id is not None and sys_id not in owned:
-            continue  # adopted in this run
-        have = rows_of.get(sys_id, {}) if sys_id is not None else {}
+        adopted = sys_id is not None and sys_id not in owned  # in this run: its rows were not read as ours
+        have = rows_of.get(sys_id, {}) if sys_id is not None and not adopted else {}
         tags, kept = _fitted_tags(ci, lengths, cut) if lengths else (ci.tags, ())
         found = 0
         for name, value in tags.items():
             row = have.get(name)
             if row is None:
-                changes.append(KeyValueChange("create", key, name, "", value))
+                changes.append(KeyValueChange("create", key, name, "", value, check_first=adopted))
                 continue
             found += 1
             if row.value == value:

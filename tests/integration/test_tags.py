@@ -128,6 +128,32 @@ def test_tags_left_alone_when_not_managed_and_on_cis_not_ours(tmp_path):
         assert on.report["key_values"]["created"] == 3  # the instances' and the VPC's Name tags
 
 
+def test_a_ci_adopted_gets_its_tags_in_the_same_run_its_own_rows_given_the_values_not_made_twice(tmp_path):
+    inventory, path = with_env_tag(tmp_path, 2, "prod")
+    adopted = instances(inventory)[0]
+    with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
+        # made by Discovery before the connector ran: no correlation_id, the instance's object_id, rows of its own
+        theirs = server.store.insert("cmdb_ci_vm_instance", {"name": "discovered", "discovery_source": "ServiceNow",
+                                                             "object_id": adopted.resource["InstanceId"]}, "disco")
+        for key, value in (("env", "staging"), ("legacy", "x")):
+            server.store.insert("cmdb_key_value", {"configuration_item": theirs["sys_id"], "key": key, "value": value},
+                                "disco")
+        settings = settings_for(server, tmp_path, tags=True)
+        first = run_pipeline(settings, inventory_file=path)
+        assert first.exit_code == 0, first.report["errors"]
+        assert [c["note"] for c in first.report["changes"] if c["sys_id"] == theirs["sys_id"]] == [
+            "adopted: CI of another source, now owned"]
+        tags = tags_in_cmdb(server)  # (fails on two rows for one key)
+        arn = instance_arn(adopted)
+        assert tags[(arn, "env")] == "prod"  # its own row, given the value
+        assert tags[(arn, "Name")] == next(t["Value"] for t in adopted.resource["Tags"] if t["Key"] == "Name")
+        assert tags[(arn, "legacy")] == "x"  # not read as ours in this run: left until the next
+        second = run_pipeline(settings, inventory_file=path)
+        assert [(c["table"], c["action"], c["fields"]["key"]["old"]) for c in second.report["changes"]] == [
+            ("cmdb_key_value", "delete", "legacy")]
+        assert run_pipeline(settings, inventory_file=path).report["changes"] == []
+
+
 def test_kill_9_while_writing_tags_then_the_next_run_completes_them_once(tmp_path):
     inventory = synthetic_inventory(accounts=2, vpcs=1, subnets=2, instances=20)
     path = tmp_path / "inventory.jsonl"

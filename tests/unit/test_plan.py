@@ -477,14 +477,19 @@ def test_tags_of_cis_not_ours_or_not_in_the_run_are_left_alone():
     assert p.key_value_changes == []
 
 
-def test_tags_not_managed_plan_nothing_and_an_adopted_ci_waits_a_run():
+def test_tags_not_managed_plan_nothing_and_an_adopted_ci_gets_its_tags_each_looked_for_first():
     rows = [ExistingKeyValue("kv1", "s1", "env", "prod")]
     p = plan_tags([desired_vm(1)], [existing_vm(1)], rows)  # tags None: the class does not map them
     assert p.key_value_changes == [] and p.key_values_unchanged == 0
     adopted = existing_vm(1, discovery_source="ServiceNow")
-    p = plan_tags([tagged_vm(1, {"env": "prod"})], [adopted], rows)
+    # its rows, another source's until now, are not read as ours (kv1 here, however the query ran)
+    p = plan_tags([tagged_vm(1, {"env": "prod", "team": "red"})], [adopted], rows)
     assert [c.note for c in p.changes] == ["adopted: CI of another source, now owned"]
-    assert p.key_value_changes == []
+    assert tag_actions(p) == [("create", vm_id(1), "env", "", "prod", None),
+                              ("create", vm_id(1), "team", "", "red", None)]
+    assert all(c.check_first for c in p.key_value_changes)  # each looked for first: none made twice
+    owned = plan_tags([tagged_vm(1, {"env": "prod", "team": "red"})], [existing_vm(1)], rows)
+    assert [(c.action, c.key, c.check_first) for c in owned.key_value_changes] == [("create", "team", False)]
 
 
 def test_tags_of_a_duplicated_resource_are_not_written():
