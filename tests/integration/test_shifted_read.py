@@ -79,7 +79,7 @@ def test_rows_added_and_deleted_under_a_read_in_equal_numbers_are_told_by_the_se
 
 def test_a_class_that_someone_writes_to_all_along_is_read_whole_by_sys_id(tmp_path, caplog):
     # another shard's first run: after every first page served (each page of a read by sys_id is one), two
-    # rows more in the class, sorting after every other; and one row of the page just served deleted
+    # rows more in the class, sorting after every other
     _by_instance, path = tagged_inventory(tmp_path, [{}] * INSTANCES)
     with ServiceNowStandIn(users={"svc": PASSWORD}) as server:
         settings = settings_for(server, tmp_path)
