@@ -78,6 +78,12 @@ def _keyed(query: str, fields: list[str]) -> bool:
     return "sys_id" in fields and "^NQ" not in query
 
 
+def _in_sys_id_order(*conditions: str) -> str:
+    """An encoded query of the ``conditions`` given (empty ones left out), in ``sys_id`` order, as every paged
+    read asks."""
+    return "^".join([*filter(None, conditions), "ORDERBYsys_id"])
+
+
 def _status(response: Any) -> int | None:
     """The HTTP status of a pysnow response (of the requests response it wraps)."""
     return getattr(getattr(response, "_response", None), "status_code", None)
@@ -239,8 +245,7 @@ class TableClient:
         limit = page_size or self._settings.page_size
         cursor = ""
         while True:
-            narrowed = "^".join(part for part in (query, f"sys_id>{cursor}" if cursor else "") if part)
-            ordered = f"{narrowed}^ORDERBYsys_id" if narrowed else "ORDERBYsys_id"
+            ordered = _in_sys_id_order(query, f"sys_id>{cursor}" if cursor else "")
             page = self._page(table, ordered, fields, limit, 0, convert, after=cursor)
             yield page.rows
             total = int(page.total) if page.total is not None and page.total.isdigit() else None
@@ -281,7 +286,7 @@ class TableClient:
         their way, not all at once after the last one.
         """
         limit = page_size or self._settings.page_size
-        ordered = f"{query}^ORDERBYsys_id" if query else "ORDERBYsys_id"
+        ordered = _in_sys_id_order(query)
         overlap = "sys_id" in fields
 
         def page(at: int) -> _Page:
