@@ -791,7 +791,7 @@ def _plan_key_values(
             continue
         sys_id = plan.sys_ids.get(key)
         adopted = sys_id is not None and sys_id not in owned  # in this run: its rows were not read as ours
-        have = rows_of.get(sys_id, {}) if sys_id is not None and not adopted else {}
+        have = rows_of.get(sys_id, {}) if sys_id is not None else {}  # (none for an adopted CI: not owned)
         tags, kept = _fitted_tags(ci, lengths, cut) if lengths else (ci.tags, ())
         found = 0
         for name, value in tags.items():
